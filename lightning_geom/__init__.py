@@ -1,0 +1,26 @@
+"""lightning_geom: the geometry of a transformer's hidden representations, during and after training.
+
+Importing the package is cheap: the geometry core (``lightning_geom.geometry``) needs only torch,
+and the Lightning glue (callbacks, report, CLI) is imported lazily on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "IntrinsicDimension": "lightning_geom.metrics",
+    "NeighborhoodOverlap": "lightning_geom.metrics",
+    "LabelOverlap": "lightning_geom.metrics",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'lightning_geom' has no attribute {name!r}")

@@ -1,0 +1,35 @@
+"""Pure geometry on tensors: kNN, intrinsic dimension, neighbourhood overlap.
+
+Nothing here imports Lightning, transformers, wandb or matplotlib; every function is numbers in,
+numbers out, on the input's device.
+"""
+
+from .intrinsic_dim import (
+    DuplicatePointsWarning,
+    IDEstimate,
+    IDScaling,
+    gride,
+    gride_max_rank,
+    gride_scaling,
+    twonn,
+    twonn_scaling,
+)
+from .neighbors import Neighbors, as_points, knn
+from .overlap import encode_labels, label_overlap, neighborhood_overlap
+
+__all__ = [
+    "DuplicatePointsWarning",
+    "IDEstimate",
+    "IDScaling",
+    "Neighbors",
+    "as_points",
+    "encode_labels",
+    "gride",
+    "gride_max_rank",
+    "gride_scaling",
+    "knn",
+    "label_overlap",
+    "neighborhood_overlap",
+    "twonn",
+    "twonn_scaling",
+]

@@ -1,0 +1,146 @@
+"""Neighbourhood overlap between representations and with labels (Doimo, Glielmo, Ansuini, Laio 2020).
+
+Both take points (N, D) or a precomputed :class:`~.neighbors.Neighbors` and match DADApy 0.3.4's
+``return_data_overlap`` and ``return_label_overlap`` exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .neighbors import Neighbors, knn
+
+__all__ = ["neighborhood_overlap", "label_overlap", "encode_labels"]
+
+
+def _indices(x: Tensor | np.ndarray | Neighbors, k: int, *, name: str) -> Tensor:
+    """(N, k) neighbour indices from points or a ``Neighbors``."""
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"Expected `k` to be a positive integer, but got {k!r}.")
+    if isinstance(x, Neighbors):
+        if x.k < k:
+            raise ValueError(
+                f"Expected `{name}` to hold at least k = {k} neighbours, but it holds {x.k}. "
+                f"Compute them with `knn(x, k={k})`."
+            )
+        return x.indices[:, :k]
+    n = int(x.shape[0])
+    if n <= k:
+        raise ValueError(f"Expected more than k = {k} points in `{name}`, but got N = {n}. Lower `k`.")
+    return knn(x, k).indices
+
+
+def neighborhood_overlap(
+    a: Tensor | np.ndarray | Neighbors,
+    b: Tensor | np.ndarray | Neighbors,
+    *,
+    k: int = 30,
+    per_point: bool = False,
+) -> float | Tensor:
+    r"""Neighbourhood overlap :math:`\chi_k^{a,b}` between two representations of the same N samples.
+
+    .. math:: \chi_k^{a,b} = \frac{1}{N} \sum_i \frac{1}{k} \left| \mathcal{N}_k^a(i) \cap \mathcal{N}_k^b(i) \right|
+
+    (Doimo et al., NeurIPS 2020; DADApy ``return_data_overlap``). 1 means identical neighbourhoods,
+    ~k/N means unrelated ones.
+
+    Args:
+        a: (N, D_a) points or ``Neighbors`` of the first representation.
+        b: (N, D_b) points or ``Neighbors`` of the second (same samples, same order).
+        k: neighbourhood size.
+        per_point: return the (N,) float64 per-sample overlaps instead of their mean.
+
+    Returns:
+        The mean overlap (float) or the per-sample overlaps.
+
+    Raises:
+        ValueError: different N, bad ``k``.
+
+    Example:
+        >>> x = torch.randn(200, 5, generator=torch.Generator().manual_seed(0))
+        >>> neighborhood_overlap(x, 3 * x + 1, k=10)
+        1.0
+    """
+    ia = _indices(a, k, name="a")
+    ib = _indices(b, k, name="b")
+    if ia.shape[0] != ib.shape[0]:
+        raise ValueError(
+            f"Expected `a` and `b` to describe the same samples, but they have N = {ia.shape[0]} "
+            f"and N = {ib.shape[0]}."
+        )
+    ib = ib.to(ia.device)
+    n = ia.shape[0]
+    counts = torch.empty(n, dtype=torch.float64, device=ia.device)
+    chunk = max(1, (1 << 24) // (k * k))
+    for s in range(0, n, chunk):
+        e = min(s + chunk, n)
+        hit = ia[s:e].unsqueeze(2) == ib[s:e].unsqueeze(1)  # (c, k, k)
+        counts[s:e] = hit.any(dim=2).sum(dim=1).to(torch.float64)
+    per = counts / k
+    return per if per_point else float(per.mean())
+
+
+def encode_labels(labels: Sequence | np.ndarray | Tensor, n: int) -> Tensor:
+    """Labels of any hashable kind as (N,) int64 codes 0..C-1 (CPU).
+
+    Raises:
+        ValueError: if the labels are not one-dimensional of length ``n``.
+    """
+    if isinstance(labels, Tensor):
+        arr = labels.detach().cpu().numpy()
+    else:
+        arr = np.asarray(labels)
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise ValueError(
+            f"Expected `labels` to have shape ({n},) (one label per point), but got shape {arr.shape}."
+        )
+    _, codes = np.unique(arr, return_inverse=True)
+    return torch.from_numpy(codes.reshape(-1).astype(np.int64))
+
+
+def label_overlap(
+    x: Tensor | np.ndarray | Neighbors,
+    labels: Sequence | np.ndarray | Tensor,
+    *,
+    k: int = 10,
+    weighted: bool = True,
+    per_point: bool = False,
+) -> float | Tensor:
+    r"""Overlap of each point's neighbourhood with its class (Doimo et al. 2020).
+
+    .. math:: \chi_k^{gt}(i) = \frac{1}{k} \#\{ j \in \mathcal{N}_k(i) : y_j = y_i \}
+
+    averaged over points; ``weighted=True`` weights point i by :math:`1 / n_{y_i}` (each class counts
+    equally, DADApy's default), otherwise a plain mean.
+
+    Args:
+        x: (N, D) points or ``Neighbors``.
+        labels: (N,) class labels (ints, strings, ...).
+        k: neighbourhood size.
+        weighted: class-balanced mean.
+        per_point: return the (N,) float64 per-sample values instead.
+
+    Returns:
+        The (weighted) mean overlap, or the per-sample values.
+
+    Raises:
+        ValueError: labels of the wrong length, bad ``k``.
+
+    Example:
+        >>> x = torch.tensor([[0.0], [0.1], [0.2], [5.0], [5.1], [5.2]])
+        >>> label_overlap(x, [0, 0, 0, 1, 1, 1], k=2)
+        1.0
+    """
+    idx = _indices(x, k, name="x")
+    codes = encode_labels(labels, idx.shape[0]).to(idx.device)
+    same = (codes[idx] == codes.unsqueeze(1)).sum(dim=1).to(torch.float64) / k  # (N,)
+    if per_point:
+        return same
+    if not weighted:
+        return float(same.mean())
+    w = 1.0 / torch.bincount(codes).to(torch.float64)[codes]
+    return float((w * same).sum() / w.sum())
