@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .neighbors import Neighbors, knn
+from .neighbors import Neighbors, as_points, knn
 
 __all__ = [
     "IDEstimate",
@@ -95,36 +95,71 @@ class IDScaling:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
-def _neighbors(x: Tensor | np.ndarray | Neighbors, k: int, *, what: str) -> Neighbors:
-    """Neighbours up to rank ``k`` from points or a precomputed ``Neighbors``."""
+def _distances(x: Tensor | np.ndarray | Neighbors, k: int, *, what: str) -> tuple[Tensor, Tensor | None, int]:
+    """(N', k) float64 neighbour distances, an optional (N',) mask of usable rows, and N.
+
+    From points with duplicate rows, the kNN is taken over the *distinct* points (so copies do not
+    fake mu = 1 for their neighbours) and the mask leaves out every point that has a copy.
+    """
     if isinstance(x, Neighbors):
         if x.k < k:
             raise ValueError(
                 f"{what} needs the first {k} neighbours of every point, but the given `Neighbors` "
                 f"holds only {x.k}. Compute them with `knn(x, k={k})` (or larger)."
             )
-        return x.head(k)
-    n = int(x.shape[0]) if hasattr(x, "shape") and len(x.shape) >= 1 else 0
+        return x.distances[:, :k].to(torch.float64), None, x.n_points
+    pts = as_points(x)
+    n = pts.shape[0]
     if n <= k:
-        raise ValueError(
-            f"{what} needs at least {k + 1} points (the {k}-th neighbour of each), but got N = {n}."
-        )
-    return knn(x, k)
+        raise ValueError(f"{what} needs at least {k + 1} points (the {k}-th neighbour of each), but got N = {n}.")
+    nb = knn(pts, k)
+    if bool((nb.distances[:, 0] > 0).all()):
+        return nb.distances, None, n
+    uniq, counts = torch.unique(pts, dim=0, return_counts=True)
+    if uniq.shape[0] <= k:
+        raise ValueError(f"{what} needs at least {k + 1} distinct points, but got {uniq.shape[0]} (of N = {n}).")
+    return knn(uniq, k).distances, counts == 1, n
 
 
-def _drop_zero(r_inner: Tensor, *, what: str) -> Tensor:
-    """Mask of usable points (r_inner > 0); warns once with the count of dropped duplicates."""
-    keep = r_inner > 0
-    n_drop = int((~keep).sum())
-    if n_drop:
+def _ratio_pairs(r: Tensor, n1: int, n2: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(r_n1, r_n2, keep) from (N, >= n2) ascending float64 distances, robust to duplicate points.
+
+    Without duplicates (every r_1 > 0) these are plain columns n1 and n2 (DADApy exactly). With
+    duplicates, a point at distance 0 from another is dropped (``keep`` False) and, for the others,
+    ranks count *distinct* neighbour locations, so that the copies of a duplicated point do not
+    fake a ratio mu = 1; points with fewer than n2 distinct neighbours stored are dropped too.
+    """
+    if bool((r[:, 0] > 0).all()):
+        keep = torch.ones(r.shape[0], dtype=torch.bool, device=r.device)
+        return r[:, n1 - 1], r[:, n2 - 1], keep
+    prev = torch.nn.functional.pad(r[:, :-1], (1, 0), value=0.0)
+    distinct = r > prev  # (N, k): a new neighbour location
+    count = distinct.cumsum(dim=1)  # distinct locations up to each column
+    keep = (r[:, 0] > 0) & (count[:, -1] >= n2)
+    pos_in = (count < n1).sum(dim=1, keepdim=True).clamp_max(r.shape[1] - 1)
+    pos_out = (count < n2).sum(dim=1, keepdim=True).clamp_max(r.shape[1] - 1)
+    return r.gather(1, pos_in).squeeze(1), r.gather(1, pos_out).squeeze(1), keep
+
+
+def _ratios(x: Tensor | np.ndarray | Neighbors, pairs: list[tuple[int, int]], *, what: str) -> tuple[list, int]:
+    """[(r_n1, r_n2)] on the usable points for each (n1, n2), and how many points were left out (warned once)."""
+    r, base, n = _distances(x, max(p[1] for p in pairs), what=what)
+    out, dropped = [], 0
+    for n1, n2 in pairs:
+        r_in, r_out, keep = _ratio_pairs(r, n1, n2)
+        if base is not None:
+            keep = keep & base
+        dropped = max(dropped, n - int(keep.sum()))
+        out.append((r_in[keep], r_out[keep]))
+    if dropped:
         warnings.warn(
-            f"{what}: {n_drop} of {r_inner.numel()} points have a neighbour at distance 0 "
-            "(duplicate points); they were left out of the estimate. This differs from DADApy, "
-            "which keeps them and returns a biased value.",
+            f"{what}: {dropped} of {n} points have a neighbour at distance 0 (duplicate points) or too "
+            "few distinct neighbours stored, and were left out of the estimate; the other points' "
+            "neighbour ranks count distinct locations. DADApy keeps duplicates and returns a biased value.",
             DuplicatePointsWarning,
             stacklevel=3,
         )
-    return keep
+    return out, dropped
 
 
 def _twonn_from_mu(mu: Tensor, discard_fraction: float, method: str) -> tuple[float, float]:
@@ -186,20 +221,17 @@ def twonn(
             "`discard_fraction=0` makes the fit's last point -log(1 - N/N) infinite; "
             "use `method='mle'` to use all points."
         )
-    nb = _neighbors(x, 2, what="TwoNN")
-    r = nb.distances.to(torch.float64)
-    keep = _drop_zero(r[:, 0], what="TwoNN")
-    r = r[keep]
-    if r.shape[0] < 3:
-        raise ValueError(f"TwoNN needs at least 3 non-duplicate points, but got {r.shape[0]}.")
-    dim, err = _twonn_from_mu(r[:, 1] / r[:, 0], discard_fraction, method)
+    ((r1, r2),), n_drop = _ratios(x, [(1, 2)], what="TwoNN")
+    if r1.numel() < 3:
+        raise ValueError(f"TwoNN needs at least 3 non-duplicate points, but got {r1.numel()}.")
+    dim, err = _twonn_from_mu(r2 / r1, discard_fraction, method)
     return IDEstimate(
         dim=dim,
         err=err,
-        scale=float(r.mean()),
-        n_points=int(r.shape[0]),
+        scale=float(0.5 * (r1.mean() + r2.mean())),
+        n_points=int(r1.numel()),
         estimator="twonn",
-        n_dropped=int((~keep).sum()),
+        n_dropped=n_drop,
     )
 
 
@@ -238,8 +270,6 @@ def twonn_scaling(
     """
     if isinstance(x, Neighbors):
         raise TypeError("`twonn_scaling` decimates the point set, so it needs the points (N, D), not `Neighbors`.")
-    from .neighbors import as_points
-
     pts = as_points(x)
     n = pts.shape[0]
     n_dec = int(math.log2(n)) - 1 if n > 1 else 0
@@ -308,11 +338,8 @@ def _gride_from_mu(mu: Tensor, n1: int, n2: int, *, d0: float = 1e-3, d1: float 
     return dim, _gride_fisher(dim, mu, n1, n2, 5 * _EPS64) ** -0.5
 
 
-def _gride_at(r: Tensor, n1: int, n2: int) -> IDEstimate:
-    """GRIDE from the (N, >= n2) float64 neighbour distances."""
-    r_in, r_out = r[:, n1 - 1], r[:, n2 - 1]
-    keep = _drop_zero(r_in, what=f"GRIDE (n1={n1}, n2={n2})")
-    r_in, r_out = r_in[keep], r_out[keep]
+def _gride_at(r_in: Tensor, r_out: Tensor, n1: int, n2: int, n_dropped: int) -> IDEstimate:
+    """GRIDE from the usable points' r_n1, r_n2 (float64)."""
     if r_in.numel() < 3:
         raise ValueError(f"GRIDE needs at least 3 non-duplicate points, but got {r_in.numel()}.")
     dim, err = _gride_from_mu(r_out / r_in, n1, n2)
@@ -324,7 +351,7 @@ def _gride_at(r: Tensor, n1: int, n2: int) -> IDEstimate:
         estimator="gride",
         n1=n1,
         n2=n2,
-        n_dropped=int((~keep).sum()),
+        n_dropped=n_dropped,
     )
 
 
@@ -359,8 +386,8 @@ def gride(x: Tensor | np.ndarray | Neighbors, *, n1: int = 1, n2: int = 2) -> ID
     """
     if not (isinstance(n1, int) and isinstance(n2, int) and 1 <= n1 < n2):
         raise ValueError(f"Expected integer ranks 1 <= n1 < n2, but got n1={n1!r}, n2={n2!r}.")
-    nb = _neighbors(x, n2, what=f"GRIDE (n2={n2})")
-    return _gride_at(nb.distances.to(torch.float64), n1, n2)
+    ((r_in, r_out),), n_drop = _ratios(x, [(n1, n2)], what=f"GRIDE (n1={n1}, n2={n2})")
+    return _gride_at(r_in, r_out, n1, n2, n_drop)
 
 
 def gride_max_rank(n_points: int, range_max: int = 64) -> int:
@@ -394,9 +421,9 @@ def gride_scaling(x: Tensor | np.ndarray | Neighbors, *, range_max: int = 64) ->
     """
     n = x.n_points if isinstance(x, Neighbors) else int(x.shape[0])
     top = gride_max_rank(n, range_max)
-    nb = _neighbors(x, top, what=f"GRIDE scaling (range_max={range_max})")
-    r = nb.distances.to(torch.float64)
-    rows = [_gride_at(r, 2**i, 2 ** (i + 1)) for i in range(int(math.log2(top)))]
+    pairs = [(2**i, 2 ** (i + 1)) for i in range(int(math.log2(top)))]
+    ratios, n_drop = _ratios(x, pairs, what=f"GRIDE scaling (range_max={range_max})")
+    rows = [_gride_at(r_in, r_out, n1, n2, n_drop) for (r_in, r_out), (n1, n2) in zip(ratios, pairs)]
     return IDScaling(
         dims=tuple(e.dim for e in rows),
         errs=tuple(e.err for e in rows),

@@ -177,9 +177,8 @@ def knn(x: Tensor | np.ndarray, k: int, *, block_size: int | None = None, margin
     kc = min(n - 1, k + (max(4, k // 8) if margin is None else int(margin)))
     block = int(block_size) if block_size else _default_block(n, device)
 
-    x64 = x.to(torch.float64)
-    x64 = x64 - x64.mean(dim=0, keepdim=True)  # centring shrinks norms: less float32 cancellation
-    x32 = x64.to(torch.float32)
+    x64 = x.to(torch.float64)  # exact distances: differences of the points as given
+    x32 = (x64 - x64.mean(dim=0, keepdim=True)).to(torch.float32)  # centred: less cancellation
     sq = (x32 * x32).sum(dim=1)  # (N,)
     neg_half_sq = (-0.5 * sq).unsqueeze(0)  # (1, N)
 

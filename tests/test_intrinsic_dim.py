@@ -1,0 +1,164 @@
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lightning_geom.geometry import (
+    DuplicatePointsWarning,
+    gride,
+    gride_max_rank,
+    gride_scaling,
+    knn,
+    twonn,
+    twonn_scaling,
+)
+
+CASES = ["hypercube_d5_D20", "gaussian_d5_D100"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_twonn_matches_dadapy(case, id_datasets, reference):
+    ref = reference["id_cases"][case]
+    x = id_datasets[case]
+    est = twonn(x)
+    assert abs(est.dim - ref["twonn_default"]["id"]) < 1e-6
+    assert abs(est.scale - ref["twonn_default"]["scale"]) < 1e-9
+    assert est.n_points == 2000 and est.n_dropped == 0
+    assert abs(twonn(x, discard_fraction=0.02).dim - ref["twonn_mu_fraction_0.98"]["id"]) < 1e-6
+    assert abs(twonn(x, method="mle").dim - ref["twonn_ml"]["id"]) < 1e-6
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_gride_scaling_matches_dadapy(case, id_datasets, reference):
+    ref = reference["id_cases"][case]["gride_scaling"]
+    s = gride_scaling(id_datasets[case], range_max=64)
+    assert list(s.ranks) == ref["n1"]
+    np.testing.assert_allclose(s.dims, ref["ids"], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(s.errs, ref["errs"], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(s.scales, ref["rs"], atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_float32_input_within_suggested_tolerance(case, id_datasets, reference):
+    ref = reference["id_cases"][case]
+    x = torch.from_numpy(id_datasets[case]).float()
+    assert twonn(x).dim == pytest.approx(ref["twonn_default"]["id"], rel=1e-4)
+    np.testing.assert_allclose(gride_scaling(x).dims, ref["gride_scaling"]["ids"], rtol=1e-4)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_twonn_scaling_against_dadapy(case, id_datasets, reference):
+    ref = reference["id_cases"][case]["twonn_decimation_scaling"]
+    s = twonn_scaling(id_datasets[case], seed=0)
+    assert list(s.ranks) == ref["n_subset"]
+    assert abs(s.dims[0] - ref["ids"][0]) < 1e-6 and s.errs[0] == 0.0
+    for mine, theirs, e1, e2 in zip(s.dims[1:], ref["ids"][1:], s.errs[1:], ref["errs"][1:]):
+        assert abs(mine - theirs) < 3 * (e1 + e2) + 0.1 * theirs
+    assert all(a < b for a, b in zip(s.scales, s.scales[1:]))  # smaller subsets, larger scales
+
+
+def test_one_knn_serves_every_estimator(id_datasets):
+    x = id_datasets["gaussian_d5_D100"]
+    nb = knn(x, 64)
+    assert twonn(nb) == twonn(x)
+    assert gride_scaling(nb) == gride_scaling(x)
+    assert gride(nb, n1=4, n2=8) == gride(x, n1=4, n2=8)
+
+
+def test_gride_n1_1_is_twonn_mle(id_datasets):
+    x = id_datasets["hypercube_d5_D20"]
+    assert gride(x).dim == pytest.approx(twonn(x, method="mle").dim, abs=1e-6)
+
+
+def test_gride_general_ranks_recover_dimension():
+    g = np.random.default_rng(5)
+    x = g.standard_normal((3000, 7)) @ g.standard_normal((7, 30))
+    assert gride(x, n1=3, n2=9).dim == pytest.approx(7, rel=0.1)
+
+
+@pytest.mark.parametrize("estimator", ["twonn", "gride"])
+def test_duplicates_are_dropped_with_one_warning(estimator, id_datasets):
+    x = id_datasets["gaussian_d5_D100"]
+    dup = np.concatenate([x, x[:150]])  # 300 points now have a twin at distance 0
+    fn = twonn if estimator == "twonn" else gride
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        est = fn(dup)
+    msgs = [w for w in rec if issubclass(w.category, DuplicatePointsWarning)]
+    assert len(msgs) == 1 and "300 of 2150 points" in str(msgs[0].message)
+    assert est.n_dropped == 300 and est.n_points == 1850
+    assert est.dim == pytest.approx(5, abs=0.5)  # DADApy would collapse towards 0 (GRIDE)
+
+
+def test_gride_scaling_with_duplicates_matches_deduplicated_data():
+    """Copies of points neither fake mu = 1 for their neighbours nor collapse any scale."""
+    x = np.random.default_rng(0).standard_normal((1500, 3))
+    dup = np.concatenate([x] + [x[:20]] * 4)  # 5 copies of 20 points
+    with pytest.warns(DuplicatePointsWarning) as rec:
+        s = gride_scaling(dup, range_max=16)
+    assert len(rec) == 1 and "100 of 1580 points" in str(rec[0].message)
+    clean = gride_scaling(x[20:], range_max=16)  # what the kept points see, without the copies
+    np.testing.assert_allclose(s.dims, clean.dims, rtol=0.05)
+    assert all(math.isfinite(d) for d in s.dims)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**16),
+    scale=st.floats(1e-3, 1e3),
+    shift=st.floats(-100, 100),
+)
+def test_id_invariant_under_similarity(seed, scale, shift):
+    g = np.random.default_rng(seed)
+    x = g.standard_normal((300, 4)) @ g.standard_normal((4, 12))
+    q = np.linalg.qr(g.standard_normal((12, 12)))[0]
+    y = scale * x @ q + shift
+    assert twonn(y).dim == pytest.approx(twonn(x).dim, rel=1e-6)
+    np.testing.assert_allclose(gride_scaling(y, range_max=16).dims, gride_scaling(x, range_max=16).dims, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda x: twonn(x, method="bogus"), "one of 'fit', 'mle'"),
+        (lambda x: twonn(x, discard_fraction=1.0), r"`discard_fraction` in \[0, 1\)"),
+        (lambda x: twonn(x, discard_fraction=0.0), "method='mle'"),
+        (lambda x: twonn(x[:2]), "at least 3 points"),
+        (lambda x: gride(x, n1=2, n2=2), "1 <= n1 < n2"),
+        (lambda x: gride(x[:5], n1=4, n2=8), r"at least 9 points .* N = 5"),
+        (lambda x: gride(knn(x, 4), n1=4, n2=8), "holds only 4"),
+        (lambda x: gride_max_rank(2), "N >= 3"),
+        (lambda x: twonn_scaling(x[:10]), "min_points = 10"),
+        (lambda x: twonn(np.where(np.arange(50)[:, None] == 7, np.nan, x)), r"rows \[7\]"),
+    ],
+)
+def test_bad_input(call, match):
+    x = np.random.default_rng(0).standard_normal((50, 3))
+    with pytest.raises(ValueError, match=match):
+        call(x)
+
+
+def test_twonn_scaling_needs_points():
+    x = np.random.default_rng(0).standard_normal((50, 3))
+    with pytest.raises(TypeError, match="needs the points"):
+        twonn_scaling(knn(x, 2))
+
+
+def test_all_duplicates_raise():
+    with pytest.raises(ValueError, match="at least 3 distinct points, but got 1"):
+        twonn(np.ones((10, 2)))
+
+
+def test_duplicates_in_precomputed_neighbors_use_distinct_ranks(id_datasets):
+    """A kNN graph computed with copies inside: ranks skip repeated locations."""
+    x = id_datasets["gaussian_d5_D100"]
+    dup = np.concatenate([x, x[:150]])
+    with pytest.warns(DuplicatePointsWarning, match="left out"):
+        from_graph = gride_scaling(knn(dup, 64), range_max=32)
+    with pytest.warns(DuplicatePointsWarning):
+        from_points = gride_scaling(dup, range_max=32)
+    np.testing.assert_allclose(from_graph.dims, from_points.dims, rtol=0.03)

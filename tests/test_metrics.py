@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+import torch
+
+from lightning_geom.geometry import gride, label_overlap, neighborhood_overlap, twonn
+from lightning_geom.metrics import IntrinsicDimension, LabelOverlap, NeighborhoodOverlap
+
+
+@pytest.fixture
+def data():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(600, 4, generator=g) @ torch.randn(4, 16, generator=g)
+    b = a + 0.1 * torch.randn(600, 16, generator=g)
+    y = torch.randint(0, 3, (600,), generator=g)
+    return a, b, y
+
+
+def test_metrics_equal_functional_over_batches(data):
+    a, b, y = data
+    idm, idg, no, lo = IntrinsicDimension(), IntrinsicDimension("gride", n1=2), NeighborhoodOverlap(k=10), LabelOverlap(k=5)
+    for s in range(0, 600, 128):
+        idm.update(a[s : s + 128])
+        idg.update(a[s : s + 128])
+        no.update(a[s : s + 128], b[s : s + 128])
+        lo.update(a[s : s + 128], y[s : s + 128])
+    assert float(idm.compute()) == pytest.approx(twonn(a).dim)
+    assert float(idg.compute()) == pytest.approx(gride(a, n1=2, n2=4).dim)
+    assert float(no.compute()) == pytest.approx(neighborhood_overlap(a, b, k=10))
+    assert float(lo.compute()) == pytest.approx(label_overlap(a, y, k=5))
+
+
+def test_metric_states_concatenate_across_ranks():
+    """What DDP's `cat` reduction does: two ranks' states merged give the single-process answer."""
+    g = np.random.default_rng(0)
+    x = torch.from_numpy(g.standard_normal((400, 5))).float()
+    r0, r1, whole = IntrinsicDimension(), IntrinsicDimension(), IntrinsicDimension()
+    r0.update(x[:200])
+    r1.update(x[200:])
+    whole.update(x)
+    r0.merge_state(r1)
+    assert float(r0.compute()) == pytest.approx(float(whole.compute()))
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: IntrinsicDimension("pca"), "one of 'twonn', 'gride'"),
+        (lambda: NeighborhoodOverlap(k=0), "positive integer"),
+        (lambda: LabelOverlap(k=-1), "positive integer"),
+        (lambda: IntrinsicDimension().update(torch.zeros(3)), r"shape \(B, D\)"),
+        (lambda: NeighborhoodOverlap().update(torch.zeros(3, 2), torch.zeros(4, 2)), "same batch size"),
+        (lambda: LabelOverlap().update(torch.zeros(3, 2), torch.zeros(4)), r"shape \(3,\)"),
+    ],
+)
+def test_bad_input(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

@@ -1,0 +1,91 @@
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.distance import cdist
+
+from lightning_geom.geometry import Neighbors, knn
+
+
+def _brute(x: np.ndarray, k: int):
+    d = cdist(x, x)
+    np.fill_diagonal(d, np.inf)
+    order = np.lexsort((np.broadcast_to(np.arange(len(x)), d.shape), d), axis=1)[:, :k]
+    return np.take_along_axis(d, order, 1), order
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("n", "d", "k", "block"), [(300, 7, 10, None), (257, 50, 33, 64), (40, 3, 39, 7)])
+def test_knn_matches_cdist(dtype, n, d, k, block):
+    x = np.random.default_rng(0).standard_normal((n, d)).astype(dtype)
+    nb = knn(x, k, block_size=block)
+    dist, idx = _brute(x.astype(np.float64), k)
+    np.testing.assert_array_equal(nb.indices.numpy(), idx)
+    np.testing.assert_allclose(nb.distances.numpy(), dist, rtol=1e-12, atol=0)
+    assert nb.distances.dtype == torch.float64 and nb.indices.dtype == torch.int64
+
+
+def test_knn_torch_and_numpy_agree_and_do_not_mutate():
+    x = torch.randn(100, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    before = x.clone()
+    a, b = knn(x, 5), knn(x.numpy(), 5)
+    assert torch.equal(x, before)
+    assert torch.equal(a.indices, b.indices)
+
+
+def test_near_duplicates_survive_float32():
+    """Cancellation would turn 1e-5 distances between 1e3-norm points into 0 or garbage."""
+    rng = np.random.default_rng(2)
+    base = rng.standard_normal((500, 64)) * 1e3 + 5e3
+    x = np.concatenate([base, base[:50] + 1e-5 * rng.standard_normal((50, 64))])
+    nb = knn(x, 2)
+    dist, idx = _brute(x, 2)
+    np.testing.assert_allclose(nb.distances.numpy(), dist, rtol=1e-9)
+    assert (nb.distances[:50, 0] > 0).all()
+    np.testing.assert_array_equal(nb.indices[:50, 0].numpy(), np.arange(500, 550))
+
+
+def test_exact_duplicates_have_zero_distance_and_index_ties_break_low():
+    x = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
+    nb = knn(x, 2)
+    assert nb.indices[0].tolist() == [1, 3]
+    assert nb.distances[0].tolist() == [0.0, 0.0]
+
+
+def test_certificate_fallback_rows_are_exact():
+    """margin=0 forces the certificate to catch rows whose float32 ranking may be wrong."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((200, 4))
+    x[100:] = x[:100] + 1e-7 * rng.standard_normal((100, 4))  # many near-ties
+    nb = knn(x, 3, margin=0)
+    dist, idx = _brute(x, 3)
+    np.testing.assert_allclose(nb.distances.numpy(), dist, rtol=1e-9)
+
+
+def test_head_and_validation():
+    nb = knn(np.random.default_rng(0).standard_normal((20, 3)), 5)
+    assert isinstance(nb, Neighbors) and nb.head(2).k == 2 and nb.n_points == 20
+    with pytest.raises(ValueError, match=r"Expected `k` in \[1, 5\]"):
+        nb.head(6)
+
+
+@pytest.mark.parametrize(
+    ("x", "k", "err", "match"),
+    [
+        (np.zeros((5,)), 1, ValueError, r"shape \(N, D\)"),
+        (np.zeros((0, 3)), 1, ValueError, "non-empty"),
+        ([[1.0, 2.0]], 1, TypeError, "torch.Tensor or numpy.ndarray"),
+        (np.random.default_rng(0).standard_normal((5, 2)), 5, ValueError, r"\[1, N - 1\] = \[1, 4\]"),
+        (np.random.default_rng(0).standard_normal((5, 2)), 0, ValueError, "integer in"),
+    ],
+)
+def test_knn_bad_input(x, k, err, match):
+    with pytest.raises(err, match=match):
+        knn(x, k)
+
+
+def test_knn_names_nonfinite_rows():
+    x = np.ones((10, 3)) * np.arange(10)[:, None]
+    x[3, 1] = np.nan
+    x[7, 0] = np.inf
+    with pytest.raises(ValueError, match=r"2 of 10 rows contain NaN or Inf \(rows \[3, 7\]\)"):
+        knn(x, 2)

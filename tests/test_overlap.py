@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lightning_geom.geometry import knn, label_overlap, neighborhood_overlap
+
+
+@pytest.mark.parametrize("case", ["A_vs_A_plus_0.05E", "A_vs_3AR_plus_7_(similarity)"])
+@pytest.mark.parametrize("k", [10, 30])
+def test_data_overlap_matches_dadapy(case, k, overlap_data, reference):
+    ref = reference["overlap_cases"][case]
+    got = neighborhood_overlap(overlap_data["A"], overlap_data[ref["B"]], k=k)
+    assert abs(got - ref[f"k{k}"]) < 1e-9
+
+
+@pytest.mark.parametrize("name", ["A", "A_plus_0.05E", "U"])
+@pytest.mark.parametrize("k", [5, 10, 30])
+@pytest.mark.parametrize("weighted", [True, False])
+def test_label_overlap_matches_dadapy(name, k, weighted, overlap_data, reference):
+    ref = reference["label_overlap_cases"]["values"][name][f"k{k}_{'weighted' if weighted else 'plain'}"]
+    got = label_overlap(overlap_data[name], overlap_data["labels"], k=k, weighted=weighted)
+    assert abs(got - ref) < 1e-9
+
+
+def test_label_overlap_accepts_any_labels_and_neighbors(overlap_data):
+    x, y = overlap_data["A"], overlap_data["labels"]
+    nb = knn(x, 30)
+    names = np.array(["cat", "dog", "eel", "fox"])[y]
+    assert label_overlap(nb, names, k=10) == label_overlap(x, torch.from_numpy(y), k=10)
+    per = label_overlap(nb, y, k=10, per_point=True)
+    assert per.shape == (2000,) and float(per.mean()) == pytest.approx(label_overlap(x, y, k=10, weighted=False))
+
+
+def test_per_point_overlap_and_neighbors_input(overlap_data):
+    a, b = knn(overlap_data["A"], 30), knn(overlap_data["A_plus_0.05E"], 30)
+    per = neighborhood_overlap(a, b, k=10, per_point=True)
+    assert per.shape == (2000,) and ((per >= 0) & (per <= 1)).all()
+    assert float(per.mean()) == pytest.approx(neighborhood_overlap(a, b, k=10))
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**16), k=st.integers(1, 20), scale=st.floats(0.01, 100))
+def test_overlap_properties(seed, k, scale):
+    g = np.random.default_rng(seed)
+    a = g.standard_normal((120, 6))
+    b = g.standard_normal((120, 9))
+    ab = neighborhood_overlap(a, b, k=k)
+    assert ab == pytest.approx(neighborhood_overlap(b, a, k=k))
+    assert 0.0 <= ab <= 1.0
+    q = np.linalg.qr(g.standard_normal((6, 6)))[0]
+    assert neighborhood_overlap(a, scale * a @ q - 3.0, k=k) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda a: neighborhood_overlap(a, a[:-1], k=3), "N = 30 and N = 29"),
+        (lambda a: neighborhood_overlap(a, a, k=0), "positive integer"),
+        (lambda a: neighborhood_overlap(a, a, k=30), "more than k = 30 points"),
+        (lambda a: neighborhood_overlap(knn(a, 3), a, k=5), "at least k = 5 neighbours"),
+        (lambda a: label_overlap(a, [0, 1] * 10, k=3), r"shape \(30,\)"),
+    ],
+)
+def test_bad_input(call, match):
+    a = np.random.default_rng(0).standard_normal((30, 2))
+    with pytest.raises(ValueError, match=match):
+        call(a)
