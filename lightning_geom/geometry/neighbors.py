@@ -3,9 +3,10 @@
 The floor of every geometry estimator is the distance GEMM (N x N x D multiply-adds). ``knn`` spends
 its time there and wastes little after it:
 
-1. centre the points (float64 mean), cast to float32 and compute, block of rows by block of rows,
-   the ranking score ``s_ij = <x_i, x_j> - |x_j|^2 / 2`` with one ``addmm`` (so that
-   ``|x_i - x_j|^2 = |x_i|^2 - 2 s_ij``), and keep the ``k + margin`` best candidates with ``topk``;
+1. centre the points (float64 mean), cast to float32 and compute, one panel of rows at a time,
+   the ranking score ``s_ij = <x_i, x_j> - |x_j|^2 / 2`` (so that ``|x_i - x_j|^2 = |x_i|^2 - 2 s_ij``),
+   and keep the ``k + margin`` best candidates per row with ``topk``; the Gram matrix is symmetric,
+   so each block above the diagonal is multiplied once and serves its transpose (half the flops);
 2. recompute the kept distances exactly, as the norm of the *difference* of the points in float64,
    so that near-duplicates are not turned into zeros or garbage by the cancellation in
    ``|x_i|^2 + |x_j|^2 - 2 <x_i, x_j>`` (a known failure of float32 TwoNN on N = 10k, D = 768 embeddings);
@@ -13,7 +14,8 @@ its time there and wastes little after it:
    candidate minus a rounding-error bound; a row that fails (rare) is recomputed exactly against
    all points. The result is the exact kNN graph, not an approximation.
 
-Memory stays O(block x N).
+Memory: O(block x N) plus the kept transposed blocks (at most ~N^2 bytes, capped at 1 GiB;
+above that, every block is multiplied and nothing is kept).
 """
 
 from __future__ import annotations
@@ -112,21 +114,85 @@ def as_points(x: Tensor | np.ndarray, *, name: str = "x") -> Tensor:
 
 
 def _default_block(n: int, device: torch.device) -> int:
-    # ~32 MiB of float32 scores per block on CPU (cache friendly), ~1 GiB on accelerators.
-    budget = (1 << 23) if device.type == "cpu" else (1 << 28)
-    return max(1, min(n, budget // max(n, 1)))
+    # square blocks of the Gram matrix: 1024^2 floats (4 MiB) on CPU, 8192^2 (256 MiB) on accelerators.
+    return max(1, min(n, 1024 if device.type == "cpu" else 8192))
 
 
-def _exact_distances(x64: Tensor, rows: Tensor, cols: Tensor, *, chunk: int = 16) -> Tensor:
-    """|x_i - x_j| in float64 for i in ``rows`` (R,), j in ``cols`` (R, C); returns (R, C)."""
-    out = torch.empty(cols.shape, dtype=torch.float64, device=x64.device)
-    c = cols.shape[1]
-    for s in range(0, rows.shape[0], chunk):
-        e = min(s + chunk, rows.shape[0])
-        nb = x64.index_select(0, cols[s:e].reshape(-1)).view(e - s, c, -1)  # (r, C, D)
+def _exact_distances(x: Tensor, x64: Tensor, rows: Tensor, cols: Tensor, *, chunk: int = 16) -> Tensor:
+    """|x_i - x_j| in float64 for i in ``rows`` (R,), j in ``cols`` (R, C); returns (R, C).
+
+    Rows of ``x`` (any float dtype) are gathered into a float64 buffer allocated once, and the
+    difference is taken in float64: exact for float32 points, no cancellation.
+    """
+    r_all, c = cols.shape
+    out = torch.empty(cols.shape, dtype=torch.float64, device=x.device)
+    buf = torch.empty(chunk * c, x.shape[1], dtype=torch.float64, device=x.device)
+    for s in range(0, r_all, chunk):
+        e = min(s + chunk, r_all)
+        nb = buf[: (e - s) * c]
+        nb.copy_(x.index_select(0, cols[s:e].reshape(-1)))
+        nb = nb.view(e - s, c, -1)  # (r, C, D)
         nb.sub_(x64.index_select(0, rows[s:e]).unsqueeze(1))
         out[s:e] = torch.linalg.vector_norm(nb, dim=-1)
     return out
+
+
+_SYM_BUDGET_BYTES = 1 << 30  # the symmetric path keeps an N x N float32 buffer up to this size
+
+
+def _top(scores: Tensor, kc: int, col0: int, *, group: int = 8) -> tuple[Tensor, Tensor]:
+    """Best ``kc`` scores per row (values, column indices + ``col0``), unsorted.
+
+    Two stages, exact: the top-kc groups of ``group`` columns by their maximum must hold every
+    top-kc element (a group without one has a smaller maximum than any group with one), so
+    ``topk`` runs on N / group maxima and then on kc * group gathered scores.
+    """
+    b, w = scores.shape
+    kk = min(kc, w)
+    if w % group or w // group <= 2 * kk:
+        top = torch.topk(scores, kk, dim=1, largest=True, sorted=False)
+        return top.values, top.indices + col0
+    gmax = scores.view(b, w // group, group).amax(dim=2)  # (b, w / group)
+    gidx = torch.topk(gmax, kk, dim=1, largest=True, sorted=False).indices  # (b, kk)
+    cols = (gidx.unsqueeze(2) * group + torch.arange(group, device=scores.device)).reshape(b, -1)
+    top = torch.topk(scores.gather(1, cols), kk, dim=1, largest=True, sorted=False)
+    return top.values, cols.gather(1, top.indices) + col0
+
+
+def _candidates(x32: Tensor, kc: int, block: int) -> tuple[Tensor, Tensor]:
+    """Top-``kc`` float32 scores s_ij = <x_i, x_j> - |x_j|^2 / 2 (j != i) and their indices, per row.
+
+    Row block by row block, one GEMM gives the scores against the columns from the block on
+    (b, N - s); the Gram matrix is symmetric, so (when an N x N float32 buffer fits
+    ``_SYM_BUDGET_BYTES``) the transposed pieces are kept for the later row blocks, which then need
+    no GEMM for the columns before them: half the flops. Buffers are allocated once (page faults
+    on fresh 40 MB allocations cost as much as the topk).
+    """
+    n, device = x32.shape[0], x32.device
+    half_sq = 0.5 * (x32 * x32).sum(dim=1)  # (N,)
+    symmetric = n > block and n * n * 4 <= _SYM_BUDGET_BYTES
+    left = torch.empty(n, n, dtype=torch.float32, device=device) if symmetric else None  # [j, i] for i < j
+    flat = torch.empty(block * n, dtype=torch.float32, device=device)
+    out_v = torch.empty(n, kc, dtype=torch.float32, device=device)
+    out_i = torch.empty(n, kc, dtype=torch.int64, device=device)
+    for s in range(0, n, block):
+        e = min(s + block, n)
+        c0 = s if symmetric else 0  # first column this block multiplies
+        right = flat[: (e - s) * (n - c0)].view(e - s, n - c0)  # (b, N - c0), contiguous
+        torch.mm(x32[s:e], x32[c0:].T, out=right)
+        if symmetric and e < n:
+            left[e:, s:e] = right[:, e - c0 :].T  # later rows' scores against these columns
+        right.sub_(half_sq[c0:])
+        right[torch.arange(e - s, device=device), torch.arange(s - c0, e - c0, device=device)] = -math.inf
+        parts = [_top(right, kc, c0)]
+        if symmetric and s > 0:
+            before = left[s:e, :s].sub_(half_sq[:s])  # (b, s)
+            parts.append(_top(before, kc, 0))
+        v = torch.cat([p[0] for p in parts], dim=1)
+        i = torch.cat([p[1] for p in parts], dim=1)
+        top = torch.topk(v, kc, dim=1, largest=True, sorted=True)
+        out_v[s:e], out_i[s:e] = top.values, i.gather(1, top.indices)
+    return out_v, out_i
 
 
 def _sort_rows(dist: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
@@ -142,7 +208,7 @@ def knn(x: Tensor | np.ndarray, k: int, *, block_size: int | None = None, margin
 
     .. math:: r_{i,j} = \| x_i - x_{n_j(i)} \|_2, \quad r_{i,1} \le r_{i,2} \le \dots \le r_{i,k}
 
-    Candidates come from a blocked float32 ``addmm`` + ``topk`` on ``x``'s device; the kept
+    Candidates come from a blocked float32 Gram matrix (upper triangle only) + ``topk`` on ``x``'s device; the kept
     distances are recomputed exactly (difference of the points in float64) and every row is
     certified against the float32 rounding bound (rows that fail are redone exactly).
     Ties are broken by the smaller index.
@@ -150,8 +216,8 @@ def knn(x: Tensor | np.ndarray, k: int, *, block_size: int | None = None, margin
     Args:
         x: (N, D) points, numpy or torch, any float dtype.
         k: number of neighbours, 1 <= k <= N - 1.
-        block_size: rows per block (default: ~32 MiB of scores on CPU, ~1 GiB on GPU).
-        margin: extra candidates kept for the exact re-ranking (default ``max(4, k // 8)``).
+        block_size: rows per panel and side of the Gram blocks (default 1024 on CPU, 8192 on GPU).
+        margin: extra candidates kept for the exact re-ranking (default ``max(4, k // 16)``).
 
     Returns:
         :class:`Neighbors` with (N, k) float64 ``distances`` and int64 ``indices`` on ``x``'s device.
@@ -174,26 +240,16 @@ def knn(x: Tensor | np.ndarray, k: int, *, block_size: int | None = None, margin
             f"Expected `k` to be an integer in [1, N - 1] = [1, {n - 1}] for N = {n} points, but got {k!r}."
         )
     device = x.device
-    kc = min(n - 1, k + (max(4, k // 8) if margin is None else int(margin)))
+    kc = min(n - 1, k + (max(4, k // 16) if margin is None else int(margin)))
     block = int(block_size) if block_size else _default_block(n, device)
 
     x64 = x.to(torch.float64)  # exact distances: differences of the points as given
     x32 = (x64 - x64.mean(dim=0, keepdim=True)).to(torch.float32)  # centred: less cancellation
     sq = (x32 * x32).sum(dim=1)  # (N,)
-    neg_half_sq = (-0.5 * sq).unsqueeze(0)  # (1, N)
-
-    cand_idx = torch.empty(n, kc, dtype=torch.int64, device=device)
-    cand_score = torch.empty(n, kc, dtype=torch.float32, device=device)
-    for s in range(0, n, block):
-        e = min(s + block, n)
-        scores = torch.addmm(neg_half_sq, x32[s:e], x32.T)  # (b, N): <x_i,x_j> - |x_j|^2/2
-        scores[torch.arange(e - s, device=device), torch.arange(s, e, device=device)] = -math.inf
-        top = torch.topk(scores, kc, dim=1, largest=True, sorted=True)
-        cand_score[s:e], cand_idx[s:e] = top.values, top.indices
-        del scores
+    cand_score, cand_idx = _candidates(x32, kc, block)
 
     rows = torch.arange(n, device=device)
-    dist = _exact_distances(x64, rows, cand_idx)
+    dist = _exact_distances(x, x64, rows, cand_idx)
     dist, idx = _sort_rows(dist, cand_idx)
 
     if kc < n - 1:
@@ -205,7 +261,7 @@ def knn(x: Tensor | np.ndarray, k: int, *, block_size: int | None = None, margin
         failed = torch.nonzero(kth * kth > est_last - bound).flatten()
         if failed.numel():
             full = rows.unsqueeze(0).expand(failed.numel(), n)
-            exact = _exact_distances(x64, failed, full, chunk=1)
+            exact = _exact_distances(x, x64, failed, full, chunk=1)
             exact[torch.arange(failed.numel(), device=device), failed] = math.inf
             dfix, ifix = _sort_rows(exact, full.clone())
             dist[failed], idx[failed] = dfix[:, :kc], ifix[:, :kc]
