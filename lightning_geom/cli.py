@@ -35,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=10, help="neighbours for the label overlap (default 10)")
     p.add_argument("--range-max", type=int, default=64, help="largest GRIDE neighbour rank (default 64)")
     p.set_defaults(func=_cmd_digits)
+
+    p = sub.add_parser("demo", help="The end-to-end demo (for now: the digits geometry table).")
+    p.add_argument("--k", type=int, default=10, help=argparse.SUPPRESS)
+    p.add_argument("--range-max", type=int, default=64, help=argparse.SUPPRESS)
+    p.set_defaults(func=_cmd_digits)
     return parser
 
 
