@@ -16,11 +16,14 @@ from .intrinsic_dim import (
 )
 from .neighbors import Neighbors, as_points, knn
 from .overlap import encode_labels, label_overlap, neighborhood_overlap
+from .phases import PhaseSummary, three_phase
 
 __all__ = [
     "DuplicatePointsWarning",
     "IDEstimate",
     "IDScaling",
+    "PhaseSummary",
+    "three_phase",
     "Neighbors",
     "as_points",
     "encode_labels",

@@ -1,0 +1,159 @@
+"""The geometry of a whole layer profile, from captured features: pure, shared by the monitor and the probe.
+
+Per layer, one kNN (k = the largest rank any estimator needs) serves TwoNN, the GRIDE scale curve,
+the ID at the chosen scale, the label overlap, and the neighbourhood overlap with the next layer.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .geometry import (
+    DuplicatePointsWarning,
+    IDScaling,
+    Neighbors,
+    gride_max_rank,
+    gride_scaling,
+    knn,
+    label_overlap,
+    neighborhood_overlap,
+    three_phase,
+    twonn,
+)
+
+__all__ = ["GeometrySettings", "choose_scale", "layer_geometry", "profile_geometry", "finish_profile"]
+
+
+@dataclass(frozen=True)
+class GeometrySettings:
+    """What to compute per layer.
+
+    Attributes:
+        range_max: largest GRIDE neighbour rank of the scale curve (capped at N - 1).
+        id_n1: GRIDE inner rank of the reported ID, or ``"auto"`` (see :func:`choose_scale`).
+        overlap_k: k of the neighbourhood overlap with the next layer (Doimo et al.'s code: 10).
+        label_k: k of the label overlap.
+    """
+
+    range_max: int = 64
+    id_n1: int | str = "auto"
+    overlap_k: int = 10
+    label_k: int = 10
+
+    def __post_init__(self) -> None:
+        if not (self.id_n1 == "auto" or (isinstance(self.id_n1, int) and self.id_n1 >= 1)):
+            raise ValueError(f"Expected `id_n1` to be 'auto' or a positive integer, but got {self.id_n1!r}.")
+        for name in ("range_max", "overlap_k", "label_k"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"Expected `{name}` to be a positive integer, but got {v!r}.")
+
+
+def choose_scale(curve: IDScaling, *, tol: float = 0.1) -> int:
+    """Index of the scale where the GRIDE curve is stable (Valeriani et al. read the ID there).
+
+    The first scale from n1 = 2 on whose relative change to the next scale is below ``tol``;
+    if none is, the one with the smallest relative change; a one-scale curve gives 0.
+    """
+    d = curve.dims
+    if len(d) < 2:
+        return 0
+    change = [abs(d[i + 1] - d[i]) / max(abs(d[i]), 1e-12) for i in range(len(d) - 1)]
+    start = 1 if len(change) > 1 else 0
+    for i in range(start, len(change)):
+        if change[i] < tol:
+            return i
+    return min(range(start, len(change)), key=change.__getitem__)
+
+
+def layer_geometry(x: Tensor, labels: Tensor | None, settings: GeometrySettings) -> tuple[dict[str, Any], Tensor | None]:
+    """All per-layer numbers from (N, D) features: a JSON-ready record and the (N, overlap_k) kNN indices.
+
+    Raises:
+        ValueError: NaN/Inf features, too few samples, labels of the wrong length (from the core).
+    """
+    n = int(x.shape[0])
+    top = gride_max_rank(n, settings.range_max)
+    k = max(top, settings.overlap_k, settings.label_k, 2)
+    if n <= k:
+        raise ValueError(f"{n} probe samples are too few for k = {k} neighbours; use more samples or smaller k.")
+    nb = knn(x, k)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DuplicatePointsWarning)
+        tw = twonn(nb)
+        curve = gride_scaling(nb, range_max=settings.range_max)
+    dup = next((str(w.message) for w in caught if issubclass(w.category, DuplicatePointsWarning)), None)
+    if settings.id_n1 == "auto":
+        i = choose_scale(curve)
+    else:
+        if settings.id_n1 not in curve.ranks:
+            raise ValueError(f"`id_n1={settings.id_n1}` is not a scale of the GRIDE curve {curve.ranks}.")
+        i = curve.ranks.index(settings.id_n1)
+    rec: dict[str, Any] = {
+        "n_points": n,
+        "id": curve.dims[i],
+        "id_err": curve.errs[i],
+        "id_n1": curve.ranks[i],
+        "id_scale": curve.scales[i],
+        "twonn": tw.dim,
+        "twonn_err": tw.err,
+        "gride": curve.to_dict(),
+        "label_overlap": None,
+        "overlap_next": None,
+        "warning": dup,
+        "error": None,
+    }
+    if labels is not None:
+        rec["label_overlap"] = label_overlap(nb, labels, k=settings.label_k)
+    return rec, nb.indices[:, : settings.overlap_k].clone()
+
+
+def profile_geometry(
+    features: Sequence[Tensor],
+    labels: Tensor | None,
+    settings: GeometrySettings,
+    *,
+    layers: Sequence[int] | None = None,
+) -> list[dict[str, Any]]:
+    """Per-layer records for the chosen layers (default all); a failing layer gets ``error`` set.
+
+    Each record carries ``_indices`` (its kNN indices) for :func:`finish_profile`.
+    """
+    out = []
+    for li in range(len(features)) if layers is None else layers:
+        try:
+            rec, idx = layer_geometry(features[li], labels, settings)
+        except Exception as err:  # noqa: BLE001 - reported, never raised into training
+            rec, idx = {"error": f"{type(err).__name__}: {err}"}, None
+        rec["index"] = li
+        rec["_indices"] = idx
+        out.append(rec)
+    return out
+
+
+def finish_profile(records: list[dict[str, Any]], settings: GeometrySettings) -> tuple[list[dict[str, Any]], dict | None]:
+    """Sort records by layer, add the overlap with the next layer, drop kNN indices, and detect the phases."""
+    records = sorted(records, key=lambda r: r["index"])
+    for a, b in zip(records, records[1:]):
+        ia, ib = a.get("_indices"), b.get("_indices")
+        if ia is not None and ib is not None:
+            k = settings.overlap_k
+            a["overlap_next"] = neighborhood_overlap(
+                Neighbors(torch.zeros(ia.shape, dtype=torch.float64), ia),
+                Neighbors(torch.zeros(ib.shape, dtype=torch.float64), ib),
+                k=k,
+            )
+    for r in records:
+        r.pop("_indices", None)
+    ids = [r.get("id") for r in records]
+    phase = None
+    if len(ids) >= 3 and all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in ids):
+        phase = three_phase(ids).to_dict()
+    return records, phase

@@ -1,0 +1,269 @@
+"""What every probe-set monitor needs: the probe set, the schedule, DDP sharding/gathering, history
+state, and the failure policy. ``GeometryMonitor`` (and later ``PullbackMonitor``) subclass it and
+implement ``_measure``; everything else lives here once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = ["ProbeMonitor", "probe_batches", "batch_len"]
+
+
+def batch_len(batch: Any) -> int:
+    """Number of samples in a batch: the first dimension of its first tensor."""
+    if isinstance(batch, Tensor):
+        return int(batch.shape[0])
+    if isinstance(batch, Mapping):
+        batch = list(batch.values())
+    if isinstance(batch, (tuple, list)):
+        for item in batch:
+            if isinstance(item, Tensor) and item.ndim > 0:
+                return int(item.shape[0])
+    raise TypeError(f"Cannot tell the size of a batch of type {type(batch).__name__}.")
+
+
+def _slice(batch: Any, a: int, b: int) -> Any:
+    if isinstance(batch, Tensor):
+        return batch[a:b]
+    if isinstance(batch, Mapping):
+        return {k: _slice(v, a, b) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_slice(v, a, b) for v in batch)
+    return batch
+
+
+def _to_cpu(batch: Any) -> Any:
+    if isinstance(batch, Tensor):
+        return batch.detach().cpu()
+    if isinstance(batch, Mapping):
+        return {k: _to_cpu(v) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_to_cpu(v) for v in batch)
+    return batch
+
+
+def probe_batches(probe: Any, *, num_samples: int, batch_size: int) -> list[Any]:
+    """The first ``num_samples`` samples of a probe as a list of CPU batches.
+
+    Args:
+        probe: a ``DataLoader``, a ``Dataset``, a dict of (N, ...) tensors or an (N, ...) tensor.
+
+    Raises:
+        TypeError: any other kind of probe.
+        ValueError: an empty probe.
+    """
+    if isinstance(probe, (Tensor, Mapping)):
+        n = min(batch_len(probe), num_samples)
+        batches = [_to_cpu(_slice(probe, s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
+    else:
+        if isinstance(probe, Dataset):
+            probe = DataLoader(probe, batch_size=batch_size, shuffle=False)
+        if not isinstance(probe, Iterable):
+            raise TypeError(
+                "Expected `probe` to be a DataLoader, a Dataset, a dict of tensors or a tensor, "
+                f"but got {type(probe).__name__}."
+            )
+        batches, seen = [], 0
+        for batch in probe:
+            take = min(batch_len(batch), num_samples - seen)
+            batches.append(_to_cpu(_slice(batch, 0, take)))
+            seen += take
+            if seen >= num_samples:
+                break
+    if not batches or sum(batch_len(b) for b in batches) == 0:
+        raise ValueError("The probe set is empty: pass `probe=` with at least a few hundred samples.")
+    return batches
+
+
+def _dist() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (a one-element list without DDP). Every rank must call it."""
+    rank, world = _dist()
+    if world == 1:
+        return [obj]
+    out: list[Any] = [None] * world
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+class ProbeMonitor(Callback):
+    """Base of the monitors: a fixed probe set measured on a schedule, with history as state.
+
+    Args:
+        probe: DataLoader, Dataset, dict of tensors or tensor; None takes the first ``num_samples``
+            of the validation loader (the datamodule's, else the module's) at the start of fit.
+        num_samples: probe size.
+        batch_size: batch size for a probe given as a Dataset / dict / tensor.
+        every_n_steps: measure every n optimizer steps (None: not by steps).
+        every_n_epochs: measure at the end of every n-th epoch (None: not by epochs).
+        log_spaced: also measure at steps 0, 1, 2, 4, 8, ... below ``every_n_steps`` (the profile forms early).
+        at_fit_start: measure the untrained model (the first point of the emergence picture).
+        at_fit_end: measure at the end of fit.
+        on_error: ``"warn"`` turns any failure into one warning and training goes on; ``"raise"`` re-raises.
+        output_dir: where figures and history files go (default: the first logger's log_dir / ``sub``).
+
+    Raises:
+        ValueError: bad schedule values or ``on_error``.
+    """
+
+    _prefix = "probe"
+
+    def __init__(
+        self,
+        probe: Any = None,
+        *,
+        num_samples: int = 1024,
+        batch_size: int = 64,
+        every_n_steps: int | None = 200,
+        every_n_epochs: int | None = None,
+        log_spaced: bool = True,
+        at_fit_start: bool = True,
+        at_fit_end: bool = True,
+        on_error: Literal["warn", "raise"] = "warn",
+        output_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        for name, v in (("every_n_steps", every_n_steps), ("every_n_epochs", every_n_epochs)):
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise ValueError(f"Expected `{name}` to be None or a positive integer, but got {v!r}.")
+        for name, v in (("num_samples", num_samples), ("batch_size", batch_size)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"Expected `{name}` to be a positive integer, but got {v!r}.")
+        if on_error not in ("warn", "raise"):
+            raise ValueError(f"Expected `on_error` to be one of 'warn', 'raise', but got {on_error!r}.")
+        self.probe = probe
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.every_n_steps = every_n_steps
+        self.every_n_epochs = every_n_epochs
+        self.log_spaced = log_spaced
+        self.at_fit_start = at_fit_start
+        self.at_fit_end = at_fit_end
+        self.on_error = on_error
+        self.output_dir = output_dir
+        self.history: list[dict[str, Any]] = []
+        self._batches: list[Any] | None = None
+
+    # ----------------------------------------------------------------- schedule
+    def is_due(self, step: int) -> bool:
+        """Whether step ``step`` is on the step schedule (log-spaced early, then every n steps)."""
+        if self.every_n_steps is not None and step % self.every_n_steps == 0:
+            return True
+        if self.log_spaced and (self.every_n_steps is None or step < self.every_n_steps):
+            return step == 0 or (step & (step - 1)) == 0
+        return False
+
+    def _recorded(self, step: int) -> bool:
+        return any(r["step"] == step for r in self.history)
+
+    @staticmethod
+    def _skip(trainer: Trainer) -> bool:
+        """The one predicate for 'not now': sanity check, or not fitting."""
+        return bool(trainer.sanity_checking) or trainer.state.fn != "fit"
+
+    # ----------------------------------------------------------------- Lightning hooks (thin)
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.at_fit_start:
+            self._maybe_measure(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        if self.every_n_steps is not None or self.log_spaced:
+            if self.is_due(trainer.global_step):
+                self._maybe_measure(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.every_n_epochs is not None and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self._maybe_measure(trainer, pl_module)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.at_fit_end:
+            self._maybe_measure(trainer, pl_module)
+        self._finish(trainer)
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
+
+    # ----------------------------------------------------------------- machinery
+    def _probe(self, trainer: Trainer, pl_module: LightningModule) -> list[Any]:
+        if self._batches is None:
+            probe = self.probe
+            for source in (getattr(trainer, "datamodule", None), pl_module):
+                if probe is not None or source is None:
+                    continue
+                try:
+                    probe = source.val_dataloader()
+                except Exception:  # noqa: BLE001 - not implemented: try the next source
+                    probe = None
+            if probe is None:
+                raise ValueError(
+                    f"{type(self).__name__} found no validation loader to take its probe set from: pass `probe=`."
+                )
+            self._batches = probe_batches(probe, num_samples=self.num_samples, batch_size=self.batch_size)
+        return self._batches
+
+    def _shard(self, batches: list[Any]) -> list[tuple[int, Any]]:
+        """This rank's (batch id, batch) pairs: batches dealt round-robin over the ranks."""
+        rank, world = _dist()
+        return [(i, b) for i, b in enumerate(batches) if i % world == rank]
+
+    def _maybe_measure(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._skip(trainer) or self._recorded(trainer.global_step):
+            return
+        try:
+            record = self._measure(trainer, pl_module)
+        except Exception as err:
+            if self.on_error == "raise":
+                raise
+            rank_zero_warn(
+                f"{type(self).__name__} skipped step {trainer.global_step}: {type(err).__name__}: {err}. "
+                "Training goes on; pass `on_error='raise'` to debug."
+            )
+            return
+        record = {"step": int(trainer.global_step), "epoch": int(trainer.current_epoch), **record}
+        self.history.append(record)
+        if trainer.is_global_zero:
+            try:
+                self._publish(trainer, record)
+            except Exception as err:
+                if self.on_error == "raise":
+                    raise
+                rank_zero_warn(f"{type(self).__name__} could not log step {trainer.global_step}: {err}")
+
+    def _measure(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
+        """One checkpoint's record (without step/epoch). Every rank calls it (collectives inside)."""
+        raise NotImplementedError
+
+    def _publish(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        """Log one record (rank 0)."""
+
+    def _finish(self, trainer: Trainer) -> None:
+        """End of fit: final figures and files (rank 0)."""
+
+
+def warn_layer_errors(owner: str, step: int, layers: list[dict[str, Any]]) -> None:
+    """One warning naming every failed layer and its cause."""
+    bad = [f"layer_{r['index']:02d}: {r['error']}" for r in layers if r.get("error")]
+    if bad:
+        rank_zero_warn(f"{owner} at step {step}: " + "; ".join(bad))
+
+
+def finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)

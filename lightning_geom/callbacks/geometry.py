@@ -1,0 +1,186 @@
+"""GeometryMonitor: the ID profile, overlaps and three-phase summary of every layer, during training."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
+
+from ..analysis import GeometrySettings, finish_profile, profile_geometry
+from ..capture import capture_representations
+from ..report.history import metric_key, save_history, scalars
+from ..report.loggers import add_layout, default_output_dir, log_figures, log_scalars, log_table
+from ._probe import ProbeMonitor, _dist, all_gather_objects, batch_len, warn_layer_errors
+
+__all__ = ["GeometryMonitor"]
+
+
+class GeometryMonitor(ProbeMonitor):
+    r"""Log the intrinsic-dimension profile of every layer, the neighbourhood overlaps and the three
+    phases (Valeriani et al., arXiv 2302.00294) while the model trains.
+
+    At each checkpoint of the schedule the probe set runs through the model (eval mode, inference
+    mode, one forward pass for all layers); per layer one kNN serves the GRIDE scale curve (Denti
+    et al. 2022), the ID at the chosen scale, TwoNN (Facco et al. 2017), the label overlap and the
+    overlap with the next layer (Doimo et al. 2020). Scalars go to every logger under
+    ``geometry/{id,twonn,overlap_next,label_overlap}/layer_NN`` and ``geometry/phase/*``; figures
+    (the emergence picture, a layer x step heatmap, the overlap profiles) to W&B and TensorBoard
+    and as PNG, the history as JSON and CSV, under ``output_dir``.
+
+    Args:
+        probe, num_samples, batch_size, every_n_steps, every_n_epochs, log_spaced, at_fit_start,
+            at_fit_end, on_error, output_dir: see :class:`~lightning_geom.callbacks._probe.ProbeMonitor`.
+        layers: glob patterns of submodules to hook; None uses the model's ``hidden_states``.
+        pooling: ``"mean"``, ``"last"``, ``"first"`` or a callable (see :func:`~lightning_geom.capture.pool`).
+        normalize: ``"layer_norm"`` to read the LayerNorm-ed residual stream.
+        forward_fn: ``forward_fn(network, batch)`` to call the network yourself.
+        model_attr: which attribute of the LightningModule is the network.
+        label_key: key of the labels in dict batches (tuple batches: the second item).
+        range_max: largest GRIDE rank of the scale curve.
+        id_n1: GRIDE rank of the logged ID, or ``"auto"`` (the first stable scale of each curve).
+        overlap_k: k of the overlap with the next layer (default 10, as Doimo et al.'s code).
+        label_k: k of the label overlap.
+        figure_every: send figures every n checkpoints (0: only at the end of fit).
+
+    Example::
+
+        trainer = L.Trainer(callbacks=[GeometryMonitor(probe=val_subset, every_n_steps=200)])
+    """
+
+    _prefix = "geometry"
+
+    def __init__(
+        self,
+        probe: Any = None,
+        *,
+        layers: Sequence[str] | None = None,
+        pooling: Literal["mean", "last", "first"] | Callable = "mean",
+        normalize: Literal["layer_norm"] | None = None,
+        forward_fn: Callable | None = None,
+        model_attr: str | None = None,
+        label_key: str | None = "labels",
+        range_max: int = 64,
+        id_n1: int | str = "auto",
+        overlap_k: int = 10,
+        label_k: int = 10,
+        figure_every: int = 5,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(probe, **kwargs)
+        if not (callable(pooling) or pooling in ("mean", "last", "first")):
+            raise ValueError(f"Expected `pooling` to be one of 'mean', 'last', 'first' or a callable, but got {pooling!r}.")
+        if normalize not in (None, "layer_norm"):
+            raise ValueError(f"Expected `normalize` to be None or 'layer_norm', but got {normalize!r}.")
+        if not isinstance(figure_every, int) or figure_every < 0:
+            raise ValueError(f"Expected `figure_every` to be a non-negative integer, but got {figure_every!r}.")
+        self.settings = GeometrySettings(range_max=range_max, id_n1=id_n1, overlap_k=overlap_k, label_k=label_k)
+        self.layers = list(layers) if layers else None
+        self.pooling = pooling
+        self.normalize = normalize
+        self.forward_fn = forward_fn
+        self.model_attr = model_attr
+        self.label_key = label_key
+        self.figure_every = figure_every
+        self._layout_done = False
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            layers=self.layers,
+            pooling=self.pooling if isinstance(self.pooling, str) else "callable",
+            normalize=self.normalize,
+            every_n_steps=self.every_n_steps,
+            every_n_epochs=self.every_n_epochs,
+        )
+
+    # --------------------------------------------------------------- measuring
+    def _capture(self, trainer: Trainer, pl_module: LightningModule) -> tuple[list[tuple[int, Any]], str | None]:
+        """Features of this rank's shard: [(batch id, (features per layer, labels))], or an error."""
+        shard = self._shard(self._probe(trainer, pl_module))
+        if not shard:
+            return [], None
+        try:
+            ctx = getattr(getattr(trainer, "precision_plugin", None), "forward_context", None)
+            out = []
+            for bid, batch in shard:
+                reps = capture_representations(
+                    pl_module,
+                    [batch],
+                    layers=self.layers,
+                    pooling=self.pooling,
+                    normalize=self.normalize,
+                    forward_fn=self.forward_fn,
+                    model_attr=self.model_attr,
+                    label_key=self.label_key,
+                    device=pl_module.device,
+                    autocast=ctx,
+                )
+                out.append((bid, (reps.features, reps.labels, batch_len(batch))))
+            return out, None
+        except Exception as err:  # noqa: BLE001 - sent through the collective, raised after it
+            if self.on_error == "raise":
+                raise
+            return [], f"{type(err).__name__}: {err}"
+
+    def _measure(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
+        local, err = self._capture(trainer, pl_module)
+        gathered = all_gather_objects((local, err))  # every rank calls every collective
+        errors = [e for _, e in gathered if e]
+        if errors:
+            raise RuntimeError(f"capturing the probe representations failed: {errors[0]}")
+        parts = sorted((p for loc, _ in gathered for p in loc), key=lambda p: p[0])
+        n_layers = len(parts[0][1][0])
+        features = [torch.cat([p[1][0][li] for p in parts]) for li in range(n_layers)]
+        labels = None
+        if all(p[1][1] is not None for p in parts):
+            labels = torch.cat([p[1][1] for p in parts])
+            if labels.shape[0] != features[0].shape[0]:
+                rank_zero_warn(
+                    f"GeometryMonitor: {labels.shape[0]} labels for {features[0].shape[0]} probe samples; "
+                    "label overlap skipped (labels must be one per sample)."
+                )
+                labels = None
+        rank, world = _dist()
+        mine = profile_geometry(features, labels, self.settings, layers=range(rank, n_layers, world))
+        records = [r for part in all_gather_objects(mine) for r in part]
+        layers, phase = finish_profile(records, self.settings)
+        warn_layer_errors(type(self).__name__, trainer.global_step, layers)
+        return {"n_samples": int(features[0].shape[0]), "layers": layers, "phase": phase}
+
+    # --------------------------------------------------------------- reporting (rank 0)
+    def _publish(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        loggers = list(trainer.loggers)
+        if not self._layout_done:
+            add_layout(loggers, ["id", "twonn", "overlap_next", "label_overlap"], prefix=self._prefix)
+            self._layout_done = True
+        log_scalars(loggers, scalars(record, prefix=self._prefix), step=record["step"])
+        if self.figure_every and len(self.history) % self.figure_every == 0:
+            self._figures(trainer)
+
+    def _finish(self, trainer: Trainer) -> None:
+        if trainer.is_global_zero and self.history:
+            try:
+                self._figures(trainer)
+                from ..report.history import flat_rows
+
+                log_table(list(trainer.loggers), flat_rows(self.history), trainer.global_step, key=metric_key("table"))
+            except Exception as err:
+                if self.on_error == "raise":
+                    raise
+                rank_zero_warn(f"GeometryMonitor could not write its figures: {err}")
+
+    def _figures(self, trainer: Trainer) -> None:
+        import matplotlib.pyplot as plt
+
+        from ..report.figures import all_figures
+
+        out = default_output_dir(trainer, self.output_dir, sub=self._prefix)
+        save_history(self.history, out, name=f"{self._prefix}_history")
+        figs = all_figures(self.history)
+        log_figures(list(trainer.loggers), figs, trainer.global_step, prefix=self._prefix)
+        for name, fig in figs.items():
+            fig.savefig(out / f"{name}.png")
+            plt.close(fig)

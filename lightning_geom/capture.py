@@ -1,0 +1,310 @@
+"""Representations out of a model: one forward pass per probe batch, every layer at once.
+
+Two ways to reach the layers:
+
+* **hidden states** (default, ``layers=None``): the network is called with
+  ``output_hidden_states=True`` and its output's ``hidden_states`` is used — Hugging Face models
+  (embeddings + one entry per block; note that in most HF models the last entry is taken *after*
+  the final LayerNorm) and the demo's image-GPT.
+* **forward hooks** on named submodules chosen by glob patterns (``layers=["transformer.h.*"]``),
+  registered in a context manager and removed in ``finally`` (as TransformerLens' hook points);
+  captured tensors are detached at once.
+
+Token dimensions are pooled (``"mean"`` over non-padding tokens, ``"last"`` non-padding token,
+``"first"`` token, or a callable), optionally after a LayerNorm without affine parameters
+(``normalize="layer_norm"``: the "LayerNorm-ed residual stream" of Valeriani et al. 2023).
+Features come back as float32 (N, D) per layer, on the CPU.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "Representations",
+    "pool",
+    "hook_modules",
+    "resolve_network",
+    "split_batch",
+    "capture_representations",
+    "layer_name",
+]
+
+Pooling = Literal["mean", "last", "first"] | Callable[[Tensor, Tensor | None], Tensor]
+LABEL_KEYS = ("labels", "label", "targets", "target", "y")
+
+
+def layer_name(i: int) -> str:
+    """Stable name of the i-th captured layer: ``layer_00``, ``layer_01``, ..."""
+    return f"layer_{i:02d}"
+
+
+@dataclass(frozen=True)
+class Representations:
+    """Pooled features of N probe samples at every captured layer.
+
+    Attributes:
+        features: one (N, D_l) float32 CPU tensor per layer, in depth order.
+        sources: what each layer is (``"hidden_states[3]"`` or a module name).
+        labels: (N,) labels, or None.
+    """
+
+    features: tuple[Tensor, ...]
+    sources: tuple[str, ...]
+    labels: Tensor | None = None
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.features[0].shape[0]) if self.features else 0
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(layer_name(i) for i in range(len(self.features)))
+
+
+def pool(h: Tensor, attention_mask: Tensor | None = None, how: Pooling = "mean") -> Tensor:
+    """Pool a (B, T, D) hidden state over tokens into (B, D); (B, D) passes through.
+
+    Args:
+        h: (B, T, D) or (B, D) hidden states.
+        attention_mask: (B, T) with 1 for real tokens, 0 for padding, or None (all real).
+        how: ``"mean"`` over real tokens, ``"last"`` real token, ``"first"`` token, or a callable
+            ``(h, attention_mask) -> (B, D)``.
+
+    Raises:
+        ValueError: unknown ``how``, or a shape that is neither (B, D) nor (B, T, D).
+
+    Example:
+        >>> h = torch.arange(12.0).view(1, 3, 4)
+        >>> pool(h, torch.tensor([[1, 1, 0]]), "mean").tolist()
+        [[2.0, 3.0, 4.0, 5.0]]
+        >>> pool(h, torch.tensor([[1, 1, 0]]), "last").tolist()
+        [[4.0, 5.0, 6.0, 7.0]]
+    """
+    if callable(how):
+        return how(h, attention_mask)
+    if h.ndim == 2:
+        return h
+    if h.ndim != 3:
+        raise ValueError(f"Expected a hidden state of shape (B, T, D) or (B, D), but got {tuple(h.shape)}.")
+    if how == "first":
+        return h[:, 0]
+    mask = None
+    if attention_mask is not None and attention_mask.shape == h.shape[:2]:
+        mask = attention_mask.to(device=h.device, dtype=h.dtype)
+    if how == "mean":
+        if mask is None:
+            return h.mean(dim=1)
+        return (h * mask.unsqueeze(-1)).sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp_min(1.0)
+    if how == "last":
+        if mask is None:
+            return h[:, -1]
+        last = (mask.sum(dim=1).long() - 1).clamp_min(0)  # (B,)
+        return h[torch.arange(h.shape[0], device=h.device), last]
+    raise ValueError(f"Expected `pooling` to be one of 'mean', 'last', 'first' or a callable, but got {how!r}.")
+
+
+def _first_tensor(out: Any) -> Tensor:
+    """The hidden state in a module's output: the tensor itself, or the first tensor of a tuple / ModelOutput."""
+    if isinstance(out, Tensor):
+        return out
+    if isinstance(out, Mapping):
+        out = tuple(out.values())
+    if isinstance(out, (tuple, list)):
+        for item in out:
+            if isinstance(item, Tensor):
+                return item
+    raise TypeError(f"Cannot find a tensor in a module output of type {type(out).__name__}.")
+
+
+def match_modules(model: nn.Module, patterns: Sequence[str]) -> list[str]:
+    """Names of the submodules matching any glob pattern, in the model's (depth) order.
+
+    Raises:
+        ValueError: a pattern matches nothing (the message lists module names that exist).
+    """
+    names = [n for n, _ in model.named_modules() if n]
+    chosen: list[str] = []
+    for pat in patterns:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pat)]
+        if not hits:
+            shown = ", ".join(n for n in names if n.count(".") <= 2)[:400]
+            raise ValueError(f"Layer pattern {pat!r} matches no submodule. Some that exist: {shown}")
+        chosen.extend(h for h in hits if h not in chosen)
+    order = {n: i for i, n in enumerate(names)}
+    return sorted(chosen, key=order.__getitem__)
+
+
+@contextmanager
+def hook_modules(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, list[Tensor]]]:
+    """Forward hooks on the named submodules; yields ``{name: [detached output per call]}``.
+
+    Hooks are removed in ``finally``, whatever happens inside the block.
+    """
+    modules = dict(model.named_modules())
+    store: dict[str, list[Tensor]] = {n: [] for n in names}
+    handles = []
+    try:
+        for n in names:
+            handles.append(
+                modules[n].register_forward_hook(lambda _m, _i, out, n=n: store[n].append(_first_tensor(out).detach()))
+            )
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def resolve_network(module: nn.Module, model_attr: str | None = None) -> nn.Module:
+    """The network to probe inside a LightningModule.
+
+    ``model_attr`` names it (dotted path); otherwise, if the module has exactly one child that is a
+    Hugging Face ``PreTrainedModel``, that one; otherwise the module itself.
+
+    Raises:
+        AttributeError: ``model_attr`` does not exist.
+    """
+    if model_attr:
+        net: Any = module
+        for part in model_attr.split("."):
+            if not hasattr(net, part):
+                raise AttributeError(f"`model_attr={model_attr!r}`: {type(net).__name__} has no attribute {part!r}.")
+            net = getattr(net, part)
+        return net
+    hf = [c for c in module.children() if _is_hf(c)]
+    return hf[0] if len(hf) == 1 else module
+
+
+def _is_hf(m: nn.Module) -> bool:
+    return any(c.__name__ == "PreTrainedModel" for c in type(m).__mro__)
+
+
+def split_batch(batch: Any, label_key: str | None = "labels") -> tuple[tuple, dict, Tensor | None]:
+    """(args, kwargs, labels) of a batch: a dict goes in as keyword arguments (label keys removed),
+    a tensor positionally, a (inputs, labels, ...) tuple as its first item with the second as labels.
+    """
+    if isinstance(batch, Mapping):
+        keys = {label_key} if label_key else set()
+        keys |= set(LABEL_KEYS) if label_key == "labels" else set()
+        labels = next((batch[k] for k in ([label_key] if label_key else []) + list(LABEL_KEYS) if k in batch), None)
+        kwargs = {k: v for k, v in batch.items() if k not in keys}
+        return (), kwargs, labels
+    if isinstance(batch, Tensor):
+        return (batch,), {}, None
+    if isinstance(batch, (tuple, list)) and batch:
+        labels = batch[1] if len(batch) > 1 and isinstance(batch[1], Tensor) else None
+        return (batch[0],), {}, labels
+    raise TypeError(f"Cannot feed a batch of type {type(batch).__name__}; pass `forward_fn(module, batch)`.")
+
+
+def _to_device(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, Tensor):
+        return obj.to(device)
+    if isinstance(obj, Mapping):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_to_device(v, device) for v in obj)
+    return obj
+
+
+def _normalize(h: Tensor, how: str | None) -> Tensor:
+    if how is None:
+        return h
+    if how == "layer_norm":
+        return F.layer_norm(h.float(), h.shape[-1:])
+    raise ValueError(f"Expected `normalize` to be None or 'layer_norm', but got {how!r}.")
+
+
+def capture_representations(
+    module: nn.Module,
+    batches: Iterable[Any],
+    *,
+    layers: Sequence[str] | None = None,
+    pooling: Pooling = "mean",
+    normalize: Literal["layer_norm"] | None = None,
+    forward_fn: Callable[[nn.Module, Any], Any] | None = None,
+    model_attr: str | None = None,
+    label_key: str | None = "labels",
+    device: torch.device | str | None = None,
+    autocast: Callable[[], Any] | None = None,
+) -> Representations:
+    """Run the probe batches through the network (eval mode, inference mode) and pool every layer.
+
+    Args:
+        module: the LightningModule (or any ``nn.Module``).
+        batches: probe batches (dicts, tensors or (inputs, labels) tuples).
+        layers: glob patterns of submodule names to hook; None uses ``output_hidden_states``.
+        pooling: token pooling (see :func:`pool`).
+        normalize: ``"layer_norm"`` to LayerNorm each token's vector (no affine) before pooling.
+        forward_fn: ``forward_fn(network, batch)`` to call the network yourself.
+        model_attr: which submodule is the network (see :func:`resolve_network`).
+        label_key: the labels' key in dict batches.
+        device: where to run (default: the module's parameters' device).
+        autocast: a context-manager factory for precision (e.g. ``trainer.precision_plugin.forward_context``).
+
+    Returns:
+        :class:`Representations` with float32 CPU features. Train mode is restored afterwards.
+
+    Raises:
+        ValueError: a layer pattern matching nothing, a model without ``hidden_states``.
+    """
+    net = resolve_network(module, model_attr)
+    if device is None:
+        p = next(iter(module.parameters()), None)
+        device = p.device if p is not None else torch.device("cpu")
+    device = torch.device(device)
+    hooked = match_modules(net, layers) if layers else None
+    feats: list[list[Tensor]] = []
+    labels: list[Tensor] = []
+    sources: tuple[str, ...] = ()
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                batch = _to_device(batch, device)
+                args, kwargs, lab = split_batch(batch, label_key)
+                mask = kwargs.get("attention_mask") if isinstance(kwargs, dict) else None
+                ctx = autocast() if autocast is not None else _null()
+                with ctx:
+                    if hooked is not None:
+                        with hook_modules(net, hooked) as store:
+                            forward_fn(net, batch) if forward_fn else net(*args, **kwargs)
+                        states = [store[n][-1] for n in hooked]
+                        sources = tuple(hooked)
+                    else:
+                        out = forward_fn(net, batch) if forward_fn else net(*args, **kwargs, output_hidden_states=True)
+                        states = getattr(out, "hidden_states", None)
+                        if states is None and isinstance(out, Mapping):
+                            states = out.get("hidden_states")
+                        if states is None:
+                            raise ValueError(
+                                f"{type(net).__name__} returned no `hidden_states`; pass `layers=[...]` "
+                                "(glob patterns of submodule names) to capture with hooks."
+                            )
+                        sources = tuple(f"hidden_states[{i}]" for i in range(len(states)))
+                pooled = [pool(_normalize(h, normalize), mask, pooling).float().cpu() for h in states]
+                if not feats:
+                    feats = [[] for _ in pooled]
+                for acc, p in zip(feats, pooled):
+                    acc.append(p)
+                if lab is not None:
+                    labels.append(torch.as_tensor(lab).reshape(-1).cpu())
+    finally:
+        module.train(was_training)
+    features = tuple(torch.cat(f).clone() for f in feats)  # clone: leave inference mode
+    lab_t = torch.cat(labels).clone() if labels and sum(map(len, labels)) == features[0].shape[0] else None
+    return Representations(features=features, sources=sources, labels=lab_t)
+
+
+@contextmanager
+def _null() -> Iterator[None]:
+    yield

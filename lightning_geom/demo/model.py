@@ -1,0 +1,95 @@
+"""A small image-GPT (next-pixel prediction, as iGPT) in the nanoGPT style: one file, readable top to bottom."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .data import LEVELS, SEQ_LEN
+
+
+@dataclass
+class GPTOutput:
+    """logits: (B, T, vocab); hidden_states: embeddings + one (B, T, D) per block (HF convention,
+    the last one *before* the final LayerNorm, unlike most HF models)."""
+
+    logits: Tensor
+    hidden_states: tuple[Tensor, ...] | None = None
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(d, dim=2)  # 3 x (B, T, D)
+        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))  # (B, H, T, D/H)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(a.transpose(1, 2).reshape(b, t, d))
+        return x + self.mlp(self.ln2(x))
+
+
+class ImageGPT(L.LightningModule):
+    """Autoregressive pixel model: predicts pixel t from pixels < t (a start token first).
+
+    Args:
+        n_layer: transformer blocks.
+        width: residual width.
+        heads: attention heads.
+        lr: AdamW learning rate (cosine decay to 10% over ``max_steps``).
+        max_steps: length of the learning-rate schedule.
+        weight_decay: AdamW weight decay.
+    """
+
+    def __init__(self, n_layer: int = 8, width: int = 64, heads: int = 4, lr: float = 3e-3, max_steps: int = 600, weight_decay: float = 0.05) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.tok = nn.Embedding(LEVELS + 1, width)  # + start token
+        self.pos = nn.Embedding(SEQ_LEN, width)
+        self.blocks = nn.ModuleList(Block(width, heads) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(width)
+        self.head = nn.Linear(width, LEVELS)
+
+    def forward(self, pixels: Tensor, output_hidden_states: bool = False) -> GPTOutput:
+        """pixels: (B, 64) int64 in [0, 15]. Inputs are [start, p_0 .. p_62]; logits predict p_0 .. p_63."""
+        b, t = pixels.shape
+        start = torch.full((b, 1), LEVELS, dtype=pixels.dtype, device=pixels.device)
+        idx = torch.cat([start, pixels[:, :-1]], dim=1)  # (B, T)
+        x = self.tok(idx) + self.pos(torch.arange(t, device=pixels.device))
+        states = [x]
+        for blk in self.blocks:
+            x = blk(x)
+            states.append(x)
+        logits = self.head(self.ln_f(x))
+        return GPTOutput(logits, tuple(states) if output_hidden_states else None)
+
+    def _loss(self, batch: dict[str, Tensor]) -> Tensor:
+        logits = self(batch["pixels"]).logits
+        return F.cross_entropy(logits.reshape(-1, LEVELS), batch["pixels"].reshape(-1))
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self.log("val/loss", self._loss(batch), prog_bar=True)
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, betas=(0.9, 0.95))
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=self.hparams.lr, total_steps=max(self.hparams.max_steps, 2), pct_start=0.05, final_div_factor=10
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,115 @@
+"""Figures of the monitor's history (matplotlib, Agg): the emergence picture, the layer x step
+heatmap, and the overlap profiles. Each function takes the history and returns a Figure."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["emergence_figure", "heatmap_figure", "overlap_figure", "all_figures"]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _profile(rec: dict[str, Any], key: str) -> tuple[list[int], list[float]]:
+    xs, ys = [], []
+    for layer in rec["layers"]:
+        v = layer.get(key)
+        if isinstance(v, (int, float)):
+            xs.append(layer["index"])
+            ys.append(float(v))
+    return xs, ys
+
+
+def _step_colors(history: Sequence[dict[str, Any]]):
+    import matplotlib.colors as mcolors
+    from matplotlib import cm
+
+    steps = [max(r["step"], 0) for r in history]
+    norm = mcolors.SymLogNorm(linthresh=1, vmin=0, vmax=max(max(steps), 1))
+    cmap = cm.get_cmap("viridis") if hasattr(cm, "get_cmap") else __import__("matplotlib").colormaps["viridis"]
+    return norm, cmap
+
+
+def emergence_figure(history: Sequence[dict[str, Any]], *, key: str = "id", title: str = "Intrinsic dimension profile over training"):
+    """The ID profile (layer on x) at every checkpoint, coloured by step: how the profile emerges."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
+    norm, cmap = _step_colors(history)
+    for rec in history:
+        xs, ys = _profile(rec, key)
+        if xs:
+            ax.plot(xs, ys, "-o", ms=3, lw=1.4, color=cmap(norm(max(rec["step"], 0))), alpha=0.9)
+    sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
+    fig.colorbar(sm, ax=ax, label="training step")
+    if history and history[-1].get("phase"):
+        ph = history[-1]["phase"]
+        for name, mark in (("peak1_layer", "^"), ("min_layer", "v"), ("peak2_layer", "^")):
+            xs, ys = _profile(history[-1], key)
+            if ph[name] in xs:
+                ax.plot([ph[name]], [ys[xs.index(ph[name])]], mark, color="crimson", ms=9, mfc="none")
+    ax.set_xlabel("layer (0 = embeddings)")
+    ax.set_ylabel("ID (GRIDE)" if key == "id" else key)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def heatmap_figure(history: Sequence[dict[str, Any]], *, key: str = "id"):
+    """Layer x checkpoint heatmap of ``key`` (ID by default)."""
+    import numpy as np
+
+    plt = _plt()
+    n_layers = max((len(r["layers"]) for r in history), default=0)
+    grid = np.full((n_layers, len(history)), np.nan)
+    for j, rec in enumerate(history):
+        for layer in rec["layers"]:
+            v = layer.get(key)
+            if isinstance(v, (int, float)):
+                grid[layer["index"], j] = v
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
+    im = ax.imshow(grid, aspect="auto", origin="lower", cmap="magma", interpolation="nearest")
+    fig.colorbar(im, ax=ax, label=key)
+    steps = [r["step"] for r in history]
+    ticks = list(range(0, len(steps), max(1, len(steps) // 8)))
+    ax.set_xticks(ticks, [str(steps[t]) for t in ticks], rotation=45)
+    ax.set_xlabel("checkpoint (training step)")
+    ax.set_ylabel("layer")
+    ax.set_title(f"{key} per layer over training")
+    fig.tight_layout()
+    return fig
+
+
+def overlap_figure(history: Sequence[dict[str, Any]]):
+    """Label overlap and overlap with the next layer per layer, at every checkpoint (coloured by step)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=100)
+    norm, cmap = _step_colors(history)
+    for ax, key, title in zip(axes, ("label_overlap", "overlap_next"), ("label overlap", "overlap with next layer")):
+        for rec in history:
+            xs, ys = _profile(rec, key)
+            if xs:
+                ax.plot(xs, ys, "-o", ms=3, lw=1.2, color=cmap(norm(max(rec["step"], 0))))
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("layer")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def all_figures(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """``{name: Figure}`` for the monitor: id_profile, id_heatmap, overlaps."""
+    return {
+        "id_profile": emergence_figure(history),
+        "id_heatmap": heatmap_figure(history),
+        "overlaps": overlap_figure(history),
+    }

@@ -1,0 +1,63 @@
+"""The monitor's history as files: JSON (everything) and CSV (one row per step and layer)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["metric_key", "flat_rows", "scalars", "save_history"]
+
+ROW_FIELDS = ("step", "epoch", "layer", "id", "id_err", "id_n1", "twonn", "twonn_err", "label_overlap", "overlap_next", "error")
+PHASE_FIELDS = ("peak1_layer", "min_layer", "peak2_layer", "depth", "rebound", "is_three_phase")
+
+
+def metric_key(kind: str, layer: int | None = None, *, prefix: str = "geometry") -> str:
+    """The one place metric names are built: ``geometry/id/layer_03``, ``geometry/phase/depth``."""
+    return f"{prefix}/{kind}" if layer is None else f"{prefix}/{kind}/layer_{layer:02d}"
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def scalars(record: dict[str, Any], *, prefix: str = "geometry") -> dict[str, float]:
+    """The scalar metrics of one checkpoint record, keyed by :func:`metric_key`."""
+    out: dict[str, float] = {}
+    for layer in record["layers"]:
+        for kind in ("id", "twonn", "overlap_next", "label_overlap"):
+            v = layer.get(kind)
+            if _num(v):
+                out[metric_key(kind, layer["index"], prefix=prefix)] = float(v)
+    phase = record.get("phase")
+    if phase:
+        for name in PHASE_FIELDS:
+            out[metric_key(f"phase/{name}", prefix=prefix)] = float(phase[name])
+    return out
+
+
+def flat_rows(history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (step, layer) with the per-layer numbers."""
+    rows = []
+    for rec in history:
+        for layer in rec["layers"]:
+            row = {f: layer.get(f) for f in ROW_FIELDS}
+            row.update(step=rec["step"], epoch=rec["epoch"], layer=layer["index"])
+            rows.append(row)
+    return rows
+
+
+def save_history(history: Sequence[dict[str, Any]], out_dir: str | Path, *, name: str = "geometry_history") -> list[Path]:
+    """Write ``<name>.json`` (everything) and ``<name>.csv`` (flat rows) under ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    js, cs = out / f"{name}.json", out / f"{name}.csv"
+    js.write_text(json.dumps(list(history), indent=1))
+    with cs.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=ROW_FIELDS)
+        w.writeheader()
+        w.writerows(flat_rows(history))
+    return [js, cs]

@@ -1,0 +1,85 @@
+"""Send scalars, figures and tables to whatever loggers the Trainer has (W&B, TensorBoard, CSV, ...).
+
+Unknown logger types get the scalars (``log_metrics``) and nothing else. Call on rank 0.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["log_scalars", "log_figures", "log_table", "add_layout", "default_output_dir"]
+
+log = logging.getLogger(__name__)
+
+
+def _kind(logger: Any) -> str:
+    name = type(logger).__name__
+    if name == "WandbLogger":
+        return "wandb"
+    if name == "TensorBoardLogger":
+        return "tensorboard"
+    if name == "CSVLogger":
+        return "csv"
+    return "other"
+
+
+def log_scalars(loggers: Sequence[Any], metrics: dict[str, float], step: int) -> None:
+    """``log_metrics`` on every logger (CSVLogger writes them to its metrics.csv)."""
+    if not metrics:
+        return
+    for lg in loggers:
+        lg.log_metrics(metrics, step=step)
+
+
+def log_figures(loggers: Sequence[Any], figures: dict[str, Any], step: int, *, prefix: str = "geometry") -> None:
+    """Figures to W&B (``wandb.Image``) and TensorBoard (``add_figure``); CSV has no figures."""
+    for lg in loggers:
+        kind = _kind(lg)
+        try:
+            if kind == "tensorboard":
+                for name, fig in figures.items():
+                    lg.experiment.add_figure(f"{prefix}/figures/{name}", fig, global_step=step, close=False)
+            elif kind == "wandb":
+                import wandb
+
+                lg.experiment.log({f"{prefix}/figures/{n}": wandb.Image(f) for n, f in figures.items()} | {"trainer/global_step": step})
+        except Exception as err:  # noqa: BLE001 - a dashboard hiccup must not stop training
+            log.warning("Could not send figures to %s: %s", type(lg).__name__, err)
+
+
+def log_table(loggers: Sequence[Any], rows: list[dict[str, Any]], step: int, *, key: str = "geometry/table") -> None:
+    """The flat (step, layer, id, overlaps) rows as a ``wandb.Table`` for custom charts (W&B only)."""
+    if not rows:
+        return
+    columns = list(rows[0])
+    for lg in loggers:
+        if _kind(lg) == "wandb":
+            try:
+                lg.log_table(key=key, columns=columns, data=[[r[c] for c in columns] for r in rows], step=step)
+            except Exception as err:  # noqa: BLE001
+                log.warning("Could not send the geometry table to W&B: %s", err)
+
+
+def add_layout(loggers: Sequence[Any], kinds: Sequence[str], *, prefix: str = "geometry") -> None:
+    """TensorBoard custom-scalar layout: one multi-line chart per metric kind with every layer's curve."""
+    for lg in loggers:
+        if _kind(lg) == "tensorboard":
+            try:
+                layout = {prefix: {k: ["Multiline", [rf"{prefix}/{k}/layer_\d+"]] for k in kinds}}
+                lg.experiment.add_custom_scalars(layout)
+            except Exception as err:  # noqa: BLE001
+                log.warning("Could not add the TensorBoard custom-scalar layout: %s", err)
+
+
+def default_output_dir(trainer: Any, output_dir: str | Path | None, sub: str = "geometry") -> Path:
+    """``output_dir``, else ``<first logger's log_dir>/<sub>``, else ``<default_root_dir>/<sub>``."""
+    if output_dir is not None:
+        return Path(output_dir)
+    for lg in getattr(trainer, "loggers", []) or []:
+        d = getattr(lg, "log_dir", None)
+        if d:
+            return Path(d) / sub
+    return Path(trainer.default_root_dir) / sub
