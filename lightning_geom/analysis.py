@@ -37,7 +37,8 @@ class GeometrySettings:
 
     Attributes:
         range_max: largest GRIDE neighbour rank of the scale curve (capped at N - 1).
-        id_n1: GRIDE inner rank of the reported ID, or ``"auto"`` (see :func:`choose_scale`).
+        id_n1: GRIDE inner rank of the reported ID, or ``"auto"``: each layer's first stable scale
+            (:func:`choose_scale`), then their median used for every layer of the profile.
         overlap_k: k of the neighbourhood overlap with the next layer (Doimo et al.'s code: 10).
         label_k: k of the label overlap.
     """
@@ -138,6 +139,28 @@ def profile_geometry(
     return out
 
 
+def _common_scale(records: list[dict[str, Any]]) -> None:
+    """Report every layer's ID at one GRIDE rank: the median of the layers' stable ranks.
+
+    One scale for the whole profile, as Valeriani et al. do, so that the profile's shape is not an
+    artefact of each layer reading its curve at a different rank.
+    """
+    ok = [r for r in records if not r.get("error") and r.get("gride")]
+    if not ok:
+        return
+    picks = sorted(r["gride"]["ranks"][choose_scale(_curve(r))] for r in ok)
+    n1 = picks[(len(picks) - 1) // 2]
+    for r in ok:
+        g = r["gride"]
+        i = g["ranks"].index(n1) if n1 in g["ranks"] else len(g["ranks"]) - 1
+        r.update(id=g["dims"][i], id_err=g["errs"][i], id_n1=g["ranks"][i], id_scale=g["scales"][i])
+
+
+def _curve(r: dict[str, Any]) -> IDScaling:
+    g = r["gride"]
+    return IDScaling(tuple(g["dims"]), tuple(g["errs"]), tuple(g["scales"]), tuple(g["ranks"]), g["estimator"])
+
+
 def finish_profile(records: list[dict[str, Any]], settings: GeometrySettings) -> tuple[list[dict[str, Any]], dict | None]:
     """Sort records by layer, add the overlap with the next layer, drop kNN indices, and detect the phases."""
     records = sorted(records, key=lambda r: r["index"])
@@ -152,6 +175,8 @@ def finish_profile(records: list[dict[str, Any]], settings: GeometrySettings) ->
             )
     for r in records:
         r.pop("_indices", None)
+    if settings.id_n1 == "auto":
+        _common_scale(records)
     ids = [r.get("id") for r in records]
     phase = None
     if len(ids) >= 3 and all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in ids):

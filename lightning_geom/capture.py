@@ -18,7 +18,7 @@ Features come back as float32 (N, D) per layer, on the CPU.
 
 from __future__ import annotations
 
-import fnmatch
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -54,7 +54,8 @@ class Representations:
     Attributes:
         features: one (N, D_l) float32 CPU tensor per layer, in depth order.
         sources: what each layer is (``"hidden_states[3]"`` or a module name).
-        labels: (N,) labels, or None.
+        labels: the labels found in the batches (concatenated), or None. Their count is not
+            checked here: compare it with ``n_samples`` before use.
     """
 
     features: tuple[Tensor, ...]
@@ -125,8 +126,19 @@ def _first_tensor(out: Any) -> Tensor:
     raise TypeError(f"Cannot find a tensor in a module output of type {type(out).__name__}.")
 
 
+def _glob(pattern: str) -> re.Pattern:
+    """``*`` matches within one dotted name part, ``**`` across parts, ``?`` one character."""
+    out = []
+    for tok in re.split(r"(\*\*|\*|\?)", pattern):
+        out.append({"**": ".*", "*": "[^.]*", "?": "[^.]"}.get(tok, re.escape(tok)))
+    return re.compile("".join(out) + r"\Z")
+
+
 def match_modules(model: nn.Module, patterns: Sequence[str]) -> list[str]:
     """Names of the submodules matching any glob pattern, in the model's (depth) order.
+
+    Names are relative to the network (see :func:`resolve_network`); ``*`` stays within one dotted
+    part (``transformer.h.*`` is the blocks, not their children), ``**`` crosses parts.
 
     Raises:
         ValueError: a pattern matches nothing (the message lists module names that exist).
@@ -134,7 +146,8 @@ def match_modules(model: nn.Module, patterns: Sequence[str]) -> list[str]:
     names = [n for n, _ in model.named_modules() if n]
     chosen: list[str] = []
     for pat in patterns:
-        hits = [n for n in names if fnmatch.fnmatchcase(n, pat)]
+        rx = _glob(pat)
+        hits = [n for n in names if rx.match(n)]
         if not hits:
             shown = ", ".join(n for n in names if n.count(".") <= 2)[:400]
             raise ValueError(f"Layer pattern {pat!r} matches no submodule. Some that exist: {shown}")
@@ -166,15 +179,15 @@ def hook_modules(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, l
 def resolve_network(module: nn.Module, model_attr: str | None = None) -> nn.Module:
     """The network to probe inside a LightningModule.
 
-    ``model_attr`` names it (dotted path); otherwise, if the module has exactly one child that is a
+    ``model_attr`` names it (dotted path; ``""`` is the module itself); otherwise, if the module has exactly one child that is a
     Hugging Face ``PreTrainedModel``, that one; otherwise the module itself.
 
     Raises:
         AttributeError: ``model_attr`` does not exist.
     """
-    if model_attr:
+    if model_attr is not None:  # "" is the module itself
         net: Any = module
-        for part in model_attr.split("."):
+        for part in (p for p in model_attr.split(".") if p):
             if not hasattr(net, part):
                 raise AttributeError(f"`model_attr={model_attr!r}`: {type(net).__name__} has no attribute {part!r}.")
             net = getattr(net, part)
@@ -301,7 +314,7 @@ def capture_representations(
     finally:
         module.train(was_training)
     features = tuple(torch.cat(f).clone() for f in feats)  # clone: leave inference mode
-    lab_t = torch.cat(labels).clone() if labels and sum(map(len, labels)) == features[0].shape[0] else None
+    lab_t = torch.cat(labels).clone() if labels else None  # may mismatch N: the caller checks
     return Representations(features=features, sources=sources, labels=lab_t)
 
 

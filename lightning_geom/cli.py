@@ -19,6 +19,50 @@ def _cmd_digits(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo.run import DemoConfig, run_demo, summary_table
+
+    cfg = DemoConfig(
+        steps=args.steps,
+        n_layer=args.n_layer,
+        width=args.width,
+        every_n_steps=args.every_n_steps,
+        normalize=args.normalize,
+        out=args.out,
+        wandb=args.wandb,
+        seed=args.seed,
+        progress=args.progress,
+    )
+    res = run_demo(cfg)
+    print()
+    print(summary_table(res["history"], every=2))
+    print(f"\ntrained {cfg.steps} steps in {res['seconds']:.0f} s")
+    print(f"figures and history : {res['out'] / 'geometry'}")
+    print(f"TensorBoard         : tensorboard --logdir {res['out'] / 'tensorboard'}")
+    print(f"CSV metrics         : {res['out'] / 'csv' / 'metrics.csv'}")
+    print(f"last checkpoint     : {res['checkpoint']}")
+    return 0
+
+
+def _cmd_fit(argv: Sequence[str]) -> int:
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("WANDB_MODE", "offline")
+    from lightning.pytorch.cli import LightningCLI
+
+    from .demo import DigitsDataModule, ImageGPT
+
+    LightningCLI(
+        ImageGPT,
+        DigitsDataModule,
+        args=["fit", *argv],
+        subclass_mode_model=False,
+        save_config_kwargs={"overwrite": True},
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``lightning-geom`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -36,15 +80,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--range-max", type=int, default=64, help="largest GRIDE neighbour rank (default 64)")
     p.set_defaults(func=_cmd_digits)
 
-    p = sub.add_parser("demo", help="The end-to-end demo (for now: the digits geometry table).")
-    p.add_argument("--k", type=int, default=10, help=argparse.SUPPRESS)
-    p.add_argument("--range-max", type=int, default=64, help=argparse.SUPPRESS)
-    p.set_defaults(func=_cmd_digits)
+    p = sub.add_parser(
+        "demo",
+        help="Train an image-GPT on the bundled digits with GeometryMonitor (offline, CPU, a few minutes).",
+    )
+    p.add_argument("--steps", type=int, default=800, help="training steps (default 800)")
+    p.add_argument("--layers", type=int, default=12, dest="n_layer", help="transformer blocks (default 12)")
+    p.add_argument("--width", type=int, default=64, help="residual width (default 64)")
+    p.add_argument("--every-n-steps", type=int, default=200, help="monitor every n steps after the log-spaced start")
+    p.add_argument("--normalize", choices=["layer_norm"], default=None, help="read the LayerNorm-ed residual stream")
+    p.add_argument("--out", default="demo_output", help="output folder (default demo_output)")
+    p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases, offline")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_false", dest="progress", help="hide the progress bar")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "fit",
+        help="LightningCLI `fit` for the demo model/data (e.g. --config configs/demo_igpt_digits.yaml).",
+        add_help=False,
+    )
+    p.set_defaults(func=None, passthrough=True)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lightning-geom`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "fit":
+        return _cmd_fit(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:

@@ -135,8 +135,9 @@ class GeometryMonitor(ProbeMonitor):
         n_layers = len(parts[0][1][0])
         features = [torch.cat([p[1][0][li] for p in parts]) for li in range(n_layers)]
         labels = None
-        if all(p[1][1] is not None for p in parts):
-            labels = torch.cat([p[1][1] for p in parts])
+        found = [p[1][1] for p in parts if p[1][1] is not None]
+        if found:
+            labels = torch.cat(found)
             if labels.shape[0] != features[0].shape[0]:
                 rank_zero_warn(
                     f"GeometryMonitor: {labels.shape[0]} labels for {features[0].shape[0]} probe samples; "

@@ -55,6 +55,9 @@ def emergence_figure(history: Sequence[dict[str, Any]], *, key: str = "id", titl
             xs, ys = _profile(history[-1], key)
             if ph[name] in xs:
                 ax.plot([ph[name]], [ys[xs.index(ph[name])]], mark, color="crimson", ms=9, mfc="none")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layer (0 = embeddings)")
     ax.set_ylabel("ID (GRIDE)" if key == "id" else key)
     ax.set_title(title)
@@ -99,6 +102,7 @@ def overlap_figure(history: Sequence[dict[str, Any]]):
             if xs:
                 ax.plot(xs, ys, "-o", ms=3, lw=1.2, color=cmap(norm(max(rec["step"], 0))))
         ax.set_ylim(0, 1.02)
+        ax.xaxis.set_major_locator(__import__("matplotlib.ticker").ticker.MaxNLocator(integer=True))
         ax.set_xlabel("layer")
         ax.set_title(title)
         ax.grid(alpha=0.3)

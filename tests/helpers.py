@@ -1,0 +1,59 @@
+"""Tiny real models for the callback and capture tests (built from configs, random init, offline)."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+from transformers import GPT2Config, GPT2LMHeadModel
+
+
+def token_data(n: int = 256, t: int = 12, vocab: int = 64, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Two classes of sequences (tokens from the lower / upper half of the vocabulary), padded on the right."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 2, (n,), generator=g)
+    ids = torch.randint(0, vocab // 2, (n, t), generator=g) + labels[:, None] * (vocab // 2)
+    lengths = torch.randint(t // 2, t + 1, (n,), generator=g)
+    mask = (torch.arange(t)[None, :] < lengths[:, None]).long()
+    return {"input_ids": ids * mask, "attention_mask": mask, "labels": labels}
+
+
+class DictDataset(Dataset):
+    def __init__(self, data: dict[str, torch.Tensor]) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(next(iter(self.data.values())))
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[i] for k, v in self.data.items()}
+
+
+class TinyGPT(L.LightningModule):
+    """A 3-block GPT-2 LM (HF, random init) trained on ``token_data``."""
+
+    def __init__(self, n_layer: int = 3, width: int = 32, vocab: int = 64, nan_after_layer: int | None = None) -> None:
+        super().__init__()
+        self.model = GPT2LMHeadModel(GPT2Config(n_layer=n_layer, n_embd=width, n_head=2, vocab_size=vocab, n_positions=32))
+        self.nan_after_layer = nan_after_layer
+        if nan_after_layer is not None:
+            self.model.transformer.h[nan_after_layer].register_forward_hook(self._nan_in_eval)
+
+    @staticmethod
+    def _nan_in_eval(module, inputs, out):
+        """NaN features when probed (eval mode) only, so training itself stays finite."""
+        if module.training:
+            return out
+        return (out[0] * float("nan"),) + tuple(out[1:]) if isinstance(out, tuple) else out * float("nan")
+
+    def training_step(self, batch, batch_idx):
+        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["input_ids"])
+        self.log("loss", out.loss)
+        return out.loss
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+
+def loader(data: dict[str, torch.Tensor], batch_size: int = 32, shuffle: bool = False) -> DataLoader:
+    return DataLoader(DictDataset(data), batch_size=batch_size, shuffle=shuffle)

@@ -1,0 +1,79 @@
+import pytest
+import torch
+from torch import nn
+
+from helpers import TinyGPT, token_data
+from lightning_geom.capture import capture_representations, hook_modules, match_modules, pool, split_batch
+
+
+def test_pool_modes_respect_mask():
+    h = torch.arange(24.0).view(2, 3, 4)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    assert torch.equal(pool(h, mask, "mean")[0], h[0, :2].mean(0))
+    assert torch.equal(pool(h, mask, "last")[0], h[0, 1])
+    assert torch.equal(pool(h, mask, "last")[1], h[1, 2])
+    assert torch.equal(pool(h, mask, "first"), h[:, 0])
+    assert torch.equal(pool(h[:, 0], None, "mean"), h[:, 0])  # (B, D) passes through
+    assert torch.equal(pool(h, None, lambda x, m: x.amax(1)), h.amax(1))
+    with pytest.raises(ValueError, match="one of 'mean', 'last', 'first'"):
+        pool(h, mask, "max")
+
+
+def test_hidden_states_capture_of_hf_model():
+    module = TinyGPT(n_layer=3)
+    data = token_data(40)
+    module.train()
+    batches = [{k: v[:20] for k, v in data.items()}, {k: v[20:] for k, v in data.items()}]
+    reps = capture_representations(module, batches)
+    assert len(reps.features) == 4  # embeddings + 3 blocks
+    assert all(f.shape == (40, 32) and f.dtype == torch.float32 for f in reps.features)
+    assert torch.equal(reps.labels, data["labels"])
+    assert module.training  # train mode restored
+    # the mean pooling of the embeddings equals a hand computation
+    with torch.no_grad():
+        module.eval()
+        hs = module.model(input_ids=data["input_ids"], attention_mask=data["attention_mask"], output_hidden_states=True).hidden_states
+    torch.testing.assert_close(reps.features[2], pool(hs[2], data["attention_mask"], "mean"))
+
+
+def test_hook_capture_by_pattern_and_hooks_removed():
+    module = TinyGPT(n_layer=3)
+    data = token_data(16)
+    # names are relative to the network: the LightningModule's single HF child
+    reps = capture_representations(module, [data], layers=["transformer.h.*"], pooling="last")
+    assert reps.sources == ("transformer.h.0", "transformer.h.1", "transformer.h.2")
+    reps = capture_representations(
+        module,
+        [data],
+        layers=["model.transformer.h.?"],
+        model_attr="",  # the LightningModule itself, called through forward_fn
+        forward_fn=lambda m, b: m.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]),
+    )
+    assert len(reps.sources) == 3
+    assert all(not m._forward_hooks for m in module.modules())
+
+
+def test_hooks_removed_even_on_error():
+    net = nn.Sequential(nn.Linear(3, 3), nn.ReLU())
+    with pytest.raises(RuntimeError), hook_modules(net, ["0"]):
+        raise RuntimeError("boom")
+    assert not net[0]._forward_hooks
+
+
+def test_unknown_pattern_lists_modules():
+    with pytest.raises(ValueError, match=r"matches no submodule\. Some that exist: .*model"):
+        match_modules(TinyGPT(), ["encoder.layer.*"])
+
+
+def test_split_batch_kinds():
+    x = torch.zeros(2, 3)
+    assert split_batch(x) == ((x,), {}, None)
+    args, kwargs, labels = split_batch({"input_ids": x, "labels": torch.ones(2)})
+    assert "labels" not in kwargs and labels is not None
+    args, kwargs, labels = split_batch((x, torch.ones(2)))
+    assert args == (x,) and labels.shape == (2,)
+
+
+def test_model_without_hidden_states_says_what_to_do():
+    with pytest.raises(ValueError, match="pass `layers="):
+        capture_representations(nn.Sequential(nn.Linear(3, 3)), [torch.zeros(4, 3)], forward_fn=lambda m, b: m(b))

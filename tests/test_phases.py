@@ -1,0 +1,35 @@
+import pytest
+
+from lightning_geom.geometry import three_phase
+
+
+def test_three_phase_profile():
+    s = three_phase([8, 20, 26, 19, 13, 12, 12.5, 18, 22, 14])
+    assert (s.peak1_layer, s.min_layer, s.peak2_layer) == (2, 5, 8)
+    assert s.plateau_layers == (4, 5, 6)
+    assert s.depth == pytest.approx((26 - 12) / 26)
+    assert s.rebound == pytest.approx((22 - 12) / 22)
+    assert s.is_three_phase
+
+
+@pytest.mark.parametrize(
+    "profile",
+    [[5.0] * 8, [1, 2, 3, 4, 5, 6], [9, 8, 7, 6, 5, 4], [10, 12, 11.5, 11, 11.2, 11.1]],
+    ids=["flat", "rising", "falling", "shallow"],
+)
+def test_not_three_phase(profile):
+    assert not three_phase(profile).is_three_phase
+
+
+def test_no_second_peak_when_minimum_is_last():
+    s = three_phase([5, 10, 8, 6, 4])
+    assert s.min_layer == 4 and s.peak2_layer == 4 and s.rebound == 0.0 and not s.is_three_phase
+
+
+@pytest.mark.parametrize(
+    ("profile", "match"),
+    [([1.0, 2.0], "at least 3 layers"), ([1.0, float("nan"), 2.0], r"layers \[1\]"), ([1.0, 0.0, 2.0], "positive")],
+)
+def test_bad_profiles(profile, match):
+    with pytest.raises(ValueError, match=match):
+        three_phase(profile)
