@@ -1,0 +1,72 @@
+"""Wall-time overhead of GeometryMonitor in the demo's training, at the default schedule.
+
+    python benchmarks/bench_callback_overhead.py --steps 800
+
+Trains the demo image-GPT twice with the same seed: without the monitor, then with it (the demo's
+settings: all 1797 digits as the probe, every 200 steps after the log-spaced start, figures every
+5 checkpoints and at the end). Prints both wall times, the overhead ratio, and the monitor's own
+time per checkpoint. No loggers or checkpoints in either run, so only the monitor differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def train(steps: int, monitor: bool, n_layer: int, width: int, out: str) -> tuple[float, int, float]:
+    import lightning as L
+
+    from lightning_geom.callbacks import GeometryMonitor
+    from lightning_geom.demo import DigitsDataModule, ImageGPT
+
+    L.seed_everything(0, verbose=False)
+    dm = DigitsDataModule()
+    cbs = []
+    mon = None
+    if monitor:
+        mon = GeometryMonitor(probe=dm.probe_set(), num_samples=2000, batch_size=600, output_dir=out)
+        spent = [0.0]
+        inner = mon._maybe_measure
+
+        def timed(*a, **k):
+            t = time.perf_counter()
+            inner(*a, **k)
+            spent[0] += time.perf_counter() - t
+
+        mon._maybe_measure = timed
+        cbs.append(mon)
+    trainer = L.Trainer(
+        max_steps=steps, callbacks=cbs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+    )
+    t = time.perf_counter()
+    trainer.fit(ImageGPT(n_layer=n_layer, width=width, max_steps=steps), datamodule=dm)
+    wall = time.perf_counter() - t
+    return wall, (len(mon.history) if mon else 0), (spent[0] if mon else 0.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=800)
+    p.add_argument("--layers", type=int, default=12)
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--out", default="/tmp/lightning_geom_overhead")
+    args = p.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    base, _, _ = train(args.steps, False, args.layers, args.width, args.out)
+    with_mon, n_ck, spent = train(args.steps, True, args.layers, args.width, args.out)
+    print(f"demo image-GPT: {args.layers} blocks, width {args.width}, {args.steps} steps, 1797 probe digits")
+    print(f"without monitor : {base:8.1f} s")
+    print(f"with monitor    : {with_mon:8.1f} s   ({n_ck} checkpoints, {spent:.1f} s inside the monitor, {spent / max(n_ck, 1):.2f} s each)")
+    print(f"overhead        : {with_mon / base - 1:8.1%} of training wall time (monitor's own share: {spent / base:.1%})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).parent / "ddp_run.py"
+
+
+def _run(out: Path, devices: int) -> list:
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    res = subprocess.run([sys.executable, str(SCRIPT), str(out), "--devices", str(devices)], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo DDP test runs on Linux")
+def test_ddp_two_cpu_processes_match_one_process(tmp_path):
+    single = _run(tmp_path / "single.json", 1)
+    ddp = _run(tmp_path / "ddp.json", 2)
+    assert [r["step"] for r in ddp] == [r["step"] for r in single] == [0]
+    a, b = single[0], ddp[0]
+    assert a["n_samples"] == b["n_samples"] == 150
+    for la, lb in zip(a["layers"], b["layers"]):
+        for key in ("id", "twonn", "label_overlap", "overlap_next"):
+            if la[key] is None:
+                assert lb[key] is None
+            else:
+                assert lb[key] == pytest.approx(la[key], rel=1e-5, abs=1e-6), key
+    assert a["phase"] == b["phase"] or a["phase"]["peak1_layer"] == b["phase"]["peak1_layer"]

@@ -1,0 +1,162 @@
+"""Pullback spectra against the full Jacobian (torch.autograd.functional.jacobian + float64 eigh)."""
+
+import math
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel, ViTConfig, ViTForImageClassification
+
+from lightning_geom.geometry.pullback import (
+    layer_spectra,
+    null_projection,
+    pullback_spectrum,
+    spectrum_stats,
+    subspace_overlap,
+)
+
+
+def _bert():
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, num_labels=3, max_position_embeddings=16)
+    model = BertForSequenceClassification(cfg).double().eval()
+    ids = torch.randint(0, 50, (2, 6))
+    emb = model.bert.embeddings.word_embeddings(ids).detach()  # (B, T, d)
+    return model, emb, lambda e: model(inputs_embeds=e).logits
+
+
+def _gpt2():
+    torch.manual_seed(1)
+    cfg = GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=2, n_positions=16, attn_implementation="eager")
+    model = GPT2LMHeadModel(cfg).double().eval()  # eager attention: SDPA has no double backward on CPU
+    ids = torch.randint(0, 64, (2, 5))
+    emb = model.transformer.wte(ids).detach()
+    return model, emb, lambda e: model(inputs_embeds=e).logits  # (B, T, V)
+
+
+def _vit():
+    torch.manual_seed(2)
+    cfg = ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, num_labels=4)
+    model = ViTForImageClassification(cfg).double().eval()
+    return model, torch.randn(2, 3, 8, 8, dtype=torch.float64), lambda px: model(pixel_values=px).logits
+
+
+def _oracle(fn, x1, output, position=None, top=None):
+    """eigh of J^T G J from the full Jacobian of one sample, float64: (eigenvalues desc, eigenvectors, J, G)."""
+    def logits(inp):
+        z = fn(inp.unsqueeze(0))
+        return z[0, -1 if position is None else position] if z.ndim == 3 else z[0]
+
+    z0 = logits(x1)
+    keep = torch.topk(z0, top).indices if top else torch.arange(z0.shape[0])
+    jz = torch.autograd.functional.jacobian(logits, x1).reshape(z0.shape[0], -1)  # (V, n)
+    p = torch.softmax(z0, 0)
+    if output == "logits":
+        j = jz[keep]
+        g_out = torch.eye(len(keep), dtype=torch.float64)
+    elif output == "probs":
+        j = ((torch.diag(p) - torch.outer(p, p)) @ jz)[keep]
+        g_out = torch.eye(len(keep), dtype=torch.float64)
+    else:  # fisher: G = diag(p) - p p^T on the logits
+        j = jz
+        g_out = torch.diag(p) - torch.outer(p, p)
+    g = j.T @ g_out @ j
+    vals, vecs = torch.linalg.eigh(g)
+    return vals.flip(0), vecs.flip(1).T, j, g_out
+
+
+MODELS = {"bert": _bert, "vit": _vit}
+
+
+@pytest.mark.parametrize("model_name", ["bert", "vit"])
+@pytest.mark.parametrize("output", ["logits", "probs", "fisher"])
+def test_exact_spectrum_matches_full_jacobian(model_name, output):
+    _, x, fn = MODELS[model_name]()
+    s = pullback_spectrum(fn, x, output=output, method="exact")
+    m = fn(x).shape[-1]
+    for i in range(x.shape[0]):
+        vals, vecs, _, _ = _oracle(fn, x[i], output)
+        top = float(vals[0])
+        resolvable = vals > 1e-8 * top
+        r = int(resolvable.sum())
+        ours = s.eigenvalues[i]
+        assert r <= (m if output == "logits" else m - 1)  # rank bound
+        torch.testing.assert_close(ours[:r], vals[:r], rtol=1e-8, atol=0)
+        assert all(float(v) <= 1e-8 * top for v in ours[r:].abs())  # the rest is numerically zero
+        assert float(subspace_overlap(s.eigenvectors[i : i + 1, :r], vecs[None, :r])) == pytest.approx(1.0, abs=1e-8)
+
+
+def test_gpt2_top_k_logits_against_oracle():
+    _, x, fn = _gpt2()
+    s = pullback_spectrum(fn, x, output="logits", top_logits=5)
+    for i in range(x.shape[0]):
+        vals, vecs, _, _ = _oracle(fn, x[i], "logits", top=5)
+        torch.testing.assert_close(s.eigenvalues[i], vals[:5], rtol=1e-8, atol=1e-12 * float(vals[0]))
+        assert float(subspace_overlap(s.eigenvectors[i : i + 1], vecs[None, :5])) == pytest.approx(1.0, abs=1e-8)
+
+
+@pytest.mark.parametrize("model_name", ["bert", "vit"])
+def test_null_directions_are_invisible(model_name):
+    _, x, fn = MODELS[model_name]()
+    s = pullback_spectrum(fn, x)
+    z = torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    v = null_projection(s, z, rel_tol=1e-12)
+    for i in range(x.shape[0]):
+        _, _, j, _ = _oracle(fn, x[i], "logits")
+        jv = j @ v[i].reshape(-1)
+        assert float(jv.norm()) <= 1e-10 * float(torch.linalg.matrix_norm(j, 2)) * float(v[i].norm())
+        assert float(v[i].norm()) > 0.5 * float(z[i].norm())  # most of a random direction is null when n >> m
+
+
+@pytest.mark.parametrize("method", ["lanczos", "rsvd"])
+def test_matrix_free_agrees_with_exact_on_top_k(method):
+    _, x, fn = _gpt2()  # full vocabulary head: m = 64 outputs, n = 5 x 16 = 80
+    exact = pullback_spectrum(fn, x, method="exact")
+    approx = pullback_spectrum(fn, x, method=method, k=6)
+    torch.testing.assert_close(approx.eigenvalues, exact.eigenvalues[:, :6], rtol=1e-6, atol=0)
+    assert float(subspace_overlap(approx.eigenvectors[:, :4], exact.eigenvectors[:, :4]).min()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_layer_spectra_equal_differentiating_the_rest_by_hand():
+    from lightning_geom.demo import ImageGPT
+
+    torch.manual_seed(4)
+    model = ImageGPT(n_layer=3, width=16, heads=2).double().eval()
+    pixels = torch.randint(0, 16, (2, 64))
+    spectra = layer_spectra(lambda: _run(model, pixels), output="probs", position=-1)
+    with torch.no_grad():
+        hidden = model(pixels, output_hidden_states=True).hidden_states
+    assert len(spectra) == 4
+    for layer in range(4):
+        def rest(h, layer=layer):
+            for blk in model.blocks[layer:]:
+                h = blk(h)
+            return model.head(model.ln_f(h))
+
+        ref = pullback_spectrum(rest, hidden[layer], output="probs", position=-1)
+        torch.testing.assert_close(spectra[layer].eigenvalues, ref.eigenvalues, rtol=1e-8, atol=1e-14)
+
+
+def _run(model, pixels):
+    out = model(pixels, output_hidden_states=True)
+    return out.logits, out.hidden_states
+
+
+def test_stats_formulas():
+    from lightning_geom.geometry.pullback import Spectrum
+
+    lam = torch.tensor([[4.0, 1.0, 0.0]], dtype=torch.float64)
+    s = Spectrum(lam, torch.eye(3, dtype=torch.float64)[None], (3,))
+    st = spectrum_stats(s)
+    assert float(st["top"]) == 4.0 and float(st["trace"]) == 5.0
+    assert float(st["participation"]) == pytest.approx(25 / 17)
+    p = torch.tensor([0.8, 0.2])
+    assert float(st["effective_rank"]) == pytest.approx(math.exp(-(p * p.log()).sum().item()))
+    assert float(st["numerical_rank"]) == 2.0
+    assert float(st["log_det"]) == pytest.approx(math.log(4.0))
+
+
+def test_bad_method():
+    with pytest.raises(ValueError, match="one of 'auto', 'exact', 'lanczos', 'rsvd'"):
+        pullback_spectrum(lambda x: x, torch.ones(1, 2), method="eigh")
+    with pytest.raises(ValueError, match="one of"):
+        pullback_spectrum(lambda x: x, torch.ones(1, 2), output="kl")
