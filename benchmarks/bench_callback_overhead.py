@@ -3,7 +3,7 @@
     python benchmarks/bench_callback_overhead.py --steps 800
 
 Trains the demo image-GPT twice with the same seed: without the monitor, then with it (the demo's
-settings: all 1797 digits as the probe, every 200 steps after the log-spaced start, figures every
+settings: 512 digits as the probe (batches of 128), every 200 steps after the log-spaced start, figures every
 5 checkpoints and at the end). Prints both wall times, the overhead ratio, and the monitor's own
 time per checkpoint. No loggers or checkpoints in either run, so only the monitor differs.
 """
@@ -19,7 +19,7 @@ import warnings
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def train(steps: int, monitor: bool, n_layer: int, width: int, out: str) -> tuple[float, int, float]:
+def train(steps: int, monitor: bool, n_layer: int, width: int, out: str, probe: int = 512) -> tuple[float, int, float]:
     import lightning as L
 
     from lightning_geom.callbacks import GeometryMonitor
@@ -30,7 +30,7 @@ def train(steps: int, monitor: bool, n_layer: int, width: int, out: str) -> tupl
     cbs = []
     mon = None
     if monitor:
-        mon = GeometryMonitor(probe=dm.probe_set(), num_samples=2000, batch_size=600, output_dir=out)
+        mon = GeometryMonitor(probe=dm.probe_set(), num_samples=probe, batch_size=128, output_dir=out)
         spent = [0.0]
         inner = mon._maybe_measure
 
@@ -57,11 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", type=int, default=12)
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--out", default="/tmp/lightning_geom_overhead")
+    p.add_argument("--probe", type=int, default=512, help="probe digits (the demo's 512)")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore")
     base, _, _ = train(args.steps, False, args.layers, args.width, args.out)
-    with_mon, n_ck, spent = train(args.steps, True, args.layers, args.width, args.out)
-    print(f"demo image-GPT: {args.layers} blocks, width {args.width}, {args.steps} steps, 1797 probe digits")
+    with_mon, n_ck, spent = train(args.steps, True, args.layers, args.width, args.out, args.probe)
+    print(f"demo image-GPT: {args.layers} blocks, width {args.width}, {args.steps} steps, {args.probe} probe digits")
     print(f"without monitor : {base:8.1f} s")
     print(f"with monitor    : {with_mon:8.1f} s   ({n_ck} checkpoints, {spent:.1f} s inside the monitor, {spent / max(n_ck, 1):.2f} s each)")
     print(f"overhead        : {with_mon / base - 1:8.1%} of training wall time (monitor's own share: {spent / base:.1%})")

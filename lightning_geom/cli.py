@@ -28,6 +28,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         width=args.width,
         every_n_steps=args.every_n_steps,
         normalize=args.normalize,
+        probe_samples=args.probe_samples,
         out=args.out,
         wandb=args.wandb,
         seed=args.seed,
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=64, help="residual width (default 64)")
     p.add_argument("--every-n-steps", type=int, default=200, help="monitor every n steps after the log-spaced start")
     p.add_argument("--normalize", choices=["layer_norm"], default=None, help="read the LayerNorm-ed residual stream")
+    p.add_argument("--probe-samples", type=int, default=512, help="digits in the monitor's probe set (default 512)")
     p.add_argument("--out", default="demo_output", help="output folder (default demo_output)")
     p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases, offline")
     p.add_argument("--seed", type=int, default=0)

@@ -1,5 +1,6 @@
 """Lightning callbacks: the training-time monitors."""
 
 from .geometry import GeometryMonitor
+from .pullback import PullbackMonitor
 
-__all__ = ["GeometryMonitor"]
+__all__ = ["GeometryMonitor", "PullbackMonitor"]

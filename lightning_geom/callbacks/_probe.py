@@ -114,7 +114,8 @@ class ProbeMonitor(Callback):
         at_fit_start: measure the untrained model (the first point of the emergence picture).
         at_fit_end: measure at the end of fit.
         on_error: ``"warn"`` turns any failure into one warning and training goes on; ``"raise"`` re-raises.
-        output_dir: where figures and history files go (default: the first logger's log_dir / ``sub``).
+        output_dir: where figures and history files go (default: the first logger's log_dir / ``geometry``).
+        figure_every: send figures every n checkpoints (0: only at the end of fit).
 
     Raises:
         ValueError: bad schedule values or ``on_error``.
@@ -135,8 +136,12 @@ class ProbeMonitor(Callback):
         at_fit_end: bool = True,
         on_error: Literal["warn", "raise"] = "warn",
         output_dir: str | None = None,
+        figure_every: int = 5,
     ) -> None:
         super().__init__()
+        if not isinstance(figure_every, int) or figure_every < 0:
+            raise ValueError(f"Expected `figure_every` to be a non-negative integer, but got {figure_every!r}.")
+        self.figure_every = figure_every
         for name, v in (("every_n_steps", every_n_steps), ("every_n_epochs", every_n_epochs)):
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise ValueError(f"Expected `{name}` to be None or a positive integer, but got {v!r}.")
@@ -242,6 +247,8 @@ class ProbeMonitor(Callback):
         if trainer.is_global_zero:
             try:
                 self._publish(trainer, record)
+                if self.figure_every and len(self.history) % self.figure_every == 0:
+                    self._figures(trainer)
             except Exception as err:
                 if self.on_error == "raise":
                     raise
@@ -256,6 +263,32 @@ class ProbeMonitor(Callback):
 
     def _finish(self, trainer: Trainer) -> None:
         """End of fit: final figures and files (rank 0)."""
+        if trainer.is_global_zero and self.history:
+            try:
+                self._figures(trainer)
+            except Exception as err:
+                if self.on_error == "raise":
+                    raise
+                rank_zero_warn(f"{type(self).__name__} could not write its figures: {err}")
+
+    def _figure_set(self) -> dict[str, Any]:
+        """``{name: Figure}`` of the history so far."""
+        return {}
+
+    def _figures(self, trainer: Trainer) -> None:
+        """History files and figures: PNG under the output folder, and to W&B / TensorBoard (rank 0)."""
+        import matplotlib.pyplot as plt
+
+        from ..report.history import save_history
+        from ..report.loggers import default_output_dir, log_figures
+
+        out = default_output_dir(trainer, self.output_dir, sub="geometry")
+        save_history(self.history, out, name=f"{self._prefix}_history")
+        figs = self._figure_set()
+        log_figures(list(trainer.loggers), figs, trainer.global_step, prefix=self._prefix)
+        for name, fig in figs.items():
+            fig.savefig(out / f"{name}.png")
+            plt.close(fig)
 
 
 def warn_layer_errors(owner: str, step: int, layers: list[dict[str, Any]]) -> None:

@@ -11,8 +11,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from ..analysis import GeometrySettings, finish_profile, profile_geometry
 from ..capture import capture_representations
-from ..report.history import metric_key, save_history, scalars
-from ..report.loggers import add_layout, default_output_dir, log_figures, log_scalars, log_table
+from ..report.history import metric_key, scalars
+from ..report.loggers import add_layout, log_scalars, log_table
 from ._probe import ProbeMonitor, _dist, all_gather_objects, batch_len, warn_layer_errors
 
 __all__ = ["GeometryMonitor"]
@@ -32,7 +32,7 @@ class GeometryMonitor(ProbeMonitor):
 
     Args:
         probe, num_samples, batch_size, every_n_steps, every_n_epochs, log_spaced, at_fit_start,
-            at_fit_end, on_error, output_dir: see :class:`~lightning_geom.callbacks._probe.ProbeMonitor`.
+            at_fit_end, on_error, output_dir, figure_every: see :class:`~lightning_geom.callbacks._probe.ProbeMonitor`.
         layers: glob patterns of submodules to hook; None uses the model's ``hidden_states``.
         pooling: ``"mean"``, ``"last"``, ``"first"`` or a callable (see :func:`~lightning_geom.capture.pool`).
         normalize: ``"layer_norm"`` to read the LayerNorm-ed residual stream.
@@ -43,7 +43,6 @@ class GeometryMonitor(ProbeMonitor):
         id_n1: GRIDE rank of the logged ID, or ``"auto"`` (the first stable scale of each curve).
         overlap_k: k of the overlap with the next layer (default 10, as Doimo et al.'s code).
         label_k: k of the label overlap.
-        figure_every: send figures every n checkpoints (0: only at the end of fit).
 
     Example::
 
@@ -66,7 +65,6 @@ class GeometryMonitor(ProbeMonitor):
         id_n1: int | str = "auto",
         overlap_k: int = 10,
         label_k: int = 10,
-        figure_every: int = 5,
         **kwargs: Any,
     ) -> None:
         super().__init__(probe, **kwargs)
@@ -74,8 +72,6 @@ class GeometryMonitor(ProbeMonitor):
             raise ValueError(f"Expected `pooling` to be one of 'mean', 'last', 'first' or a callable, but got {pooling!r}.")
         if normalize not in (None, "layer_norm"):
             raise ValueError(f"Expected `normalize` to be None or 'layer_norm', but got {normalize!r}.")
-        if not isinstance(figure_every, int) or figure_every < 0:
-            raise ValueError(f"Expected `figure_every` to be a non-negative integer, but got {figure_every!r}.")
         self.settings = GeometrySettings(range_max=range_max, id_n1=id_n1, overlap_k=overlap_k, label_k=label_k)
         self.layers = list(layers) if layers else None
         self.pooling = pooling
@@ -83,7 +79,6 @@ class GeometryMonitor(ProbeMonitor):
         self.forward_fn = forward_fn
         self.model_attr = model_attr
         self.label_key = label_key
-        self.figure_every = figure_every
         self._layout_done = False
 
     @property
@@ -158,30 +153,15 @@ class GeometryMonitor(ProbeMonitor):
             add_layout(loggers, ["id", "twonn", "overlap_next", "label_overlap"], prefix=self._prefix)
             self._layout_done = True
         log_scalars(loggers, scalars(record, prefix=self._prefix), step=record["step"])
-        if self.figure_every and len(self.history) % self.figure_every == 0:
-            self._figures(trainer)
 
     def _finish(self, trainer: Trainer) -> None:
+        super()._finish(trainer)
         if trainer.is_global_zero and self.history:
-            try:
-                self._figures(trainer)
-                from ..report.history import flat_rows
+            from ..report.history import flat_rows
 
-                log_table(list(trainer.loggers), flat_rows(self.history), trainer.global_step, key=metric_key("table"))
-            except Exception as err:
-                if self.on_error == "raise":
-                    raise
-                rank_zero_warn(f"GeometryMonitor could not write its figures: {err}")
+            log_table(list(trainer.loggers), flat_rows(self.history), trainer.global_step, key=metric_key("table"))
 
-    def _figures(self, trainer: Trainer) -> None:
-        import matplotlib.pyplot as plt
-
+    def _figure_set(self) -> dict[str, Any]:
         from ..report.figures import all_figures
 
-        out = default_output_dir(trainer, self.output_dir, sub=self._prefix)
-        save_history(self.history, out, name=f"{self._prefix}_history")
-        figs = all_figures(self.history)
-        log_figures(list(trainer.loggers), figs, trainer.global_step, prefix=self._prefix)
-        for name, fig in figs.items():
-            fig.savefig(out / f"{name}.png")
-            plt.close(fig)
+        return all_figures(self.history)

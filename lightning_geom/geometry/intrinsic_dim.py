@@ -300,49 +300,57 @@ def twonn_scaling(
     return IDScaling(tuple(dims), tuple(errs), tuple(scales), tuple(sizes), "twonn")
 
 
-def _gride_filter(mu: Tensor) -> Tensor:
-    """DADApy's mu filter: nudge mu == 1 by 10 eps and drop mu >= q50 + 20 (q95 - q50)."""
-    mu = torch.where(mu == 1.0, mu + 10 * _EPS64, mu)
-    q95, q50 = np.percentile(mu.cpu().numpy(), [95, 50])
-    return mu[mu < 20.0 * (q95 - q50) + q50]
+def _gride_many(mus: list[Tensor], pairs: list[tuple[int, int]], *, d0: float = 1e-3, d1: float = 1e3, tol: float = 1e-7) -> list[tuple[float, float]]:
+    """(dim, err) for several GRIDE scales at once (DADApy's algorithm, vectorised over scales).
+
+    Per scale: nudge mu == 1 by 10 eps, keep mu < q50 + 20 (q95 - q50), find the root of dlogL/dd by
+    bisection on [d0, d1] (all scales share the bracket, so they need the same number of halvings),
+    err = 1 / sqrt(Fisher information) on all (unfiltered) points.
+    """
+    s = len(mus)
+    n = max(int(m.numel()) for m in mus)
+    mu = np.full((n, s), np.nan)
+    for j, m in enumerate(mus):
+        mu[: m.numel(), j] = m.detach().cpu().numpy()
+    valid = ~np.isnan(mu)
+    mu = np.where(mu == 1.0, mu + 10 * _EPS64, mu)
+    q95, q50 = np.nanpercentile(mu, [95, 50], axis=0)
+    with np.errstate(invalid="ignore"):
+        sel = valid & (mu < 20.0 * (q95 - q50) + q50)
+    safe = np.where(valid, mu, 2.0)  # placeholder where invalid (masked out below)
+    log_mu = np.log(safe)
+    n1 = np.array([p[0] for p in pairs], dtype=np.float64)
+    n2 = np.array([p[1] for p in pairs], dtype=np.float64)
+    n_sel = sel.sum(axis=0)
+
+    def neg_dloglik(d: np.ndarray) -> np.ndarray:
+        one_m = np.maximum(1.0 - safe ** (-d), 2 * tol)
+        terms = ((1 - n2 + n1) / one_m + n2 - 1.0) * log_mu
+        return np.where(sel, terms, 0.0).sum(axis=0) - (n_sel - 1) / d
+
+    lo, hi = np.full(s, d0), np.full(s, d1)
+    f_hi = neg_dloglik(hi)
+    while abs(lo[0] - hi[0]) > tol:
+        mid = 0.5 * (lo + hi)
+        up = neg_dloglik(mid) * f_hi > 0
+        hi, lo = np.where(up, mid, hi), np.where(up, lo, mid)
+    dim = 0.5 * (lo + hi)
+    mu_d = safe ** (-dim)
+    one_m = np.maximum(1.0 - mu_d, 5 * _EPS64)
+    fisher = valid.sum(axis=0) / dim**2 + np.where(valid, (n2 - n1 - 1) * (log_mu / one_m) ** 2 * mu_d, 0.0).sum(axis=0)
+    return [(float(dim[j]), float(fisher[j] ** -0.5)) for j in range(s)]
 
 
-def _gride_neg_dloglik(d: float, log_mu: Tensor, mu: Tensor, n1: int, n2: int, eps: float) -> float:
-    """-dlogL/dd of the GRIDE likelihood (up to sign conventions of DADApy's bisection)."""
-    one_m = torch.clamp_min(1.0 - mu.pow(-d), 2 * eps)
-    n = mu.numel()
-    return float((((1 - n2 + n1) / one_m + n2 - 1.0) * log_mu).sum()) - (n - 1) / d
+def _gride_estimates(ratios: list[tuple[Tensor, Tensor]], pairs: list[tuple[int, int]], n_dropped: int) -> list[IDEstimate]:
+    """GRIDE at each (n1, n2) from the usable points' (r_n1, r_n2) (float64)."""
+    for r_in, _ in ratios:
+        if r_in.numel() < 3:
+            raise ValueError(f"GRIDE needs at least 3 non-duplicate points, but got {r_in.numel()}.")
+    fits = _gride_many([r_out / r_in for r_in, r_out in ratios], pairs)
+    return [_gride_at(r_in, r_out, n1, n2, n_dropped, dim, err) for (r_in, r_out), (n1, n2), (dim, err) in zip(ratios, pairs, fits)]
 
 
-def _gride_fisher(d: float, mu: Tensor, n1: int, n2: int, eps: float) -> float:
-    """Fisher information of the GRIDE likelihood at d (DADApy ``_fisher_info_scaling``)."""
-    mu_d = mu.pow(-d)
-    one_m = torch.clamp_min(1.0 - mu_d, eps)
-    log_mu = torch.log(mu)
-    return mu.numel() / d**2 + float(((n2 - n1 - 1) * (log_mu / one_m) ** 2 * mu_d).sum())
-
-
-def _gride_from_mu(mu: Tensor, n1: int, n2: int, *, d0: float = 1e-3, d1: float = 1e3, tol: float = 1e-7) -> tuple[float, float]:
-    """(dim, err): bisection root of dlogL/dd on [d0, d1], err = 1/sqrt(Fisher) (DADApy)."""
-    mu = torch.where(mu == 1.0, mu + 10 * _EPS64, mu)
-    sel = _gride_filter(mu)
-    log_sel = torch.log(sel)
-    f1 = _gride_neg_dloglik(d1, log_sel, sel, n1, n2, tol)
-    while abs(d0 - d1) > tol:
-        mid = 0.5 * (d0 + d1)
-        if _gride_neg_dloglik(mid, log_sel, sel, n1, n2, tol) * f1 > 0:
-            d1 = mid
-        else:
-            d0 = mid
-    dim = 0.5 * (d0 + d1)
-    return dim, _gride_fisher(dim, mu, n1, n2, 5 * _EPS64) ** -0.5
-
-
-def _gride_at(r_in: Tensor, r_out: Tensor, n1: int, n2: int, n_dropped: int) -> IDEstimate:
-    """GRIDE from the usable points' r_n1, r_n2 (float64)."""
-    if r_in.numel() < 3:
-        raise ValueError(f"GRIDE needs at least 3 non-duplicate points, but got {r_in.numel()}.")
-    dim, err = _gride_from_mu(r_out / r_in, n1, n2)
+def _gride_at(r_in: Tensor, r_out: Tensor, n1: int, n2: int, n_dropped: int, dim: float, err: float) -> IDEstimate:
     return IDEstimate(
         dim=dim,
         err=err,
@@ -386,8 +394,8 @@ def gride(x: Tensor | np.ndarray | Neighbors, *, n1: int = 1, n2: int = 2) -> ID
     """
     if not (isinstance(n1, int) and isinstance(n2, int) and 1 <= n1 < n2):
         raise ValueError(f"Expected integer ranks 1 <= n1 < n2, but got n1={n1!r}, n2={n2!r}.")
-    ((r_in, r_out),), n_drop = _ratios(x, [(n1, n2)], what=f"GRIDE (n1={n1}, n2={n2})")
-    return _gride_at(r_in, r_out, n1, n2, n_drop)
+    ratios, n_drop = _ratios(x, [(n1, n2)], what=f"GRIDE (n1={n1}, n2={n2})")
+    return _gride_estimates(ratios, [(n1, n2)], n_drop)[0]
 
 
 def gride_max_rank(n_points: int, range_max: int = 64) -> int:
@@ -423,7 +431,7 @@ def gride_scaling(x: Tensor | np.ndarray | Neighbors, *, range_max: int = 64) ->
     top = gride_max_rank(n, range_max)
     pairs = [(2**i, 2 ** (i + 1)) for i in range(int(math.log2(top)))]
     ratios, n_drop = _ratios(x, pairs, what=f"GRIDE scaling (range_max={range_max})")
-    rows = [_gride_at(r_in, r_out, n1, n2, n_drop) for (r_in, r_out), (n1, n2) in zip(ratios, pairs)]
+    rows = _gride_estimates(ratios, pairs, n_drop)
     return IDScaling(
         dims=tuple(e.dim for e in rows),
         errs=tuple(e.err for e in rows),

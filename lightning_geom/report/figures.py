@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["emergence_figure", "heatmap_figure", "overlap_figure", "all_figures"]
+__all__ = ["emergence_figure", "heatmap_figure", "overlap_figure", "spectra_figure", "all_figures"]
 
 
 def _plt():
@@ -106,6 +106,33 @@ def overlap_figure(history: Sequence[dict[str, Any]]):
         ax.set_xlabel("layer")
         ax.set_title(title)
         ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def spectra_figure(history: Sequence[dict[str, Any]], *, max_panels: int = 16):
+    """Mean pullback-metric spectrum (eigenvalue vs index, log scale) per layer, coloured by step."""
+    plt = _plt()
+    n_layers = max((len(r["layers"]) for r in history), default=0)
+    layers = list(range(n_layers))
+    if n_layers > max_panels:  # evenly spaced layers, always the first and the last
+        layers = sorted({round(i * (n_layers - 1) / (max_panels - 1)) for i in range(max_panels)})
+    cols = min(4, len(layers)) or 1
+    rows = (len(layers) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.5 * rows), dpi=100, squeeze=False, sharey=True)
+    norm, cmap = _step_colors(history)
+    for ax, li in zip(axes.flat, layers):
+        for rec in history:
+            spec = next((layer.get("spectrum") for layer in rec["layers"] if layer["index"] == li), None)
+            if spec:
+                vals = [max(v, 1e-30) for v in spec]
+                ax.semilogy(range(1, len(vals) + 1), vals, lw=1.2, color=cmap(norm(max(rec["step"], 0))))
+        ax.set_title(f"layer {li}", fontsize=9)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(layers):]:
+        ax.axis("off")
+    fig.supxlabel("eigenvalue index")
+    fig.supylabel("eigenvalue of g (mean over probe)")
     fig.tight_layout()
     return fig
 

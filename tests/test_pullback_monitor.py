@@ -1,0 +1,82 @@
+import lightning as L
+import pytest
+import torch
+
+from helpers import TinyGPT, loader, token_data
+from lightning_geom.callbacks import GeometryMonitor, PullbackMonitor
+from test_monitor import RecordingLogger
+
+
+def _data(n=48):
+    d = token_data(n, t=8)
+    d["attention_mask"] = torch.ones_like(d["attention_mask"])  # position -1 is a real token
+    return d
+
+
+def _fit(tmp_path, callbacks, steps=4, logger=None, model=None):
+    trainer = L.Trainer(
+        max_steps=steps, callbacks=callbacks, logger=logger or RecordingLogger(), default_root_dir=tmp_path,
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0,
+    )
+    trainer.fit(model or TinyGPT(), loader(_data(), shuffle=True))
+    return trainer
+
+
+def test_keys_schedule_and_oracle_on_last_layer(tmp_path):
+    data = _data()
+    mon = PullbackMonitor(probe=data, num_samples=16, batch_size=8, top_logits=6, every_n_steps=2, log_spaced=False, figure_every=0, output_dir=str(tmp_path / "g"))
+    logger = RecordingLogger()
+    model = TinyGPT(n_layer=2)
+    _fit(tmp_path, [mon], logger=logger, model=model)
+    assert [r["step"] for r in mon.history] == [0, 2, 4]
+    # the last hidden state of GPT-2 (after ln_f) maps to the logits linearly: J = W[top rows] at the
+    # last position, so the top eigenvalue is the largest squared singular value of W_top.
+    model.eval()
+    with torch.no_grad():
+        probe = {k: v[:16] for k, v in data.items()}
+        logits = model.model(input_ids=probe["input_ids"], attention_mask=probe["attention_mask"]).logits[:, -1]
+        top = torch.topk(logits, 6).indices
+        w = model.model.lm_head.weight.double()
+        expected = torch.stack([torch.linalg.svdvals(w[t]) ** 2 for t in top]).max(dim=1).values.mean()
+    last = mon.history[-1]["layers"][-1]
+    assert last["top"] == pytest.approx(float(expected), rel=1e-5)
+    assert last["numerical_rank"] <= 6
+    assert mon.history[0]["layers"][0]["stability"] is None
+    assert all(0.0 <= layer["stability"] <= 1.0 + 1e-9 for layer in mon.history[-1]["layers"])
+
+
+class PullbackRecordingLogger(RecordingLogger):
+    def log_metrics(self, metrics, step=None):
+        self.calls.append((step, dict(metrics)))
+
+
+def test_logged_metric_keys_and_figures_next_to_geometry(tmp_path):
+    data = _data()
+    geo = GeometryMonitor(probe=data, every_n_steps=4, log_spaced=False, range_max=8, figure_every=0)
+    pb = PullbackMonitor(probe=data, num_samples=8, top_logits=4, every_n_steps=4, log_spaced=False, figure_every=0)
+    logger = PullbackRecordingLogger()
+    trainer = _fit(tmp_path, [geo, pb], logger=logger, model=TinyGPT(n_layer=2))
+    keys = {k for _, call in logger.calls for k in call if k.startswith("pullback/")}
+    stats = ("top", "trace", "participation", "effective_rank", "numerical_rank", "log_det", "token_entropy", "stability")
+    expected = {f"pullback/{s}/layer_{i:02d}" for s in stats for i in range(3)}
+    assert keys == expected
+    out = tmp_path / "geometry"
+    names = {p.name for p in out.iterdir()}
+    assert {"pullback_spectra.png", "pullback_history.json", "id_profile.png", "geometry_history.json"} <= names, names
+    assert trainer.global_step == 4
+
+
+def test_failure_warns_and_training_goes_on(tmp_path):
+    mon = PullbackMonitor(probe=torch.zeros(8, 3), every_n_steps=2)  # a plain tensor cannot be fed to GPT-2 with hidden states
+    with pytest.warns(UserWarning, match="PullbackMonitor skipped step 0"):
+        trainer = _fit(tmp_path, [mon], steps=2)
+    assert trainer.global_step == 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"output": "kl"}, "`output` to be one of"), ({"top_logits": 0}, "`top_logits` to be None or a positive integer")],
+)
+def test_constructor_validates(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        PullbackMonitor(**kwargs)
