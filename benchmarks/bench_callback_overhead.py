@@ -19,10 +19,10 @@ import warnings
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def train(steps: int, monitor: bool, n_layer: int, width: int, out: str, probe: int = 512) -> tuple[float, int, float]:
+def train(steps: int, monitor: str, n_layer: int, width: int, out: str, probe: int = 512) -> tuple[float, int, float]:
     import lightning as L
 
-    from lightning_geom.callbacks import GeometryMonitor
+    from lightning_geom.callbacks import GeometryMonitor, PullbackMonitor
     from lightning_geom.demo import DigitsDataModule, ImageGPT
 
     L.seed_everything(0, verbose=False)
@@ -30,7 +30,10 @@ def train(steps: int, monitor: bool, n_layer: int, width: int, out: str, probe: 
     cbs = []
     mon = None
     if monitor:
-        mon = GeometryMonitor(probe=dm.probe_set(), num_samples=probe, batch_size=128, output_dir=out)
+        if monitor == "geometry":
+            mon = GeometryMonitor(probe=dm.probe_set(), num_samples=probe, batch_size=128, output_dir=out)
+        else:  # the demo's PullbackMonitor
+            mon = PullbackMonitor(probe=dm.probe_set(), num_samples=32, batch_size=16, output="fisher", every_n_steps=200, log_spaced=False, output_dir=out)
         spent = [0.0]
         inner = mon._maybe_measure
 
@@ -57,15 +60,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", type=int, default=12)
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--out", default="/tmp/lightning_geom_overhead")
-    p.add_argument("--probe", type=int, default=512, help="probe digits (the demo's 512)")
+    p.add_argument("--probe", type=int, default=512, help="GeometryMonitor probe digits (the demo's 512)")
+    p.add_argument("--monitors", default="geometry,pullback", help="which monitors to time, one run each")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore")
-    base, _, _ = train(args.steps, False, args.layers, args.width, args.out)
-    with_mon, n_ck, spent = train(args.steps, True, args.layers, args.width, args.out, args.probe)
-    print(f"demo image-GPT: {args.layers} blocks, width {args.width}, {args.steps} steps, {args.probe} probe digits")
-    print(f"without monitor : {base:8.1f} s")
-    print(f"with monitor    : {with_mon:8.1f} s   ({n_ck} checkpoints, {spent:.1f} s inside the monitor, {spent / max(n_ck, 1):.2f} s each)")
-    print(f"overhead        : {with_mon / base - 1:8.1%} of training wall time (monitor's own share: {spent / base:.1%})")
+    base, _, _ = train(args.steps, "", args.layers, args.width, args.out)
+    print(f"demo image-GPT: {args.layers} blocks, width {args.width}, {args.steps} steps")
+    print(f"without monitors   : {base:8.1f} s")
+    for kind in args.monitors.split(","):
+        wall, n_ck, spent = train(args.steps, kind, args.layers, args.width, args.out, args.probe)
+        print(
+            f"with {kind:<14}: {wall:8.1f} s  ({n_ck} checkpoints, {spent:.1f} s inside, {spent / max(n_ck, 1):.2f} s each)"
+            f"  overhead {wall / base - 1:6.1%} of wall time, monitor's own share {spent / base:5.1%}",
+            flush=True,
+        )
     return 0
 
 

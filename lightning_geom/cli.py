@@ -20,7 +20,7 @@ def _cmd_digits(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo.run import DemoConfig, run_demo, summary_table
+    from .demo.run import DemoConfig, pullback_table, run_demo, summary_table
 
     cfg = DemoConfig(
         steps=args.steps,
@@ -29,6 +29,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         every_n_steps=args.every_n_steps,
         normalize=args.normalize,
         probe_samples=args.probe_samples,
+        pullback=args.pullback,
         out=args.out,
         wandb=args.wandb,
         seed=args.seed,
@@ -37,6 +38,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     res = run_demo(cfg)
     print()
     print(summary_table(res["history"], every=2))
+    if res["pullback"]:
+        print()
+        print(pullback_table(res["pullback"]))
     print(f"\ntrained {cfg.steps} steps in {res['seconds']:.0f} s")
     print(f"figures and history : {res['out'] / 'geometry'}")
     print(f"TensorBoard         : tensorboard --logdir {res['out'] / 'tensorboard'}")
@@ -93,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probe-samples", type=int, default=512, help="digits in the monitor's probe set (default 512)")
     p.add_argument("--out", default="demo_output", help="output folder (default demo_output)")
     p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases, offline")
+    p.add_argument("--no-pullback", action="store_false", dest="pullback", help="skip the PullbackMonitor")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_false", dest="progress", help="hide the progress bar")
     p.set_defaults(func=_cmd_demo)

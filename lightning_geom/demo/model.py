@@ -62,12 +62,19 @@ class ImageGPT(L.LightningModule):
         self.ln_f = nn.LayerNorm(width)
         self.head = nn.Linear(width, LEVELS)
 
+    def input_ids(self, pixels: Tensor) -> Tensor:
+        """(B, 64) token ids fed to the network: [start, p_0 .. p_62]."""
+        start = torch.full((pixels.shape[0], 1), LEVELS, dtype=pixels.dtype, device=pixels.device)
+        return torch.cat([start, pixels[:, :-1]], dim=1)
+
     def forward(self, pixels: Tensor, output_hidden_states: bool = False) -> GPTOutput:
         """pixels: (B, 64) int64 in [0, 15]. Inputs are [start, p_0 .. p_62]; logits predict p_0 .. p_63."""
-        b, t = pixels.shape
-        start = torch.full((b, 1), LEVELS, dtype=pixels.dtype, device=pixels.device)
-        idx = torch.cat([start, pixels[:, :-1]], dim=1)  # (B, T)
-        x = self.tok(idx) + self.pos(torch.arange(t, device=pixels.device))
+        return self.forward_embeddings(self.tok(self.input_ids(pixels)), output_hidden_states)
+
+    def forward_embeddings(self, tok_emb: Tensor, output_hidden_states: bool = False) -> GPTOutput:
+        """The network from token embeddings (B, T, D) (before position embeddings) to logits."""
+        t = tok_emb.shape[1]
+        x = tok_emb + self.pos(torch.arange(t, device=tok_emb.device))
         states = [x]
         for blk in self.blocks:
             x = blk(x)

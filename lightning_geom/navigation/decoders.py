@@ -1,0 +1,106 @@
+"""Decoders: input embeddings back into something a person reads (tokens, image patches).
+
+A decoder is any object with ``decode(emb: Tensor (B, T, d)) -> list`` (one item per sample) and
+``kind`` (``"tokens"`` or ``"image"``): the :class:`Decoder` protocol. Other modalities plug in by
+implementing it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+__all__ = ["Decoder", "TokenDecoder", "PatchDecoder"]
+
+
+@runtime_checkable
+class Decoder(Protocol):
+    kind: str
+
+    def decode(self, emb: Tensor) -> list[Any]:
+        """One decoded item per sample of ``emb`` (B, T, d)."""
+        ...
+
+
+class TokenDecoder:
+    """Nearest row of the input embedding matrix, by Euclidean distance, for every position.
+
+    Args:
+        weight: (V, d) input embedding matrix (``model.get_input_embeddings().weight``).
+        tokenizer: optional; turns ids into strings (``convert_ids_to_tokens``).
+        offset: (T, d) or (B, T, d) added to the token embedding inside the model's input space
+            (e.g. position embeddings) and removed before the search; None when the explored space
+            is the token embeddings themselves.
+
+    Example:
+        >>> w = torch.eye(3)
+        >>> TokenDecoder(w).decode(torch.tensor([[[0.9, 0.1, 0.0], [0.0, 0.2, 0.7]]]))
+        [[0, 2]]
+    """
+
+    kind = "tokens"
+
+    def __init__(self, weight: Tensor, tokenizer: Any = None, offset: Tensor | None = None) -> None:
+        self.weight = weight.detach()
+        self.tokenizer = tokenizer
+        self.offset = None if offset is None else offset.detach()
+        self._sq = (self.weight.double() ** 2).sum(dim=1)  # (V,)
+
+    def ids(self, emb: Tensor) -> Tensor:
+        """(B, T) ids of the nearest embedding rows."""
+        e = emb.detach().double()
+        if self.offset is not None:
+            e = e - self.offset.double().to(e.device)
+        w = self.weight.double().to(e.device)
+        d2 = self._sq.to(e.device) - 2.0 * e @ w.T  # |e - w|^2 - |e|^2: same argmin
+        return d2.argmin(dim=-1)
+
+    def decode(self, emb: Tensor) -> list[Any]:
+        ids = self.ids(emb).cpu()
+        if self.tokenizer is None:
+            return ids.tolist()
+        return [self.tokenizer.convert_ids_to_tokens(row.tolist()) for row in ids]
+
+
+class PatchDecoder:
+    """ViT patch embeddings back into an image: remove the position embeddings, drop the CLS token,
+    apply the pseudo-inverse of the patch projection, fold the patches back.
+
+    Args:
+        proj_weight: (d, C, p, p) patch projection (a strided Conv2d's weight).
+        proj_bias: (d,) its bias.
+        position: (1 + P, d) or (P, d) position embeddings added after the projection.
+        image_size: (H, W).
+        cls_token: whether the sequence starts with a CLS token.
+
+    The pseudo-inverse recovers the patch exactly when the projection is injective (C p^2 <= d).
+    """
+
+    kind = "image"
+
+    def __init__(
+        self, proj_weight: Tensor, proj_bias: Tensor | None, position: Tensor, image_size: Sequence[int], *, cls_token: bool = True
+    ) -> None:
+        d, c, p, _ = proj_weight.shape
+        self.c, self.p = c, p
+        self.h, self.w = int(image_size[0]), int(image_size[1])
+        mat = proj_weight.detach().double().reshape(d, c * p * p)  # (d, C p p)
+        self.pinv = torch.linalg.pinv(mat)  # (C p p, d)
+        self.bias = torch.zeros(d, dtype=torch.float64) if proj_bias is None else proj_bias.detach().double()
+        self.position = position.detach().double().reshape(-1, d)
+        self.cls = cls_token
+
+    def decode(self, emb: Tensor) -> list[Tensor]:
+        """One (C, H, W) float image per sample."""
+        e = emb.detach().double().cpu()
+        e = e - self.position[: e.shape[1]]
+        if self.cls:
+            e = e[:, 1:]
+        patches = (e - self.bias) @ self.pinv.T  # (B, P, C p p)
+        b, n, _ = patches.shape
+        gh, gw = self.h // self.p, self.w // self.p
+        img = patches.reshape(b, gh, gw, self.c, self.p, self.p).permute(0, 3, 1, 4, 2, 5)  # (B, C, gh, p, gw, p)
+        return list(img.reshape(b, self.c, self.h, self.w).float())

@@ -1,0 +1,157 @@
+import json
+
+import lightning as L
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification, ViTConfig, ViTForImageClassification
+
+from lightning_geom.navigation import EquivalenceClassExplorer, PatchDecoder, TokenDecoder, TrajectoryWriter, adapter_for
+
+
+def _bert(seed=0):
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_labels=3, max_position_embeddings=16)
+    return BertForSequenceClassification(cfg).double().eval()
+
+
+def _batch(n=3, t=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"input_ids": torch.randint(0, 40, (n, t), generator=g), "attention_mask": torch.ones(n, t, dtype=torch.long)}
+
+
+def _probs(model, e, batch):
+    with torch.no_grad():
+        return torch.softmax(model(inputs_embeds=e, attention_mask=batch["attention_mask"]).logits, -1)
+
+
+def test_simec_drifts_less_than_a_random_walk_and_the_corrector_helps():
+    model, batch = _bert(), _batch()
+    kw = dict(mode="simec", steps=20, step_size=0.05, record_every=20, output="probs")
+    plain = EquivalenceClassExplorer(model, corrector=False, **kw)
+    corrected = EquivalenceClassExplorer(model, corrector=True, **kw)
+    t_plain, t_corr = plain.walk(batch), corrected.walk(batch)
+    # a random walk of the same per-step length, with the same seed machinery
+    e0 = model.get_input_embeddings()(batch["input_ids"]).detach()
+    g = torch.Generator().manual_seed(0)
+    e = e0.clone()
+    step = 0.05 * e0.norm(dim=-1).mean(dim=1)
+    for _ in range(20):
+        z = torch.randn(e.shape, generator=g, dtype=torch.float64)
+        z = z / z.reshape(3, -1).norm(dim=1).reshape(3, 1, 1)
+        e = e + step.reshape(3, 1, 1) * z
+    p0 = _probs(model, e0, batch)
+    drift_random = (_probs(model, e, batch) - p0).abs().max(dim=1).values
+    drift_plain = torch.tensor([max(abs(a - b) for a, b in zip(t["steps"][-1]["probs"], p0[i].tolist())) for i, t in enumerate(t_plain)])
+    drift_corr = torch.tensor([max(abs(a - b) for a, b in zip(t["steps"][-1]["probs"], p0[i].tolist())) for i, t in enumerate(t_corr)])
+    dist = torch.tensor([t["steps"][-1]["distance"] for t in t_plain])
+    assert (dist > 0.5 * 20**0.5 * step).all()  # the walks really moved (random directions: ~sqrt(steps) x step)
+    assert (drift_plain < drift_random).all(), (drift_plain, drift_random)
+    assert (drift_corr <= drift_plain + 1e-12).all() and drift_corr.mean() < drift_plain.mean()
+    assert all(t["steps"][-1]["pred"] == t["start_pred"] for t in t_corr)
+
+
+def test_simexp_changes_the_class():
+    model, batch = _bert(seed=1), _batch(seed=1)
+    ex = EquivalenceClassExplorer(model, mode="simexp", steps=60, step_size=0.05, record_every=5)
+    trajs = ex.walk(batch)
+    assert all(any(r["pred"] != t["start_pred"] for r in t["steps"]) for t in trajs)
+    # the probability of the starting class goes down along the walk
+    for t in trajs:
+        c = t["start_pred"]
+        assert t["steps"][-1]["probs"][c] < t["steps"][0]["probs"][c]
+
+
+def test_batched_equals_one_by_one_and_seeds_reproduce():
+    model, batch = _bert(), _batch()
+    ex = EquivalenceClassExplorer(model, mode="simec", steps=5, record_every=5, corrector=False)
+    whole = ex.walk(batch)
+    again = ex.walk(batch)
+    assert json.dumps(whole) == json.dumps(again)
+    # one by one: the random directions differ by design (one generator per batch), so compare SiMExp
+    ex2 = EquivalenceClassExplorer(model, mode="simexp", steps=4, record_every=2)
+    whole = ex2.walk(batch)
+    single = [ex2.walk({k: v[i : i + 1] for k, v in batch.items()})[0] for i in range(3)]
+    for a, b in zip(whole, single):
+        for ra, rb in zip(a["steps"], b["steps"]):
+            assert ra["pred"] == rb["pred"] and ra["distance"] == pytest.approx(rb["distance"], rel=1e-9)
+            assert ra["probs"] == pytest.approx(rb["probs"], abs=1e-6)
+
+
+def test_token_decoder_roundtrip():
+    model, batch = _bert(), _batch()
+    ad = adapter_for(model)
+    assert torch.equal(ad.decoder.ids(ad.embed(batch)), batch["input_ids"])
+    ex = EquivalenceClassExplorer(model, steps=1, record_every=1)
+    first = ex.walk(batch)[0]["steps"][0]["decoded"]
+    assert first == batch["input_ids"][0].tolist()
+
+
+def test_patch_decoder_roundtrip_vit():
+    torch.manual_seed(0)
+    cfg = ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, num_labels=3)
+    model = ViTForImageClassification(cfg).double().eval()
+    px = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    ad = adapter_for(model)
+    with torch.no_grad():
+        imgs = ad.decoder.decode(ad.embed({"pixel_values": px}))
+    torch.testing.assert_close(torch.stack(imgs).double(), px, rtol=0, atol=1e-5)
+    assert isinstance(ad.decoder, PatchDecoder)
+
+
+def test_top_attribution_restricts_the_walk_to_one_token():
+    model, batch = _bert(), _batch(n=2)
+    ex = EquivalenceClassExplorer(model, tokens="top_attribution", steps=3, record_every=3, corrector=False)
+    e0 = ex.adapter.embed(batch).detach()
+    mask = ex._token_mask(e0, batch)
+    assert mask.sum(dim=(1, 2)).tolist() == [1.0, 1.0]
+    trajs = ex.walk(batch)
+    start, end = trajs[0]["steps"][0]["decoded"], trajs[0]["steps"][-1]["decoded"]
+    assert sum(a != b for a, b in zip(start, end)) <= 1
+
+
+def test_predict_with_trainer_and_writer(tmp_path):
+    model = _bert()
+    data = _batch(n=4)
+    loader = torch.utils.data.DataLoader([{k: v[i] for k, v in data.items()} for i in range(4)], batch_size=2)
+    ex = EquivalenceClassExplorer(model, steps=2, record_every=1)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, callbacks=[TrajectoryWriter(tmp_path)])
+    out = trainer.predict(ex, loader)
+    assert len(out) == 2 and len(out[0]) == 2
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert "tokens.csv" in files and "batch000_walk_000.json" in files and "batch001_walk_001.json" in files
+
+
+def test_demo_image_gpt_walk_and_pixels():
+    from lightning_geom.demo import ImageGPT
+
+    torch.manual_seed(0)
+    model = ImageGPT(n_layer=2, width=16, heads=2).eval()
+    pixels = torch.randint(0, 16, (2, 64))
+    ex = EquivalenceClassExplorer(model, steps=2, record_every=2)
+    trajs = ex.walk({"pixels": pixels})
+    assert trajs[0]["steps"][0]["decoded"][1:] == pixels[0, :-1].tolist()  # [start, p_0 .. p_62]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"mode": "walk"}, "one of 'simec', 'simexp'"),
+        ({"step_rule": "adaptive"}, "one of 'fixed', 'paper'"),
+        ({"steps": 0}, "positive integer"),
+        ({"tokens": "first"}, "'all', 'top_attribution'"),
+    ],
+)
+def test_constructor_validates(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        EquivalenceClassExplorer(_bert(), **kwargs)
+
+
+def test_unknown_model_says_how_to_adapt():
+    with pytest.raises(TypeError, match="build `Adapter"):
+        adapter_for(torch.nn.Linear(2, 2))
+
+
+def test_token_decoder_with_offset():
+    w = torch.eye(4)
+    off = torch.full((2, 4), 10.0)
+    assert TokenDecoder(w, offset=off).ids(w[[1, 3]].unsqueeze(0) + off).tolist() == [[1, 3]]
