@@ -12,6 +12,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
+    "probe": "lightning_geom.probing",
+    "GeometryReport": "lightning_geom.probing",
     "IntrinsicDimension": "lightning_geom.metrics",
     "NeighborhoodOverlap": "lightning_geom.metrics",
     "LabelOverlap": "lightning_geom.metrics",

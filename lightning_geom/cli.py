@@ -102,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_false", dest="progress", help="hide the progress bar")
     p.set_defaults(func=_cmd_demo)
 
+    from .commands.navigate import add_parser as add_navigate
+
+    add_navigate(sub)
+
+    from .commands.probe import add_parser as add_probe
+
+    add_probe(sub)
+
     p = sub.add_parser(
         "fit",
         help="LightningCLI `fit` for the demo model/data (e.g. --config configs/demo_igpt_digits.yaml).",

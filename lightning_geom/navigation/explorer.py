@@ -50,6 +50,7 @@ class EquivalenceClassExplorer(L.LightningModule):
         output: output metric, ``"logits"`` (the authors'), ``"probs"`` or ``"fisher"``.
         record_every: keep a trajectory record (and decode) every n steps (and the last step).
         seed: seed of the random null directions (per batch: reproducible walks).
+        progress: show a progress bar over the steps of each walk.
 
     ``predict_step`` returns one trajectory per sample: a dict with ``steps`` (a list of records:
     ``step``, ``pred``, ``probs``, ``distance`` from the start, ``eigenvalue`` used, ``decoded``).
@@ -71,6 +72,7 @@ class EquivalenceClassExplorer(L.LightningModule):
         output: Literal["logits", "probs", "fisher"] = "logits",
         record_every: int = 10,
         seed: int = 0,
+        progress: bool = False,
     ) -> None:
         super().__init__()
         if mode not in ("simec", "simexp"):
@@ -87,7 +89,7 @@ class EquivalenceClassExplorer(L.LightningModule):
         self.adapter = adapter or adapter_for(model)
         self.mode, self.steps, self.step_size, self.step_rule = mode, steps, step_size, step_rule
         self.rel_tol, self.corrector, self.tokens, self.n_attribution = rel_tol, corrector, tokens, n_attribution
-        self.output, self.record_every, self.seed = output, record_every, seed
+        self.output, self.record_every, self.seed, self.progress = output, record_every, seed, progress
         self._phi = output_map(output)
 
     # ------------------------------------------------------------------ pieces
@@ -139,7 +141,12 @@ class EquivalenceClassExplorer(L.LightningModule):
         e = e0.clone()
         prev: Tensor | None = None
         trajs = [{"start_pred": int(c0[i]), "mode": self.mode, "steps": []} for i in range(b)]
-        for t in range(self.steps + 1):
+        steps = range(self.steps + 1)
+        if self.progress:
+            from rich.progress import track
+
+            steps = track(steps, description=f"{self.mode} walk ({b} samples)")
+        for t in steps:
             jac = self._jacobian(e, batch, mask)  # (B, m, n)
             spec = spectrum_from_jacobian(jac, e.shape[1:])
             lam = spec.eigenvalues  # (B, r) float64

@@ -1,0 +1,1 @@
+"""Subcommands of `lightning-geom` (each imports its heavy dependencies only when it runs)."""

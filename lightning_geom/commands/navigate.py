@@ -1,0 +1,97 @@
+"""`lightning-geom navigate MODEL ...`: run the explorer on a checkpoint or a model folder and write the walk."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("navigate", help="Walk equivalence classes (SiMEC) or out of them (SiMExp) from some inputs.")
+    p.add_argument("model", help="a Lightning checkpoint (.ckpt) or a Hugging Face model folder")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", action="append", help="an input sentence (repeat for more)")
+    src.add_argument("--image", action="append", help="an image file (repeat for more)")
+    src.add_argument("--data", choices=["digits"], help="the bundled digits (for the demo checkpoint)")
+    p.add_argument("--index", type=int, nargs="*", default=[0], help="which digits with --data (default 0)")
+    p.add_argument("--module", default=None, help="LightningModule class path of a checkpoint")
+    p.add_argument("--mode", choices=["simec", "simexp"], default="simec")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--step-size", type=float, default=0.01)
+    p.add_argument("--step-rule", choices=["fixed", "paper"], default="fixed")
+    p.add_argument("--output", choices=["logits", "probs", "fisher"], default="logits")
+    p.add_argument("--tokens", default="all", help="'all', 'top_attribution' or comma-separated positions")
+    p.add_argument("--no-corrector", action="store_false", dest="corrector")
+    p.add_argument("--record-every", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="navigation_output")
+    p.set_defaults(func=run)
+
+
+def _batch(args: argparse.Namespace, loaded: Any) -> dict[str, torch.Tensor]:
+    if args.data == "digits":
+        from ..demo.data import digits_sequences
+
+        x, _ = digits_sequences()
+        return {"pixels": x[list(args.index)]}
+    if args.text:
+        if loaded.tokenizer is None:
+            raise SystemExit(f"error: {loaded.source} has no tokenizer files; --text needs one.")
+        enc = loaded.tokenizer(args.text, padding=True, return_tensors="pt")
+        return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    from PIL import Image
+
+    images = [Image.open(f).convert("RGB") for f in args.image]
+    if loaded.image_processor is not None:
+        return {"pixel_values": loaded.image_processor(images, return_tensors="pt")["pixel_values"]}
+    size = loaded.module.config.image_size
+    import numpy as np
+
+    arr = [np.asarray(im.resize((size, size)), dtype=np.float32) / 255.0 for im in images]
+    return {"pixel_values": torch.from_numpy(np.stack(arr)).permute(0, 3, 1, 2)}
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..loading import load_model
+    from ..navigation import EquivalenceClassExplorer, adapter_for, write_trajectories
+
+    try:
+        loaded = load_model(args.model, module=args.module)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
+    net = loaded.module
+    tokens: Any = args.tokens
+    if tokens not in ("all", "top_attribution"):
+        tokens = [int(t) for t in tokens.split(",")]
+    ex = EquivalenceClassExplorer(
+        net,
+        adapter=adapter_for(net, loaded.tokenizer),
+        mode=args.mode,
+        steps=args.steps,
+        step_size=args.step_size,
+        step_rule=args.step_rule,
+        output=args.output,
+        tokens=tokens,
+        corrector=args.corrector,
+        record_every=args.record_every,
+        seed=args.seed,
+        progress=True,
+    )
+    batch = _batch(args, loaded)
+    net.eval()
+    trajs = ex.walk(batch)
+    image_shape = (8, 8) if type(net).__name__ == "ImageGPT" else None
+    files = write_trajectories(trajs, args.out, image_shape=image_shape)
+    summary = [
+        {"sample": i, "start_pred": t["start_pred"], "end_pred": t["steps"][-1]["pred"], "distance": t["steps"][-1]["distance"]}
+        for i, t in enumerate(trajs)
+    ]
+    (Path(args.out) / "summary.json").write_text(json.dumps(summary, indent=1))
+    for s in summary:
+        print(f"sample {s['sample']}: class {s['start_pred']} -> {s['end_pred']} after moving {s['distance']:.3g}")
+    print(f"wrote {len(files) + 1} files to {args.out}")
+    return 0

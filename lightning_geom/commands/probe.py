@@ -1,0 +1,59 @@
+"""`lightning-geom probe MODEL [MODEL ...] --data ... --out DIR`: the geometry report of checkpoints / model folders."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("probe", help="Write a geometry report (HTML + JSON + CSV + PNG) for checkpoints or HF model folders.")
+    p.add_argument("models", nargs="+", help="Lightning checkpoints (.ckpt) or Hugging Face model folders (several: one run's checkpoints)")
+    p.add_argument("--data", required=True, help="'digits', a .txt (one text per line), .csv/.jsonl, an image folder (class subfolders), or a datamodule YAML")
+    p.add_argument("--out", default="probe_report", help="output folder (default probe_report)")
+    p.add_argument("--module", default=None, help="LightningModule class path of the checkpoints")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--max-samples", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--pooling", choices=["mean", "last", "first"], default="mean")
+    p.add_argument("--layers", nargs="*", default=None, help="glob patterns of submodules (default: hidden states)")
+    p.add_argument("--device", default=None, help="cpu / cuda (default: a GPU when there is one)")
+    p.add_argument("--k", type=int, default=10, help="neighbours for overlaps (default 10)")
+    p.add_argument("--range-max", type=int, default=64, help="largest GRIDE rank (default 64)")
+    p.add_argument("--pullback-samples", type=int, default=32, help="samples for the pullback statistics (0: skip)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..loading import load_model
+    from ..probing import load_probe_data, probe
+
+    torch.manual_seed(args.seed)
+    t0 = time.perf_counter()
+    try:
+        loaded = [load_model(m, module=args.module) for m in args.models]
+        data = load_probe_data(
+            args.data, loaded[0], text_column=args.text_column, label_column=args.label_column,
+            max_samples=args.max_samples, batch_size=args.batch_size, seed=args.seed,
+        )
+        report = probe(
+            loaded, data, layers=args.layers, pooling=args.pooling, k=args.k, range_max=args.range_max,
+            pullback_samples=args.pullback_samples, device=args.device,
+        )
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
+    files = report.write(args.out)
+    for m in report.models:
+        ph = m.get("phase") or {}
+        best = m.get("best_retrieval_layer")
+        print(
+            f"{m['name']}: {len(m['layers'])} layers, {m['n_samples']} samples; ID peak {ph.get('peak1_layer')} -> min {ph.get('min_layer')}"
+            f" -> peak {ph.get('peak2_layer')} (three-phase {ph.get('is_three_phase')}); best retrieval layer {best}"
+        )
+    print(f"report: {files[0]}  ({len(files)} files, {time.perf_counter() - t0:.1f} s)")
+    return 0

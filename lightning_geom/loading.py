@@ -1,0 +1,112 @@
+"""Load what a user points a command at: a Lightning checkpoint or a Hugging Face model folder on disk.
+
+Nothing is ever downloaded: a hub name is refused with a message that says to pass a folder.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["LoadedModel", "load_model"]
+
+_HF_NEEDS = ("config.json",)
+_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for probing: the network, its tokenizer / image processor, and what it is."""
+
+    module: nn.Module
+    kind: str  # "lightning" | "hf-text" | "hf-image" | "hf"
+    source: str
+    tokenizer: Any = None
+    image_processor: Any = None
+    lightning_module: Any = None
+
+
+def _import(path: str) -> Any:
+    mod, _, name = path.rpartition(".")
+    if not mod:
+        raise ValueError(f"Expected a class path like 'package.module.Class', but got {path!r}.")
+    return getattr(importlib.import_module(mod), name)
+
+
+def _load_checkpoint(path: Path, module: str | None) -> LoadedModel:
+    if module:
+        cls = _import(module)
+    else:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        hp = ckpt.get("hyper_parameters", {}) or {}
+        if {"n_layer", "width", "heads"} <= set(hp):  # the demo's image-GPT
+            from .demo import ImageGPT
+
+            cls = ImageGPT
+        else:
+            raise ValueError(
+                f"Cannot tell the LightningModule class of {path}: pass `--module package.module.Class`."
+            )
+    lm = cls.load_from_checkpoint(str(path), map_location="cpu")
+    lm.eval()
+    return LoadedModel(module=lm, kind="lightning", source=str(path), lightning_module=lm)
+
+
+def _load_hf(path: Path) -> LoadedModel:
+    missing = [f for f in _HF_NEEDS if not (path / f).exists()]
+    if missing or not any((path / w).exists() for w in _WEIGHTS):
+        raise ValueError(
+            f"{path} is not a complete Hugging Face model folder: it needs config.json and weights "
+            f"({' or '.join(_WEIGHTS[:2])}); found {sorted(p.name for p in path.iterdir())[:10]}."
+        )
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(path, local_files_only=True)
+    arch = " ".join(cfg.architectures or [])
+    import transformers as tf
+
+    if "ForImageClassification" in arch:
+        cls, kind = tf.AutoModelForImageClassification, "hf-image"
+    elif "ForSequenceClassification" in arch:
+        cls, kind = tf.AutoModelForSequenceClassification, "hf-text"
+    elif "ForCausalLM" in arch or "LMHead" in arch:
+        cls, kind = tf.AutoModelForCausalLM, "hf-text"
+    else:
+        cls, kind = tf.AutoModel, "hf"
+    model = cls.from_pretrained(path, local_files_only=True)
+    model.eval()
+    tok = proc = None
+    if any((path / f).exists() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "vocab.json")):
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        if kind == "hf":
+            kind = "hf-text"
+    if (path / "preprocessor_config.json").exists():
+        from transformers import AutoImageProcessor
+
+        proc = AutoImageProcessor.from_pretrained(path, local_files_only=True)
+        if kind == "hf":
+            kind = "hf-image"
+    return LoadedModel(module=model, kind=kind, source=str(path), tokenizer=tok, image_processor=proc)
+
+
+def load_model(path: str | Path, *, module: str | None = None) -> LoadedModel:
+    """A Lightning checkpoint (``.ckpt``) or a Hugging Face model folder.
+
+    Raises:
+        FileNotFoundError: the path does not exist (a hub name is refused here too).
+        ValueError: an incomplete folder, or a checkpoint whose class cannot be told.
+    """
+    p = Path(path)
+    if not p.exists():
+        hint = " Hub names are not downloaded: save the model to a folder first." if "/" in str(path) and not str(path).startswith((".", "/")) else ""
+        raise FileNotFoundError(f"No such model file or folder: {path}.{hint}")
+    if p.is_dir():
+        return _load_hf(p)
+    return _load_checkpoint(p, module)

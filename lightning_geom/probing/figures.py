@@ -1,0 +1,118 @@
+"""Figures of a GeometryReport (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..report.figures import _plt
+
+
+def _colors(n: int):
+    plt = _plt()
+    cmap = plt.get_cmap("viridis")
+    return [cmap(0.15 + 0.7 * i / max(n - 1, 1)) for i in range(n)] if n > 1 else ["tab:blue"]
+
+
+def id_profile(report: Any):
+    plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=100)
+    for m, c in zip(report.models, _colors(len(report.models))):
+        rows = [r for r in m["layers"] if isinstance(r.get("id"), float)]
+        xs = [r["index"] for r in rows]
+        ax.errorbar(xs, [r["id"] for r in rows], yerr=[r["id_err"] for r in rows], fmt="-o", ms=4, capsize=3, color=c, label=f"{m['name']} (GRIDE)")
+        ax.plot(xs, [r["twonn"] for r in rows], "--", color=c, alpha=0.5, lw=1, label=f"{m['name']} (TwoNN)")
+        ph = m.get("phase")
+        if ph:
+            for key, mark in (("peak1_layer", "^"), ("min_layer", "v"), ("peak2_layer", "^")):
+                if ph[key] in xs:
+                    ax.plot([ph[key]], [rows[xs.index(ph[key])]["id"]], mark, ms=11, mfc="none", color="crimson")
+            ax.axvspan(min(ph["plateau_layers"]) - 0.3, max(ph["plateau_layers"]) + 0.3, color="crimson", alpha=0.06)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("layer (0 = embeddings)")
+    ax.set_ylabel("intrinsic dimension")
+    ax.set_title("ID profile (red: peaks / minimum; shaded: plateau)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def gride_curves(report: Any):
+    plt = _plt()
+    m = report.models[-1]
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=100)
+    rows = [r for r in m["layers"] if r.get("gride")]
+    cmap = plt.get_cmap("plasma")
+    for r in rows:
+        g = r["gride"]
+        ax.errorbar(g["scales"], g["dims"], yerr=g["errs"], fmt="-o", ms=3, capsize=2, lw=1, color=cmap(r["index"] / max(len(rows), 1)), label=f"layer {r['index']}")
+    ax.set_xscale("log")
+    ax.set_xlabel("scale (mean neighbour distance of the GRIDE ratio)")
+    ax.set_ylabel("GRIDE ID")
+    ax.set_title(f"GRIDE scale curves ({m['name']})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=3)
+    fig.tight_layout()
+    return fig
+
+
+def overlap_matrix(report: Any):
+    import numpy as np
+
+    plt = _plt()
+    m = report.models[-1]
+    mat = np.array([[np.nan if v is None else v for v in row] for row in m["overlap_matrix"]], dtype=float)
+    fig, ax = plt.subplots(figsize=(5.6, 4.8), dpi=100)
+    im = ax.imshow(mat, vmin=0, vmax=1, cmap="viridis", origin="lower")
+    fig.colorbar(im, ax=ax, label=f"neighbourhood overlap (k = {report.settings.get('k')})")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("layer")
+    ax.set_title(f"overlap between layers ({m['name']})")
+    fig.tight_layout()
+    return fig
+
+
+def labels_retrieval(report: Any):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 3.8), dpi=100)
+    for m, c in zip(report.models, _colors(len(report.models))):
+        rows = [r for r in m["layers"] if isinstance(r.get("label_overlap"), float)]
+        ax.plot([r["index"] for r in rows], [r["label_overlap"] for r in rows], "-o", ms=4, color=c, label=f"{m['name']} label overlap")
+        rows = [r for r in m["layers"] if isinstance(r.get("retrieval"), float)]
+        ax.plot([r["index"] for r in rows], [r["retrieval"] for r in rows], ":s", ms=4, color=c, label=f"{m['name']} 1-NN retrieval")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("layer")
+    ax.set_title("label overlap and nearest-neighbour retrieval")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def pullback(report: Any):
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
+    for m, c in zip(report.models, _colors(len(report.models))):
+        rows = m.get("pullback") or []
+        if not rows:
+            continue
+        xs = [r["index"] for r in rows]
+        axes[0].semilogy(xs, [max(r.get("top", 0), 1e-30) for r in rows], "-o", ms=3, color=c, label=m["name"])
+        axes[1].plot(xs, [r.get("effective_rank", 0) for r in rows], "-o", ms=3, color=c, label=m["name"])
+    axes[0].set_title("pullback metric: top eigenvalue")
+    axes[1].set_title("pullback metric: effective rank")
+    for ax in axes:
+        ax.set_xlabel("layer")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def report_figures(report: Any) -> dict[str, Any]:
+    figs = {"id_profile": id_profile(report), "gride_curves": gride_curves(report), "overlap_matrix": overlap_matrix(report), "labels_retrieval": labels_retrieval(report)}
+    if any(m.get("pullback") for m in report.models):
+        figs["pullback"] = pullback(report)
+    return figs

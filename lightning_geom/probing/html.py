@@ -1,0 +1,75 @@
+"""The report as one self-contained HTML page (figures embedded as base64 PNG)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .report import esc, fig_to_base64, finite
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1020px;margin:2em auto;color:#222;line-height:1.45}
+h1{font-size:1.6em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
+table{border-collapse:collapse;font-size:.85em;margin:.6em 0} td,th{border:1px solid #ddd;padding:3px 7px;text-align:right}
+th{background:#f4f4f4} .note{color:#666;font-size:.9em} img{max-width:100%;border:1px solid #eee}
+.kv td{text-align:left}
+"""
+
+
+def _fmt(v: Any, nd: int = 3) -> str:
+    if isinstance(v, bool) or v is None:
+        return "-" if v is None else str(v)
+    if finite(v):
+        return f"{v:.{nd}g}" if abs(v) < 1e-2 or abs(v) >= 1e4 else f"{v:.{nd}f}".rstrip("0").rstrip(".")
+    return esc(v)
+
+
+def _img(figs: dict, name: str, alt: str) -> str:
+    return f'<figure><img alt="{esc(alt)}" src="data:image/png;base64,{fig_to_base64(figs[name])}"/></figure>' if name in figs else ""
+
+
+def render(report: Any, figs: dict[str, Any]) -> str:
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>lightning-geom probe report</title><style>{_CSS}</style></head><body>"]
+    parts.append("<h1>Geometry report</h1>")
+    parts.append(f"<p class='note'>Data: {esc(report.data)}. Models: {', '.join(esc(m['name']) for m in report.models)}.</p>")
+    parts.append("<h2 id='summary'>Summary</h2><ul>")
+    for m in report.models:
+        ph = m.get("phase")
+        line = f"<li><b>{esc(m['name'])}</b> ({m['n_samples']} samples, {len(m['layers'])} layers): "
+        if ph:
+            line += (
+                f"first ID peak at layer {ph['peak1_layer']} ({_fmt(ph['peak1'])}), minimum at layer {ph['min_layer']} "
+                f"({_fmt(ph['minimum'])}), second peak at layer {ph['peak2_layer']} ({_fmt(ph['peak2'])}); "
+                f"three-phase: <b>{ph['is_three_phase']}</b> (depth {_fmt(ph['depth'])}, rebound {_fmt(ph['rebound'])}). "
+            )
+        if m.get("best_retrieval_layer") is not None:
+            r = next(x for x in m["layers"] if x["index"] == m["best_retrieval_layer"])
+            line += f"Best layer for nearest-neighbour retrieval: <b>layer {m['best_retrieval_layer']}</b> ({_fmt(r['retrieval'])} of samples have a same-label nearest neighbour)."
+        parts.append(line + "</li>")
+    parts.append("</ul>")
+    parts.append("<h2 id='id-profile'>Intrinsic-dimension profile</h2>")
+    parts.append("<p class='note'>GRIDE (Denti et al. 2022) at one common stable scale, with its error bar; TwoNN (Facco et al. 2017) dashed. Phases as in Valeriani et al. 2023 (arXiv 2302.00294).</p>")
+    parts.append(_img(figs, "id_profile", "ID profile"))
+    parts.append("<h2 id='gride'>GRIDE scale curves</h2>" + _img(figs, "gride_curves", "GRIDE scale curves"))
+    parts.append("<h2 id='overlap'>Neighbourhood overlap between layers</h2><p class='note'>chi_k between every pair of layers (Doimo et al. 2020).</p>")
+    parts.append(_img(figs, "overlap_matrix", "overlap matrix"))
+    parts.append("<h2 id='labels'>Label overlap and retrieval</h2>" + _img(figs, "labels_retrieval", "label overlap and retrieval"))
+    if "pullback" in figs:
+        parts.append("<h2 id='pullback'>Pullback metric</h2><p class='note'>Fisher metric of the output pulled back to each layer (Benfenati et al., arXiv 2410.06019), mean over the first samples.</p>")
+        parts.append(_img(figs, "pullback", "pullback statistics"))
+    parts.append("<h2 id='numbers'>Per-layer numbers</h2>")
+    for m in report.models:
+        parts.append(f"<h3>{esc(m['name'])}</h3><table><tr><th>layer</th><th>ID</th><th>± err</th><th>n1</th><th>TwoNN</th><th>label overlap</th><th>1-NN retrieval</th><th>overlap next</th><th>note</th></tr>")
+        for r in m["layers"]:
+            note = r.get("error") or r.get("warning") or ""
+            parts.append(
+                "<tr>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in ("index", "id", "id_err", "id_n1", "twonn", "label_overlap", "retrieval", "overlap_next"))
+                + f"<td style='text-align:left'>{esc(note)[:120]}</td></tr>"
+            )
+        parts.append("</table>")
+    parts.append("<h2 id='settings'>Settings</h2><table class='kv'>")
+    for k, v in report.settings.items():
+        parts.append(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>")
+    for name, t in report.timings.items():
+        parts.append(f"<tr><td>time ({esc(name)})</td><td>{esc(', '.join(f'{a} {b:.1f}s' for a, b in t.items()))}</td></tr>")
+    parts.append("</table><p class='note'>Every number is also in metrics.json and layers.csv next to this page.</p></body></html>")
+    return "\n".join(parts)

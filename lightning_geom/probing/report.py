@@ -1,0 +1,257 @@
+"""`probe()`: every layer's geometry of one or several models on one data set, as a report.
+
+It adds no math of its own: capture (:mod:`lightning_geom.capture`), the geometry core, the phase
+detection and the pullback spectra. Per model and layer: TwoNN and the GRIDE scale curve with error
+bars, the ID at a common stable scale, label overlap, nearest-neighbour retrieval (is a sample's
+nearest neighbour of its label?), the neighbourhood-overlap matrix between all pairs of layers, the
+three-phase summary, and pullback-metric statistics when the model has an output head.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..analysis import GeometrySettings, finish_profile, profile_geometry
+from ..capture import capture_representations
+from ..geometry import Neighbors, label_overlap, neighborhood_overlap
+
+__all__ = ["GeometryReport", "probe_model", "probe"]
+
+
+@dataclass
+class GeometryReport:
+    """The probe's results: one entry per model (``models``), with JSON and HTML writers."""
+
+    models: list[dict[str, Any]]
+    settings: dict[str, Any]
+    data: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps({"data": self.data, "settings": self.settings, "timings": self.timings, "models": self.models}, indent=1)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    def to_csv(self, out_dir: str | Path) -> list[Path]:
+        import csv
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / "layers.csv"
+        cols = ["model", "layer", "id", "id_err", "id_n1", "twonn", "twonn_err", "label_overlap", "retrieval", "overlap_next"]
+        pcols = sorted({k for m in self.models for r in m.get("pullback") or [] for k in r if k != "index"})
+        with path.open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(cols + [f"pullback_{c}" for c in pcols])
+            for m in self.models:
+                pb = {r["index"]: r for r in m.get("pullback") or []}
+                for r in m["layers"]:
+                    w.writerow([m["name"], r["index"]] + [r.get(c) for c in cols[2:]] + [pb.get(r["index"], {}).get(c) for c in pcols])
+        return [path]
+
+    def figures(self) -> dict[str, Any]:
+        from . import figures
+
+        return figures.report_figures(self)
+
+    def to_html(self, path: str | Path | None = None, *, figures: dict[str, Any] | None = None) -> str:
+        from .html import render
+
+        text = render(self, figures if figures is not None else self.figures())
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    def write(self, out_dir: str | Path) -> list[Path]:
+        """report.html, metrics.json, layers.csv and the PNG figures under ``out_dir``."""
+        import matplotlib.pyplot as plt
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        figs = self.figures()
+        written = []
+        for name, fig in figs.items():
+            fig.savefig(out / f"{name}.png")
+            written.append(out / f"{name}.png")
+        self.to_html(out / "report.html", figures=figs)
+        for fig in figs.values():
+            plt.close(fig)
+        self.to_json(out / "metrics.json")
+        return [out / "report.html", out / "metrics.json", *self.to_csv(out), *written]
+
+
+def fig_to_base64(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _overlap_matrix(indices: list[torch.Tensor | None], k: int) -> list[list[float | None]]:
+    nbs = [None if i is None else Neighbors(torch.zeros(i.shape, dtype=torch.float64), i) for i in indices]
+    n = len(nbs)
+    mat: list[list[float | None]] = [[None] * n for _ in range(n)]
+    for a in range(n):
+        for b in range(a, n):
+            if nbs[a] is not None and nbs[b] is not None:
+                v = 1.0 if a == b else neighborhood_overlap(nbs[a], nbs[b], k=k)
+                mat[a][b] = mat[b][a] = v
+    return mat
+
+
+def probe_model(
+    loaded: Any,
+    data: Any,
+    *,
+    name: str,
+    layers: list[str] | None = None,
+    pooling: str = "mean",
+    k: int = 10,
+    range_max: int = 64,
+    pullback_samples: int = 32,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The geometry of one model's layers on ``data`` (a :class:`~.data.ProbeData`)."""
+    from rich.progress import Progress
+
+    timings: dict[str, float] = {}
+    module = loaded.module
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    module.to(dev)
+    settings = GeometrySettings(range_max=range_max, overlap_k=k, label_k=k)
+    with Progress(transient=True, disable=not progress) as bar:
+        task = bar.add_task(f"[{name}] forward passes", total=len(data.batches))
+        feats: list[list[torch.Tensor]] = []
+        t0 = time.perf_counter()
+        for batch in data.batches:
+            reps = capture_representations(module, [batch], layers=layers, pooling=pooling, device=dev)
+            if not feats:
+                feats = [[] for _ in reps.features]
+                sources = reps.sources
+            for acc, f in zip(feats, reps.features):
+                acc.append(f)
+            bar.advance(task)
+        features = [torch.cat(f) for f in feats]
+        timings["forward_s"] = time.perf_counter() - t0
+        labels = data.labels
+        if labels is not None and len(labels) != features[0].shape[0]:
+            labels = None
+        t0 = time.perf_counter()
+        task = bar.add_task(f"[{name}] per-layer geometry", total=len(features))
+        records = []
+        for li in range(len(features)):
+            records += profile_geometry(features, labels, settings, layers=[li])
+            bar.advance(task)
+        indices = [r.get("_indices") for r in sorted(records, key=lambda r: r["index"])]
+        matrix = _overlap_matrix(indices, k)
+        layer_recs, phase = finish_profile(records, settings)
+        for r, idx in zip(layer_recs, indices):
+            r["source"] = sources[r["index"]]
+            r["retrieval"] = None
+            if labels is not None and idx is not None:
+                nb1 = Neighbors(torch.zeros(idx.shape[0], 1, dtype=torch.float64), idx[:, :1])
+                r["retrieval"] = label_overlap(nb1, labels, k=1, weighted=False)
+        timings["geometry_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        pull = _pullback(module, data, pullback_samples, dev) if pullback_samples else None
+        timings["pullback_s"] = time.perf_counter() - t0
+    best = None
+    ret = [(r["retrieval"], r["index"]) for r in layer_recs if isinstance(r.get("retrieval"), float)]
+    if ret:
+        best = max(ret)[1]
+    return {
+        "name": name,
+        "source": loaded.source,
+        "kind": loaded.kind,
+        "n_samples": int(features[0].shape[0]),
+        "layers": layer_recs,
+        "overlap_matrix": matrix,
+        "phase": phase,
+        "best_retrieval_layer": best,
+        "pullback": pull,
+        "timings": timings,
+    }
+
+
+def _pullback(module: Any, data: Any, n: int, dev: torch.device) -> list[dict[str, Any]] | None:
+    """Mean pullback statistics per layer on the first ``n`` samples, when the model has logits."""
+    from ..capture import resolve_network, split_batch
+    from ..geometry.pullback import layer_spectra, spectrum_stats
+
+    net = resolve_network(module)
+    batch = data.batches[0]
+    batch = {k: v[:n].to(dev) for k, v in batch.items()} if isinstance(batch, dict) else batch
+    args, kwargs, _ = split_batch(batch)
+
+    def run():
+        out = net(*args, **kwargs, output_hidden_states=True)
+        return out.logits, out.hidden_states
+
+    try:
+        with torch.no_grad():
+            out = net(*args, **kwargs, output_hidden_states=True)
+        if getattr(out, "logits", None) is None or getattr(out, "hidden_states", None) is None:
+            return None
+        top = 16 if out.logits.shape[-1] > 64 else None
+        spectra = layer_spectra(run, output="fisher", top_logits=top)
+    except Exception:  # noqa: BLE001 - no output head, or an op without a gradient: no pullback section
+        return None
+    rows = []
+    for li, s in enumerate(spectra):
+        st = spectrum_stats(s)
+        rows.append({"index": li, **{k: float(v.mean()) for k, v in st.items() if torch.isfinite(v).all()}})
+    return rows
+
+
+def probe(models: Any, data: Any, *, names: list[str] | None = None, progress: bool = True, **kwargs: Any) -> GeometryReport:
+    """Probe one model or several (e.g. checkpoints of one run) on the same data.
+
+    Args:
+        models: a :class:`~lightning_geom.loading.LoadedModel`, an ``nn.Module``, a path, or a list of them.
+        data: a :class:`~.data.ProbeData`, or a spec string (``digits``, a file, a folder).
+        names: display names (default: file names).
+        **kwargs: :func:`probe_model` options (layers, pooling, k, range_max, pullback_samples, device).
+
+    Returns:
+        :class:`GeometryReport`.
+    """
+    from ..loading import LoadedModel, load_model
+    from .data import ProbeData, load_probe_data
+
+    items = models if isinstance(models, (list, tuple)) else [models]
+    loaded = []
+    for m in items:
+        if isinstance(m, LoadedModel):
+            loaded.append(m)
+        elif isinstance(m, torch.nn.Module):
+            loaded.append(LoadedModel(module=m, kind="module", source=type(m).__name__))
+        else:
+            loaded.append(load_model(m))
+    if not isinstance(data, ProbeData):
+        data = load_probe_data(str(data), loaded[0])
+    k = kwargs.get("k", 10)
+    if data.n <= max(k, 2):
+        raise ValueError(f"{data.n} samples are too few for k = {k}: use more samples or a smaller --k.")
+    names = names or [Path(m.source).stem or m.source for m in loaded]
+    reports = [probe_model(m, data, name=nm, progress=progress, **kwargs) for m, nm in zip(loaded, names)]
+    settings = {key: kwargs.get(key) for key in ("layers", "pooling", "k", "range_max", "pullback_samples", "device")}
+    return GeometryReport(models=reports, settings=settings, data=data.description, timings={m["name"]: m["timings"] for m in reports})
+
+
+def finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def esc(s: Any) -> str:
+    return html.escape(str(s))
