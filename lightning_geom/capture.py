@@ -179,7 +179,8 @@ def hook_modules(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, l
 def resolve_network(module: nn.Module, model_attr: str | None = None) -> nn.Module:
     """The network to probe inside a LightningModule.
 
-    ``model_attr`` names it (dotted path; ``""`` is the module itself); otherwise, if the module has exactly one child that is a
+    ``model_attr`` names it (dotted path; ``""`` is the module itself); a Hugging Face model is its
+    own network; otherwise, if the module has exactly one child that is a
     Hugging Face ``PreTrainedModel``, that one; otherwise the module itself.
 
     Raises:
@@ -192,6 +193,8 @@ def resolve_network(module: nn.Module, model_attr: str | None = None) -> nn.Modu
                 raise AttributeError(f"`model_attr={model_attr!r}`: {type(net).__name__} has no attribute {part!r}.")
             net = getattr(net, part)
         return net
+    if _is_hf(module):  # a Hugging Face model itself (its heads included)
+        return module
     hf = [c for c in module.children() if _is_hf(c)]
     return hf[0] if len(hf) == 1 else module
 

@@ -30,6 +30,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         normalize=args.normalize,
         probe_samples=args.probe_samples,
         pullback=args.pullback,
+        report=args.report,
         out=args.out,
         wandb=args.wandb,
         seed=args.seed,
@@ -46,6 +47,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"TensorBoard         : tensorboard --logdir {res['out'] / 'tensorboard'}")
     print(f"CSV metrics         : {res['out'] / 'csv' / 'metrics.csv'}")
     print(f"last checkpoint     : {res['checkpoint']}")
+    if res.get("report"):
+        print(f"probe report        : {res['report']}  (lightning-geom probe {res['checkpoint']} --data digits)")
     return 0
 
 
@@ -98,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo_output", help="output folder (default demo_output)")
     p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases, offline")
     p.add_argument("--no-pullback", action="store_false", dest="pullback", help="skip the PullbackMonitor")
+    p.add_argument("--no-report", action="store_false", dest="report", help="skip the final probe report")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_false", dest="progress", help="hide the progress bar")
     p.set_defaults(func=_cmd_demo)

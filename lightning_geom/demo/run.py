@@ -25,6 +25,7 @@ class DemoConfig:
     every_n_steps: int = 200
     probe_samples: int = 512  # the monitor's probe: 512 digits keep its overhead near 5% on 2 CPU cores
     pullback: bool = True  # also run PullbackMonitor (Fisher metric of the last pixel's prediction)
+    report: bool = True  # end with the probe report of the final checkpoint
     normalize: str | None = None
     out: str = "demo_output"
     wandb: bool = False
@@ -91,7 +92,21 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     trainer.fit(model, datamodule=dm)
     seconds = time.perf_counter() - t0
     pb = callbacks[1].history if cfg.pullback else []
-    return {"history": monitor.history, "pullback": pb, "out": out, "seconds": seconds, "checkpoint": ckpt.last_model_path}
+    result = {"history": monitor.history, "pullback": pb, "out": out, "seconds": seconds, "checkpoint": ckpt.last_model_path}
+    if cfg.report and ckpt.last_model_path:
+        result["report"] = probe_checkpoint(ckpt.last_model_path, out / "report")
+    return result
+
+
+def probe_checkpoint(path: str, out: Path) -> Path:
+    """The user journey's last step: the probe report of the final checkpoint on all 1797 digits."""
+    from ..loading import load_model
+    from ..probing import load_probe_data, probe
+
+    loaded = load_model(path)
+    data = load_probe_data("digits", loaded, batch_size=128)
+    report = probe([loaded], data, names=["final checkpoint"], pullback_samples=32)
+    return report.write(out)[0]
 
 
 def pullback_table(history: list[dict[str, Any]]) -> str:

@@ -1,0 +1,171 @@
+import json
+import subprocess
+import sys
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from transformers import BertConfig, BertForSequenceClassification, ViTConfig, ViTForImageClassification
+
+from lightning_geom.cli import main
+from lightning_geom.loading import load_model
+from lightning_geom.probing import load_probe_data, probe
+
+WORDS = "the a cat dog sat ran on under mat log red blue big small quick slow".split()
+
+
+def _word_tokenizer():
+    """A word-level tokenizer over WORDS, built offline with the `tokenizers` library."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *WORDS])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    core.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]")
+
+
+@pytest.fixture(scope="module")
+def text_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bert")
+    tok = _word_tokenizer()
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(WORDS) + 4, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64, num_labels=2, max_position_embeddings=64)
+    BertForSequenceClassification(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def text_data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text")
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(120):
+        label = i % 2
+        words = rng.choice(WORDS[:8] if label else WORDS[8:], size=6)
+        rows.append({"text": " ".join(words), "label": "animal" if label else "colour"})
+    (path / "data.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (path / "data.csv").write_text("sentence,label\n" + "\n".join(f"{r['text']},{r['label']}" for r in rows))
+    (path / "lines.txt").write_text("\n".join(r["text"] for r in rows))
+    (path / "empty.txt").write_text("\n\n")
+    return path
+
+
+def test_probe_hf_text_folder_end_to_end(tmp_path, text_model, text_data, capsys):
+    out = tmp_path / "rep"
+    assert main(["probe", str(text_model), "--data", str(text_data / "data.jsonl"), "--out", str(out), "--range-max", "16", "--pullback-samples", "8"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    m = metrics["models"][0]
+    assert len(m["layers"]) == 4 and m["n_samples"] == 120
+    assert [r["index"] for r in m["layers"]] == [0, 1, 2, 3]
+    assert all(0 <= r["label_overlap"] <= 1 and 0 <= r["retrieval"] <= 1 for r in m["layers"])
+    assert len(m["overlap_matrix"]) == 4 and m["overlap_matrix"][1][1] == 1.0
+    assert m["best_retrieval_layer"] in range(4)
+    assert m["pullback"] and "effective_rank" in m["pullback"][0]
+    page = (out / "report.html").read_text()
+    for section in ("id='summary'", "id='id-profile'", "id='gride'", "id='overlap'", "id='labels'", "id='pullback'", "id='numbers'", "id='settings'"):
+        assert section in page
+    assert page.count("data:image/png;base64,") == 5
+    assert {"id_profile.png", "overlap_matrix.png", "layers.csv"} <= {p.name for p in out.iterdir()}
+    assert "best retrieval layer" in capsys.readouterr().out
+
+
+def test_csv_columns_and_plain_text(tmp_path, text_model, text_data):
+    loaded = load_model(text_model)
+    d = load_probe_data(str(text_data / "data.csv"), loaded, text_column="sentence")
+    assert d.n == 120 and d.labels is not None and d.label_names == ["animal", "colour"]
+    d2 = load_probe_data(str(text_data / "lines.txt"), loaded)
+    assert d2.labels is None
+    report = probe([loaded], d2, range_max=8, pullback_samples=0, progress=False)
+    assert report.models[0]["layers"][0]["label_overlap"] is None
+
+
+def test_probe_image_folder(tmp_path):
+    from PIL import Image
+
+    torch.manual_seed(0)
+    cfg = ViTConfig(image_size=16, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_labels=2)
+    model_dir = tmp_path / "vit"
+    ViTForImageClassification(cfg).save_pretrained(model_dir)
+    rng = np.random.default_rng(0)
+    for c, base in (("dark", 40), ("light", 200)):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(30):
+            arr = np.clip(base + rng.normal(0, 30, (16, 16, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(tmp_path / "imgs" / c / f"{i}.png")
+    out = tmp_path / "rep"
+    assert main(["probe", str(model_dir), "--data", str(tmp_path / "imgs"), "--out", str(out), "--range-max", "8", "--pullback-samples", "4"]) == 0
+    m = json.loads((out / "metrics.json").read_text())["models"][0]
+    assert m["n_samples"] == 60 and len(m["layers"]) == 3
+    assert m["layers"][0]["label_overlap"] > 0.9  # dark vs light pixels separate at the embeddings
+
+
+@pytest.fixture(scope="module")
+def demo_checkpoints(tmp_path_factory):
+    from lightning_geom.demo import DigitsDataModule, ImageGPT
+
+    path = tmp_path_factory.mktemp("ck")
+    L.seed_everything(0)
+    ck = ModelCheckpoint(dirpath=path, filename="s{step}", every_n_train_steps=3, save_top_k=-1)
+    trainer = L.Trainer(max_steps=6, logger=False, callbacks=[ck], enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(ImageGPT(n_layer=2, width=16, heads=2, max_steps=6), datamodule=DigitsDataModule(batch_size=32))
+    return sorted(path.glob("*.ckpt"))
+
+
+def test_probe_demo_checkpoints_emergence(tmp_path, demo_checkpoints):
+    out = tmp_path / "rep"
+    args = ["probe", *map(str, demo_checkpoints), "--data", "digits", "--max-samples", "400", "--out", str(out), "--pullback-samples", "8"]
+    assert main(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [m["name"] for m in metrics["models"]] == ["s=step=3", "s=step=6"] or len(metrics["models"]) == 2
+    assert all(len(m["layers"]) == 3 and m["n_samples"] == 400 for m in metrics["models"])
+    assert metrics["models"][0]["layers"][1]["label_overlap"] > 0.1
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["probe", "/no/such/folder", "--data", "digits"], "No such model file or folder"),
+        (["probe", "org/some-hub-model", "--data", "digits"], "Hub names are not downloaded"),
+    ],
+)
+def test_bad_model_paths(args, match, capsys):
+    with pytest.raises(SystemExit, match=match):
+        main(args)
+
+
+def test_bad_data(tmp_path, text_model, text_data):
+    loaded = load_model(text_model)
+    with pytest.raises(ValueError, match="no column 'body'"):
+        load_probe_data(str(text_data / "data.csv"), loaded, text_column="body")
+    with pytest.raises(ValueError, match="is empty: put one text per line"):
+        load_probe_data(str(text_data / "empty.txt"), loaded)
+    with pytest.raises(ValueError, match="No such data file"):
+        load_probe_data(str(tmp_path / "nope.csv"), loaded)
+    few = load_probe_data(str(text_data / "lines.txt"), loaded, max_samples=5)
+    with pytest.raises(ValueError, match="5 samples are too few for k = 10"):
+        probe([loaded], few, progress=False)
+
+
+def test_incomplete_model_folder(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a complete Hugging Face model folder"):
+        load_model(tmp_path)
+
+
+def test_python_api(text_model, text_data):
+    import lightning_geom
+
+    rep = lightning_geom.probe(str(text_model), str(text_data / "data.jsonl"), range_max=8, pullback_samples=0, progress=False)
+    assert isinstance(rep, lightning_geom.GeometryReport)
+    assert "<html>" in rep.to_html() and json.loads(rep.to_json())["models"][0]["n_samples"] == 120
+
+
+def test_cli_help_lists_every_command():
+    out = subprocess.run([sys.executable, "-m", "lightning_geom.cli", "--help"], capture_output=True, text=True).stdout
+    for cmd in ("demo", "probe", "navigate", "fit", "digits"):
+        assert cmd in out
