@@ -36,6 +36,7 @@ __all__ = [
     "split_batch",
     "capture_representations",
     "layer_name",
+    "map_tensors",
 ]
 
 Pooling = Literal["mean", "last", "first"] | Callable[[Tensor, Tensor | None], Tensor]
@@ -221,14 +222,19 @@ def split_batch(batch: Any, label_key: str | None = "labels") -> tuple[tuple, di
     raise TypeError(f"Cannot feed a batch of type {type(batch).__name__}; pass `forward_fn(module, batch)`.")
 
 
-def _to_device(obj: Any, device: torch.device) -> Any:
+def map_tensors(obj: Any, fn: Callable[[Tensor], Any]) -> Any:
+    """Apply ``fn`` to every tensor in a (nested) dict / tuple / list batch; other leaves pass through."""
     if isinstance(obj, Tensor):
-        return obj.to(device)
+        return fn(obj)
     if isinstance(obj, Mapping):
-        return {k: _to_device(v, device) for k, v in obj.items()}
+        return {k: map_tensors(v, fn) for k, v in obj.items()}
     if isinstance(obj, (tuple, list)):
-        return type(obj)(_to_device(v, device) for v in obj)
+        return type(obj)(map_tensors(v, fn) for v in obj)
     return obj
+
+
+def _to_device(obj: Any, device: torch.device) -> Any:
+    return map_tensors(obj, lambda t: t.to(device))
 
 
 def _normalize(h: Tensor, how: str | None) -> Tensor:

@@ -169,3 +169,20 @@ def test_cli_help_lists_every_command():
     out = subprocess.run([sys.executable, "-m", "lightning_geom.cli", "--help"], capture_output=True, text=True).stdout
     for cmd in ("demo", "probe", "navigate", "fit", "digits"):
         assert cmd in out
+
+
+def test_navigate_command_on_a_text_classifier_folder(tmp_path, text_model):
+    out = tmp_path / "nav"
+    assert main(["navigate", str(text_model), "--text", "the cat sat on the mat", "--text", "red blue big", "--steps", "4", "--record-every", "2", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary) == 2 and all(s["distance"] > 0 for s in summary)
+    walk = json.loads((out / "walk_000.json").read_text())
+    assert [r["step"] for r in walk["steps"]] == [0, 2, 4]
+    assert walk["steps"][0]["decoded"][:3] == ["[CLS]", "the", "cat"]
+    assert (out / "tokens.csv").exists()
+
+
+def test_navigate_demo_checkpoint(tmp_path, demo_checkpoints):
+    out = tmp_path / "nav"
+    assert main(["navigate", str(demo_checkpoints[-1]), "--data", "digits", "--index", "0", "--steps", "2", "--record-every", "1", "--out", str(out)]) == 0
+    assert (out / "walk_000.png").exists() and (out / "walk_000.json").exists()

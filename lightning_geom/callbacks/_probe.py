@@ -15,6 +15,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from ..capture import map_tensors
+
 __all__ = ["ProbeMonitor", "probe_batches", "batch_len"]
 
 
@@ -32,23 +34,11 @@ def batch_len(batch: Any) -> int:
 
 
 def _slice(batch: Any, a: int, b: int) -> Any:
-    if isinstance(batch, Tensor):
-        return batch[a:b]
-    if isinstance(batch, Mapping):
-        return {k: _slice(v, a, b) for k, v in batch.items()}
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(_slice(v, a, b) for v in batch)
-    return batch
+    return map_tensors(batch, lambda t: t[a:b])
 
 
 def _to_cpu(batch: Any) -> Any:
-    if isinstance(batch, Tensor):
-        return batch.detach().cpu()
-    if isinstance(batch, Mapping):
-        return {k: _to_cpu(v) for k, v in batch.items()}
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(_to_cpu(v) for v in batch)
-    return batch
+    return map_tensors(batch, lambda t: t.detach().cpu())
 
 
 def probe_batches(probe: Any, *, num_samples: int, batch_size: int) -> list[Any]:

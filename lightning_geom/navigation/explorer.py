@@ -228,11 +228,7 @@ class EquivalenceClassExplorer(L.LightningModule):
 
 
 def _clone(obj: Any) -> Any:
-    if isinstance(obj, Tensor):
-        return obj.clone()
-    if isinstance(obj, dict):
-        return {k: _clone(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_clone(v) for v in obj)
-    return obj
+    from ..capture import map_tensors
+
+    return map_tensors(obj, lambda t: t.clone())
 

@@ -54,7 +54,10 @@ def _grid(traj: dict[str, Any], image_shape: tuple | None):
         dec = rec.get("decoded")
         if dec is None:
             continue
-        arr = np.asarray(dec, dtype=np.float64)
+        try:
+            arr = np.asarray(dec, dtype=np.float64)
+        except (TypeError, ValueError):  # token strings: no picture
+            return None
         if arr.ndim == 3:  # (C, H, W)
             img = arr.transpose(1, 2, 0) if arr.shape[0] == 3 else arr[0]
         elif image_shape is not None and arr.ndim == 1:
