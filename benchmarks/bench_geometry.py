@@ -131,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         xn, yn, labels = make_data(n, d)
         x, y = torch.from_numpy(xn).to(device), torch.from_numpy(yn).to(device)
         ours(x[:256], y[:256], labels[:256])  # warm-up
-        t_ours, vals = timed(lambda: ours(x, y, labels), device, args.repeats)
-        t_gemm, _ = timed(lambda: gemm(x, y), device, args.repeats)
+        t_ours, vals = timed(lambda x=x, y=y, labels=labels: ours(x, y, labels), device, args.repeats)
+        t_gemm, _ = timed(lambda x=x, y=y: gemm(x, y), device, args.repeats)
         row = f"{n:>6} {d:>4} | {t_ours:7.3f} {t_gemm:7.3f} {t_ours / t_gemm:9.2f} |"
         if args.dadapy_python:
             ref = run_dadapy(args.dadapy_python, xn, yn, labels, args.repeats, args.dadapy_dtype)

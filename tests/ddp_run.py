@@ -16,8 +16,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
-
 from helpers import TinyGPT, loader, token_data  # noqa: E402
+
 from lightning_geom.callbacks import GeometryMonitor  # noqa: E402
 
 

@@ -1,9 +1,15 @@
 import pytest
 import torch
+from helpers import TinyGPT, token_data
 from torch import nn
 
-from helpers import TinyGPT, token_data
-from lightning_geom.capture import capture_representations, hook_modules, match_modules, pool, split_batch
+from lightning_geom.capture import (
+    capture_representations,
+    hook_modules,
+    match_modules,
+    pool,
+    split_batch,
+)
 
 
 def test_pool_modes_respect_mask():

@@ -1,13 +1,12 @@
 import json
-import warnings
 
 import lightning as L
 import pytest
 import torch
+from helpers import TinyGPT, loader, token_data
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 
-from helpers import TinyGPT, loader, token_data
 from lightning_geom.callbacks import GeometryMonitor
 
 

@@ -3,9 +3,20 @@ import json
 import lightning as L
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification, ViTConfig, ViTForImageClassification
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    ViTConfig,
+    ViTForImageClassification,
+)
 
-from lightning_geom.navigation import EquivalenceClassExplorer, PatchDecoder, TokenDecoder, TrajectoryWriter, adapter_for
+from lightning_geom.navigation import (
+    EquivalenceClassExplorer,
+    PatchDecoder,
+    TokenDecoder,
+    TrajectoryWriter,
+    adapter_for,
+)
 
 
 def _bert(seed=0):

@@ -1,10 +1,10 @@
 import lightning as L
 import pytest
 import torch
-
 from helpers import TinyGPT, loader, token_data
-from lightning_geom.callbacks import GeometryMonitor, PullbackMonitor
 from test_monitor import RecordingLogger
+
+from lightning_geom.callbacks import GeometryMonitor, PullbackMonitor
 
 
 def _data(n=48):

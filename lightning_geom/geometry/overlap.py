@@ -6,7 +6,7 @@ Both take points (N, D) or a precomputed :class:`~.neighbors.Neighbors` and matc
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
