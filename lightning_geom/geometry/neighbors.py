@@ -118,7 +118,7 @@ def _default_block(n: int, device: torch.device) -> int:
     return max(1, min(n, 1024 if device.type == "cpu" else 8192))
 
 
-def _exact_distances(x: Tensor, x64: Tensor, rows: Tensor, cols: Tensor, *, chunk: int = 16) -> Tensor:
+def _exact_distances(x: Tensor, rows: Tensor, cols: Tensor, *, chunk: int = 16) -> Tensor:
     """|x_i - x_j| in float64 for i in ``rows`` (R,), j in ``cols`` (R, C); returns (R, C).
 
     Rows of ``x`` (any float dtype) are gathered into a float64 buffer allocated once, and the
@@ -132,7 +132,7 @@ def _exact_distances(x: Tensor, x64: Tensor, rows: Tensor, cols: Tensor, *, chun
         nb = buf[: (e - s) * c]
         nb.copy_(x.index_select(0, cols[s:e].reshape(-1)))
         nb = nb.view(e - s, c, -1)  # (r, C, D)
-        nb.sub_(x64.index_select(0, rows[s:e]).unsqueeze(1))
+        nb.sub_(x.index_select(0, rows[s:e]).to(torch.float64).unsqueeze(1))
         out[s:e] = torch.linalg.vector_norm(nb, dim=-1)
     return out
 
@@ -243,13 +243,16 @@ def knn(x: Tensor | np.ndarray, k: int, *, block_size: int | None = None, margin
     kc = min(n - 1, k + (max(4, k // 16) if margin is None else int(margin)))
     block = int(block_size) if block_size else _default_block(n, device)
 
-    x64 = x.to(torch.float64)  # exact distances: differences of the points as given
-    x32 = (x64 - x64.mean(dim=0, keepdim=True)).to(torch.float32)  # centred: less cancellation
+    mean = x.mean(dim=0, keepdim=True, dtype=torch.float64)
+    if x.dtype == torch.float64:
+        x32 = (x - mean).to(torch.float32)  # centred: less cancellation
+    else:  # centring in the input's precision: its rounding is inside the certificate's bound
+        x32 = (x - mean.to(x.dtype)).to(torch.float32)
     sq = (x32 * x32).sum(dim=1)  # (N,)
     cand_score, cand_idx = _candidates(x32, kc, block)
 
     rows = torch.arange(n, device=device)
-    dist = _exact_distances(x, x64, rows, cand_idx)
+    dist = _exact_distances(x, rows, cand_idx)
     dist, idx = _sort_rows(dist, cand_idx)
 
     if kc < n - 1:
@@ -261,7 +264,7 @@ def knn(x: Tensor | np.ndarray, k: int, *, block_size: int | None = None, margin
         failed = torch.nonzero(kth * kth > est_last - bound).flatten()
         if failed.numel():
             full = rows.unsqueeze(0).expand(failed.numel(), n)
-            exact = _exact_distances(x, x64, failed, full, chunk=1)
+            exact = _exact_distances(x, failed, full, chunk=1)
             exact[torch.arange(failed.numel(), device=device), failed] = math.inf
             dfix, ifix = _sort_rows(exact, full.clone())
             dist[failed], idx[failed] = dfix[:, :kc], ifix[:, :kc]
