@@ -191,3 +191,17 @@ def test_navigate_demo_checkpoint(tmp_path, demo_checkpoints):
     out = tmp_path / "nav"
     assert main(["navigate", str(demo_checkpoints[-1]), "--data", "digits", "--index", "0", "--steps", "2", "--record-every", "1", "--out", str(out)]) == 0
     assert (out / "walk_000.png").exists() and (out / "walk_000.json").exists()
+
+
+def test_probe_data_from_a_datamodule_config(tmp_path, demo_checkpoints):
+    cfg = tmp_path / "data.yaml"
+    cfg.write_text("data:\n  class_path: lightning_geom.demo.DigitsDataModule\n  init_args:\n    val_fraction: 0.2\n")
+    loaded = load_model(demo_checkpoints[-1])
+    d = load_probe_data(str(cfg), loaded, max_samples=300)
+    assert d.n >= 300 and d.labels is not None and len(d.labels) == d.n
+    report = probe([loaded], d, range_max=16, pullback_samples=0, progress=False)
+    assert report.models[0]["n_samples"] == d.n
+    with pytest.raises(ValueError, match="needs `data: {class_path"):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("trainer: {}\n")
+        load_probe_data(str(bad), loaded)
