@@ -166,3 +166,25 @@ def test_token_decoder_with_offset():
     w = torch.eye(4)
     off = torch.full((2, 4), 10.0)
     assert TokenDecoder(w, offset=off).ids(w[[1, 3]].unsqueeze(0) + off).tolist() == [[1, 3]]
+
+
+def test_mlm_decoder_reads_tokens_through_the_head():
+    from transformers import BertForMaskedLM
+
+    from lightning_geom.navigation import MLMDecoder
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=40, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, max_position_embeddings=16)
+    mlm = BertForMaskedLM(cfg).double().eval()
+    batch = _batch(n=2)
+    emb = mlm.get_input_embeddings()(batch["input_ids"]).detach()
+    ids = MLMDecoder(mlm).ids(emb)
+    with torch.no_grad():
+        expected = mlm(inputs_embeds=emb).logits.argmax(-1)
+    assert torch.equal(ids, expected) and ids.shape == (2, 6)
+    # plugs into the explorer as the decoder of a custom adapter
+    clf = _bert()
+    ad = adapter_for(clf)
+    ad.decoder = MLMDecoder(mlm)
+    trajs = EquivalenceClassExplorer(adapter=ad, steps=1, record_every=1).walk(batch)
+    assert len(trajs[0]["steps"][0]["decoded"]) == 6

@@ -13,7 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-__all__ = ["Decoder", "TokenDecoder", "PatchDecoder"]
+__all__ = ["Decoder", "TokenDecoder", "MLMDecoder", "PatchDecoder"]
 
 
 @runtime_checkable
@@ -57,6 +57,33 @@ class TokenDecoder:
         w = self.weight.double().to(e.device)
         d2 = self._sq.to(e.device) - 2.0 * e @ w.T  # |e - w|^2 - |e|^2: same argmin
         return d2.argmin(dim=-1)
+
+    def decode(self, emb: Tensor) -> list[Any]:
+        ids = self.ids(emb).cpu()
+        if self.tokenizer is None:
+            return ids.tolist()
+        return [self.tokenizer.convert_ids_to_tokens(row.tolist()) for row in ids]
+
+
+class MLMDecoder:
+    """Tokens read through a masked-language-model head (the authors' choice for BERT): the argmax of
+    ``mlm(inputs_embeds=emb).logits`` at every position.
+
+    Args:
+        mlm: a model with a masked-LM head that accepts ``inputs_embeds`` (e.g. ``BertForMaskedLM``
+            sharing the explored model's embeddings).
+        tokenizer: optional; turns ids into strings.
+    """
+
+    kind = "tokens"
+
+    def __init__(self, mlm: Any, tokenizer: Any = None) -> None:
+        self.mlm = mlm
+        self.tokenizer = tokenizer
+
+    def ids(self, emb: Tensor) -> Tensor:
+        with torch.no_grad():
+            return self.mlm(inputs_embeds=emb.to(next(self.mlm.parameters()).dtype)).logits.argmax(dim=-1)
 
     def decode(self, emb: Tensor) -> list[Any]:
         ids = self.ids(emb).cpu()
