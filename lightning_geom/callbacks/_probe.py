@@ -90,6 +90,18 @@ def all_gather_objects(obj: Any) -> list[Any]:
     return out
 
 
+def gather_parts(local: list, err: str | None, what: str) -> list:
+    """Every rank's (batch id, ...) parts, in batch order; raises (on every rank) if any rank failed.
+
+    Every rank calls the collective, whatever happened locally, so a failure never hangs DDP.
+    """
+    gathered = all_gather_objects((local, err))
+    errors = [e for _, e in gathered if e]
+    if errors:
+        raise RuntimeError(f"{what} failed: {errors[0]}")
+    return sorted((p for loc, _ in gathered for p in loc), key=lambda p: p[0])
+
+
 class ProbeMonitor(Callback):
     """Base of the monitors: a fixed probe set measured on a schedule, with history as state.
 

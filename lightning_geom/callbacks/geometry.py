@@ -13,7 +13,14 @@ from ..analysis import GeometrySettings, finish_profile, profile_geometry
 from ..capture import capture_representations
 from ..report.history import metric_key, scalars
 from ..report.loggers import add_layout, log_scalars, log_table
-from ._probe import ProbeMonitor, _dist, all_gather_objects, batch_len, warn_layer_errors
+from ._probe import (
+    ProbeMonitor,
+    _dist,
+    all_gather_objects,
+    batch_len,
+    gather_parts,
+    warn_layer_errors,
+)
 
 __all__ = ["GeometryMonitor"]
 
@@ -121,12 +128,7 @@ class GeometryMonitor(ProbeMonitor):
             return [], f"{type(err).__name__}: {err}"
 
     def _measure(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
-        local, err = self._capture(trainer, pl_module)
-        gathered = all_gather_objects((local, err))  # every rank calls every collective
-        errors = [e for _, e in gathered if e]
-        if errors:
-            raise RuntimeError(f"capturing the probe representations failed: {errors[0]}")
-        parts = sorted((p for loc, _ in gathered for p in loc), key=lambda p: p[0])
+        parts = gather_parts(*self._capture(trainer, pl_module), "capturing the probe representations")
         n_layers = len(parts[0][1][0])
         features = [torch.cat([p[1][0][li] for p in parts]) for li in range(n_layers)]
         labels = None

@@ -12,7 +12,7 @@ from ..capture import _to_device, resolve_network, split_batch
 from ..geometry.pullback import OUTPUT_MAPS, layer_spectra, spectrum_stats, subspace_overlap
 from ..report.history import metric_key
 from ..report.loggers import add_layout, log_scalars
-from ._probe import ProbeMonitor, all_gather_objects
+from ._probe import ProbeMonitor, gather_parts
 
 __all__ = ["PullbackMonitor", "PULLBACK_STATS"]
 
@@ -128,12 +128,7 @@ class PullbackMonitor(ProbeMonitor):
             pl_module.train(was_training)
 
     def _measure(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
-        local, err = self._local(trainer, pl_module)
-        gathered = all_gather_objects((local, err))
-        errors = [e for _, e in gathered if e]
-        if errors:
-            raise RuntimeError(f"pullback spectra failed: {errors[0]}")
-        parts = sorted((p for loc, _ in gathered for p in loc), key=lambda p: p[0])
+        parts = gather_parts(*self._local(trainer, pl_module), "pullback spectra")
         n_layers = len(parts[0][1])
         n_samples = sum(int(p[1][0]["top"].shape[0]) for p in parts)
         vecs = [torch.cat([p[3][li] for p in parts])[: self.track_samples] for li in range(n_layers)]

@@ -16,6 +16,14 @@ from torch import Tensor
 __all__ = ["Decoder", "TokenDecoder", "MLMDecoder", "PatchDecoder"]
 
 
+def _tokens(ids: Tensor, tokenizer: Any) -> list[Any]:
+    """(B, T) ids as lists of ids, or of token strings when there is a tokenizer."""
+    ids = ids.cpu()
+    if tokenizer is None:
+        return ids.tolist()
+    return [tokenizer.convert_ids_to_tokens(row.tolist()) for row in ids]
+
+
 @runtime_checkable
 class Decoder(Protocol):
     kind: str
@@ -59,10 +67,7 @@ class TokenDecoder:
         return d2.argmin(dim=-1)
 
     def decode(self, emb: Tensor) -> list[Any]:
-        ids = self.ids(emb).cpu()
-        if self.tokenizer is None:
-            return ids.tolist()
-        return [self.tokenizer.convert_ids_to_tokens(row.tolist()) for row in ids]
+        return _tokens(self.ids(emb), self.tokenizer)
 
 
 class MLMDecoder:
@@ -86,10 +91,7 @@ class MLMDecoder:
             return self.mlm(inputs_embeds=emb.to(next(self.mlm.parameters()).dtype)).logits.argmax(dim=-1)
 
     def decode(self, emb: Tensor) -> list[Any]:
-        ids = self.ids(emb).cpu()
-        if self.tokenizer is None:
-            return ids.tolist()
-        return [self.tokenizer.convert_ids_to_tokens(row.tolist()) for row in ids]
+        return _tokens(self.ids(emb), self.tokenizer)
 
 
 class PatchDecoder:
