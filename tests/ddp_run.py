@@ -18,7 +18,7 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 from helpers import TinyGPT, loader, token_data  # noqa: E402
 
-from lightning_geom.callbacks import GeometryMonitor  # noqa: E402
+from lightning_geom.callbacks import GeometryMonitor, PullbackMonitor  # noqa: E402
 
 
 def main() -> None:
@@ -32,12 +32,16 @@ def main() -> None:
         probe=data, num_samples=150, batch_size=32, every_n_steps=100, log_spaced=False, at_fit_end=False, range_max=16, figure_every=0,
         output_dir=str(Path(args.out).parent / "geo"),
     )
+    pb = PullbackMonitor(
+        probe={k: v[:20] for k, v in data.items()}, num_samples=20, batch_size=8, top_logits=4, every_n_steps=100,
+        log_spaced=False, at_fit_end=False, figure_every=0, output_dir=str(Path(args.out).parent / "geo"),
+    )
     trainer = L.Trainer(
         accelerator="cpu",
         devices=args.devices,
         strategy="ddp" if args.devices > 1 else "auto",
         max_steps=1,
-        callbacks=[mon],
+        callbacks=[mon, pb],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -46,7 +50,7 @@ def main() -> None:
     )
     trainer.fit(TinyGPT(), loader(data))
     if trainer.is_global_zero:
-        Path(args.out).write_text(json.dumps(mon.history))
+        Path(args.out).write_text(json.dumps({"geometry": mon.history, "pullback": pb.history}))
 
 
 if __name__ == "__main__":

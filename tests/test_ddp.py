@@ -18,8 +18,9 @@ def _run(out: Path, devices: int) -> list:
 
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo DDP test runs on Linux")
 def test_ddp_two_cpu_processes_match_one_process(tmp_path):
-    single = _run(tmp_path / "single.json", 1)
-    ddp = _run(tmp_path / "ddp.json", 2)
+    single_all = _run(tmp_path / "single.json", 1)
+    ddp_all = _run(tmp_path / "ddp.json", 2)
+    single, ddp = single_all["geometry"], ddp_all["geometry"]
     assert [r["step"] for r in ddp] == [r["step"] for r in single] == [0]
     a, b = single[0], ddp[0]
     assert a["n_samples"] == b["n_samples"] == 150
@@ -30,3 +31,10 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path):
             else:
                 assert lb[key] == pytest.approx(la[key], rel=1e-5, abs=1e-6), key
     assert a["phase"] == b["phase"] or a["phase"]["peak1_layer"] == b["phase"]["peak1_layer"]
+
+    # PullbackMonitor: 20 samples in batches of 8 (3 batches dealt over 2 ranks), same means
+    pa, pb = single_all["pullback"][0], ddp_all["pullback"][0]
+    assert pa["n_samples"] == pb["n_samples"] == 20
+    for la, lb in zip(pa["layers"], pb["layers"]):
+        for key in ("top", "trace", "effective_rank"):
+            assert lb[key] == pytest.approx(la[key], rel=1e-5), key
