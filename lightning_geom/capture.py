@@ -37,6 +37,7 @@ __all__ = [
     "capture_representations",
     "layer_name",
     "map_tensors",
+    "logits_and_hidden",
 ]
 
 Pooling = Literal["mean", "last", "first"] | Callable[[Tensor, Tensor | None], Tensor]
@@ -231,6 +232,20 @@ def map_tensors(obj: Any, fn: Callable[[Tensor], Any]) -> Any:
     if isinstance(obj, (tuple, list)):
         return type(obj)(map_tensors(v, fn) for v in obj)
     return obj
+
+
+def logits_and_hidden(net: nn.Module, batch: Any, label_key: str | None = "labels") -> tuple[Tensor, tuple[Tensor, ...]]:
+    """Call the network on a batch with ``output_hidden_states=True``: (logits, hidden_states).
+
+    Raises:
+        ValueError: the output has no ``logits`` or no ``hidden_states``.
+    """
+    args, kwargs, _ = split_batch(batch, label_key)
+    out = net(*args, **kwargs, output_hidden_states=True)
+    logits, hidden = getattr(out, "logits", None), getattr(out, "hidden_states", None)
+    if logits is None or hidden is None:
+        raise ValueError(f"{type(net).__name__} must return `logits` and `hidden_states`; pass `run_fn(network, batch)`.")
+    return logits, hidden
 
 
 def _to_device(obj: Any, device: torch.device) -> Any:

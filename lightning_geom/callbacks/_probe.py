@@ -5,7 +5,6 @@ implement ``_measure``; everything else lives here once.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
@@ -299,6 +298,3 @@ def warn_layer_errors(owner: str, step: int, layers: list[dict[str, Any]]) -> No
     if bad:
         rank_zero_warn(f"{owner} at step {step}: " + "; ".join(bad))
 
-
-def finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningModule, Trainer
 
-from ..capture import _to_device, resolve_network, split_batch
+from ..capture import _to_device, logits_and_hidden, resolve_network
 from ..geometry.pullback import OUTPUT_MAPS, layer_spectra, spectrum_stats, subspace_overlap
 from ..report.history import metric_key
 from ..report.loggers import add_layout, log_scalars
@@ -93,15 +93,7 @@ class PullbackMonitor(ProbeMonitor):
     def _run(self, net: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, Any]:
         if self.run_fn is not None:
             return self.run_fn(net, batch)
-        args, kwargs, _ = split_batch(batch, self.label_key)
-        out = net(*args, **kwargs, output_hidden_states=True)
-        logits = getattr(out, "logits", None)
-        hidden = getattr(out, "hidden_states", None)
-        if logits is None or hidden is None:
-            raise ValueError(
-                f"{type(net).__name__} must return `logits` and `hidden_states`; pass `run_fn(network, batch)`."
-            )
-        return logits, hidden
+        return logits_and_hidden(net, batch, self.label_key)
 
     def _local(self, trainer: Trainer, pl_module: LightningModule) -> tuple[list, str | None]:
         """Per-sample statistics and tracked eigenvectors of this rank's shard, or an error message."""

@@ -239,10 +239,9 @@ def pullback_spectrum(
     if method not in ("auto", "exact", "lanczos", "rsvd"):
         raise ValueError(f"Expected `method` to be one of 'auto', 'exact', 'lanczos', 'rsvd', but got {method!r}.")
     f = _composite(fn, x, output, position, top_logits)
-    with torch.no_grad():
-        m = f(x).shape[-1]
-    if method == "auto":
-        method = "exact" if m <= 512 else "lanczos"
+    if method == "auto":  # one extra forward only to count the outputs
+        with torch.no_grad():
+            method = "exact" if f(x).shape[-1] <= 512 else "lanczos"
     if method == "exact":
         return spectrum_from_jacobian(jacobian(f, x), x.shape[1:])
     kk = k or 16

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .report import esc, fig_to_base64, finite
+from ..report.history import is_number
+from .report import esc, fig_to_base64
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1020px;margin:2em auto;color:#222;line-height:1.45}
@@ -18,7 +19,7 @@ th{background:#f4f4f4} .note{color:#666;font-size:.9em} img{max-width:100%;borde
 def _fmt(v: Any, nd: int = 3) -> str:
     if isinstance(v, bool) or v is None:
         return "-" if v is None else str(v)
-    if finite(v):
+    if is_number(v):
         return f"{v:.{nd}g}" if abs(v) < 1e-2 or abs(v) >= 1e4 else f"{v:.{nd}f}".rstrip("0").rstrip(".")
     return esc(v)
 

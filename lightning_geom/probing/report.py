@@ -13,7 +13,6 @@ import base64
 import html
 import io
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,25 +185,17 @@ def probe_model(
 
 def _pullback(module: Any, data: Any, n: int, dev: torch.device) -> list[dict[str, Any]] | None:
     """Mean pullback statistics per layer on the first ``n`` samples, when the model has logits."""
-    from ..capture import resolve_network, split_batch
+    from ..capture import logits_and_hidden, resolve_network
     from ..geometry.pullback import layer_spectra, spectrum_stats
 
     net = resolve_network(module)
     batch = data.batches[0]
     batch = {k: v[:n].to(dev) for k, v in batch.items()} if isinstance(batch, dict) else batch
-    args, kwargs, _ = split_batch(batch)
-
-    def run():
-        out = net(*args, **kwargs, output_hidden_states=True)
-        return out.logits, out.hidden_states
-
     try:
         with torch.no_grad():
-            out = net(*args, **kwargs, output_hidden_states=True)
-        if getattr(out, "logits", None) is None or getattr(out, "hidden_states", None) is None:
-            return None
-        top = 16 if out.logits.shape[-1] > 64 else None
-        spectra = layer_spectra(run, output="fisher", top_logits=top)
+            n_out = logits_and_hidden(net, batch)[0].shape[-1]  # also: is there an output head at all?
+        top = 16 if n_out > 64 else None
+        spectra = layer_spectra(lambda: logits_and_hidden(net, batch), output="fisher", top_logits=top)
     except Exception:  # noqa: BLE001 - no output head, or an op without a gradient: no pullback section
         return None
     rows = []
@@ -247,10 +238,6 @@ def probe(models: Any, data: Any, *, names: list[str] | None = None, progress: b
     reports = [probe_model(m, data, name=nm, progress=progress, **kwargs) for m, nm in zip(loaded, names)]
     settings = {key: kwargs.get(key) for key in ("layers", "pooling", "k", "range_max", "pullback_samples", "device")}
     return GeometryReport(models=reports, settings=settings, data=data.description, timings={m["name"]: m["timings"] for m in reports})
-
-
-def finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)
 
 
 def esc(s: Any) -> str:

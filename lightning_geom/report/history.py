@@ -9,7 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["metric_key", "flat_rows", "scalars", "save_history"]
+from ..capture import layer_name
+
+__all__ = ["metric_key", "is_number", "flat_rows", "scalars", "save_history"]
 
 ROW_FIELDS = ("step", "epoch", "layer", "id", "id_err", "id_n1", "twonn", "twonn_err", "label_overlap", "overlap_next", "error")
 PHASE_FIELDS = ("peak1_layer", "min_layer", "peak2_layer", "depth", "rebound", "is_three_phase")
@@ -17,10 +19,11 @@ PHASE_FIELDS = ("peak1_layer", "min_layer", "peak2_layer", "depth", "rebound", "
 
 def metric_key(kind: str, layer: int | None = None, *, prefix: str = "geometry") -> str:
     """The one place metric names are built: ``geometry/id/layer_03``, ``geometry/phase/depth``."""
-    return f"{prefix}/{kind}" if layer is None else f"{prefix}/{kind}/layer_{layer:02d}"
+    return f"{prefix}/{kind}" if layer is None else f"{prefix}/{kind}/{layer_name(layer)}"
 
 
-def _num(v: Any) -> bool:
+def is_number(v: Any) -> bool:
+    """A finite int or float (not a bool): what goes into scalar logs and tables."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
@@ -30,7 +33,7 @@ def scalars(record: dict[str, Any], *, prefix: str = "geometry") -> dict[str, fl
     for layer in record["layers"]:
         for kind in ("id", "twonn", "overlap_next", "label_overlap"):
             v = layer.get(kind)
-            if _num(v):
+            if is_number(v):
                 out[metric_key(kind, layer["index"], prefix=prefix)] = float(v)
     phase = record.get("phase")
     if phase:
