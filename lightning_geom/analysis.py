@@ -20,12 +20,11 @@ from .geometry import (
     IDScaling,
     Neighbors,
     gride_max_rank,
-    gride_scaling,
+    id_profile,
     knn,
     label_overlap,
     neighborhood_overlap,
     three_phase,
-    twonn,
 )
 
 __all__ = ["GeometrySettings", "choose_scale", "layer_geometry", "profile_geometry", "finish_profile"]
@@ -88,8 +87,7 @@ def layer_geometry(x: Tensor, labels: Tensor | None, settings: GeometrySettings)
     nb = knn(x, k)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DuplicatePointsWarning)
-        tw = twonn(nb)
-        curve = gride_scaling(nb, range_max=settings.range_max)
+        tw, curve = id_profile(nb, range_max=settings.range_max)
     dup = next((str(w.message) for w in caught if issubclass(w.category, DuplicatePointsWarning)), None)
     if settings.id_n1 == "auto":
         i = choose_scale(curve)

@@ -11,6 +11,7 @@ from .intrinsic_dim import (
     gride,
     gride_max_rank,
     gride_scaling,
+    id_profile,
     twonn,
     twonn_scaling,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "encode_labels",
     "gride",
     "gride_max_rank",
+    "id_profile",
     "gride_scaling",
     "knn",
     "label_overlap",

@@ -30,6 +30,7 @@ __all__ = [
     "gride",
     "gride_scaling",
     "gride_max_rank",
+    "id_profile",
     "DuplicatePointsWarning",
 ]
 
@@ -95,7 +96,7 @@ class IDScaling:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
-def _distances(x: Tensor | np.ndarray | Neighbors, k: int, *, what: str) -> tuple[Tensor, Tensor | None, int]:
+def _distances(x: Tensor | np.ndarray | Neighbors, k: int, *, what: str) -> tuple[Tensor, Tensor | None, int, bool]:
     """(N', k) float64 neighbour distances, an optional (N',) mask of usable rows, and N.
 
     From points with duplicate rows, the kNN is taken over the *distinct* points (so copies do not
@@ -107,50 +108,52 @@ def _distances(x: Tensor | np.ndarray | Neighbors, k: int, *, what: str) -> tupl
                 f"{what} needs the first {k} neighbours of every point, but the given `Neighbors` "
                 f"holds only {x.k}. Compute them with `knn(x, k={k})` (or larger)."
             )
-        return x.distances[:, :k].to(torch.float64), None, x.n_points
+        return x.distances[:, :k].to(torch.float64), None, x.n_points, x.all_distinct
     pts = as_points(x)
     n = pts.shape[0]
     if n <= k:
         raise ValueError(f"{what} needs at least {k + 1} points (the {k}-th neighbour of each), but got N = {n}.")
     nb = knn(pts, k)
-    if bool((nb.distances[:, 0] > 0).all()):
-        return nb.distances, None, n
+    if nb.all_distinct:
+        return nb.distances, None, n, True
     uniq, counts = torch.unique(pts, dim=0, return_counts=True)
     if uniq.shape[0] <= k:
         raise ValueError(f"{what} needs at least {k + 1} distinct points, but got {uniq.shape[0]} (of N = {n}).")
-    return knn(uniq, k).distances, counts == 1, n
+    return knn(uniq, k).distances, counts == 1, n, False
 
 
-def _ratio_pairs(r: Tensor, n1: int, n2: int) -> tuple[Tensor, Tensor, Tensor]:
-    """(r_n1, r_n2, keep) from (N, >= n2) ascending float64 distances, robust to duplicate points.
+def _ratio_table(
+    x: Tensor | np.ndarray | Neighbors, pairs: list[tuple[int, int]], *, what: str
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor, int]:
+    """Neighbour distances r_{n1}, r_{n2} of every point at every (n1, n2) pair, as tensors.
+
+    Returns ``(r_in, r_out, keep, n_kept, n_dropped)``: (N, S) float64 distances on the kNN's
+    device, an (N, S) bool mask of usable points (None: all), the count of usable points
+    per pair (host ints), and how many points were left out (warned once). One host sync.
 
     Without duplicates (every r_1 > 0) these are plain columns n1 and n2 (DADApy exactly). With
-    duplicates, a point at distance 0 from another is dropped (``keep`` False) and, for the others,
-    ranks count *distinct* neighbour locations, so that the copies of a duplicated point do not
-    fake a ratio mu = 1; points with fewer than n2 distinct neighbours stored are dropped too.
+    duplicates, a point at distance 0 from another is dropped and, for the others, ranks count
+    *distinct* neighbour locations, so that the copies of a duplicated point do not fake a ratio
+    mu = 1; points with fewer than n2 distinct neighbours stored are dropped too.
     """
-    if bool((r[:, 0] > 0).all()):
-        keep = torch.ones(r.shape[0], dtype=torch.bool, device=r.device)
-        return r[:, n1 - 1], r[:, n2 - 1], keep
+    r, base, n, distinct = _distances(x, max(p[1] for p in pairs), what=what)
+    if base is None and distinct:
+        n_kept = [int(r.shape[0])] * len(pairs)
+        cols = r[:, [p[0] - 1 for p in pairs] + [p[1] - 1 for p in pairs]]  # (N, 2S)
+        return cols[:, : len(pairs)], cols[:, len(pairs) :], None, n_kept, 0
+    dev = r.device
+    n1 = torch.tensor([p[0] for p in pairs], device=dev)
+    n2 = torch.tensor([p[1] for p in pairs], device=dev)
     prev = torch.nn.functional.pad(r[:, :-1], (1, 0), value=0.0)
-    distinct = r > prev  # (N, k): a new neighbour location
-    count = distinct.cumsum(dim=1)  # distinct locations up to each column
-    keep = (r[:, 0] > 0) & (count[:, -1] >= n2)
-    pos_in = (count < n1).sum(dim=1, keepdim=True).clamp_max(r.shape[1] - 1)
-    pos_out = (count < n2).sum(dim=1, keepdim=True).clamp_max(r.shape[1] - 1)
-    return r.gather(1, pos_in).squeeze(1), r.gather(1, pos_out).squeeze(1), keep
-
-
-def _ratios(x: Tensor | np.ndarray | Neighbors, pairs: list[tuple[int, int]], *, what: str) -> tuple[list, int]:
-    """[(r_n1, r_n2)] on the usable points for each (n1, n2), and how many points were left out (warned once)."""
-    r, base, n = _distances(x, max(p[1] for p in pairs), what=what)
-    out, dropped = [], 0
-    for n1, n2 in pairs:
-        r_in, r_out, keep = _ratio_pairs(r, n1, n2)
-        if base is not None:
-            keep = keep & base
-        dropped = max(dropped, n - int(keep.sum()))
-        out.append((r_in[keep], r_out[keep]))
+    count = (r > prev).cumsum(dim=1)  # (N, k): distinct neighbour locations up to each column
+    last = r.shape[1] - 1
+    pos_in = (count.unsqueeze(2) < n1).sum(dim=1).clamp_max(last)  # (N, S)
+    pos_out = (count.unsqueeze(2) < n2).sum(dim=1).clamp_max(last)
+    keep = (r[:, :1] > 0) & (count[:, -1:] >= n2)  # (N, S)
+    if base is not None:
+        keep = keep & base.to(dev).unsqueeze(1)
+    n_kept = keep.sum(dim=0).tolist()
+    dropped = n - min(n_kept)
     if dropped:
         warnings.warn(
             f"{what}: {dropped} of {n} points have a neighbour at distance 0 (duplicate points) or too "
@@ -159,21 +162,33 @@ def _ratios(x: Tensor | np.ndarray | Neighbors, pairs: list[tuple[int, int]], *,
             DuplicatePointsWarning,
             stacklevel=3,
         )
-    return out, dropped
+    return r.gather(1, pos_in), r.gather(1, pos_out), keep, n_kept, dropped
 
 
-def _twonn_from_mu(mu: Tensor, discard_fraction: float, method: str) -> tuple[float, float]:
-    """(dim, err) from the ratios mu (N,) float64: least-squares fit or maximum likelihood."""
-    n = mu.numel()
-    log_mu = torch.log(mu)
-    if method == "mle":
-        dim = (n - 1) / float(log_mu.sum())
-    else:
-        n_eff = int(n * (1.0 - discard_fraction))
-        x = torch.sort(log_mu).values[:n_eff]
-        y = -torch.log1p(-torch.arange(1, n_eff + 1, dtype=torch.float64, device=mu.device) / n)
-        dim = float((x * y).sum() / (x * x).sum())
-    return dim, dim / math.sqrt(n)
+def _masked_mean(v: Tensor, keep: Tensor | None, n_kept: list[int]) -> Tensor:
+    """(S,) column means of (N, S) ``v`` over the usable rows."""
+    if keep is None:
+        return v.mean(dim=0)
+    return torch.where(keep, v, 0.0).sum(dim=0) / torch.tensor(n_kept, dtype=v.dtype, device=v.device)
+
+
+def _column_quantiles(v: Tensor, keep: Tensor | None, n_kept: list[int], qs: tuple[float, ...]) -> Tensor:
+    """(Q, S) quantiles of each column of (N, S) ``v`` over its usable rows (numpy's 'linear' rule)."""
+    if keep is None:  # every column has N values: the positions are known on the host
+        srt = torch.sort(v, dim=0).values
+        n = v.shape[0]
+        pos = [q * (n - 1) for q in qs]
+        lo = [int(math.floor(p)) for p in pos]
+        ends = srt[lo + [min(i + 1, n - 1) for i in lo]]  # (2Q, S)
+        frac = torch.tensor([p - i for p, i in zip(pos, lo)], dtype=v.dtype, device=v.device).unsqueeze(1)
+        return torch.lerp(ends[: len(qs)], ends[len(qs) :], frac)
+    srt = torch.sort(torch.where(keep, v, math.inf), dim=0).values
+    cnt = torch.tensor(n_kept, dtype=torch.float64, device=v.device)
+    pos = torch.tensor(qs, dtype=torch.float64, device=v.device).unsqueeze(1) * (cnt - 1)  # (Q, S)
+    lo = pos.floor()
+    hi = torch.minimum(lo + 1, cnt - 1)
+    a, b = srt.gather(0, lo.long()), srt.gather(0, hi.long())
+    return a + (b - a) * (pos - lo)
 
 
 def twonn(
@@ -221,18 +236,63 @@ def twonn(
             "`discard_fraction=0` makes the fit's last point -log(1 - N/N) infinite; "
             "use `method='mle'` to use all points."
         )
-    ((r1, r2),), n_drop = _ratios(x, [(1, 2)], what="TwoNN")
-    if r1.numel() < 3:
-        raise ValueError(f"TwoNN needs at least 3 non-duplicate points, but got {r1.numel()}.")
-    dim, err = _twonn_from_mu(r2 / r1, discard_fraction, method)
-    return IDEstimate(
-        dim=dim,
-        err=err,
-        scale=float(0.5 * (r1.mean() + r2.mean())),
-        n_points=int(r1.numel()),
-        estimator="twonn",
-        n_dropped=n_drop,
-    )
+    r_in, r_out, keep, n_kept, n_drop = _ratio_table(x, [(1, 2)], what="TwoNN")
+    dim, scale = _twonn_fit(r_in[:, 0], r_out[:, 0], None if keep is None else keep[:, 0], n_kept[0], discard_fraction, method)
+    dim_f, scale_f = torch.stack([dim, scale]).tolist()
+    return _twonn_estimate(dim_f, scale_f, n_kept[0], n_drop)
+
+
+def _twonn_estimate(dim: float, scale: float, n: int, n_dropped: int) -> IDEstimate:
+    return IDEstimate(dim=dim, err=dim / math.sqrt(n), scale=scale, n_points=n, estimator="twonn", n_dropped=n_dropped)
+
+
+def _twonn_fit(r1: Tensor, r2: Tensor, keep: Tensor | None, n: int, discard_fraction: float, method: str) -> tuple[Tensor, Tensor]:
+    """TwoNN (dim, scale) as 0-d tensors from (N,) r1, r2 and the usable points (``n`` of them)."""
+    if n < 3:
+        raise ValueError(f"TwoNN needs at least 3 non-duplicate points, but got {n}.")
+    if keep is not None:  # duplicates: a data-dependent selection (one more sync, rare path)
+        r1, r2 = r1[keep], r2[keep]
+    log_mu = torch.log(r2 / r1)
+    if method == "mle":
+        dim = (n - 1) / log_mu.sum()
+    else:  # least squares through the origin of -log(1 - i/N) on the sorted log mu
+        n_eff = int(n * (1.0 - discard_fraction))
+        lx = torch.sort(log_mu).values[:n_eff]
+        ly = torch.from_numpy(-np.log1p(-np.arange(1, n_eff + 1, dtype=np.float64) / n)).to(lx.device)
+        dim = torch.dot(lx, ly) / torch.dot(lx, lx)
+    return dim, 0.5 * (r1.mean() + r2.mean())
+
+
+def id_profile(
+    x: Tensor | np.ndarray | Neighbors, *, range_max: int = 64, discard_fraction: float = 0.1
+) -> tuple[IDEstimate, IDScaling]:
+    """TwoNN (``method="fit"``) and the GRIDE scale curve from one ratio table: what a monitor needs per layer.
+
+    The same numbers as ``twonn(x, discard_fraction=...)`` and ``gride_scaling(x, range_max=...)``
+    (TwoNN's ratio r2 / r1 is GRIDE's first scale), with one kNN read, one solve and one host
+    transfer: a fixed, small number of launches on an accelerator.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> z = torch.randn(1000, 3, generator=g, dtype=torch.float64)
+        >>> tw, curve = id_profile(z, range_max=8)
+        >>> round(tw.dim), curve.ranks
+        (3, (1, 2, 4))
+    """
+    n = x.n_points if isinstance(x, Neighbors) else int(x.shape[0])
+    top = gride_max_rank(n, range_max)
+    pairs = [(2**i, 2 ** (i + 1)) for i in range(int(math.log2(top)))]
+    r_in, r_out, keep, n_kept, n_drop = _ratio_table(x, pairs, what=f"GRIDE scaling (range_max={range_max})")
+    if min(n_kept) < 3:
+        raise ValueError(f"GRIDE needs at least 3 non-duplicate points, but got {min(n_kept)}.")
+    tw_dim, tw_scale = _twonn_fit(r_in[:, 0], r_out[:, 0], None if keep is None else keep[:, 0], n_kept[0], discard_fraction, "fit")
+    dim, err = _gride_solve(r_in, r_out, keep, n_kept, pairs)
+    scale = 0.5 * (_masked_mean(r_in, keep, n_kept) + _masked_mean(r_out, keep, n_kept))
+    vals = torch.cat([dim, err, scale, tw_dim.reshape(1), tw_scale.reshape(1)]).tolist()  # one transfer
+    s = len(pairs)
+    dims, errs, scales = vals[:s], vals[s : 2 * s], vals[2 * s : 3 * s]
+    tw = _twonn_estimate(vals[-2], vals[-1], n_kept[0], n_drop)
+    return tw, IDScaling(tuple(dims), tuple(errs), tuple(scales), tuple(p[0] for p in pairs), "gride")
 
 
 def twonn_scaling(
@@ -300,67 +360,111 @@ def twonn_scaling(
     return IDScaling(tuple(dims), tuple(errs), tuple(scales), tuple(sizes), "twonn")
 
 
-def _gride_many(mus: list[Tensor], pairs: list[tuple[int, int]], *, d0: float = 1e-3, d1: float = 1e3, tol: float = 1e-7) -> list[tuple[float, float]]:
-    """(dim, err) for several GRIDE scales at once (DADApy's algorithm, vectorised over scales).
+def _gride_solve(
+    r_in: Tensor, r_out: Tensor, keep: Tensor | None, n_kept: list[int], pairs: list[tuple[int, int]],
+    *, d0: float = 1e-3, d1: float = 1e3, newton_steps: int = 1, rtol: float = 1e-10,
+) -> tuple[Tensor, Tensor]:
+    r"""GRIDE maximum-likelihood (dim, err) at S scales at once, as tensor ops on the kNN's device.
 
-    Per scale: nudge mu == 1 by 10 eps, keep mu < q50 + 20 (q95 - q50), find the root of dlogL/dd by
-    bisection on [d0, d1] (all scales share the bracket, so they need the same number of halvings),
-    err = 1 / sqrt(Fisher information) on all (unfiltered) points.
+    With :math:`L_i = \log\mu_i`, :math:`c = n_2 - n_1 - 1`, the likelihood equation is
+
+    .. math:: f(d) = (n_2 - 1)\sum_i L_i - c \sum_i \frac{L_i}{1 - \mu_i^{-d}} - \frac{N - 1}{d} = 0,
+
+    with :math:`f' = c \sum_i L_i^2 \mu_i^{-d} / (1 - \mu_i^{-d})^2 + (N - 1)/d^2 > 0` (the
+    log-likelihood is concave in d, so the root is unique). Start: the moment estimate
+    :math:`d_0 = (\psi(n_2) - \psi(n_1)) / \overline{L}` (:math:`\mu^{-d}` is Beta(n1, n2 - n1));
+    then a few Newton steps in log d, all scales together, without host syncs; one sync checks
+    convergence (relative step below ``rtol``), and a vectorised bisection finishes any scale that
+    has not converged. DADApy's outlier filter (:math:`\mu < q_{50} + 20 (q_{95} - q_{50})`),
+    its mu = 1 nudge and its bracket [1e-3, 1e3] are kept; DADApy stops its bisection at a width
+    of 1e-7, so the two agree to ~1e-7 while this solves to ~1e-11. ``err`` is
+    :math:`1/\sqrt{I(d)}`, the Fisher information on all (unfiltered) points.
+
+    Args:
+        r_in, r_out: (N, S) float64 distances r_{n1}, r_{n2}.
+        keep: (N, S) usable points, or None (all).
+        n_kept: (S,) usable points per scale (host).
+        pairs: the S (n1, n2) ranks.
+
+    Returns:
+        (S,) float64 ``dim`` and ``err`` on the kNN's device.
     """
-    s = len(mus)
-    n = max(int(m.numel()) for m in mus)
-    mu = np.full((n, s), np.nan)
-    for j, m in enumerate(mus):
-        mu[: m.numel(), j] = m.detach().cpu().numpy()
-    valid = ~np.isnan(mu)
-    mu = np.where(mu == 1.0, mu + 10 * _EPS64, mu)
-    q95, q50 = np.nanpercentile(mu, [95, 50], axis=0)
-    with np.errstate(invalid="ignore"):
-        sel = valid & (mu < 20.0 * (q95 - q50) + q50)
-    safe = np.where(valid, mu, 2.0)  # placeholder where invalid (masked out below)
-    log_mu = np.log(safe)
-    n1 = np.array([p[0] for p in pairs], dtype=np.float64)
-    n2 = np.array([p[1] for p in pairs], dtype=np.float64)
-    n_sel = sel.sum(axis=0)
-
-    def neg_dloglik(d: np.ndarray) -> np.ndarray:
-        one_m = np.maximum(1.0 - safe ** (-d), 2 * tol)
-        terms = ((1 - n2 + n1) / one_m + n2 - 1.0) * log_mu
-        return np.where(sel, terms, 0.0).sum(axis=0) - (n_sel - 1) / d
-
-    lo, hi = np.full(s, d0), np.full(s, d1)
-    f_hi = neg_dloglik(hi)
-    while abs(lo[0] - hi[0]) > tol:
-        mid = 0.5 * (lo + hi)
-        up = neg_dloglik(mid) * f_hi > 0
-        hi, lo = np.where(up, mid, hi), np.where(up, lo, mid)
-    dim = 0.5 * (lo + hi)
-    mu_d = safe ** (-dim)
-    one_m = np.maximum(1.0 - mu_d, 5 * _EPS64)
-    fisher = valid.sum(axis=0) / dim**2 + np.where(valid, (n2 - n1 - 1) * (log_mu / one_m) ** 2 * mu_d, 0.0).sum(axis=0)
-    return [(float(dim[j]), float(fisher[j] ** -0.5)) for j in range(s)]
-
-
-def _gride_estimates(ratios: list[tuple[Tensor, Tensor]], pairs: list[tuple[int, int]], n_dropped: int) -> list[IDEstimate]:
-    """GRIDE at each (n1, n2) from the usable points' (r_n1, r_n2) (float64)."""
-    for r_in, _ in ratios:
-        if r_in.numel() < 3:
-            raise ValueError(f"GRIDE needs at least 3 non-duplicate points, but got {r_in.numel()}.")
-    fits = _gride_many([r_out / r_in for r_in, r_out in ratios], pairs)
-    return [_gride_at(r_in, r_out, n1, n2, n_dropped, dim, err) for (r_in, r_out), (n1, n2), (dim, err) in zip(ratios, pairs, fits)]
-
-
-def _gride_at(r_in: Tensor, r_out: Tensor, n1: int, n2: int, n_dropped: int, dim: float, err: float) -> IDEstimate:
-    return IDEstimate(
-        dim=dim,
-        err=err,
-        scale=float(0.5 * (r_in.mean() + r_out.mean())),
-        n_points=int(r_in.numel()),
-        estimator="gride",
-        n1=n1,
-        n2=n2,
-        n_dropped=n_dropped,
+    dev = r_in.device
+    consts = torch.tensor(
+        [[p[1] - 1.0 for p in pairs], [p[1] - p[0] - 1.0 for p in pairs], [sum(1.0 / j for j in range(*p)) for p in pairs]],
+        dtype=torch.float64,
+        device=dev,
     )
+    n2m1, c, harmonic = consts  # (S,) each: n2 - 1, n2 - n1 - 1, psi(n2) - psi(n1)
+    mu = (r_out / r_in).clamp_min_(1.0 + 10 * _EPS64)  # DADApy nudges mu == 1 by 10 eps
+    q95, q50 = _column_quantiles(mu, keep, n_kept, (0.95, 0.5))
+    sel = mu < torch.lerp(q50, q95, 20.0)  # DADApy's filter: mu < q50 + 20 (q95 - q50)
+    if keep is not None:
+        mu = torch.where(keep, mu, 2.0)  # placeholder where unusable (masked out below)
+        sel = sel & keep
+    log_mu = torch.log(mu)
+    a = log_mu * sel  # (N, S): L_i on the selected points, 0 elsewhere
+    sum_a = a.sum(dim=0)
+    n_sel = sel.sum(dim=0).to(torch.float64)
+    nm1 = n_sel - 1.0  # (S,)
+    big_a = n2m1 * sum_a
+    neg_log = log_mu.neg()
+
+    def newton_step(d: Tensor) -> Tensor:
+        u = torch.exp(d * neg_log)  # mu^-d, (N, S)
+        w = a / (1.0 - u).clamp_min_(2e-7)  # L / (1 - mu^-d) on the selected points
+        s0, s1 = w.sum(dim=0), (w * w).mul_(u).sum(dim=0)  # (S,) each
+        r = nm1 / d
+        f = torch.addcmul(big_a, c, s0, value=-1.0).sub_(r)  # f(d)
+        d_fp = torch.addcmul(r, c * d, s1)  # d f'(d)
+        return f.div_(d_fp).neg_().clamp_(-1.0, 1.0)  # Newton step in log d, at most a factor e
+
+    dim = (harmonic * n_sel).div_(sum_a).clamp_(d0, d1)  # moment estimate
+    # Newton converges quadratically from the moment estimate: a last step of size h leaves an
+    # error ~h^2, so |h| <= sqrt(rtol) after the first `newton_steps` (checked with one sync) is done.
+    for i in range(newton_steps + 30):
+        last = newton_step(dim)
+        dim = dim.mul_(last.exp()).clamp_(d0, d1)
+        if i + 1 >= newton_steps and not bool((last.abs() > math.sqrt(rtol)).any()):
+            break
+    else:  # Newton did not settle (never seen): bisection for the unsettled scales
+        dim = torch.where(last.abs() > math.sqrt(rtol), _gride_bisect(neg_log, a, big_a, c, nm1, d0, d1), dim)
+    mu_d = torch.exp(dim * neg_log)
+    info = (log_mu / (1.0 - mu_d).clamp_min_(5 * _EPS64)).square_().mul_(mu_d)  # (N, S)
+    if keep is not None:
+        info = torch.where(keep, info, 0.0)
+    n_all = float(n_kept[0]) if keep is None else torch.tensor(n_kept, dtype=torch.float64, device=dev)
+    fisher = torch.addcmul(n_all / dim.square(), c, info.sum(dim=0))
+    return dim, fisher.rsqrt()
+
+
+def _gride_bisect(neg_log: Tensor, a: Tensor, big_a: Tensor, c: Tensor, nm1: Tensor, d0: float, d1: float, tol: float = 1e-12) -> Tensor:
+    """The root of GRIDE's f(d) on [d0, d1] by bisection (all scales at once): the fallback of Newton."""
+    def f(d: Tensor) -> Tensor:
+        w = a / (1.0 - torch.exp(d * neg_log)).clamp_min_(2e-7)
+        return big_a - c * w.sum(dim=0) - nm1 / d
+
+    lo = torch.full_like(big_a, d0)
+    hi = torch.full_like(big_a, d1)
+    for _ in range(int(math.ceil(math.log2((d1 - d0) / tol)))):
+        mid = 0.5 * (lo + hi)
+        up = f(mid) > 0  # f increases with d: the root is below mid
+        hi, lo = torch.where(up, mid, hi), torch.where(up, lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def _gride_estimates(x: Tensor | np.ndarray | Neighbors, pairs: list[tuple[int, int]], *, what: str) -> list[IDEstimate]:
+    """GRIDE at each (n1, n2): one ratio table, one solve, one host transfer."""
+    r_in, r_out, keep, n_kept, n_drop = _ratio_table(x, pairs, what=what)
+    if min(n_kept) < 3:
+        raise ValueError(f"GRIDE needs at least 3 non-duplicate points, but got {min(n_kept)}.")
+    dim, err = _gride_solve(r_in, r_out, keep, n_kept, pairs)
+    scale = 0.5 * (_masked_mean(r_in, keep, n_kept) + _masked_mean(r_out, keep, n_kept))
+    dims, errs, scales = torch.stack([dim, err, scale]).tolist()
+    return [
+        IDEstimate(dim=d, err=e, scale=sc, n_points=int(k), estimator="gride", n1=p[0], n2=p[1], n_dropped=n_drop)
+        for d, e, sc, k, p in zip(dims, errs, scales, n_kept, pairs)
+    ]
 
 
 def gride(x: Tensor | np.ndarray | Neighbors, *, n1: int = 1, n2: int = 2) -> IDEstimate:
@@ -394,8 +498,7 @@ def gride(x: Tensor | np.ndarray | Neighbors, *, n1: int = 1, n2: int = 2) -> ID
     """
     if not (isinstance(n1, int) and isinstance(n2, int) and 1 <= n1 < n2):
         raise ValueError(f"Expected integer ranks 1 <= n1 < n2, but got n1={n1!r}, n2={n2!r}.")
-    ratios, n_drop = _ratios(x, [(n1, n2)], what=f"GRIDE (n1={n1}, n2={n2})")
-    return _gride_estimates(ratios, [(n1, n2)], n_drop)[0]
+    return _gride_estimates(x, [(n1, n2)], what=f"GRIDE (n1={n1}, n2={n2})")[0]
 
 
 def gride_max_rank(n_points: int, range_max: int = 64) -> int:
@@ -430,8 +533,7 @@ def gride_scaling(x: Tensor | np.ndarray | Neighbors, *, range_max: int = 64) ->
     n = x.n_points if isinstance(x, Neighbors) else int(x.shape[0])
     top = gride_max_rank(n, range_max)
     pairs = [(2**i, 2 ** (i + 1)) for i in range(int(math.log2(top)))]
-    ratios, n_drop = _ratios(x, pairs, what=f"GRIDE scaling (range_max={range_max})")
-    rows = _gride_estimates(ratios, pairs, n_drop)
+    rows = _gride_estimates(x, pairs, what=f"GRIDE scaling (range_max={range_max})")
     return IDScaling(
         dims=tuple(e.dim for e in rows),
         errs=tuple(e.err for e in rows),
