@@ -167,8 +167,8 @@ def finish_profile(records: list[dict[str, Any]], settings: GeometrySettings) ->
         if ia is not None and ib is not None:
             k = settings.overlap_k
             a["overlap_next"] = neighborhood_overlap(
-                Neighbors(torch.zeros(ia.shape, dtype=torch.float64), ia),
-                Neighbors(torch.zeros(ib.shape, dtype=torch.float64), ib),
+                Neighbors(torch.zeros(ia.shape, dtype=torch.float64, device=ia.device), ia),
+                Neighbors(torch.zeros(ib.shape, dtype=torch.float64, device=ib.device), ib),
                 k=k,
             )
     for r in records:

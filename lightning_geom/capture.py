@@ -272,6 +272,7 @@ def capture_representations(
     label_key: str | None = "labels",
     device: torch.device | str | None = None,
     autocast: Callable[[], Any] | None = None,
+    feature_device: torch.device | str | None = "cpu",
 ) -> Representations:
     """Run the probe batches through the network (eval mode, inference mode) and pool every layer.
 
@@ -286,9 +287,16 @@ def capture_representations(
         label_key: the labels' key in dict batches.
         device: where to run (default: the module's parameters' device).
         autocast: a context-manager factory for precision (e.g. ``trainer.precision_plugin.forward_context``).
+        feature_device: where the pooled float32 features are kept (default the CPU); None keeps
+            them on ``device`` (no host copy per batch and layer: the geometry then runs there).
+
+    With ``output_hidden_states`` (no ``layers``, no ``forward_fn``), a Hugging Face model with a
+    head (``GPT2LMHeadModel``, ``BertForSequenceClassification``, ...) is run without it, through
+    its ``base_model``: the hidden states are the same, and no layer needs the head's output (for
+    an LM head that is a (batch, tokens, vocabulary) logits tensor, the largest op of the forward).
 
     Returns:
-        :class:`Representations` with float32 CPU features. Train mode is restored afterwards.
+        :class:`Representations` with float32 features on ``feature_device``. Train mode is restored afterwards.
 
     Raises:
         ValueError: a layer pattern matching nothing, a model without ``hidden_states``.
@@ -299,6 +307,8 @@ def capture_representations(
         device = p.device if p is not None else torch.device("cpu")
     device = torch.device(device)
     hooked = match_modules(net, layers) if layers else None
+    runner = _headless(net) if hooked is None and forward_fn is None else net
+    keep = device if feature_device is None else torch.device(feature_device)
     feats: list[list[Tensor]] = []
     labels: list[Tensor] = []
     sources: tuple[str, ...] = ()
@@ -318,7 +328,7 @@ def capture_representations(
                         states = [store[n][-1] for n in hooked]
                         sources = tuple(hooked)
                     else:
-                        out = forward_fn(net, batch) if forward_fn else net(*args, **kwargs, output_hidden_states=True)
+                        out = forward_fn(net, batch) if forward_fn else runner(*args, **kwargs, output_hidden_states=True)
                         states = getattr(out, "hidden_states", None)
                         if states is None and isinstance(out, Mapping):
                             states = out.get("hidden_states")
@@ -328,7 +338,7 @@ def capture_representations(
                                 "(glob patterns of submodule names) to capture with hooks."
                             )
                         sources = tuple(f"hidden_states[{i}]" for i in range(len(states)))
-                pooled = [pool(_normalize(h, normalize), mask, pooling).float().cpu() for h in states]
+                pooled = [pool(_normalize(h, normalize), mask, pooling).float().to(keep) for h in states]
                 if not feats:
                     feats = [[] for _ in pooled]
                 for acc, p in zip(feats, pooled):
@@ -340,6 +350,12 @@ def capture_representations(
     features = tuple(torch.cat(f).clone() for f in feats)  # clone: leave inference mode
     lab_t = torch.cat(labels).clone() if labels else None  # may mismatch N: the caller checks
     return Representations(features=features, sources=sources, labels=lab_t)
+
+
+def _headless(net: nn.Module) -> nn.Module:
+    """The Hugging Face ``base_model`` of a model with a head (same hidden states, no head), else ``net``."""
+    base = getattr(net, "base_model", None) if _is_hf(net) else None
+    return base if isinstance(base, nn.Module) and base is not net else net
 
 
 @contextmanager

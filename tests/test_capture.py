@@ -83,3 +83,30 @@ def test_split_batch_kinds():
 def test_model_without_hidden_states_says_what_to_do():
     with pytest.raises(ValueError, match="pass `layers="):
         capture_representations(nn.Sequential(nn.Linear(3, 3)), [torch.zeros(4, 3)], forward_fn=lambda m, b: m(b))
+
+
+def test_capture_skips_the_lm_head_and_keeps_the_hidden_states():
+    """Issue 9: no layer needs the LM head's (B, T, vocab) logits, so capture runs the base model."""
+    module = TinyGPT(n_layer=2)
+    data = token_data(24)
+    calls = []
+    handle = module.model.lm_head.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        reps = capture_representations(module, [data])
+    finally:
+        handle.remove()
+    assert calls == []  # the head never ran
+    with torch.no_grad():
+        module.eval()
+        hs = module.model(input_ids=data["input_ids"], attention_mask=data["attention_mask"], output_hidden_states=True).hidden_states
+    assert len(reps.features) == len(hs)
+    for f, h in zip(reps.features, hs):
+        torch.testing.assert_close(f, pool(h, data["attention_mask"], "mean"))
+
+
+def test_features_can_stay_on_the_capture_device():
+    module = TinyGPT(n_layer=2)
+    data = token_data(16)
+    reps = capture_representations(module, [data], feature_device=None, device="cpu")
+    assert all(f.device.type == "cpu" and f.dtype == torch.float32 for f in reps.features)
+    assert not any(f.is_inference() for f in reps.features)  # usable outside inference mode

@@ -72,7 +72,9 @@ def test_schedule_keys_and_history(tmp_path, data):
     expected = {f"geometry/{k}/layer_{i:02d}" for k in ("id", "twonn", "label_overlap") for i in range(4)}
     expected |= {f"geometry/overlap_next/layer_{i:02d}" for i in range(3)}
     expected |= {f"geometry/phase/{k}" for k in ("peak1_layer", "min_layer", "peak2_layer", "depth", "rebound", "is_three_phase")}
+    expected |= {f"geometry/time/{k}_s" for k in ("capture", "geometry", "total")}  # what each checkpoint cost
     assert keys == expected
+    assert [t["step"] for t in mon.timings] == steps and all(t["total_s"] > 0 for t in mon.timings)
     last = mon.history[-1]
     assert last["n_samples"] == 160 and len(last["layers"]) == 4
     assert all(0 <= layer["label_overlap"] <= 1 for layer in last["layers"])
@@ -242,3 +244,42 @@ def test_schedule_predicate():
     assert [s for s in range(0, 450) if m.is_due(s)] == [0, 1, 2, 4, 8, 16, 32, 64, 100, 200, 300, 400]
     m = GeometryMonitor(every_n_steps=10, log_spaced=False)
     assert [s for s in range(0, 35) if m.is_due(s)] == [0, 10, 20, 30]
+
+
+def test_history_files_are_written_atomically(tmp_path, monkeypatch):
+    """A failure while writing (full disk, kill) leaves the previous complete file, never a truncated one."""
+    import json
+    import os
+
+    from lightning_geom.report.history import save_history
+
+    hist = [{"step": 0, "epoch": 0, "layers": [{"index": 0, "id": 3.0}], "phase": None}]
+    save_history(hist, tmp_path)
+    good = (tmp_path / "geometry_history.json").read_text()
+
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        save_history(hist * 3, tmp_path)
+    assert (tmp_path / "geometry_history.json").read_text() == good
+    assert json.loads(good)[0]["step"] == 0
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # no temp files left behind
+
+
+def test_a_crash_in_training_flushes_the_history(tmp_path, data):
+    class Crash(TinyGPT):
+        def training_step(self, batch, batch_idx):
+            if self.global_step == 5:
+                raise RuntimeError("boom")
+            return super().training_step(batch, batch_idx)
+
+    mon = _monitor(data, tmp_path, figure_every=0)
+    trainer = _trainer(tmp_path, mon)
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.fit(Crash(), loader(data, shuffle=True))
+    import json
+
+    saved = json.loads((tmp_path / "geo" / "geometry_history.json").read_text())
+    assert [r["step"] for r in saved] == [r["step"] for r in mon.history] == [0, 1, 2, 4]

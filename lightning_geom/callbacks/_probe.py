@@ -5,6 +5,7 @@ implement ``_measure``; everything else lives here once.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
@@ -162,6 +163,8 @@ class ProbeMonitor(Callback):
         self.on_error = on_error
         self.output_dir = output_dir
         self.history: list[dict[str, Any]] = []
+        self.timings: list[dict[str, float]] = []
+        self._phase_times: dict[str, float] = {}
         self._batches: list[Any] | None = None
 
     # ----------------------------------------------------------------- schedule
@@ -233,6 +236,8 @@ class ProbeMonitor(Callback):
     def _maybe_measure(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._skip(trainer) or self._recorded(trainer.global_step):
             return
+        start = time.perf_counter()
+        self._phase_times = {}
         try:
             record = self._measure(trainer, pl_module)
         except Exception as err:
@@ -243,17 +248,40 @@ class ProbeMonitor(Callback):
                 "Training goes on; pass `on_error='raise'` to debug."
             )
             return
-        record = {"step": int(trainer.global_step), "epoch": int(trainer.current_epoch), **record}
+        cost = {f"{k}_s": round(v, 6) for k, v in self._phase_times.items()}
+        cost["total_s"] = round(time.perf_counter() - start, 6)
+        record = {"step": int(trainer.global_step), "epoch": int(trainer.current_epoch), **record, "time": cost}
         self.history.append(record)
         if trainer.is_global_zero:
             try:
+                t = time.perf_counter()
                 self._publish(trainer, record)
+                cost["log_s"] = round(time.perf_counter() - t, 6)
                 if self.figure_every and len(self.history) % self.figure_every == 0:
+                    t = time.perf_counter()
                     self._figures(trainer)
+                    cost["figures_s"] = round(time.perf_counter() - t, 6)
             except Exception as err:
                 if self.on_error == "raise":
                     raise
                 rank_zero_warn(f"{type(self).__name__} could not log step {trainer.global_step}: {err}")
+        self.timings.append({"step": int(trainer.global_step), **cost})
+
+    def _timed(self, phase: str, start: float) -> None:
+        """Add the seconds since ``start`` to this checkpoint's ``phase`` (capture, geometry, ...)."""
+        self._phase_times[phase] = self._phase_times.get(phase, 0.0) + time.perf_counter() - start
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """Training crashed: write the history recorded so far (rank 0), never raise over the crash."""
+        if trainer.is_global_zero and self.history:
+            try:
+                from ..report.history import save_history
+                from ..report.loggers import default_output_dir
+
+                out = default_output_dir(trainer, self.output_dir, sub="geometry")
+                save_history(self.history, out, name=f"{self._prefix}_history")
+            except Exception as err:  # noqa: BLE001 - the user's exception is the one that matters
+                rank_zero_warn(f"{type(self).__name__} could not save its history after the crash: {err}")
 
     def _measure(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
         """One checkpoint's record (without step/epoch). Every rank calls it (collectives inside)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -106,6 +107,9 @@ class GeometryMonitor(ProbeMonitor):
             return [], None
         try:
             ctx = getattr(getattr(trainer, "precision_plugin", None), "forward_context", None)
+            # one process: features stay on the training device and the geometry runs there;
+            # under DDP they travel through all_gather_object (pickled), so via the CPU
+            keep = None if _dist()[1] == 1 else "cpu"
             out = []
             for bid, batch in shard:
                 reps = capture_representations(
@@ -119,6 +123,7 @@ class GeometryMonitor(ProbeMonitor):
                     label_key=self.label_key,
                     device=pl_module.device,
                     autocast=ctx,
+                    feature_device=keep,
                 )
                 out.append((bid, (reps.features, reps.labels, batch_len(batch))))
             return out, None
@@ -128,7 +133,10 @@ class GeometryMonitor(ProbeMonitor):
             return [], f"{type(err).__name__}: {err}"
 
     def _measure(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
+        start = time.perf_counter()
         parts = gather_parts(*self._capture(trainer, pl_module), "capturing the probe representations")
+        self._timed("capture", start)
+        start = time.perf_counter()
         n_layers = len(parts[0][1][0])
         features = [torch.cat([p[1][0][li] for p in parts]) for li in range(n_layers)]
         labels = None
@@ -145,6 +153,7 @@ class GeometryMonitor(ProbeMonitor):
         mine = profile_geometry(features, labels, self.settings, layers=range(rank, n_layers, world))
         records = [r for part in all_gather_objects(mine) for r in part]
         layers, phase = finish_profile(records, self.settings)
+        self._timed("geometry", start)
         warn_layer_errors(type(self).__name__, trainer.global_step, layers)
         return {"n_samples": int(features[0].shape[0]), "layers": layers, "phase": phase}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -10,7 +11,7 @@ from lightning.pytorch import LightningModule, Trainer
 
 from ..capture import _to_device, logits_and_hidden, resolve_network
 from ..geometry.pullback import OUTPUT_MAPS, layer_spectra, spectrum_stats, subspace_overlap
-from ..report.history import metric_key
+from ..report.history import is_number, metric_key
 from ..report.loggers import add_layout, log_scalars
 from ._probe import ProbeMonitor, gather_parts
 
@@ -120,7 +121,9 @@ class PullbackMonitor(ProbeMonitor):
             pl_module.train(was_training)
 
     def _measure(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
+        start = time.perf_counter()
         parts = gather_parts(*self._local(trainer, pl_module), "pullback spectra")
+        self._timed("spectra", start)
         n_layers = len(parts[0][1])
         n_samples = sum(int(p[1][0]["top"].shape[0]) for p in parts)
         vecs = [torch.cat([p[3][li] for p in parts])[: self.track_samples] for li in range(n_layers)]
@@ -150,6 +153,9 @@ class PullbackMonitor(ProbeMonitor):
             for k in (*PULLBACK_STATS, "stability")
             if isinstance(layer.get(k), float)
         }
+        metrics.update(
+            {metric_key(f"time/{k}", prefix=self._prefix): float(v) for k, v in (record.get("time") or {}).items() if is_number(v)}
+        )
         log_scalars(loggers, metrics, step=record["step"])
 
     def _figure_set(self) -> dict[str, Any]:

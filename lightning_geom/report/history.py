@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
+import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..capture import layer_name
 
-__all__ = ["metric_key", "is_number", "flat_rows", "scalars", "save_history"]
+__all__ = ["metric_key", "is_number", "flat_rows", "scalars", "save_history", "write_atomic"]
 
 ROW_FIELDS = ("step", "epoch", "layer", "id", "id_err", "id_n1", "twonn", "twonn_err", "label_overlap", "overlap_next", "error")
 PHASE_FIELDS = ("peak1_layer", "min_layer", "peak2_layer", "depth", "rebound", "is_three_phase")
@@ -39,6 +42,9 @@ def scalars(record: dict[str, Any], *, prefix: str = "geometry") -> dict[str, fl
     if phase:
         for name in PHASE_FIELDS:
             out[metric_key(f"phase/{name}", prefix=prefix)] = float(phase[name])
+    for name, v in (record.get("time") or {}).items():  # what the checkpoint cost, per phase
+        if is_number(v):
+            out[metric_key(f"time/{name}", prefix=prefix)] = float(v)
     return out
 
 
@@ -53,14 +59,35 @@ def flat_rows(history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def write_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    A reader (or a crash, a full disk) never sees a half-written file: either the old complete file
+    or the new complete one.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def save_history(history: Sequence[dict[str, Any]], out_dir: str | Path, *, name: str = "geometry_history") -> list[Path]:
-    """Write ``<name>.json`` (everything) and ``<name>.csv`` (flat rows) under ``out_dir``."""
+    """Write ``<name>.json`` (everything) and ``<name>.csv`` (flat rows) under ``out_dir``, atomically."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     js, cs = out / f"{name}.json", out / f"{name}.csv"
-    js.write_text(json.dumps(list(history), indent=1))
-    with cs.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=ROW_FIELDS)
-        w.writeheader()
-        w.writerows(flat_rows(history))
+    write_atomic(js, json.dumps(list(history), indent=1))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=ROW_FIELDS)
+    w.writeheader()
+    w.writerows(flat_rows(history))
+    write_atomic(cs, buf.getvalue())
     return [js, cs]
