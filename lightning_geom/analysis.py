@@ -27,7 +27,7 @@ from .geometry import (
     three_phase,
 )
 
-__all__ = ["GeometrySettings", "choose_scale", "layer_geometry", "profile_geometry", "finish_profile"]
+__all__ = ["GeometrySettings", "choose_scale", "layer_geometry", "profile_geometry", "finish_profile", "layer_errors"]
 
 
 @dataclass(frozen=True)
@@ -120,21 +120,36 @@ def profile_geometry(
     settings: GeometrySettings,
     *,
     layers: Sequence[int] | None = None,
+    on_error: str = "warn",
 ) -> list[dict[str, Any]]:
-    """Per-layer records for the chosen layers (default all); a failing layer gets ``error`` set.
+    """Per-layer records for the chosen layers (default all).
 
+    With ``on_error="warn"`` a failing layer gets ``error`` set (its cause, one line) and the
+    others go on; with ``"raise"`` the first failure propagates with its traceback.
     Each record carries ``_indices`` (its kNN indices) for :func:`finish_profile`.
+
+    Raises:
+        ValueError: unknown ``on_error``; with ``on_error="raise"``, whatever a layer raised.
     """
+    if on_error not in ("warn", "raise"):
+        raise ValueError(f"Expected `on_error` to be one of 'warn', 'raise', but got {on_error!r}.")
     out = []
     for li in range(len(features)) if layers is None else layers:
         try:
             rec, idx = layer_geometry(features[li], labels, settings)
-        except Exception as err:  # noqa: BLE001 - reported, never raised into training
+        except Exception as err:
+            if on_error == "raise":
+                raise
             rec, idx = {"error": f"{type(err).__name__}: {err}"}, None
         rec["index"] = li
         rec["_indices"] = idx
         out.append(rec)
     return out
+
+
+def layer_errors(records: Sequence[dict[str, Any]]) -> list[str]:
+    """``"layer_NN: cause"`` for every failed layer record."""
+    return [f"layer_{r['index']:02d}: {r['error']}" for r in records if r.get("error")]
 
 
 def _common_scale(records: list[dict[str, Any]]) -> None:

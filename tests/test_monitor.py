@@ -71,8 +71,11 @@ def test_schedule_keys_and_history(tmp_path, data):
     keys = set(logger.calls[-1][1])
     expected = {f"geometry/{k}/layer_{i:02d}" for k in ("id", "twonn", "label_overlap") for i in range(4)}
     expected |= {f"geometry/overlap_next/layer_{i:02d}" for i in range(3)}
-    expected |= {f"geometry/phase/{k}" for k in ("peak1_layer", "min_layer", "peak2_layer", "depth", "rebound", "is_three_phase")}
+    expected |= {f"geometry/phase/{k}" for k in ("peak1_layer", "min_layer", "depth", "rebound", "is_three_phase")}
+    if mon.history[-1]["phase"]["peak2_layer"] is not None:  # no second peak: no key (never the minimum twice)
+        expected.add("geometry/phase/peak2_layer")
     expected |= {f"geometry/time/{k}_s" for k in ("capture", "geometry", "total")}  # what each checkpoint cost
+    expected |= {"geometry/id_n1"}
     assert keys == expected
     assert [t["step"] for t in mon.timings] == steps and all(t["total_s"] > 0 for t in mon.timings)
     last = mon.history[-1]
@@ -283,3 +286,39 @@ def test_a_crash_in_training_flushes_the_history(tmp_path, data):
 
     saved = json.loads((tmp_path / "geo" / "geometry_history.json").read_text())
     assert [r["step"] for r in saved] == [r["step"] for r in mon.history] == [0, 1, 2, 4]
+
+
+@pytest.mark.parametrize(
+    ("kw", "model_kw", "match"),
+    [
+        ({}, {"nan_after_layer": 1}, "NaN or Inf"),  # NaN features in one layer
+        ({"label_k": 200}, {}, "too few"),  # fewer probe samples (160) than neighbours
+    ],
+)
+def test_on_error_raise_really_raises(tmp_path, data, kw, model_kw, match):
+    mon = _monitor(data, tmp_path, on_error="raise", **kw)
+    trainer = _trainer(tmp_path, mon, steps=2)
+    with pytest.raises(ValueError, match=match):
+        trainer.fit(TinyGPT(**model_kw), loader(data, shuffle=True))
+
+
+def test_on_error_warn_keeps_training_and_names_the_layer(tmp_path, data):
+    mon = _monitor(data, tmp_path)
+    trainer = _trainer(tmp_path, mon, steps=2)
+    with pytest.warns(UserWarning, match=r"layer_02: ValueError: .*NaN or Inf"):
+        trainer.fit(TinyGPT(nan_after_layer=1), loader(data, shuffle=True))
+    assert trainer.global_step == 2
+    assert mon.history and mon.history[0]["layers"][2]["error"]
+
+
+def test_auto_scale_is_chosen_once_and_kept(tmp_path, data):
+    """Issue 11: the logged ID must not jump with a re-chosen GRIDE scale."""
+    mon = _monitor(data, tmp_path)
+    trainer = _trainer(tmp_path, mon)
+    trainer.fit(TinyGPT(), loader(data, shuffle=True))
+    used = {r["id_n1"] for r in mon.history}
+    assert len(used) == 1 and used == {mon.state_dict()["id_n1"]}
+    assert all(layer["id_n1"] == mon.history[0]["id_n1"] for r in mon.history for layer in r["layers"])
+    fresh = _monitor(data, tmp_path)
+    fresh.load_state_dict(mon.state_dict())
+    assert fresh._settings().id_n1 == mon.history[0]["id_n1"]  # a resume keeps it

@@ -23,7 +23,9 @@ def test_not_three_phase(profile):
 
 def test_no_second_peak_when_minimum_is_last():
     s = three_phase([5, 10, 8, 6, 4])
-    assert s.min_layer == 4 and s.peak2_layer == 4 and s.rebound == 0.0 and not s.is_three_phase
+    # issue 11: the minimum is never named a peak too, and a falling tail is no plateau
+    assert s.min_layer == 4 and s.peak2_layer is None and s.peak2 is None and s.rebound == 0.0 and not s.is_three_phase
+    assert s.plateau_layers == ()
 
 
 @pytest.mark.parametrize(

@@ -205,3 +205,11 @@ def test_probe_data_from_a_datamodule_config(tmp_path, demo_checkpoints):
         bad = tmp_path / "bad.yaml"
         bad.write_text("trainer: {}\n")
         load_probe_data(str(bad), loaded)
+
+
+def test_probe_fails_loudly_when_every_layer_fails(tmp_path, text_model, text_data):
+    """Issue 13: `--range-max 1` fails every layer; the command must not write an empty report and exit 0."""
+    args = ["probe", str(text_model), "--data", str(text_data / "data.jsonl"), "--out", str(tmp_path / "r"), "--range-max", "1", "--pullback-samples", "0"]
+    with pytest.raises(SystemExit, match="every layer failed.*range_max"):
+        main(args)
+    assert not (tmp_path / "r" / "report.html").exists()

@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from ..analysis import layer_errors
 from ..capture import map_tensors
 
 __all__ = ["ProbeMonitor", "probe_batches", "batch_len"]
@@ -322,7 +323,7 @@ class ProbeMonitor(Callback):
 
 def warn_layer_errors(owner: str, step: int, layers: list[dict[str, Any]]) -> None:
     """One warning naming every failed layer and its cause."""
-    bad = [f"layer_{r['index']:02d}: {r['error']}" for r in layers if r.get("error")]
+    bad = layer_errors(layers)
     if bad:
         rank_zero_warn(f"{owner} at step {step}: " + "; ".join(bad))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -10,7 +11,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
-from ..analysis import GeometrySettings, finish_profile, profile_geometry
+from ..analysis import GeometrySettings, finish_profile, layer_errors, profile_geometry
 from ..capture import capture_representations
 from ..report.history import metric_key, scalars
 from ..report.loggers import add_layout, log_scalars, log_table
@@ -48,7 +49,10 @@ class GeometryMonitor(ProbeMonitor):
         model_attr: which attribute of the LightningModule is the network.
         label_key: key of the labels in dict batches (tuple batches: the second item).
         range_max: largest GRIDE rank of the scale curve.
-        id_n1: GRIDE rank of the logged ID, or ``"auto"`` (the first stable scale of each curve).
+        id_n1: GRIDE rank of the logged ID, or ``"auto"``: chosen at the first checkpoint (the median
+            of the layers' first stable scales) and kept for the whole run (and across resumes), so
+            that the curves move with the model, not with the scale; logged as ``geometry/id_n1``.
+            Every scale's ID stays in ``history`` (``layers[i]["gride"]``).
         overlap_k: k of the overlap with the next layer (default 10, as Doimo et al.'s code).
         label_k: k of the label overlap.
 
@@ -88,6 +92,7 @@ class GeometryMonitor(ProbeMonitor):
         self.model_attr = model_attr
         self.label_key = label_key
         self._layout_done = False
+        self._locked_n1: int | None = None  # id_n1="auto": the scale chosen at the first checkpoint, kept
 
     @property
     def state_key(self) -> str:
@@ -98,6 +103,23 @@ class GeometryMonitor(ProbeMonitor):
             every_n_steps=self.every_n_steps,
             every_n_epochs=self.every_n_epochs,
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "id_n1": self._locked_n1}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._locked_n1 = state_dict.get("id_n1")
+
+    def _settings(self) -> GeometrySettings:
+        """The settings of this checkpoint: with ``id_n1="auto"``, the scale locked at the first one.
+
+        Re-choosing the scale at every checkpoint made the logged ID jump with the scale, not the
+        model (layer 0 of the demo: 10.72 -> 9.41 -> 10.74 as n1 flipped between 2 and 4).
+        """
+        if self.settings.id_n1 == "auto" and self._locked_n1 is not None:
+            return dataclasses.replace(self.settings, id_n1=self._locked_n1)
+        return self.settings
 
     # --------------------------------------------------------------- measuring
     def _capture(self, trainer: Trainer, pl_module: LightningModule) -> tuple[list[tuple[int, Any]], str | None]:
@@ -150,12 +172,20 @@ class GeometryMonitor(ProbeMonitor):
                 )
                 labels = None
         rank, world = _dist()
-        mine = profile_geometry(features, labels, self.settings, layers=range(rank, n_layers, world))
+        # one process raises at the failing layer (its traceback); under DDP every rank raises after the gather
+        policy = self.on_error if world == 1 else "warn"
+        settings = self._settings()
+        mine = profile_geometry(features, labels, settings, layers=range(rank, n_layers, world), on_error=policy)
         records = [r for part in all_gather_objects(mine) for r in part]
-        layers, phase = finish_profile(records, self.settings)
+        if self.on_error == "raise" and layer_errors(records):
+            raise RuntimeError(f"{type(self).__name__}: " + "; ".join(layer_errors(records)))
+        layers, phase = finish_profile(records, settings)
+        used = next((r["id_n1"] for r in layers if not r.get("error") and r.get("id_n1") is not None), None)
+        if self.settings.id_n1 == "auto" and self._locked_n1 is None and used is not None:
+            self._locked_n1 = int(used)
         self._timed("geometry", start)
         warn_layer_errors(type(self).__name__, trainer.global_step, layers)
-        return {"n_samples": int(features[0].shape[0]), "layers": layers, "phase": phase}
+        return {"n_samples": int(features[0].shape[0]), "id_n1": used, "layers": layers, "phase": phase}
 
     # --------------------------------------------------------------- reporting (rank 0)
     def _publish(self, trainer: Trainer, record: dict[str, Any]) -> None:

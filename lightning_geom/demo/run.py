@@ -139,7 +139,8 @@ def summary_table(history: list[dict[str, Any]], *, every: int = 1) -> str:
     if ph:
         lines.append(
             f"\nphases at step {last['step']}: peak 1 at layer {ph['peak1_layer']} ({ph['peak1']:.1f}), "
-            f"minimum at layer {ph['min_layer']} ({ph['minimum']:.1f}), peak 2 at layer {ph['peak2_layer']} "
-            f"({ph['peak2']:.1f}); depth {ph['depth']:.2f}, rebound {ph['rebound']:.2f}, three-phase: {ph['is_three_phase']}"
+            f"minimum at layer {ph['min_layer']} ({ph['minimum']:.1f}), "
+            + (f"peak 2 at layer {ph['peak2_layer']} ({ph['peak2']:.1f}); " if ph.get("peak2_layer") is not None else "no rise after it; ")
+            + f"depth {ph['depth']:.2f}, rebound {ph['rebound']:.2f}, three-phase: {ph['is_three_phase']}"
         )
     return "\n".join(lines)

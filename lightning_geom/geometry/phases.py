@@ -21,8 +21,10 @@ class PhaseSummary:
     Attributes:
         peak1_layer, peak1: first peak: argmax of ID over the first half of depth.
         min_layer, minimum: the lowest ID after the first peak.
-        plateau_layers: the contiguous span around ``min_layer`` with ID <= minimum * (1 + plateau_tol).
-        peak2_layer, peak2: the highest ID after the minimum (= the minimum when nothing follows it).
+        plateau_layers: the contiguous span around ``min_layer`` with ID <= minimum * (1 + plateau_tol);
+            empty when the ID does not rise again after the minimum (a falling tail is no plateau).
+        peak2_layer, peak2: the highest ID after the minimum; None when nothing after the minimum is
+            higher (a minimum is never reported as a peak).
         depth: (peak1 - minimum) / peak1, how deep the valley is relative to the first peak.
         rebound: (peak2 - minimum) / peak2, how much the ID rises again after the valley.
         is_three_phase: depth >= min_depth and rebound >= min_rebound, with peak1 < min < peak2 in depth.
@@ -33,8 +35,8 @@ class PhaseSummary:
     min_layer: int
     minimum: float
     plateau_layers: tuple[int, ...]
-    peak2_layer: int
-    peak2: float
+    peak2_layer: int | None
+    peak2: float | None
     depth: float
     rebound: float
     is_three_phase: bool
@@ -82,6 +84,9 @@ def three_phase(
         (4, 5, 6)
         >>> three_phase([5, 6, 7, 8, 9]).is_three_phase
         False
+        >>> falling = three_phase([8, 12, 11, 10, 9])  # minimum at the end: no second peak, no plateau
+        >>> (falling.min_layer, falling.peak2_layer, falling.plateau_layers)
+        (4, None, ())
     """
     ids = [float(v) for v in profile]
     if len(ids) < 3:
@@ -101,9 +106,13 @@ def three_phase(
     while hi + 1 < n and ids[hi + 1] <= limit:
         hi += 1
     tail = range(m + 1, n)
-    p2 = max(tail, key=lambda i: (ids[i], -i)) if len(tail) else m
+    p2 = max(tail, key=lambda i: (ids[i], -i)) if len(tail) else None
+    if p2 is not None and ids[p2] <= ids[m]:
+        p2 = None  # nothing rises after the minimum: no second peak
+    if p2 is None:
+        lo, hi = m, m - 1  # and no plateau: the profile just ends low
     depth = (ids[p1] - ids[m]) / ids[p1]
-    rebound = (ids[p2] - ids[m]) / ids[p2]
+    rebound = 0.0 if p2 is None else (ids[p2] - ids[m]) / ids[p2]
     return PhaseSummary(
         peak1_layer=p1,
         peak1=ids[p1],
@@ -111,8 +120,8 @@ def three_phase(
         minimum=ids[m],
         plateau_layers=tuple(range(lo, hi + 1)),
         peak2_layer=p2,
-        peak2=ids[p2],
+        peak2=None if p2 is None else ids[p2],
         depth=depth,
         rebound=rebound,
-        is_three_phase=bool(depth >= min_depth and rebound >= min_rebound and p1 < m < p2),
+        is_three_phase=bool(p2 is not None and depth >= min_depth and rebound >= min_rebound and p1 < m < p2),
     )

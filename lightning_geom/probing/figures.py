@@ -28,7 +28,8 @@ def id_profile(report: Any):
             for key, mark in (("peak1_layer", "^"), ("min_layer", "v"), ("peak2_layer", "^")):
                 if ph[key] in xs:
                     ax.plot([ph[key]], [rows[xs.index(ph[key])]["id"]], mark, ms=11, mfc="none", color="crimson")
-            ax.axvspan(min(ph["plateau_layers"]) - 0.3, max(ph["plateau_layers"]) + 0.3, color="crimson", alpha=0.06)
+            if ph["plateau_layers"]:
+                ax.axvspan(min(ph["plateau_layers"]) - 0.3, max(ph["plateau_layers"]) + 0.3, color="crimson", alpha=0.06)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layer (0 = embeddings)")
     ax.set_ylabel("intrinsic dimension")

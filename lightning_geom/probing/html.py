@@ -39,8 +39,9 @@ def render(report: Any, figs: dict[str, Any]) -> str:
         if ph:
             line += (
                 f"first ID peak at layer {ph['peak1_layer']} ({_fmt(ph['peak1'])}), minimum at layer {ph['min_layer']} "
-                f"({_fmt(ph['minimum'])}), second peak at layer {ph['peak2_layer']} ({_fmt(ph['peak2'])}); "
-                f"three-phase: <b>{ph['is_three_phase']}</b> (depth {_fmt(ph['depth'])}, rebound {_fmt(ph['rebound'])}). "
+                f"({_fmt(ph['minimum'])}), "
+                + (f"second peak at layer {ph['peak2_layer']} ({_fmt(ph['peak2'])}); " if ph.get("peak2_layer") is not None else "no rise after it; ")
+                + f"three-phase: <b>{ph['is_three_phase']}</b> (depth {_fmt(ph['depth'])}, rebound {_fmt(ph['rebound'])}). "
             )
         if m.get("best_retrieval_layer") is not None:
             r = next(x for x in m["layers"] if x["index"] == m["best_retrieval_layer"])

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..analysis import GeometrySettings, finish_profile, profile_geometry
+from ..analysis import GeometrySettings, finish_profile, layer_errors, profile_geometry
 from ..capture import capture_representations
 from ..geometry import Neighbors, label_overlap, neighborhood_overlap
 
@@ -152,6 +152,8 @@ def probe_model(
         for li in range(len(features)):
             records += profile_geometry(features, labels, settings, layers=[li])
             bar.advance(task)
+        if records and all(r.get("error") for r in records):
+            raise ValueError(f"{name}: every layer failed, nothing to report: " + "; ".join(layer_errors(records)))
         indices = [r.get("_indices") for r in sorted(records, key=lambda r: r["index"])]
         matrix = _overlap_matrix(indices, k)
         layer_recs, phase = finish_profile(records, settings)

@@ -38,10 +38,14 @@ def scalars(record: dict[str, Any], *, prefix: str = "geometry") -> dict[str, fl
             v = layer.get(kind)
             if is_number(v):
                 out[metric_key(kind, layer["index"], prefix=prefix)] = float(v)
+    if is_number(record.get("id_n1")):  # the GRIDE scale of geometry/id/*
+        out[metric_key("id_n1", prefix=prefix)] = float(record["id_n1"])
     phase = record.get("phase")
     if phase:
         for name in PHASE_FIELDS:
-            out[metric_key(f"phase/{name}", prefix=prefix)] = float(phase[name])
+            v = phase.get(name)
+            if isinstance(v, bool) or is_number(v):  # None: the landmark does not exist (no second peak)
+                out[metric_key(f"phase/{name}", prefix=prefix)] = float(v)
     for name, v in (record.get("time") or {}).items():  # what the checkpoint cost, per phase
         if is_number(v):
             out[metric_key(f"time/{name}", prefix=prefix)] = float(v)
