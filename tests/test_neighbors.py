@@ -89,3 +89,36 @@ def test_knn_names_nonfinite_rows():
     x[7, 0] = np.inf
     with pytest.raises(ValueError, match=r"2 of 10 rows contain NaN or Inf \(rows \[3, 7\]\)"):
         knn(x, 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_many_identical_points_exact_and_index_ordered(dtype):
+    """Issue 13: a big group of identical points (last-token pooling of layer 0) fails the
+    certificate row by row; the fallback must stay exact (ties by smaller index) in bounded memory."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(600, 16, generator=g, dtype=dtype)
+    x[::2] = x[0]  # half the points are one location
+    x[1:40:2] = x[1]  # and a smaller group of copies
+    nb = knn(x, 20)
+    d = torch.cdist(x.double(), x.double(), compute_mode="donot_use_mm_for_euclid_dist")
+    d.fill_diagonal_(float("inf"))
+    ref = torch.sort(d, dim=1, stable=True)
+    assert torch.equal(nb.indices, ref.indices[:, :20])
+    torch.testing.assert_close(nb.distances, ref.values[:, :20], rtol=0, atol=1e-12)
+
+
+def test_knn_plans_its_memory_before_allocating(monkeypatch):
+    """Issue 13: a problem that cannot fit is refused up front with sizes and a fix; a default block shrinks."""
+    import lightning_geom.geometry.neighbors as nbm
+
+    x = torch.randn(3000, 64, generator=torch.Generator().manual_seed(0))
+    ref = knn(x, 10)
+    need_small = nbm.knn_bytes(3000, 64, 14, 256)
+    monkeypatch.setattr(nbm, "available_bytes", lambda device: int(need_small / 0.8) + 1)
+    planned = knn(x, 10, block_size=None)  # the default block shrinks to fit, same answer
+    assert torch.equal(planned.indices, ref.indices)
+    with pytest.raises(MemoryError, match=r"needs about .* GiB .* smaller `block_size`"):
+        knn(x, 10, block_size=3000)
+    monkeypatch.setattr(nbm, "available_bytes", lambda device: 1000)
+    with pytest.raises(MemoryError, match="fewer points"):
+        knn(x, 10)

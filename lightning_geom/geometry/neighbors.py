@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -145,6 +146,48 @@ def _recompute_budget(n: int, block: int, device: torch.device, *, explicit_bloc
     return max(1 << 30, block * n * 4)
 
 
+def available_bytes(device: torch.device) -> int | None:
+    """Free memory on ``device`` (CUDA: ``mem_get_info``; CPU: the OS's available pages), or None if unknown."""
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[0])
+        if device.type == "cpu" and hasattr(os, "sysconf"):
+            return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, RuntimeError):
+        return None
+    return None
+
+
+def knn_bytes(n: int, d: int, kc: int, block: int) -> int:
+    """Working memory of :func:`knn` beyond its input: the float32 centred copy, one Gram panel,
+    the candidate lists and the exact-recompute buffer (the optional N x N symmetric buffer not counted)."""
+    return n * d * 4 + min(block, n) * n * 4 + n * kc * 40 + min(n * kc * d * 8, max(1 << 30, block * n * 4))
+
+
+def plan_memory(n: int, d: int, kc: int, block: int, device: torch.device, *, fixed_block: bool = False) -> int:
+    """The Gram block size that fits the free memory of ``device``, decided before allocating.
+
+    The default block shrinks (down to 256 rows) until :func:`knn_bytes` fits 80 % of the free
+    memory; a fixed ``block_size`` that does not fit, or a problem that does not fit even at 256
+    rows, raises ``MemoryError`` naming the sizes and what to change.
+    """
+    free = available_bytes(device)
+    if free is None:
+        return block
+    limit = int(0.8 * free)
+    while not fixed_block and block > 256 and knn_bytes(n, d, kc, block) > limit:
+        block //= 2
+    need = knn_bytes(n, d, kc, block)
+    if need > limit:
+        raise MemoryError(
+            f"knn of N = {n} points in D = {d} (k + margin = {kc}, block_size = {block}) needs about "
+            f"{need / 2**30:.1f} GiB of working memory, but {free / 2**30:.1f} GiB are free on {device}. "
+            + ("Pass a smaller `block_size`, " if fixed_block else "Use ")
+            + "fewer points (a random subset), or a device with more memory."
+        )
+    return block
+
+
 def _exact_distances(x: Tensor, rows: Tensor, cols: Tensor, *, budget: int = _CPU_RECOMPUTE_BYTES) -> Tensor:
     """|x_i - x_j| in float64 for i in ``rows`` (R,), j in ``cols`` (R, C); returns (R, C).
 
@@ -233,6 +276,40 @@ def _candidates(x32: Tensor, sq: Tensor, kc: int, block: int) -> tuple[Tensor, T
     return out_v, out_i
 
 
+def _fix_failed_rows(x: Tensor, dist: Tensor, idx: Tensor, failed: Tensor, k: int, budget: int) -> tuple[Tensor, Tensor]:
+    """Exact neighbours of the rows whose certificate failed, in bounded memory.
+
+    Rows whose k-th exact distance is 0 have k exact copies: their distances are right and only
+    the tie-break (smaller index first) is at stake, so they take the k smallest-index copies of
+    their point, from one ``unique`` over the points (no distance work). The others are
+    recomputed exactly against all N points, a few rows at a time (at most ``budget`` bytes of
+    distances and sort buffers per chunk), keeping only the best k of each.
+    """
+    n, device = x.shape[0], x.device
+    dist, idx = dist[:, :k].clone(), idx[:, :k].clone()
+    zero = dist[failed, k - 1] == 0
+    copies, others = failed[zero], failed[~zero]
+    if copies.numel():
+        _, inv, counts = torch.unique(x, dim=0, return_inverse=True, return_counts=True)
+        members = torch.sort(inv, stable=True).indices  # points grouped by location, index order inside
+        start = torch.cumsum(counts, 0) - counts  # (G,) first slot of each group in `members`
+        slots = start[inv[copies]].unsqueeze(1) + torch.arange(k + 1, device=device)  # (F0, k + 1)
+        cand = members[slots]  # the k + 1 smallest-index copies (the row itself may be one)
+        keep = cand != copies.unsqueeze(1)
+        keep[:, -1] &= ~keep[:, :-1].all(dim=1)  # drop the last when the row itself was not among them
+        idx[copies] = cand[keep].view(-1, k)
+        dist[copies] = 0.0
+    rows = max(1, min(others.numel(), budget // (n * 8 * 4)))
+    everyone = torch.arange(n, device=device)
+    for s in range(0, others.numel(), rows):
+        part = others[s : s + rows]
+        exact = _exact_distances(x, part, everyone.expand(part.numel(), n), budget=budget)  # (r, N)
+        exact[torch.arange(part.numel(), device=device), part] = math.inf  # not its own neighbour
+        best = torch.sort(exact, dim=1, stable=True)  # stable: exact ties keep index order
+        dist[part], idx[part] = best.values[:, :k], best.indices[:, :k]
+    return dist, idx
+
+
 def _sort_rows(dist: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
     """Sort each row by (distance, index): deterministic order among exact ties."""
     by_index = torch.argsort(idx, dim=1)
@@ -280,6 +357,9 @@ def knn(x: Tensor | np.ndarray, k: int, *, block_size: int | None = None, margin
     device = x.device
     kc = min(n - 1, k + (max(4, k // 16) if margin is None else int(margin)))
     block = int(block_size) if block_size else _default_block(n, device)
+    if block < 1:
+        raise ValueError(f"Expected `block_size` to be a positive integer, but got {block_size!r}.")
+    block = plan_memory(n, d, kc, block, device, fixed_block=bool(block_size))
 
     mean = x.mean(dim=0, keepdim=True, dtype=torch.float64)
     if x.dtype == torch.float64:
@@ -302,9 +382,5 @@ def knn(x: Tensor | np.ndarray, k: int, *, block_size: int | None = None, margin
         kth = dist[:, k - 1]
         failed = torch.nonzero(kth * kth > est_last - bound).flatten()
         if failed.numel():
-            full = rows.unsqueeze(0).expand(failed.numel(), n)
-            exact = _exact_distances(x, failed, full, budget=budget)
-            exact[torch.arange(failed.numel(), device=device), failed] = math.inf
-            dfix, ifix = _sort_rows(exact, full.clone())
-            dist[failed], idx[failed] = dfix[:, :kc], ifix[:, :kc]
+            dist, idx = _fix_failed_rows(x, dist, idx, failed, k, budget)
     return Neighbors(dist[:, :k].contiguous(), idx[:, :k].contiguous())
