@@ -322,3 +322,37 @@ def test_auto_scale_is_chosen_once_and_kept(tmp_path, data):
     fresh = _monitor(data, tmp_path)
     fresh.load_state_dict(mon.state_dict())
     assert fresh._settings().id_n1 == mon.history[0]["id_n1"]  # a resume keeps it
+
+
+def _steps_in(path):
+    import json
+
+    return [r["step"] for r in json.loads(path.read_text())]
+
+
+def test_resume_with_other_settings_keeps_the_old_history(tmp_path, data):
+    """Issue 13: a changed state key used to overwrite geometry_history.json with the new records only."""
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True, every_n_train_steps=5)
+    mon = _monitor(data, tmp_path, figure_every=0)
+    _trainer(tmp_path, mon, steps=5, callbacks=[ckpt], enable_checkpointing=True).fit(TinyGPT(), loader(data, shuffle=True))
+    geo = tmp_path / "geo"
+    assert _steps_in(geo / "geometry_history.json") == [0, 1, 2, 4, 5]  # written at every checkpoint
+    mon2 = _monitor(data, tmp_path, figure_every=0, every_n_steps=3)  # another state key: nothing restored
+    t2 = _trainer(tmp_path, mon2, steps=7, enable_checkpointing=True, callbacks=[ModelCheckpoint(dirpath=tmp_path / "ck2")])
+    with pytest.warns(UserWarning, match=r"geometry_history\.1\.json"):
+        t2.fit(TinyGPT(), loader(data, shuffle=True), ckpt_path=str(tmp_path / "ck" / "last.ckpt"))
+    assert _steps_in(geo / "geometry_history.json") == [0, 1, 2, 4, 5]  # kept
+    assert _steps_in(geo / "geometry_history.1.json") == [r["step"] for r in mon2.history]
+
+
+def test_resume_with_another_probe_starts_a_new_series(tmp_path, data):
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True, every_n_train_steps=5)
+    mon = _monitor(data, tmp_path, figure_every=0)
+    _trainer(tmp_path, mon, steps=5, callbacks=[ckpt], enable_checkpointing=True).fit(TinyGPT(), loader(data, shuffle=True))
+    other = {k: v.flip(0) for k, v in data.items()}  # same size, other samples first
+    mon2 = GeometryMonitor(probe=other, num_samples=160, output_dir=str(tmp_path / "geo"), every_n_steps=4, figure_every=0)
+    t2 = _trainer(tmp_path, mon2, steps=8, enable_checkpointing=True, callbacks=[ModelCheckpoint(dirpath=tmp_path / "ck2")])
+    with pytest.warns(UserWarning, match="probe set differs from the checkpoint's"):
+        t2.fit(TinyGPT(), loader(data, shuffle=True), ckpt_path=str(tmp_path / "ck" / "last.ckpt"))
+    assert [r["step"] for r in mon2.history] == [5, 8]  # a new series, not mixed with the old one
+    assert _steps_in(tmp_path / "geo" / "geometry_history.json") == [0, 1, 2, 4, 5]

@@ -5,6 +5,7 @@ implement ``_measure``; everything else lives here once.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
@@ -167,6 +168,9 @@ class ProbeMonitor(Callback):
         self.timings: list[dict[str, float]] = []
         self._phase_times: dict[str, float] = {}
         self._batches: list[Any] | None = None
+        self._probe_id: str | None = None
+        self._restored_probe_id: str | None = None
+        self._history_file: str | None = None  # resolved at the first save (never overwrite others' records)
 
     # ----------------------------------------------------------------- schedule
     def is_due(self, step: int) -> bool:
@@ -206,10 +210,11 @@ class ProbeMonitor(Callback):
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history}
+        return {"history": self.history, "probe_id": self._probe_id}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
+        self._restored_probe_id = state_dict.get("probe_id")
 
     # ----------------------------------------------------------------- machinery
     def _probe(self, trainer: Trainer, pl_module: LightningModule) -> list[Any]:
@@ -227,6 +232,14 @@ class ProbeMonitor(Callback):
                     f"{type(self).__name__} found no validation loader to take its probe set from: pass `probe=`."
                 )
             self._batches = probe_batches(probe, num_samples=self.num_samples, batch_size=self.batch_size)
+            self._probe_id = probe_fingerprint(self._batches)
+            if self._restored_probe_id and self._restored_probe_id != self._probe_id and self.history:
+                rank_zero_warn(
+                    f"{type(self).__name__}: the probe set differs from the checkpoint's ({self._restored_probe_id} -> "
+                    f"{self._probe_id}); its {len(self.history)} records are kept in their history file and a new "
+                    "series starts (measurements on different probes are not comparable)."
+                )
+                self.history = []
         return self._batches
 
     def _shard(self, batches: list[Any]) -> list[tuple[int, Any]]:
@@ -256,6 +269,7 @@ class ProbeMonitor(Callback):
         if trainer.is_global_zero:
             try:
                 t = time.perf_counter()
+                self._save_history(trainer)  # complete after every checkpoint, atomically
                 self._publish(trainer, record)
                 cost["log_s"] = round(time.perf_counter() - t, 6)
                 if self.figure_every and len(self.history) % self.figure_every == 0:
@@ -276,13 +290,25 @@ class ProbeMonitor(Callback):
         """Training crashed: write the history recorded so far (rank 0), never raise over the crash."""
         if trainer.is_global_zero and self.history:
             try:
-                from ..report.history import save_history
-                from ..report.loggers import default_output_dir
-
-                out = default_output_dir(trainer, self.output_dir, sub="geometry")
-                save_history(self.history, out, name=f"{self._prefix}_history")
+                self._save_history(trainer)
             except Exception as err:  # noqa: BLE001 - the user's exception is the one that matters
                 rank_zero_warn(f"{type(self).__name__} could not save its history after the crash: {err}")
+
+    def _save_history(self, trainer: Trainer) -> None:
+        """``<prefix>_history.json/.csv`` under the output folder, atomically.
+
+        The first save of a run checks the file already there: if it holds records this monitor
+        does not (a resume with other settings, another probe, or a fresh run into the same
+        folder), they are kept and this run writes ``<prefix>_history.1.json`` (then ``.2``, ...),
+        with one warning naming the file.
+        """
+        from ..report.history import save_history
+        from ..report.loggers import default_output_dir
+
+        out = default_output_dir(trainer, self.output_dir, sub="geometry")
+        if self._history_file is None:
+            self._history_file = _free_history_name(out, f"{self._prefix}_history", self.history, type(self).__name__)
+        save_history(self.history, out, name=self._history_file)
 
     def _measure(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
         """One checkpoint's record (without step/epoch). Every rank calls it (collectives inside)."""
@@ -309,16 +335,52 @@ class ProbeMonitor(Callback):
         """History files and figures: PNG under the output folder, and to W&B / TensorBoard (rank 0)."""
         import matplotlib.pyplot as plt
 
-        from ..report.history import save_history
         from ..report.loggers import default_output_dir, log_figures
 
         out = default_output_dir(trainer, self.output_dir, sub="geometry")
-        save_history(self.history, out, name=f"{self._prefix}_history")
+        self._save_history(trainer)
         figs = self._figure_set()
         log_figures(list(trainer.loggers), figs, trainer.global_step, prefix=self._prefix)
         for name, fig in figs.items():
             fig.savefig(out / f"{name}.png")
             plt.close(fig)
+
+
+def probe_fingerprint(batches: list[Any]) -> str:
+    """``"<n samples>:<sha1 prefix>"`` of the probe's tensors: a checkpoint's probe identity."""
+    h = hashlib.sha1()
+    n = 0
+    for batch in batches:
+        n += batch_len(batch)
+        map_tensors(batch, lambda t: h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()))
+    return f"{n}:{h.hexdigest()[:12]}"
+
+
+def _free_history_name(out: Any, base: str, history: list[dict[str, Any]], owner: str) -> str:
+    """``base`` unless its JSON holds records (steps) that ``history`` lacks; then ``base.1``, ``base.2``, ..."""
+    import json
+    from pathlib import Path
+
+    ours = {(r.get("step"), r.get("epoch")) for r in history}
+    name, i = base, 0
+    while True:
+        path = Path(out) / f"{name}.json"
+        if not path.exists():
+            break
+        try:
+            theirs = {(r.get("step"), r.get("epoch")) for r in json.loads(path.read_text())}
+        except (OSError, ValueError, AttributeError, TypeError):
+            theirs = {("unreadable", None)}
+        if theirs <= ours:
+            break
+        i += 1
+        name = f"{base}.{i}"
+    if name != base:
+        rank_zero_warn(
+            f"{owner}: {base}.json in {out} holds records this run does not (a resume with other settings, another "
+            f"probe, or another run in the same folder); they are kept, and this run writes {name}.json."
+        )
+    return name
 
 
 def warn_layer_errors(owner: str, step: int, layers: list[dict[str, Any]]) -> None:
