@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .commands.args import positive_int
 
 
 def _cmd_digits(args: argparse.Namespace) -> int:
@@ -35,8 +36,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         wandb=args.wandb,
         seed=args.seed,
         progress=args.progress,
+        resume=args.resume,
     )
-    res = run_demo(cfg)
+    try:
+        res = run_demo(cfg)
+    except FileNotFoundError as err:
+        raise SystemExit(f"error: {err}") from None
     print()
     print(summary_table(res["history"], every=2))
     if res["pullback"]:
@@ -45,7 +50,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"\ntrained {cfg.steps} steps in {res['seconds']:.0f} s")
     print(f"figures and history : {res['out'] / 'geometry'}")
     print(f"TensorBoard         : tensorboard --logdir {res['out'] / 'tensorboard'}")
-    print(f"CSV metrics         : {res['out'] / 'csv' / 'metrics.csv'}")
+    print(f"CSV metrics         : {res['csv']}")
     print(f"last checkpoint     : {res['checkpoint']}")
     if res.get("report"):
         print(f"probe report        : {res['report']}  (lightning-geom probe {res['checkpoint']} --data digits)")
@@ -84,26 +89,27 @@ def build_parser() -> argparse.ArgumentParser:
         "digits",
         help="ID (TwoNN, GRIDE scale curve) and label overlap of scikit-learn's bundled digits images.",
     )
-    p.add_argument("--k", type=int, default=10, help="neighbours for the label overlap (default 10)")
-    p.add_argument("--range-max", type=int, default=64, help="largest GRIDE neighbour rank (default 64)")
+    p.add_argument("--k", type=positive_int, default=10, help="neighbours for the label overlap (default 10)")
+    p.add_argument("--range-max", type=positive_int, default=64, help="largest GRIDE neighbour rank (default 64)")
     p.set_defaults(func=_cmd_digits)
 
     p = sub.add_parser(
         "demo",
         help="Train an image-GPT on the bundled digits with GeometryMonitor (offline, CPU, a few minutes).",
     )
-    p.add_argument("--steps", type=int, default=800, help="training steps (default 800)")
-    p.add_argument("--layers", type=int, default=12, dest="n_layer", help="transformer blocks (default 12)")
-    p.add_argument("--width", type=int, default=64, help="residual width (default 64)")
-    p.add_argument("--every-n-steps", type=int, default=200, help="monitor every n steps after the log-spaced start")
+    p.add_argument("--steps", type=positive_int, default=800, help="training steps (default 800)")
+    p.add_argument("--layers", type=positive_int, default=12, dest="n_layer", help="transformer blocks (default 12)")
+    p.add_argument("--width", type=positive_int, default=64, help="residual width (default 64)")
+    p.add_argument("--every-n-steps", type=positive_int, default=200, help="monitor every n steps after the log-spaced start")
     p.add_argument("--normalize", choices=["layer_norm"], default=None, help="read the LayerNorm-ed residual stream")
-    p.add_argument("--probe-samples", type=int, default=512, help="digits in the monitor's probe set (default 512)")
+    p.add_argument("--probe-samples", type=positive_int, default=512, help="digits in the monitor's probe set (default 512)")
     p.add_argument("--out", default="demo_output", help="output folder (default demo_output)")
     p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases, offline")
     p.add_argument("--no-pullback", action="store_false", dest="pullback", help="skip the PullbackMonitor")
     p.add_argument("--no-report", action="store_false", dest="report", help="skip the final probe report")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_false", dest="progress", help="hide the progress bar")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoints/last.ckpt (same --out and --steps)")
     p.set_defaults(func=_cmd_demo)
 
     from .commands.navigate import add_parser as add_navigate

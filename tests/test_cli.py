@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from lightning_geom import __version__
 from lightning_geom.cli import main
 
@@ -28,3 +30,44 @@ def test_geometry_import_is_light():
         "print(heavy); sys.exit(1 if heavy else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_demo_resume_keeps_every_earlier_record(tmp_path):
+    """Issue 13: resuming the demo into the same folder wiped metrics.csv; --steps 20 crashed in OneCycleLR."""
+    import csv
+    import json
+
+    from lightning_geom.cli import main
+
+    out = tmp_path / "demo"
+    common = ["demo", "--layers", "2", "--width", "16", "--every-n-steps", "10", "--probe-samples", "128",
+              "--no-report", "--no-pullback", "--no-progress", "--out", str(out)]
+    assert main([*common, "--steps", "20"]) == 0
+    first = (out / "csv" / "version_0" / "metrics.csv").read_text()
+    hist = json.loads((out / "geometry" / "geometry_history.json").read_text())
+    assert [r["step"] for r in hist] == [0, 1, 2, 4, 8, 10, 20]
+    assert main([*common, "--steps", "20", "--resume"]) == 0  # nothing left to train: nothing lost either
+    assert (out / "csv" / "version_0" / "metrics.csv").read_text() == first
+    assert json.loads((out / "geometry" / "geometry_history.json").read_text()) == hist
+    rows = list(csv.DictReader((out / "csv" / "version_0" / "metrics.csv").open()))
+    assert {r["step"] for r in rows if r.get("geometry/id/layer_00")} >= {"0", "10", "20"}
+
+
+def test_demo_resume_without_a_checkpoint_is_one_line(tmp_path):
+    from lightning_geom.cli import main
+
+    with pytest.raises(SystemExit, match="error: --resume: no checkpoint at"):
+        main(["demo", "--steps", "4", "--out", str(tmp_path / "x"), "--resume", "--no-report", "--no-pullback"])
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["demo", "--steps", "0"], ["probe", "m", "--data", "digits", "--max-samples", "-5"], ["probe", "m", "--data", "digits", "--batch-size", "0"]],
+)
+def test_bad_counts_are_usage_errors(argv, capsys):
+    from lightning_geom.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert "expected a positive integer" in capsys.readouterr().err

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from .args import positive_int
+
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("navigate", help="Walk equivalence classes (SiMEC) or out of them (SiMExp) from some inputs.")
@@ -20,13 +22,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--index", type=int, nargs="*", default=[0], help="which digits with --data (default 0)")
     p.add_argument("--module", default=None, help="LightningModule class path of a checkpoint")
     p.add_argument("--mode", choices=["simec", "simexp"], default="simec")
-    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--steps", type=positive_int, default=200)
     p.add_argument("--step-size", type=float, default=0.01)
     p.add_argument("--step-rule", choices=["fixed", "paper"], default="fixed")
     p.add_argument("--output", choices=["logits", "probs", "fisher"], default="logits")
     p.add_argument("--tokens", default="all", help="'all', 'top_attribution' or comma-separated positions")
     p.add_argument("--no-corrector", action="store_false", dest="corrector")
-    p.add_argument("--record-every", type=int, default=20)
+    p.add_argument("--record-every", type=positive_int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="navigation_output")
     p.set_defaults(func=run)

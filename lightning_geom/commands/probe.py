@@ -6,6 +6,8 @@ import argparse
 import time
 from typing import Any
 
+from .args import non_negative_int, positive_int
+
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("probe", help="Write a geometry report (HTML + JSON + CSV + PNG) for checkpoints or HF model folders.")
@@ -15,14 +17,14 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--module", default=None, help="LightningModule class path of the checkpoints")
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
-    p.add_argument("--max-samples", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-samples", type=positive_int, default=2000)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--pooling", choices=["mean", "last", "first"], default="mean")
     p.add_argument("--layers", nargs="*", default=None, help="glob patterns of submodules (default: hidden states)")
     p.add_argument("--device", default=None, help="cpu / cuda (default: a GPU when there is one)")
-    p.add_argument("--k", type=int, default=10, help="neighbours for overlaps (default 10)")
-    p.add_argument("--range-max", type=int, default=64, help="largest GRIDE rank (default 64)")
-    p.add_argument("--pullback-samples", type=int, default=32, help="samples for the pullback statistics (0: skip)")
+    p.add_argument("--k", type=positive_int, default=10, help="neighbours for overlaps (default 10)")
+    p.add_argument("--range-max", type=positive_int, default=64, help="largest GRIDE rank (default 64)")
+    p.add_argument("--pullback-samples", type=non_negative_int, default=32, help="samples for the pullback statistics (0: skip)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
 

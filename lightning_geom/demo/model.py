@@ -96,7 +96,9 @@ class ImageGPT(L.LightningModule):
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, betas=(0.9, 0.95))
+        total = max(int(self.hparams.max_steps), 4)
+        # OneCycleLR needs >= 2 warm-up steps (its phase length divides by pct_start * total - 1)
         sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=self.hparams.lr, total_steps=max(self.hparams.max_steps, 2), pct_start=0.05, final_div_factor=10
+            opt, max_lr=self.hparams.lr, total_steps=total, pct_start=max(0.05, 2.0 / total), final_div_factor=10
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

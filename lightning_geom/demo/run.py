@@ -31,6 +31,7 @@ class DemoConfig:
     wandb: bool = False
     seed: int = 0
     progress: bool = True
+    resume: bool = False  # continue from <out>/checkpoints/last.ckpt (loggers and history keep their records)
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
@@ -49,7 +50,15 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, verbose=False)
     dm = DigitsDataModule(batch_size=cfg.batch_size, seed=cfg.seed)
     model = ImageGPT(n_layer=cfg.n_layer, width=cfg.width, heads=cfg.heads, lr=cfg.lr, max_steps=cfg.steps)
-    loggers: list[Any] = [TensorBoardLogger(out, name="tensorboard", version=""), CSVLogger(out, name="csv", version="")]
+    # CSV: a new version_N per run, so a resumed or repeated run never truncates an earlier metrics.csv;
+    # TensorBoard: one folder, new event files append to it
+    loggers: list[Any] = [TensorBoardLogger(out, name="tensorboard", version=""), CSVLogger(out, name="csv")]
+    ckpt_path = None
+    if cfg.resume:
+        last = out / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {last}; run without --resume first (same --out).")
+        ckpt_path = str(last)
     if cfg.wandb:
         from lightning.pytorch.loggers import WandbLogger
 
@@ -89,10 +98,17 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         default_root_dir=str(out),
     )
     t0 = time.perf_counter()
-    trainer.fit(model, datamodule=dm)
+    trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
     seconds = time.perf_counter() - t0
     pb = callbacks[1].history if cfg.pullback else []
-    result = {"history": monitor.history, "pullback": pb, "out": out, "seconds": seconds, "checkpoint": ckpt.last_model_path}
+    result = {
+        "history": monitor.history,
+        "pullback": pb,
+        "out": out,
+        "seconds": seconds,
+        "checkpoint": ckpt.last_model_path,
+        "csv": Path(loggers[1].log_dir) / "metrics.csv",
+    }
     if cfg.report and ckpt.last_model_path:
         result["report"] = probe_checkpoint(ckpt.last_model_path, out / "report")
     return result
