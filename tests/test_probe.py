@@ -213,3 +213,48 @@ def test_probe_fails_loudly_when_every_layer_fails(tmp_path, text_model, text_da
     with pytest.raises(SystemExit, match="every layer failed.*range_max"):
         main(args)
     assert not (tmp_path / "r" / "report.html").exists()
+
+
+def _write(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(text, encoding="utf-8")
+    return str(p)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "match"),
+    [
+        ("a.csv", "text,label\nhello world,a\nthe cat,\n", r"a\.csv:3: empty label"),
+        ("b.csv", "text,label\nhello world,a\nthe cat,NaN\n", r"b\.csv:3: empty label"),
+        ("c.csv", "text,label\nhello world,a\nthe cat\n", r"c\.csv:3: empty label"),  # short row
+        ("d.jsonl", '{"text": "hello", "label": "a"}\n{"text": null, "label": "b"}\n', r"d\.jsonl:2: no text"),
+        ("e.jsonl", '{"text": "hello", "label": "a"}\n{"text": "x", "label": "b"\n', r"e\.jsonl:2: invalid JSON"),
+        ("f.jsonl", '{"text": "hello", "label": "a"}\n["x"]\n', r"f\.jsonl:2: expected a JSON object"),
+        ("g.csv", "text,label\nhello,a,extra\n", r"g\.csv:2: 3 cells for 2 header columns"),
+    ],
+)
+def test_malformed_records_are_named_by_file_and_line(tmp_path, text_model, name, text, match):
+    loaded = load_model(text_model)
+    with pytest.raises(ValueError, match=match):
+        load_probe_data(_write(tmp_path, name, text), loaded)
+
+
+def test_bom_unlabeled_and_single_class(tmp_path, text_model):
+    loaded = load_model(text_model)
+    rows = "".join(f"the cat sat {i},{'ab'[i % 2]}\n" for i in range(20))
+    d = load_probe_data(_write(tmp_path, "bom.csv", "\ufefftext,label\n" + rows), loaded)  # BOM before the header
+    assert d.n == 20 and d.label_names == ["a", "b"]
+    with pytest.warns(UserWarning, match="1 records without a label were dropped"):
+        d = load_probe_data(_write(tmp_path, "gap.csv", "text,label\n" + rows + "no label here,\n"), loaded, drop_unlabeled=True)
+    assert d.n == 20
+    one = "".join(f"the cat sat {i},a\n" for i in range(20))
+    with pytest.warns(UserWarning, match="same label"):
+        d = load_probe_data(_write(tmp_path, "one.csv", "text,label\n" + one), loaded)
+    assert d.labels is None  # no label overlap of 1.0 that means nothing
+
+
+def test_colliding_checkpoint_names_use_their_paths():
+    from lightning_geom.probing.report import _names
+
+    assert _names(["runs/a/last.ckpt", "runs/b/last.ckpt"]) == ["a/last.ckpt", "b/last.ckpt"]
+    assert _names(["x/step=1.ckpt", "x/step=2.ckpt"]) == ["step=1", "step=2"]

@@ -17,6 +17,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--module", default=None, help="LightningModule class path of the checkpoints")
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
+    p.add_argument("--drop-unlabeled", action="store_true", help="drop records with an empty / NaN label (counted) instead of failing")
     p.add_argument("--max-samples", type=positive_int, default=2000)
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--pooling", choices=["mean", "last", "first"], default="mean")
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         loaded = [load_model(m, module=args.module) for m in args.models]
         data = load_probe_data(
             args.data, loaded[0], text_column=args.text_column, label_column=args.label_column,
-            max_samples=args.max_samples, batch_size=args.batch_size, seed=args.seed,
+            max_samples=args.max_samples, batch_size=args.batch_size, seed=args.seed, drop_unlabeled=args.drop_unlabeled,
         )
         report = probe(
             loaded, data, layers=args.layers, pooling=args.pooling, k=args.k, range_max=args.range_max,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import importlib
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,29 +41,104 @@ def _codes(raw: list[Any]) -> tuple[torch.Tensor, list[str]]:
     return torch.tensor([index[str(v)] for v in raw]), names
 
 
-def _texts(path: Path, text_column: str, label_column: str | None) -> tuple[list[str], list[Any] | None]:
+_MISSING = {"", "nan", "none", "null", "na", "n/a"}
+
+
+def _is_missing(v: Any) -> bool:
+    """An empty / NaN / null cell: never a class of its own."""
+    if v is None:
+        return True
+    if isinstance(v, float) and v != v:  # NaN
+        return True
+    return isinstance(v, str) and v.strip().lower() in _MISSING
+
+
+def _rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, record) of a CSV / TSV / JSONL / JSON file; malformed records name file and line."""
     suffix = path.suffix.lower()
+    text = path.read_text(encoding="utf-8-sig")  # a UTF-8 byte-order mark is not part of the first header
     if suffix in (".csv", ".tsv"):
-        with path.open(newline="") as fh:
-            rows = list(csv.DictReader(fh, delimiter="\t" if suffix == ".tsv" else ","))
-    elif suffix in (".jsonl", ".json"):
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    else:  # one sample per line
-        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        reader = csv.DictReader(text.splitlines(), delimiter="\t" if suffix == ".tsv" else ",")
+        rows = []
+        for row in reader:
+            if None in row:  # more cells than header columns
+                raise ValueError(f"{path}:{reader.line_num}: {len(row) - 1 + len(row[None])} cells for {len(reader.fieldnames or [])} header columns.")
+            rows.append((reader.line_num, row))
+        return rows
+    if suffix == ".json" and text.lstrip().startswith("["):  # a JSON array of records
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{err.lineno}: invalid JSON ({err.msg}).") from None
+        out = list(enumerate(records, start=1))
+    else:  # JSON lines
+        out = []
+        for no, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                out.append((no, json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{no}: invalid JSON ({err.msg}); one JSON object per line.") from None
+    for no, rec in out:
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path}:{no}: expected a JSON object with a text field, but got {type(rec).__name__}.")
+    return out
+
+
+def _texts(
+    path: Path, text_column: str, label_column: str | None, *, drop_unlabeled: bool = False
+) -> tuple[list[str], list[Any] | None]:
+    """Texts and raw labels of a data file; every malformed record is an error naming file and line."""
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".tsv", ".jsonl", ".json"):  # one sample per line
+        lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
         if not lines:
             raise ValueError(f"{path} is empty: put one text per line.")
         return lines, None
+    rows = _rows(path)
     if not rows:
         raise ValueError(f"{path} has no rows.")
-    cols = list(rows[0])
+    cols = list(rows[0][1])
     if text_column not in cols:
         raise ValueError(f"{path} has no column {text_column!r} (columns: {', '.join(cols)}); pass --text-column.")
-    labels = None
-    if label_column is not None and label_column in cols:
-        labels = [r[label_column] for r in rows]
-    elif label_column not in (None, "label"):
+    use_labels = label_column is not None and label_column in cols
+    if label_column not in (None, "label") and not use_labels:
         raise ValueError(f"{path} has no column {label_column!r} (columns: {', '.join(cols)}); pass --label-column.")
-    return [str(r[text_column]) for r in rows], labels
+    texts, labels, dropped = [], [], 0
+    for no, rec in rows:
+        t = rec.get(text_column)
+        if _is_missing(t) or not isinstance(t, (str, int, float)):
+            raise ValueError(f"{path}:{no}: no text in {text_column!r} (got {t!r}); fill it or remove the record.")
+        if use_labels:
+            lab = rec.get(label_column)
+            if _is_missing(lab):
+                if drop_unlabeled:
+                    dropped += 1
+                    continue
+                raise ValueError(
+                    f"{path}:{no}: empty label in {label_column!r} (got {lab!r}); fill it, remove the record, "
+                    "or pass --drop-unlabeled."
+                )
+            labels.append(lab)
+        texts.append(str(t))
+    if dropped:
+        warnings.warn(f"{path}: {dropped} records without a label were dropped (--drop-unlabeled).", stacklevel=3)
+    if not texts:
+        raise ValueError(f"{path}: no labelled records left.")
+    return texts, (labels if use_labels else None)
+
+
+def _single_class(labels: torch.Tensor | None, names: list[str] | None, what: str) -> tuple[torch.Tensor | None, list[str] | None]:
+    """Labels of one class say nothing about neighbourhoods: warn and leave the label metrics out."""
+    if labels is not None and labels.numel() and bool((labels == labels[0]).all()):
+        warnings.warn(
+            f"{what}: every sample has the same label ({names[0] if names else int(labels[0])}); label overlap and "
+            "retrieval are left out (they would be 1.0 whatever the model does).",
+            stacklevel=3,
+        )
+        return None, None
+    return labels, names
 
 
 def load_probe_data(
@@ -74,8 +150,17 @@ def load_probe_data(
     max_samples: int = 2000,
     batch_size: int = 32,
     seed: int = 0,
+    drop_unlabeled: bool = False,
 ) -> ProbeData:
-    """Read ``spec`` (``digits``, a file, an image folder, or a datamodule YAML) for the loaded model."""
+    """Read ``spec`` (``digits``, a file, an image folder, or a datamodule YAML) for the loaded model.
+
+    Raises:
+        ValueError: a missing file, a malformed record (named by file and line), an empty text or
+            label (unless ``drop_unlabeled``), non-positive ``max_samples`` / ``batch_size``.
+    """
+    for name, v in (("max_samples", max_samples), ("batch_size", batch_size)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"Expected `{name}` to be a positive integer, but got {v!r}.")
     if spec == "digits":
         from ..demo.data import digits_sequences
 
@@ -91,11 +176,11 @@ def load_probe_data(
         return _image_folder(path, loaded, max_samples, batch_size, seed)
     if loaded.tokenizer is None:
         raise ValueError(f"{loaded.source} has no tokenizer, so it cannot read the text file {path}.")
-    texts, raw = _texts(path, text_column, label_column)
+    texts, raw = _texts(path, text_column, label_column, drop_unlabeled=drop_unlabeled)
     texts = texts[:max_samples]
     labels, names = (None, None)
     if raw is not None:
-        labels, names = _codes(raw[:max_samples])
+        labels, names = _single_class(*_codes(raw[:max_samples]), str(path))
     tok = loaded.tokenizer
     batches = []
     for s in range(0, len(texts), batch_size):
@@ -118,6 +203,7 @@ def _image_folder(path: Path, loaded: Any, max_samples: int, batch_size: int, se
     files = [files[i] for i in order]
     images = [Image.open(f).convert("RGB") for f, _ in files]
     labels = torch.tensor([c for _, c in files])
+    labels, classes_kept = _single_class(labels, classes, str(path))
     if loaded.image_processor is not None:
         px = loaded.image_processor(images, return_tensors="pt")["pixel_values"]
     else:
@@ -125,7 +211,7 @@ def _image_folder(path: Path, loaded: Any, max_samples: int, batch_size: int, se
 
         size = getattr(getattr(loaded.module, "config", None), "image_size", 224)
         px = torch.from_numpy(np.stack([np.asarray(im.resize((size, size)), dtype=np.float32) / 255.0 for im in images])).permute(0, 3, 1, 2)
-    return ProbeData(_batches({"pixel_values": px}, batch_size), labels, len(labels), f"{path.name} ({len(labels)} images, {len(classes)} classes)", classes)
+    return ProbeData(_batches({"pixel_values": px}, batch_size), labels, len(files), f"{path.name} ({len(files)} images, {len(classes)} classes)", classes_kept)
 
 
 def _datamodule(path: Path, max_samples: int) -> ProbeData:
@@ -140,12 +226,30 @@ def _datamodule(path: Path, max_samples: int) -> ProbeData:
     dm.setup("validate")
     batches, labels, n = [], [], 0
     for b in dm.val_dataloader():
+        size = _batch_size_of(b)
+        if n + size > max_samples:  # the last batch is cut to max_samples
+            b = _cut(b, max_samples - n)
+            size = max_samples - n
         batches.append(b)
         lab = b.get("labels") if isinstance(b, dict) else (b[1] if isinstance(b, (tuple, list)) and len(b) > 1 else None)
         if lab is not None:
             labels.append(lab)
-        n += len(lab) if lab is not None else len(next(iter(b.values())) if isinstance(b, dict) else b[0])
+        n += size
         if n >= max_samples:
             break
     lab_t = torch.cat(labels) if labels else None
+    lab_t, _ = _single_class(lab_t, None, str(path))
     return ProbeData(batches, lab_t, n, f"{data['class_path']} validation set ({n} samples)")
+
+
+def _batch_size_of(b: Any) -> int:
+    first = next(iter(b.values())) if isinstance(b, dict) else (b[0] if isinstance(b, (tuple, list)) else b)
+    return len(first)
+
+
+def _cut(b: Any, m: int) -> Any:
+    if isinstance(b, dict):
+        return {k: v[:m] for k, v in b.items()}
+    if isinstance(b, (tuple, list)):
+        return type(b)(v[:m] for v in b)
+    return b[:m]

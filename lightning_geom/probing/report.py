@@ -236,10 +236,20 @@ def probe(models: Any, data: Any, *, names: list[str] | None = None, progress: b
     k = kwargs.get("k", 10)
     if data.n <= max(k, 2):
         raise ValueError(f"{data.n} samples are too few for k = {k}: use more samples or a smaller --k.")
-    names = names or [Path(m.source).stem or m.source for m in loaded]
+    names = names or _names([m.source for m in loaded])
     reports = [probe_model(m, data, name=nm, progress=progress, **kwargs) for m, nm in zip(loaded, names)]
     settings = {key: kwargs.get(key) for key in ("layers", "pooling", "k", "range_max", "pullback_samples", "device")}
     return GeometryReport(models=reports, settings=settings, data=data.description, timings={m["name"]: m["timings"] for m in reports})
+
+
+def _names(sources: list[str]) -> list[str]:
+    """Display names: file stems, or (when two collide, e.g. two ``last.ckpt``) the shortest distinct path tails."""
+    parts = [Path(s).parts or (s,) for s in sources]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        names = ["/".join(p[-depth:]) if depth > 1 else (Path(s).stem or s) for p, s in zip(parts, sources)]
+        if len(set(names)) == len(names):
+            return names
+    return [f"{s} #{i}" for i, s in enumerate(sources)]
 
 
 def esc(s: Any) -> str:
