@@ -27,7 +27,7 @@ from .geometry import (
     three_phase,
 )
 
-__all__ = ["GeometrySettings", "choose_scale", "layer_geometry", "profile_geometry", "finish_profile", "layer_errors"]
+__all__ = ["GeometrySettings", "choose_scale", "layer_geometry", "profile_geometry", "finish_profile", "profile_phases", "layer_errors"]
 
 
 @dataclass(frozen=True)
@@ -190,8 +190,23 @@ def finish_profile(records: list[dict[str, Any]], settings: GeometrySettings) ->
         r.pop("_indices", None)
     if settings.id_n1 == "auto":
         _common_scale(records)
-    ids = [r.get("id") for r in records]
-    phase = None
-    if len(ids) >= 3 and all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in ids):
-        phase = three_phase(ids).to_dict()
-    return records, phase
+    return records, profile_phases(records)
+
+
+def profile_phases(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The three-phase summary of the layers that have an ID; failed layers are left out and named.
+
+    Landmarks are layer indices (not positions among the measured layers); ``left_out`` lists the
+    layers without an ID. None when fewer than 3 layers have one.
+    """
+    ok = [(r["index"], r["id"]) for r in records if isinstance(r.get("id"), float) and math.isfinite(r["id"]) and r["id"] > 0]
+    if len(ok) < 3:
+        return None
+    layer = [i for i, _ in ok]
+    phase = three_phase([v for _, v in ok]).to_dict()
+    for key in ("peak1_layer", "min_layer", "peak2_layer"):
+        if phase[key] is not None:
+            phase[key] = layer[phase[key]]
+    phase["plateau_layers"] = [layer[p] for p in phase["plateau_layers"]]
+    phase["left_out"] = sorted({r["index"] for r in records} - set(layer))
+    return phase

@@ -35,3 +35,17 @@ def test_no_second_peak_when_minimum_is_last():
 def test_bad_profiles(profile, match):
     with pytest.raises(ValueError, match=match):
         three_phase(profile)
+
+
+def test_phases_from_the_layers_that_succeeded():
+    """Issue 13: one failed layer used to remove the phase summary for every layer."""
+    from lightning_geom.analysis import profile_phases
+
+    ids = [10.0, 25.0, 30.0, 18.0, 12.0, 11.0, 12.0, 20.0, 24.0, 15.0]
+    recs = [{"index": i, "id": v} for i, v in enumerate(ids)]
+    recs[0] = {"index": 0, "id": None, "error": "ValueError: duplicates"}
+    ph = profile_phases(recs)
+    assert ph["left_out"] == [0]
+    assert (ph["peak1_layer"], ph["min_layer"], ph["peak2_layer"]) == (2, 5, 8)  # layer indices, not positions
+    assert ph["plateau_layers"] == [4, 5, 6]
+    assert profile_phases(recs[:3]) is None  # two layers with an ID: no summary

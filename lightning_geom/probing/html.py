@@ -42,6 +42,7 @@ def render(report: Any, figs: dict[str, Any]) -> str:
                 f"({_fmt(ph['minimum'])}), "
                 + (f"second peak at layer {ph['peak2_layer']} ({_fmt(ph['peak2'])}); " if ph.get("peak2_layer") is not None else "no rise after it; ")
                 + f"three-phase: <b>{ph['is_three_phase']}</b> (depth {_fmt(ph['depth'])}, rebound {_fmt(ph['rebound'])}). "
+                + (f"Layers {', '.join(map(str, ph['left_out']))} failed and are left out of this summary. " if ph.get("left_out") else "")
             )
         if m.get("best_retrieval_layer") is not None:
             r = next(x for x in m["layers"] if x["index"] == m["best_retrieval_layer"])
