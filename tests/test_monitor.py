@@ -356,3 +356,15 @@ def test_resume_with_another_probe_starts_a_new_series(tmp_path, data):
         t2.fit(TinyGPT(), loader(data, shuffle=True), ckpt_path=str(tmp_path / "ck" / "last.ckpt"))
     assert [r["step"] for r in mon2.history] == [5, 8]  # a new series, not mixed with the old one
     assert _steps_in(tmp_path / "geo" / "geometry_history.json") == [0, 1, 2, 4, 5]
+
+
+def test_a_raising_logger_first_does_not_starve_the_others(tmp_path, data):
+    class Broken(RecordingLogger):
+        def log_metrics(self, metrics, step=None):
+            if any(k.startswith("geometry/") for k in metrics):  # Lightning's own logging stays fine
+                raise OSError("disk full")
+
+    good = RecordingLogger()
+    mon = _monitor(data, tmp_path, figure_every=0)
+    _trainer(tmp_path, mon, steps=2, loggers=[Broken(), good]).fit(TinyGPT(), loader(data, shuffle=True))
+    assert [s for s, _ in good.calls] == [r["step"] for r in mon.history] == [0, 1, 2]

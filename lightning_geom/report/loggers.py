@@ -30,8 +30,11 @@ def log_scalars(loggers: Sequence[Any], metrics: dict[str, float], step: int) ->
     """``log_metrics`` on every logger (CSVLogger writes them to its metrics.csv)."""
     if not metrics:
         return
-    for lg in loggers:
-        lg.log_metrics(metrics, step=step)
+    for lg in loggers:  # one failing logger must not keep the others from their metrics
+        try:
+            lg.log_metrics(metrics, step=step)
+        except Exception as err:  # noqa: BLE001 - a dashboard hiccup must not stop training
+            log.warning("Could not log metrics to %s at step %d: %s: %s", type(lg).__name__, step, type(err).__name__, err)
 
 
 def log_figures(loggers: Sequence[Any], figures: dict[str, Any], step: int, *, prefix: str = "geometry") -> None:
@@ -63,13 +66,21 @@ def log_table(loggers: Sequence[Any], rows: list[dict[str, Any]], step: int, *, 
                 log.warning("Could not send the geometry table to W&B: %s", err)
 
 
+_LAYOUTS: dict[int, dict[str, dict]] = {}  # per TensorBoard writer: every monitor's categories so far
+
+
 def add_layout(loggers: Sequence[Any], kinds: Sequence[str], *, prefix: str = "geometry") -> None:
-    """TensorBoard custom-scalar layout: one multi-line chart per metric kind with every layer's curve."""
+    """TensorBoard custom-scalar layout: one multi-line chart per metric kind with every layer's curve.
+
+    TensorBoard shows one layout per run (the last written), so each call writes the union of the
+    categories of every monitor on that writer: GeometryMonitor's and PullbackMonitor's both show.
+    """
     for lg in loggers:
         if _kind(lg) == "tensorboard":
             try:
-                layout = {prefix: {k: ["Multiline", [rf"{prefix}/{k}/layer_\d+"]] for k in kinds}}
-                lg.experiment.add_custom_scalars(layout)
+                layout = _LAYOUTS.setdefault(id(lg.experiment), {})
+                layout[prefix] = {k: ["Multiline", [rf"{prefix}/{k}/layer_\d+"]] for k in kinds}
+                lg.experiment.add_custom_scalars(dict(layout))
             except Exception as err:  # noqa: BLE001
                 log.warning("Could not add the TensorBoard custom-scalar layout: %s", err)
 
