@@ -24,6 +24,7 @@ from .geometry import (
     knn,
     label_overlap,
     neighborhood_overlap,
+    robust_change_points,
     three_phase,
 )
 
@@ -209,4 +210,34 @@ def profile_phases(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
             phase[key] = layer[phase[key]]
     phase["plateau_layers"] = [layer[p] for p in phase["plateau_layers"]]
     phase["left_out"] = sorted({r["index"] for r in records} - set(layer))
+    phase.update(_robust_segments([r for r in records if r["index"] in set(layer)]))
     return phase
+
+
+def _robust_segments(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Plateaus and change points of the GRIDE profile that most scales agree on (as layer indices).
+
+    Keys: ``change_points`` (first layer of each new plateau), ``change_support`` (fraction of
+    scales), ``jumps`` (plateau mean ratio after / before), ``plateaus`` ([first, last, mean ID]
+    at the reported scale), ``n_change_points``. Empty when the layers' scale curves differ.
+    """
+    curves = [r.get("gride") or {} for r in records]
+    ranks = [tuple(c.get("ranks", ())) for c in curves]
+    if not ranks or not ranks[0] or len(set(ranks)) != 1:
+        return {}
+    n_scales = len(ranks[0])
+    ids = [[c["dims"][j] for c in curves] for j in range(n_scales)]  # (S, L)
+    errs = [[max(c["errs"][j], 1e-9) for c in curves] for j in range(n_scales)]
+    if not all(math.isfinite(v) for row in ids + errs for v in row):
+        return {}
+    n1 = records[0].get("id_n1")
+    head = ranks[0].index(n1) if n1 in ranks[0] else 0
+    rc = robust_change_points(ids, errs, headline=head)
+    layer = [r["index"] for r in records]
+    return {
+        "change_points": [layer[c] for c in rc.change_points],
+        "change_support": list(rc.support),
+        "jumps": list(rc.jumps),
+        "plateaus": [[layer[a], layer[b], m] for a, b, m in rc.plateaus],
+        "n_change_points": len(rc.change_points),
+    }

@@ -75,7 +75,9 @@ def test_schedule_keys_and_history(tmp_path, data):
     if mon.history[-1]["phase"]["peak2_layer"] is not None:  # no second peak: no key (never the minimum twice)
         expected.add("geometry/phase/peak2_layer")
     expected |= {f"geometry/time/{k}_s" for k in ("capture", "geometry", "total")}  # what each checkpoint cost
-    expected |= {"geometry/id_n1"}
+    expected |= {"geometry/id_n1", "geometry/phase/n_change_points"}
+    n_cp = mon.history[-1]["phase"]["n_change_points"]
+    expected |= {f"geometry/phase/{k}_{i}" for k in ("change_point", "jump") for i in range(1, n_cp + 1)}
     assert keys == expected
     assert [t["step"] for t in mon.timings] == steps and all(t["total_s"] > 0 for t in mon.timings)
     last = mon.history[-1]

@@ -4,6 +4,7 @@ Nothing here imports Lightning, transformers, wandb or matplotlib; every functio
 numbers out, on the input's device.
 """
 
+from .changepoints import RobustChangePoints, Segmentation, robust_change_points, segment_profile
 from .intrinsic_dim import (
     DuplicatePointsWarning,
     IDEstimate,
@@ -24,6 +25,10 @@ __all__ = [
     "IDEstimate",
     "IDScaling",
     "PhaseSummary",
+    "RobustChangePoints",
+    "Segmentation",
+    "robust_change_points",
+    "segment_profile",
     "three_phase",
     "Neighbors",
     "as_points",

@@ -46,6 +46,12 @@ def scalars(record: dict[str, Any], *, prefix: str = "geometry") -> dict[str, fl
             v = phase.get(name)
             if isinstance(v, bool) or is_number(v):  # None: the landmark does not exist (no second peak)
                 out[metric_key(f"phase/{name}", prefix=prefix)] = float(v)
+        if "n_change_points" in phase:  # robust change points: how many, where, how big
+            out[metric_key("phase/n_change_points", prefix=prefix)] = float(phase["n_change_points"])
+            for i, (cp, jump) in enumerate(zip(phase["change_points"], phase["jumps"]), start=1):
+                out[metric_key(f"phase/change_point_{i}", prefix=prefix)] = float(cp)
+                if is_number(jump):
+                    out[metric_key(f"phase/jump_{i}", prefix=prefix)] = float(jump)
     for name, v in (record.get("time") or {}).items():  # what the checkpoint cost, per phase
         if is_number(v):
             out[metric_key(f"time/{name}", prefix=prefix)] = float(v)
