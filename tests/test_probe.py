@@ -74,9 +74,16 @@ def test_probe_hf_text_folder_end_to_end(tmp_path, text_model, text_data, capsys
     page = (out / "report.html").read_text()
     for section in ("id='summary'", "id='id-profile'", "id='gride'", "id='overlap'", "id='labels'", "id='pullback'", "id='numbers'", "id='settings'"):
         assert section in page
-    assert page.count("data:image/png;base64,") == 5
-    assert {"id_profile.png", "overlap_matrix.png", "layers.csv"} <= {p.name for p in out.iterdir()}
-    assert "best retrieval layer" in capsys.readouterr().out
+    assert page.count("data:image/png;base64,") == 6  # + the layer x scale map (issue 11)
+    assert "id='scales'" in page and "plateau" in page
+    assert {"id_profile.png", "id_scale_map.png", "overlap_matrix.png", "layers.csv"} <= {p.name for p in out.iterdir()}
+    # metrics.json as the README says: layer_NN keys as in the monitor, and the layer x scale map
+    assert list(m["by_layer"]) == ["layer_00", "layer_01", "layer_02", "layer_03"]
+    assert m["by_layer"]["layer_02"]["index"] == 2
+    assert m["id_map"]["ranks"] == [1, 2, 4, 8] and len(m["id_map"]["gride"]) == 4 and len(m["id_map"]["gride"][0]) == 4
+    assert "n_change_points" in m["phase"] and "plateaus" in m["phase"]
+    out_text = capsys.readouterr().out
+    assert "best retrieval layer" in out_text and "plateau" in out_text
 
 
 def test_csv_columns_and_plain_text(tmp_path, text_model, text_data):

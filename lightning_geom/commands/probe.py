@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..loading import load_model
     from ..probing import load_probe_data, probe
+    from ..probing.html import robust_summary
 
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
@@ -58,5 +59,7 @@ def run(args: argparse.Namespace) -> int:
             f"{m['name']}: {len(m['layers'])} layers, {m['n_samples']} samples; ID peak {ph.get('peak1_layer')} -> min {ph.get('min_layer')}"
             f" -> peak {ph.get('peak2_layer')} (three-phase {ph.get('is_three_phase')}); best retrieval layer {best}"
         )
+        if "plateaus" in ph:
+            print(f"  {robust_summary(ph)}")
     print(f"report: {files[0]}  ({len(files)} files, {time.perf_counter() - t0:.1f} s)")
     return 0

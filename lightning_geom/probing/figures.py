@@ -112,8 +112,24 @@ def pullback(report: Any):
     return fig
 
 
+def id_scale_maps(report: Any):
+    """One layer x scale ID map per model (GRIDE at every n1, TwoNN), robust change points dashed."""
+    import matplotlib.pyplot as plt
+
+    from ..report.figures import draw_scale_map
+
+    n = len(report.models)
+    fig, axes = plt.subplots(1, n, figsize=(min(5.5 * n, 16), 4.6), dpi=100, squeeze=False)
+    for ax, m in zip(axes[0], report.models):
+        im = draw_scale_map(ax, m["layers"], m.get("phase"), title=m["name"])
+        fig.colorbar(im, ax=ax, label="ID")
+    fig.suptitle("ID at every scale (outlined: the reported scale; dashed: robust change points)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def report_figures(report: Any) -> dict[str, Any]:
-    figs = {"id_profile": id_profile(report), "gride_curves": gride_curves(report), "overlap_matrix": overlap_matrix(report), "labels_retrieval": labels_retrieval(report)}
+    figs = {"id_scale_map": id_scale_maps(report), "id_profile": id_profile(report), "gride_curves": gride_curves(report), "overlap_matrix": overlap_matrix(report), "labels_retrieval": labels_retrieval(report)}
     if any(m.get("pullback") for m in report.models):
         figs["pullback"] = pullback(report)
     return figs

@@ -24,6 +24,21 @@ def _fmt(v: Any, nd: int = 3) -> str:
     return esc(v)
 
 
+def robust_summary(ph: dict) -> str:
+    """'two plateaus: layers 1-11 (ID ~6.0), 12-20 (ID ~10.1); robust change point at 12 (x1.68, 4/6 scales)'."""
+    pl = ph.get("plateaus") or []
+    words = {1: "one plateau", 2: "two plateaus", 3: "three plateaus"}.get(len(pl), f"{len(pl)} plateaus")
+    text = f"{words}: " + ", ".join(f"layers {a}-{b} (ID ~{m:.1f})" if a != b else f"layer {a} (ID ~{m:.1f})" for a, b, m in pl)
+    cps = ph.get("change_points") or []
+    if cps:
+        text += "; robust change point" + ("s" if len(cps) > 1 else "") + " at " + ", ".join(
+            f"{c} (x{j:.2f}, {s:.0%} of scales)" for c, j, s in zip(cps, ph.get("jumps", []), ph.get("change_support", []))
+        )
+    else:
+        text += "; no change point that most scales agree on"
+    return text + "."
+
+
 def _img(figs: dict, name: str, alt: str) -> str:
     return f'<figure><img alt="{esc(alt)}" src="data:image/png;base64,{fig_to_base64(figs[name])}"/></figure>' if name in figs else ""
 
@@ -44,6 +59,8 @@ def render(report: Any, figs: dict[str, Any]) -> str:
                 + f"three-phase: <b>{ph['is_three_phase']}</b> (depth {_fmt(ph['depth'])}, rebound {_fmt(ph['rebound'])}). "
                 + (f"Layers {', '.join(map(str, ph['left_out']))} failed and are left out of this summary. " if ph.get("left_out") else "")
             )
+        if ph and "plateaus" in ph:
+            line += esc(robust_summary(ph)) + " "
         if m.get("best_retrieval_layer") is not None:
             r = next(x for x in m["layers"] if x["index"] == m["best_retrieval_layer"])
             line += f"Best layer for nearest-neighbour retrieval: <b>layer {m['best_retrieval_layer']}</b> ({_fmt(r['retrieval'])} of samples have a same-label nearest neighbour)."
@@ -52,6 +69,11 @@ def render(report: Any, figs: dict[str, Any]) -> str:
     parts.append("<h2 id='id-profile'>Intrinsic-dimension profile</h2>")
     parts.append("<p class='note'>GRIDE (Denti et al. 2022) at one common stable scale, with its error bar; TwoNN (Facco et al. 2017) dashed. Phases as in Valeriani et al. 2023 (arXiv 2302.00294).</p>")
     parts.append(_img(figs, "id_profile", "ID profile"))
+    parts.append(
+        "<h2 id='scales'>The ID at every scale</h2><p>Rows are layers, columns the GRIDE neighbour rank n1 "
+        "(small n1 = small length scale) and TwoNN. A single scale is not the whole story: where the columns "
+        "disagree, read the change points that most scales share (dashed).</p>" + _img(figs, "id_scale_map", "layer x scale ID map")
+    )
     parts.append("<h2 id='gride'>GRIDE scale curves</h2>" + _img(figs, "gride_curves", "GRIDE scale curves"))
     parts.append("<h2 id='overlap'>Neighbourhood overlap between layers</h2><p class='note'>chi_k between every pair of layers (Doimo et al. 2020).</p>")
     parts.append(_img(figs, "overlap_matrix", "overlap matrix"))

@@ -37,7 +37,8 @@ class GeometryReport:
     timings: dict[str, float] = field(default_factory=dict)
 
     def to_json(self, path: str | Path | None = None) -> str:
-        text = json.dumps({"data": self.data, "settings": self.settings, "timings": self.timings, "models": self.models}, indent=1)
+        models = [{**m, **_addressable(m)} for m in self.models]
+        text = json.dumps({"data": self.data, "settings": self.settings, "timings": self.timings, "models": models}, indent=1)
         if path is not None:
             Path(path).write_text(text)
         return text
@@ -240,6 +241,21 @@ def probe(models: Any, data: Any, *, names: list[str] | None = None, progress: b
     reports = [probe_model(m, data, name=nm, progress=progress, **kwargs) for m, nm in zip(loaded, names)]
     settings = {key: kwargs.get(key) for key in ("layers", "pooling", "k", "range_max", "pullback_samples", "device")}
     return GeometryReport(models=reports, settings=settings, data=data.description, timings={m["name"]: m["timings"] for m in reports})
+
+
+def _addressable(m: dict[str, Any]) -> dict[str, Any]:
+    """Per-layer entries under ``layer_NN`` keys (the monitor's names) and the layer x scale ID map."""
+    from ..capture import layer_name
+
+    rows = [r for r in m["layers"] if r.get("gride")]
+    ranks = list(rows[0]["gride"]["ranks"]) if rows else []
+    id_map = {
+        "ranks": ranks,
+        "layers": [r["index"] for r in m["layers"]],
+        "gride": [r["gride"]["dims"] if r.get("gride") and list(r["gride"]["ranks"]) == ranks else None for r in m["layers"]],
+        "twonn": [r.get("twonn") for r in m["layers"]],
+    }
+    return {"by_layer": {layer_name(r["index"]): r for r in m["layers"]}, "id_map": id_map}
 
 
 def _names(sources: list[str]) -> list[str]:

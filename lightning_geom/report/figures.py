@@ -91,6 +91,46 @@ def heatmap_figure(history: Sequence[dict[str, Any]], *, key: str = "id"):
     return fig
 
 
+def draw_scale_map(ax: Any, layers: Sequence[dict[str, Any]], phase: dict[str, Any] | None, *, title: str = "") -> Any:
+    """Layer x scale map of the ID on ``ax``: GRIDE at every n1 (columns) and TwoNN, one row per layer.
+
+    The reported scale's column is outlined; robust change points are drawn as white lines between
+    layers. Returns the image (for a colour bar). Shared by the monitor's and the probe's figures.
+    """
+    import numpy as np
+
+    rows = [r for r in layers if r.get("gride")]
+    ranks = list(rows[0]["gride"]["ranks"]) if rows else []
+    grid = np.full((len(layers), len(ranks) + 1), np.nan)
+    for r in rows:
+        if list(r["gride"]["ranks"]) == ranks:
+            grid[r["index"], : len(ranks)] = r["gride"]["dims"]
+        if isinstance(r.get("twonn"), (int, float)):
+            grid[r["index"], -1] = r["twonn"]
+    im = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest")
+    ax.set_xticks(range(len(ranks) + 1), [f"n1={k}" for k in ranks] + ["TwoNN"], rotation=45, fontsize=8)
+    ax.set_ylabel("layer")
+    n1 = next((r.get("id_n1") for r in rows if r.get("id_n1") is not None), None)
+    if n1 in ranks:
+        j = ranks.index(n1)
+        ax.add_patch(_plt().Rectangle((j - 0.5, -0.5), 1, len(layers), fill=False, ec="white", lw=1.5))
+    for cp in (phase or {}).get("change_points", []):
+        ax.axhline(cp - 0.5, color="white", lw=1.2, ls="--")
+    ax.set_title(title or "ID at every scale (outlined: the reported scale; dashed: robust change points)", fontsize=9)
+    return im
+
+
+def scale_map_figure(history: Sequence[dict[str, Any]]):
+    """The latest checkpoint's layer x scale ID map (issue 11: no single scale is the whole story)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.6), dpi=100)
+    last = history[-1] if history else {"layers": [], "phase": None, "step": 0}
+    im = draw_scale_map(ax, last["layers"], last.get("phase"), title=f"ID at every scale, step {last.get('step', 0)} (outlined: logged scale)")
+    fig.colorbar(im, ax=ax, label="intrinsic dimension")
+    fig.tight_layout()
+    return fig
+
+
 def overlap_figure(history: Sequence[dict[str, Any]]):
     """Label overlap and overlap with the next layer per layer, at every checkpoint (coloured by step)."""
     plt = _plt()
@@ -138,8 +178,9 @@ def spectra_figure(history: Sequence[dict[str, Any]], *, max_panels: int = 16):
 
 
 def all_figures(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """``{name: Figure}`` for the monitor: id_profile, id_heatmap, overlaps."""
+    """``{name: Figure}`` for the monitor: id_scale_map, id_profile, id_heatmap, overlaps."""
     return {
+        "id_scale_map": scale_map_figure(history),
         "id_profile": emergence_figure(history),
         "id_heatmap": heatmap_figure(history),
         "overlaps": overlap_figure(history),
