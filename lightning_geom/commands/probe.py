@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         best = m.get("best_retrieval_layer")
         print(
             f"{m['name']}: {len(m['layers'])} layers, {m['n_samples']} samples; ID peak {ph.get('peak1_layer')} -> min {ph.get('min_layer')}"
-            f" -> peak {ph.get('peak2_layer')} (three-phase {ph.get('is_three_phase')}); best retrieval layer {best}"
+            f" -> peak {ph.get('peak2_layer') if ph.get('peak2_layer') is not None else 'none'} (three-phase {ph.get('is_three_phase')}); best retrieval layer {best}"
         )
         if "plateaus" in ph:
             print(f"  {robust_summary(ph)}")

@@ -110,6 +110,9 @@ def draw_scale_map(ax: Any, layers: Sequence[dict[str, Any]], phase: dict[str, A
     im = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest")
     ax.set_xticks(range(len(ranks) + 1), [f"n1={k}" for k in ranks] + ["TwoNN"], rotation=45, fontsize=8)
     ax.set_ylabel("layer")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     n1 = next((r.get("id_n1") for r in rows if r.get("id_n1") is not None), None)
     if n1 in ranks:
         j = ranks.index(n1)
