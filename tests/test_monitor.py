@@ -370,3 +370,20 @@ def test_a_raising_logger_first_does_not_starve_the_others(tmp_path, data):
     mon = _monitor(data, tmp_path, figure_every=0)
     _trainer(tmp_path, mon, steps=2, loggers=[Broken(), good]).fit(TinyGPT(), loader(data, shuffle=True))
     assert [s for s, _ in good.calls] == [r["step"] for r in mon.history] == [0, 1, 2]
+
+
+def test_settings_reach_the_loggers_hyperparameters(tmp_path, data):
+    """Issue 14: W&B config / TensorBoard HPARAMS / CSV hparams.yaml hold the monitor's settings."""
+    class HP(RecordingLogger):
+        params: dict = {}
+
+        def log_hyperparams(self, params, *args, **kwargs):
+            type(self).params = {**type(self).params, **dict(params)}
+
+    lg = HP()
+    mon = _monitor(data, tmp_path, figure_every=0)
+    _trainer(tmp_path, mon, steps=2, loggers=lg).fit(TinyGPT(), loader(data, shuffle=True))
+    p = HP.params
+    assert p["geometry_monitor/probe_samples"] == 160 and p["geometry_monitor/pooling"] == "mean"
+    assert p["geometry_monitor/id_n1"] == mon.history[0]["id_n1"]  # the scale actually used
+    assert p["geometry_monitor/range_max"] == 16 and p["geometry_monitor/probe_id"].startswith("160:")

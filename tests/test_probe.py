@@ -82,6 +82,9 @@ def test_probe_hf_text_folder_end_to_end(tmp_path, text_model, text_data, capsys
     assert m["by_layer"]["layer_02"]["index"] == 2
     assert m["id_map"]["ranks"] == [1, 2, 4, 8] and len(m["id_map"]["gride"]) == 4 and len(m["id_map"]["gride"][0]) == 4
     assert "n_change_points" in m["phase"] and "plateaus" in m["phase"]
+    st = metrics["settings"]  # issue 14: the values used, never None for a default
+    assert st["k"] == 10 and st["pooling"] == "mean" and st["range_max"] == 16 and st["device"] == "cpu"
+    assert st["layers"].startswith("hidden_states") and st["gride_scale_n1"] in (1, 2, 4, 8) and st["lightning_geom"]
     out_text = capsys.readouterr().out
     assert "best retrieval layer" in out_text and "plateau" in out_text
 

@@ -270,6 +270,7 @@ class ProbeMonitor(Callback):
             try:
                 t = time.perf_counter()
                 self._save_history(trainer)  # complete after every checkpoint, atomically
+                self._log_settings(trainer)
                 self._publish(trainer, record)
                 cost["log_s"] = round(time.perf_counter() - t, 6)
                 if self.figure_every and len(self.history) % self.figure_every == 0:
@@ -281,6 +282,32 @@ class ProbeMonitor(Callback):
                     raise
                 rank_zero_warn(f"{type(self).__name__} could not log step {trainer.global_step}: {err}")
         self.timings.append({"step": int(trainer.global_step), **cost})
+
+    def settings_dict(self) -> dict[str, Any]:
+        """The monitor's settings as plain values: sent once per fit to every logger's hyperparameters
+        (W&B config, TensorBoard HPARAMS, CSV hparams.yaml) under ``<prefix>_monitor/``."""
+        probe_n = sum(batch_len(b) for b in self._batches) if self._batches else None
+        return {
+            "probe_samples": probe_n if probe_n is not None else self.num_samples,
+            "probe_id": self._probe_id,
+            "batch_size": self.batch_size,
+            "every_n_steps": self.every_n_steps,
+            "every_n_epochs": self.every_n_epochs,
+            "log_spaced": self.log_spaced,
+            "figure_every": self.figure_every,
+            "on_error": self.on_error,
+        }
+
+    def _log_settings(self, trainer: Trainer) -> None:
+        if getattr(self, "_settings_logged", False):
+            return
+        self._settings_logged = True
+        params = {f"{self._prefix}_monitor/{k}": _plain(v) for k, v in self.settings_dict().items()}
+        for lg in trainer.loggers:
+            try:
+                lg.log_hyperparams(params)
+            except Exception as err:  # noqa: BLE001 - a dashboard hiccup must not stop training
+                rank_zero_warn(f"{type(self).__name__} could not record its settings in {type(lg).__name__}: {err}")
 
     def _timed(self, phase: str, start: float) -> None:
         """Add the seconds since ``start`` to this checkpoint's ``phase`` (capture, geometry, ...)."""
@@ -344,6 +371,15 @@ class ProbeMonitor(Callback):
         for name, fig in figs.items():
             fig.savefig(out / f"{name}.png")
             plt.close(fig)
+
+
+def _plain(v: Any) -> Any:
+    """A hyperparameter value every logger accepts: numbers, bools and strings as they are, the rest as text."""
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return "None" if v is None else v
+    if callable(v):
+        return getattr(v, "__name__", type(v).__name__)
+    return str(v)
 
 
 def probe_fingerprint(batches: list[Any]) -> str:

@@ -111,6 +111,18 @@ class GeometryMonitor(ProbeMonitor):
         super().load_state_dict(state_dict)
         self._locked_n1 = state_dict.get("id_n1")
 
+    def settings_dict(self) -> dict[str, Any]:
+        return {
+            **super().settings_dict(),
+            "layers": self.layers or "hidden_states",
+            "pooling": self.pooling,
+            "normalize": self.normalize,
+            "range_max": self.settings.range_max,
+            "id_n1": self._locked_n1 if self._locked_n1 is not None else self.settings.id_n1,
+            "overlap_k": self.settings.overlap_k,
+            "label_k": self.settings.label_k,
+        }
+
     def _settings(self) -> GeometrySettings:
         """The settings of this checkpoint: with ``id_n1="auto"``, the scale locked at the first one.
 

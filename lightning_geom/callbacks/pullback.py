@@ -120,6 +120,16 @@ class PullbackMonitor(ProbeMonitor):
         finally:
             pl_module.train(was_training)
 
+    def settings_dict(self) -> dict[str, Any]:
+        return {
+            **super().settings_dict(),
+            "output": self.output,
+            "position": self.position,
+            "top_logits": self.top_logits,
+            "track_samples": self.track_samples,
+            "track_top": self.track_top,
+        }
+
     def _measure(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
         start = time.perf_counter()
         parts = gather_parts(*self._local(trainer, pl_module), "pullback spectra")

@@ -46,7 +46,13 @@ def _img(figs: dict, name: str, alt: str) -> str:
 def render(report: Any, figs: dict[str, Any]) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>lightning-geom probe report</title><style>{_CSS}</style></head><body>"]
     parts.append("<h1>Geometry report</h1>")
-    parts.append(f"<p class='note'>Data: {esc(report.data)}. Models: {', '.join(esc(m['name']) for m in report.models)}.</p>")
+    models = "; ".join(
+        f"<b>{esc(m['name'])}</b> ({esc(m.get('source', ''))}" + (f", step {m['step']}" if m.get("step") is not None else "") + ")"
+        for m in report.models
+    )
+    when = report.settings.get("date", "")
+    version = report.settings.get("lightning_geom", "")
+    parts.append(f"<p class='note'>Data: {esc(report.data)}. Models: {models}. Made {esc(when)} with lightning-geom {esc(version)}.</p>")
     parts.append("<h2 id='summary'>Summary</h2><ul>")
     for m in report.models:
         ph = m.get("phase")

@@ -176,6 +176,9 @@ def probe_model(
         "name": name,
         "source": loaded.source,
         "kind": loaded.kind,
+        "device": str(dev),
+        "n_layers_captured": len(features),
+        "step": _checkpoint_step(loaded),
         "n_samples": int(features[0].shape[0]),
         "layers": layer_recs,
         "overlap_matrix": matrix,
@@ -239,8 +242,30 @@ def probe(models: Any, data: Any, *, names: list[str] | None = None, progress: b
         raise ValueError(f"{data.n} samples are too few for k = {k}: use more samples or a smaller --k.")
     names = names or _names([m.source for m in loaded])
     reports = [probe_model(m, data, name=nm, progress=progress, **kwargs) for m, nm in zip(loaded, names)]
-    settings = {key: kwargs.get(key) for key in ("layers", "pooling", "k", "range_max", "pullback_samples", "device")}
+    # the values used, not only the arguments given (issue 14: the table showed None for defaults)
+    import inspect
+
+    defaults = {n: p.default for n, p in inspect.signature(probe_model).parameters.items() if p.default is not inspect.Parameter.empty}
+    settings = {key: kwargs.get(key, defaults.get(key)) for key in ("layers", "pooling", "k", "range_max", "pullback_samples")}
+    settings["layers"] = settings["layers"] or "hidden_states (embeddings + one per block)"
+    settings["device"] = reports[0]["device"] if reports else None
+    settings["gride_scale_n1"] = next((r.get("id_n1") for m in reports for r in m["layers"] if r.get("id_n1") is not None), None)
+    from .. import __version__
+
+    settings["lightning_geom"] = __version__
+    settings["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
     return GeometryReport(models=reports, settings=settings, data=data.description, timings={m["name"]: m["timings"] for m in reports})
+
+
+def _checkpoint_step(loaded: Any) -> int | None:
+    """The global step of a Lightning checkpoint (from its file), else None."""
+    src = str(getattr(loaded, "source", ""))
+    if not src.endswith(".ckpt"):
+        return None
+    try:
+        return int(torch.load(src, map_location="cpu", weights_only=False).get("global_step"))
+    except Exception:  # noqa: BLE001 - the step is decoration, never a reason to fail
+        return None
 
 
 def _addressable(m: dict[str, Any]) -> dict[str, Any]:
