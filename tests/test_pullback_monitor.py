@@ -81,3 +81,16 @@ def test_failure_warns_and_training_goes_on(tmp_path):
 def test_constructor_validates(kwargs, match):
     with pytest.raises(ValueError, match=match):
         PullbackMonitor(**kwargs)
+
+
+def test_pullback_history_csv_holds_the_pullback_numbers(tmp_path):
+    """Issue 14: the CSV was written with the geometry columns (only step / epoch / layer filled)."""
+    import csv
+
+    from lightning_geom.report.history import save_history
+
+    hist = [{"step": 3, "epoch": 0, "layers": [{"index": 0, "top": 2.5, "trace": 4.0, "stability": None, "spectrum": [2.5, 1.5]}]}]
+    save_history(hist, tmp_path, name="pullback_history")
+    rows = list(csv.DictReader((tmp_path / "pullback_history.csv").open()))
+    assert rows[0]["layer"] == "0" and rows[0]["top"] == "2.5" and rows[0]["trace"] == "4.0"
+    assert "spectrum" not in rows[0] and "id" not in rows[0]

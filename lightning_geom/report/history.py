@@ -58,12 +58,24 @@ def scalars(record: dict[str, Any], *, prefix: str = "geometry") -> dict[str, fl
     return out
 
 
+def row_fields(history: Sequence[dict[str, Any]]) -> list[str]:
+    """CSV columns: step, epoch, layer, then every scalar a layer record holds (the geometry ones in
+    their usual order, then the rest, e.g. the pullback statistics, sorted); lists and dicts stay in the JSON."""
+    seen: set[str] = set()
+    for rec in history:
+        for layer in rec.get("layers", []):
+            seen |= {k for k, v in layer.items() if k != "index" and (v is None or isinstance(v, (int, float, str, bool)))}
+    head = [f for f in ROW_FIELDS if f in ("step", "epoch", "layer") or f in seen]
+    return head + sorted(seen - set(head))
+
+
 def flat_rows(history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (step, layer) with the per-layer numbers."""
+    """One row per (step, layer) with the per-layer scalars (``layer`` is the records' ``index``)."""
+    fields = row_fields(history)
     rows = []
     for rec in history:
         for layer in rec["layers"]:
-            row = {f: layer.get(f) for f in ROW_FIELDS}
+            row = {f: layer.get(f) for f in fields}
             row.update(step=rec["step"], epoch=rec["epoch"], layer=layer["index"])
             rows.append(row)
     return rows
@@ -96,7 +108,7 @@ def save_history(history: Sequence[dict[str, Any]], out_dir: str | Path, *, name
     js, cs = out / f"{name}.json", out / f"{name}.csv"
     write_atomic(js, json.dumps(list(history), indent=1))
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=ROW_FIELDS)
+    w = csv.DictWriter(buf, fieldnames=row_fields(history))
     w.writeheader()
     w.writerows(flat_rows(history))
     write_atomic(cs, buf.getvalue())
