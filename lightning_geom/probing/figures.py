@@ -25,7 +25,7 @@ def id_profile(report: Any):
         ax.plot(xs, [r["twonn"] for r in rows], "--", color=c, alpha=0.5, lw=1, label=f"{m['name']} (TwoNN)")
         ph = m.get("phase")
         if ph:
-            for key, mark in (("peak1_layer", "^"), ("min_layer", "v"), ("peak2_layer", "^")):
+            for key, mark in (("peak1_layer", "^"), ("min_layer", "v"), ("peak2_layer", "s")):
                 if ph[key] in xs:
                     ax.plot([ph[key]], [rows[xs.index(ph[key])]["id"]], mark, ms=11, mfc="none", color="crimson")
             if ph["plateau_layers"]:
@@ -33,7 +33,7 @@ def id_profile(report: Any):
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layer (0 = embeddings)")
     ax.set_ylabel("intrinsic dimension")
-    ax.set_title("ID profile (red: peaks / minimum; shaded: plateau)")
+    ax.set_title("ID profile (red triangles: first peak / minimum, square: second peak; shaded: plateau)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
@@ -49,6 +49,10 @@ def gride_curves(report: Any):
     for r in rows:
         g = r["gride"]
         ax.errorbar(g["scales"], g["dims"], yerr=g["errs"], fmt="-o", ms=3, capsize=2, lw=1, color=cmap(r["index"] / max(len(rows), 1)), label=f"layer {r['index']}")
+    n1 = next((r.get("id_n1") for r in rows if r.get("id_n1") is not None), None)
+    if n1 is not None:  # the scale the profile reports: one marker per layer curve
+        pts = [(g["scales"][g["ranks"].index(n1)], g["dims"][g["ranks"].index(n1)]) for g in (r["gride"] for r in rows) if n1 in g["ranks"]]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "D", ms=7, mfc="none", color="black", ls="none", label=f"reported scale (n1 = {n1})")
     ax.set_xscale("log")
     ax.set_xlabel("scale (mean neighbour distance of the GRIDE ratio)")
     ax.set_ylabel("GRIDE ID")

@@ -51,10 +51,16 @@ def emergence_figure(history: Sequence[dict[str, Any]], *, key: str = "id", titl
     fig.colorbar(sm, ax=ax, label="training step")
     if history and history[-1].get("phase"):
         ph = history[-1]["phase"]
-        for name, mark in (("peak1_layer", "^"), ("min_layer", "v"), ("peak2_layer", "^")):
-            xs, ys = _profile(history[-1], key)
-            if ph[name] in xs:
-                ax.plot([ph[name]], [ys[xs.index(ph[name])]], mark, color="crimson", ms=9, mfc="none")
+        xs, ys = _profile(history[-1], key)
+        for name, mark, label in (("peak1_layer", "^", "first peak"), ("min_layer", "v", "minimum"), ("peak2_layer", "s", "second peak")):
+            if ph.get(name) in xs:
+                ax.plot([ph[name]], [ys[xs.index(ph[name])]], mark, color="crimson", ms=9, mfc="none", ls="none", label=f"{label} (step {history[-1]['step']})")
+        for cp in ph.get("change_points", []):
+            ax.axvline(cp - 0.5, color="grey", ls="--", lw=1)
+        if ph.get("change_points"):
+            ax.plot([], [], color="grey", ls="--", lw=1, label="robust change point")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="best")
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -149,7 +155,7 @@ def overlap_figure(history: Sequence[dict[str, Any]]):
         ax.set_xlabel("layer")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=list(axes), label="training step")
     return fig
 
 
@@ -177,6 +183,7 @@ def spectra_figure(history: Sequence[dict[str, Any]], *, max_panels: int = 16):
     fig.supxlabel("eigenvalue index")
     fig.supylabel("eigenvalue of g (mean over probe)")
     fig.tight_layout()
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=list(axes.flat), label="training step", shrink=0.8)
     return fig
 
 
