@@ -4,6 +4,7 @@ Nothing here imports Lightning, transformers, wandb or matplotlib; every functio
 numbers out, on the input's device.
 """
 
+from .batched import BatchedNeighbors, id_batched, knn_batched, overlap_batched
 from .changepoints import RobustChangePoints, Segmentation, robust_change_points, segment_profile
 from .intrinsic_dim import (
     DuplicatePointsWarning,
@@ -21,6 +22,10 @@ from .overlap import encode_labels, label_overlap, neighborhood_overlap
 from .phases import PhaseSummary, three_phase
 
 __all__ = [
+    "BatchedNeighbors",
+    "knn_batched",
+    "id_batched",
+    "overlap_batched",
     "DuplicatePointsWarning",
     "IDEstimate",
     "IDScaling",

@@ -1,0 +1,254 @@
+"""Geometry of many small point clouds at once: per-prompt token clouds (B clouds of up to N points).
+
+Viswanathan, Gardinazzi, Panerai, Cazzaniga, Biagetti ("The Geometry of Tokens in Internal
+Representations of Large Language Models", arXiv 2501.10573) treat each prompt's tokens at a layer
+as one point cloud and compute its ID and neighbourhood overlap, for thousands of prompts and every
+layer: tens of thousands of kNN problems of N ~ 1,000 points. Looping :func:`~.neighbors.knn` over
+them pays per-call overhead B times; here the B clouds go through batched GEMMs (``baddbmm``) and
+one ``topk``, chunked by a memory budget, with the same exactness as ``knn``: the kept candidates
+are recomputed in float64 from the differences of the points and every row is certified against the
+float32 rounding bound (failing rows are redone against their whole cloud).
+
+Clouds of unequal length (prompts of different token counts) come padded to N with ``lengths``;
+padded points are never anyone's neighbour and their rows are marked (distance ``inf``, index -1).
+Every estimator returns one value per cloud, as tensors.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .intrinsic_dim import DuplicatePointsWarning, _gride_solve, gride_max_rank
+from .neighbors import _F32_EPS, _exact_distances
+
+__all__ = ["BatchedNeighbors", "knn_batched", "id_batched", "overlap_batched"]
+
+_BATCH_BUDGET_BYTES = 256 << 20  # scores of one chunk of clouds (B_c x N x N float32) on a CPU
+
+
+@dataclass(frozen=True)
+class BatchedNeighbors:
+    """The k nearest neighbours of every point of B clouds (self excluded, within its cloud).
+
+    Attributes:
+        distances: (B, N, k) float64, ascending; ``inf`` on padded rows.
+        indices: (B, N, k) int64 indices into the point's own cloud; -1 on padded rows.
+        lengths: (B,) int64 number of real points per cloud.
+    """
+
+    distances: Tensor
+    indices: Tensor
+    lengths: Tensor
+
+    @property
+    def k(self) -> int:
+        return int(self.indices.shape[-1])
+
+    def valid(self) -> Tensor:
+        """(B, N) bool: which rows are real points."""
+        n = self.indices.shape[1]
+        return torch.arange(n, device=self.lengths.device) < self.lengths.unsqueeze(1)
+
+
+def _check(x: Tensor, k: int, lengths: Tensor | None) -> Tensor:
+    if not isinstance(x, Tensor) or x.ndim != 3:
+        raise ValueError(
+            f"Expected `x` to be a tensor of shape (B, N, D) (B clouds of N points), but got "
+            f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}."
+        )
+    b, n, d = x.shape
+    if b == 0 or n == 0 or d == 0:
+        raise ValueError(f"Expected a non-empty (B, N, D) tensor, but got shape {tuple(x.shape)}.")
+    if lengths is None:
+        lengths = torch.full((b,), n, dtype=torch.int64, device=x.device)
+    lengths = torch.as_tensor(lengths, device=x.device).to(torch.int64)
+    if lengths.shape != (b,):
+        raise ValueError(f"Expected `lengths` of shape ({b},) (one per cloud), but got {tuple(lengths.shape)}.")
+    lo, hi = lengths.min().item(), lengths.max().item()
+    if hi > n:
+        raise ValueError(f"Expected every length <= N = {n}, but the largest is {hi}.")
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= lo - 1:
+        raise ValueError(
+            f"Expected `k` to be an integer in [1, shortest cloud - 1] = [1, {lo - 1}], but got {k!r}. "
+            "Drop or pad the short clouds, or lower k."
+        )
+    valid = torch.arange(n, device=x.device) < lengths.unsqueeze(1)
+    if not bool(torch.isfinite(x[valid]).all()):
+        raise ValueError("Expected finite values in the real (unpadded) points, but some are NaN or Inf.")
+    return lengths
+
+
+def knn_batched(
+    x: Tensor,
+    k: int,
+    *,
+    lengths: Tensor | None = None,
+    margin: int | None = None,
+    budget_bytes: int | None = None,
+) -> BatchedNeighbors:
+    r"""Exact Euclidean k nearest neighbours within each of B clouds, self excluded.
+
+    .. math:: r_{b,i,j} = \| x_{b,i} - x_{b, n_j(b,i)} \|_2
+
+    Candidates come from batched float32 Gram matrices (``baddbmm``) and one ``topk`` per chunk of
+    clouds; the kept candidates are recomputed in float64 from the differences of the points and
+    certified as in :func:`~.neighbors.knn` (rows that fail are redone exactly against their cloud).
+    Ties are broken by the smaller index.
+
+    Args:
+        x: (B, N, D) points; clouds shorter than N are padded (any values) and given ``lengths``.
+        k: neighbours per point, 1 <= k <= min(lengths) - 1.
+        lengths: (B,) real points per cloud (default: all N).
+        margin: extra candidates for the exact re-ranking (default ``max(4, k // 16)``).
+        budget_bytes: memory for one chunk of clouds' scores (default 256 MiB on a CPU, 2 GiB on
+            accelerators); the number of chunks, not the op count per chunk, grows with B.
+
+    Returns:
+        :class:`BatchedNeighbors` with (B, N, k) float64 ``distances`` and int64 ``indices``.
+
+    Raises:
+        ValueError: bad shapes or lengths, ``k`` too large for the shortest cloud, NaN / Inf points.
+
+    Example:
+        >>> x = torch.tensor([[[0.0], [1.0], [3.0]], [[0.0], [5.0], [0.0]]])
+        >>> nb = knn_batched(x, 1, lengths=torch.tensor([3, 2]))
+        >>> nb.indices[..., 0].tolist()
+        [[1, 0, 1], [1, 0, -1]]
+    """
+    lengths = _check(x, k, lengths)
+    b, n, d = x.shape
+    device = x.device
+    kc = min(int(lengths.min()) - 1, k + (max(4, k // 16) if margin is None else int(margin)))
+    budget = budget_bytes or (_BATCH_BUDGET_BYTES if device.type == "cpu" else 2 << 30)
+    chunk = max(1, min(b, budget // max(1, n * n * 4)))
+    valid = torch.arange(n, device=device) < lengths.unsqueeze(1)  # (B, N)
+    cnt = lengths.to(torch.float64).unsqueeze(1)
+    mean = torch.where(valid.unsqueeze(2), x, 0).sum(dim=1, dtype=torch.float64) / cnt  # (B, D)
+    x32 = torch.where(valid.unsqueeze(2), x - mean.unsqueeze(1).to(x.dtype), 0).to(torch.float32)  # centred, padding 0
+    sq = (x32 * x32).sum(dim=2)  # (B, N)
+    cand_v = torch.empty(b, n, kc, dtype=torch.float32, device=device)
+    cand_i = torch.empty(b, n, kc, dtype=torch.int64, device=device)
+    eye = torch.eye(n, dtype=torch.bool, device=device)
+    for s in range(0, b, chunk):
+        e = min(s + chunk, b)
+        # s_ij = <x_i, x_j> - |x_j|^2 / 2: larger is nearer; self and padded columns excluded
+        scores = torch.baddbmm((-0.5 * sq[s:e]).unsqueeze(1), x32[s:e], x32[s:e].transpose(1, 2))  # (c, N, N)
+        scores.masked_fill_(eye | ~valid[s:e].unsqueeze(1), -math.inf)
+        top = torch.topk(scores, kc, dim=2, largest=True, sorted=True)
+        cand_v[s:e], cand_i[s:e] = top.values, top.indices
+    # exact float64 recompute of the kept candidates, all clouds as one flat point set
+    offset = (torch.arange(b, device=device) * n).view(b, 1, 1)
+    flat = x.reshape(b * n, d)
+    rows = torch.arange(b * n, device=device)
+    dist = _exact_distances(flat, rows, (cand_i + offset).view(b * n, kc), budget=max(budget, 4 << 20)).view(b, n, kc)
+    # (distance, index) order: stable sort on distance after sorting by index
+    by_index = torch.argsort(cand_i, dim=2)
+    dist, idx = dist.gather(2, by_index), cand_i.gather(2, by_index)
+    order = torch.sort(dist, dim=2, stable=True).indices
+    dist, idx = dist.gather(2, order), idx.gather(2, order)
+    if bool((lengths > kc + 1).any()):  # some rows have non-candidates to rule out
+        est_last = sq.to(torch.float64) - 2.0 * cand_v[..., -1].to(torch.float64)
+        sq_max = torch.where(valid, sq, 0).amax(dim=1, keepdim=True).to(torch.float64)
+        bound = 8.0 * _F32_EPS * math.sqrt(d) * (sq.to(torch.float64) + sq_max)
+        kth = dist[..., k - 1]
+        full = lengths.unsqueeze(1) > kc + 1  # rows with non-candidates left to rule out
+        failed = torch.nonzero(valid & full & (kth * kth > est_last - bound))
+        if failed.numel():
+            dist, idx = dist[..., :k].clone(), idx[..., :k].clone()
+            _redo_rows(flat, dist, idx, failed, valid, n, k, budget)
+    dist, idx = dist[..., :k].contiguous(), idx[..., :k].contiguous()
+    dist = dist.masked_fill(~valid.unsqueeze(2), math.inf)
+    idx = idx.masked_fill(~valid.unsqueeze(2), -1)
+    return BatchedNeighbors(dist, idx, lengths)
+
+
+def _redo_rows(flat: Tensor, dist: Tensor, idx: Tensor, failed: Tensor, valid: Tensor, n: int, k: int, budget: int) -> None:
+    """Exact neighbours of the (cloud, row) pairs in ``failed`` (F, 2), against their whole cloud, in place."""
+    device = flat.device
+    per = max(1, min(failed.shape[0], budget // max(1, n * 8 * 4)))
+    cols = torch.arange(n, device=device)
+    for s in range(0, failed.shape[0], per):
+        part = failed[s : s + per]
+        cb, ci = part[:, 0], part[:, 1]
+        exact = _exact_distances(flat, cb * n + ci, cb.unsqueeze(1) * n + cols, budget=budget)  # (r, N)
+        exact.masked_fill_(~valid[cb] | (cols == ci.unsqueeze(1)), math.inf)
+        best = torch.sort(exact, dim=1, stable=True)
+        dist[cb, ci], idx[cb, ci] = best.values[:, :k], best.indices[:, :k]
+
+
+def id_batched(nb: BatchedNeighbors, *, range_max: int = 64, discard_fraction: float = 0.1) -> dict[str, Tensor]:
+    """TwoNN and the GRIDE scale curve of every cloud, as tensors (one solve for all clouds and scales).
+
+    The same numbers as ``twonn`` / ``gride_scaling`` on each cloud's own kNN (clouds without
+    duplicate points). Points at distance 0 from another (duplicate tokens) are left out of their
+    cloud's estimates with one :class:`DuplicatePointsWarning` (their neighbours' ranks are not
+    re-counted over distinct locations, unlike the single-cloud estimators).
+
+    Returns:
+        ``{"twonn": (B,), "gride": (B, S), "gride_err": (B, S), "scales": (B, S), "ranks": (S,)}``
+        with GRIDE at n1 = 1, 2, 4, ... up to ``range_max / 2`` (the rank range of the shortest cloud).
+    """
+    b, n, _ = nb.indices.shape
+    top = gride_max_rank(int(nb.lengths.min()), range_max)
+    if nb.k < top:
+        raise ValueError(f"GRIDE up to rank {top} needs k >= {top} neighbours, but the batch holds {nb.k}.")
+    pairs = [(2**i, 2 ** (i + 1)) for i in range(int(math.log2(top)))]
+    s = len(pairs)
+    r = nb.distances  # (B, N, k)
+    keep = nb.valid() & (r[..., 0] > 0)  # (B, N)
+    dup = int((nb.valid() & ~keep).sum())
+    if dup:
+        warnings.warn(
+            f"{dup} points have a duplicate in their cloud (distance 0) and were left out of their cloud's ID.",
+            DuplicatePointsWarning,
+            stacklevel=2,
+        )
+    n_kept = keep.sum(dim=1)  # (B,)
+    if int(n_kept.min()) < 3:
+        raise ValueError(f"Every cloud needs at least 3 non-duplicate points, but one has {int(n_kept.min())}.")
+    i_in = torch.tensor([p[0] - 1 for p in pairs], device=r.device)
+    i_out = torch.tensor([p[1] - 1 for p in pairs], device=r.device)
+    safe = torch.where(keep.unsqueeze(2), r, 1.0)  # padded / duplicate rows: harmless placeholders
+    r_in = safe.index_select(2, i_in).permute(1, 0, 2).reshape(n, b * s)  # (N, B*S): column = (cloud, scale)
+    r_out = safe.index_select(2, i_out).permute(1, 0, 2).reshape(n, b * s)
+    keep_cols = keep.t().unsqueeze(2).expand(n, b, s).reshape(n, b * s)
+    counts = n_kept.repeat_interleave(s).tolist()
+    dim, err = _gride_solve(r_in, r_out, keep_cols, counts, pairs * b)
+    scales = 0.5 * ((r_in * keep_cols).sum(0) + (r_out * keep_cols).sum(0)).view(b, s) / n_kept.unsqueeze(1).to(torch.float64)
+    # TwoNN (fit) per cloud: sorted log mu of the usable points, least squares through the origin
+    log_mu = torch.where(keep, torch.log(safe[..., 1] / safe[..., 0]), math.inf)
+    srt = torch.sort(log_mu, dim=1).values  # usable values first
+    nk = n_kept.to(torch.float64).unsqueeze(1)
+    n_eff = torch.floor(nk * (1.0 - discard_fraction))
+    pos = torch.arange(1, n + 1, device=r.device, dtype=torch.float64).unsqueeze(0)
+    use = pos <= n_eff
+    lx = torch.where(use, srt, 0.0)
+    ly = torch.where(use, -torch.log1p(-(pos / nk).clamp_max(1 - 1e-16)), 0.0)
+    twonn = (lx * ly).sum(1) / (lx * lx).sum(1)
+    return {
+        "twonn": twonn,
+        "gride": dim.view(b, s),
+        "gride_err": err.view(b, s),
+        "scales": scales,
+        "ranks": torch.tensor([p[0] for p in pairs]),
+    }
+
+
+def overlap_batched(a: BatchedNeighbors, b: BatchedNeighbors, *, k: int = 10) -> Tensor:
+    r"""Neighbourhood overlap :math:`\chi_k` of two representations of the same clouds, per cloud: (B,).
+
+    .. math:: \chi_k^{(b)} = \frac{1}{n_b} \sum_{i < n_b} \frac{1}{k} |\mathcal{N}^a_k(b, i) \cap \mathcal{N}^b_k(b, i)|
+    """
+    if a.indices.shape[:2] != b.indices.shape[:2] or not torch.equal(a.lengths, b.lengths):
+        raise ValueError("Expected the two neighbour sets to describe the same clouds (shapes and lengths).")
+    if not 1 <= k <= min(a.k, b.k):
+        raise ValueError(f"Expected k in [1, {min(a.k, b.k)}], but got {k}.")
+    ia, ib = a.indices[..., :k], b.indices[..., :k].to(a.indices.device)
+    hit = (ia.unsqueeze(3) == ib.unsqueeze(2)).any(dim=3).sum(dim=2).to(torch.float64) / k  # (B, N)
+    valid = a.valid()
+    return torch.where(valid, hit, 0.0).sum(dim=1) / a.lengths.to(torch.float64)

@@ -1,0 +1,92 @@
+"""Many small clouds at once (issue 10): the batched kNN and estimators equal the per-cloud ones."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_geom.geometry import (
+    gride_scaling,
+    id_batched,
+    knn,
+    knn_batched,
+    neighborhood_overlap,
+    overlap_batched,
+    twonn,
+)
+
+
+def _clouds(b=5, n=120, d=24, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(b, n, 4, generator=g)
+    return (z @ torch.randn(b, 4, d, generator=g) + 0.01 * torch.randn(b, n, d, generator=g)).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_equals_the_per_cloud_knn_with_unequal_lengths(dtype):
+    x = _clouds(dtype=dtype)
+    lengths = torch.tensor([120, 97, 64, 120, 40])
+    x[1, 97:] = float("nan")  # padding may hold anything
+    nb = knn_batched(x, 16, lengths=lengths, budget_bytes=120 * 120 * 4 * 2)  # 2 clouds per chunk
+    for c in range(5):
+        ref = knn(x[c, : lengths[c]], 16)
+        m = int(lengths[c])
+        assert torch.equal(nb.indices[c, :m], ref.indices)
+        torch.testing.assert_close(nb.distances[c, :m], ref.distances, rtol=0, atol=1e-12)
+        assert (nb.indices[c, m:] == -1).all() and torch.isinf(nb.distances[c, m:]).all()
+
+
+def test_certificate_fallback_with_ties_in_a_cloud():
+    x = _clouds(b=3, n=80)
+    x[2, ::2] = x[2, 0]  # half of one cloud is one location: every such row needs the fallback
+    nb = knn_batched(x, 8, margin=0)
+    for c in range(3):
+        ref = knn(x[c], 8)
+        assert torch.equal(nb.indices[c], ref.indices)
+
+
+def test_estimators_equal_the_per_cloud_ones():
+    x = _clouds(b=4, n=200, d=16, seed=1, dtype=torch.float64)
+    lengths = torch.tensor([200, 150, 180, 130])
+    nb = knn_batched(x, 64, lengths=lengths)
+    out = id_batched(nb, range_max=64)
+    assert out["ranks"].tolist() == [1, 2, 4, 8, 16, 32, 64][: out["gride"].shape[1]]
+    for c in range(4):
+        pts = x[c, : lengths[c]]
+        g = gride_scaling(pts, range_max=64)
+        torch.testing.assert_close(out["gride"][c], torch.tensor(g.dims, dtype=torch.float64), rtol=1e-9, atol=0)
+        torch.testing.assert_close(out["gride_err"][c], torch.tensor(g.errs, dtype=torch.float64), rtol=1e-9, atol=0)
+        torch.testing.assert_close(out["scales"][c], torch.tensor(g.scales, dtype=torch.float64), rtol=1e-12, atol=0)
+        assert out["twonn"][c].item() == pytest.approx(twonn(pts).dim, rel=1e-12)
+    y = x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    ov = overlap_batched(nb, knn_batched(y, 10, lengths=lengths), k=10)
+    for c in range(4):
+        m = int(lengths[c])
+        assert ov[c].item() == pytest.approx(neighborhood_overlap(x[c, :m], y[c, :m], k=10))
+
+
+def test_op_count_does_not_grow_with_the_number_of_clouds():
+    from lightning_geom.profiling import OpCounter
+
+    def ops(b):
+        x = _clouds(b=b, n=64, d=16)
+        with OpCounter() as c:
+            id_batched(knn_batched(x, 16, budget_bytes=1 << 30), range_max=16)
+        return c.total
+
+    assert ops(32) == ops(4)  # one chunk of clouds either way: the same launches for 8x the clouds
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"x": torch.zeros(3, 4)}, r"shape \(B, N, D\)"),
+        ({"lengths": torch.tensor([10, 10])}, r"lengths` of shape \(3,\)"),
+        ({"lengths": torch.tensor([10, 30, 10])}, "<= N = 20"),
+        ({"k": 9, "lengths": torch.tensor([20, 9, 20])}, r"\[1, 8\]"),
+    ],
+)
+def test_bad_inputs(kw, match):
+    args = {"x": torch.randn(3, 20, 4), "k": 5, **kw}
+    with pytest.raises(ValueError, match=match):
+        knn_batched(args.pop("x"), args.pop("k"), **args)
