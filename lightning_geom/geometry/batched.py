@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .intrinsic_dim import DuplicatePointsWarning, _gride_solve, gride_max_rank
-from .neighbors import _F32_EPS, _exact_distances
+from .neighbors import _CPU_RECOMPUTE_BYTES, _F32_EPS, _exact_distances
 
 __all__ = ["BatchedNeighbors", "knn_batched", "id_batched", "overlap_batched"]
 
@@ -145,7 +145,9 @@ def knn_batched(
     offset = (torch.arange(b, device=device) * n).view(b, 1, 1)
     flat = x.reshape(b * n, d)
     rows = torch.arange(b * n, device=device)
-    dist = _exact_distances(flat, rows, (cand_i + offset).view(b * n, kc), budget=max(budget, 4 << 20)).view(b, n, kc)
+    # cache-sized chunks on a CPU (bandwidth decides there), the clouds' budget on accelerators (launches decide)
+    rc_budget = _CPU_RECOMPUTE_BYTES if device.type == "cpu" else budget
+    dist = _exact_distances(flat, rows, (cand_i + offset).view(b * n, kc), budget=rc_budget).view(b, n, kc)
     # (distance, index) order: stable sort on distance after sorting by index
     by_index = torch.argsort(cand_i, dim=2)
     dist, idx = dist.gather(2, by_index), cand_i.gather(2, by_index)
