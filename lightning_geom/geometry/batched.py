@@ -105,8 +105,9 @@ def knn_batched(
         k: neighbours per point, 1 <= k <= min(lengths) - 1.
         lengths: (B,) real points per cloud (default: all N).
         margin: extra candidates for the exact re-ranking (default ``max(4, k // 16)``).
-        budget_bytes: memory for one chunk of clouds' scores (default 256 MiB on a CPU, 2 GiB on
-            accelerators); the number of chunks, not the op count per chunk, grows with B.
+        budget_bytes: memory for one chunk of clouds' scores and of the exact recompute (default:
+            2 GiB on accelerators; on a CPU 256 MiB of scores and cache-sized 4 MiB recompute
+            chunks, which are faster there); the number of chunks, not the ops per chunk, grows with B.
 
     Returns:
         :class:`BatchedNeighbors` with (B, N, k) float64 ``distances`` and int64 ``indices``.
@@ -146,7 +147,7 @@ def knn_batched(
     flat = x.reshape(b * n, d)
     rows = torch.arange(b * n, device=device)
     # cache-sized chunks on a CPU (bandwidth decides there), the clouds' budget on accelerators (launches decide)
-    rc_budget = _CPU_RECOMPUTE_BYTES if device.type == "cpu" else budget
+    rc_budget = _CPU_RECOMPUTE_BYTES if device.type == "cpu" and not budget_bytes else budget
     dist = _exact_distances(flat, rows, (cand_i + offset).view(b * n, kc), budget=rc_budget).view(b, n, kc)
     # (distance, index) order: stable sort on distance after sorting by index
     by_index = torch.argsort(cand_i, dim=2)
