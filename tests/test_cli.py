@@ -32,6 +32,17 @@ def test_geometry_import_is_light():
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
+def test_monitor_core_imports_no_training_framework():
+    """Issue 12: the monitor core is framework-free; Lightning and the HF Trainer are only in the shells."""
+    code = (
+        "import sys; sys.modules['lightning'] = None; sys.modules['pytorch_lightning'] = None;"  # hidden: importing fails
+        "import lightning_geom.monitoring as m;"
+        "heavy=[x for x in ('lightning','pytorch_lightning','transformers.trainer','wandb') if sys.modules.get(x) is not None];"
+        "print(heavy); sys.exit(1 if heavy else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
 def test_demo_resume_keeps_every_earlier_record(tmp_path):
     """Issue 13: resuming the demo into the same folder wiped metrics.csv; --steps 20 crashed in OneCycleLR."""
     import csv

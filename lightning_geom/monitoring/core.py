@@ -1,0 +1,360 @@
+"""The monitor core: what a checkpoint does, whatever the training framework.
+
+A monitor measures a fixed probe set on a schedule and keeps the history as state. This module
+decides *when* (the schedule), *what happens on failure* (the policy), *what is kept* (history,
+timings, the probe's identity, atomic history files) and *where results go* (a :class:`Sink`), and
+leaves *how to measure* to a subclass (``_measure``). It imports neither Lightning nor the
+Hugging Face Trainer: the framework shells (``lightning_geom.callbacks``, ``lightning_geom.hf``)
+translate their hooks into a :class:`Run` and call :meth:`MonitorCore.checkpoint`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import torch
+
+from ..analysis import layer_errors
+from .probe import batch_len, dist_info, probe_batches, probe_fingerprint, shard
+
+__all__ = ["Sink", "Run", "MonitorCore", "plain", "warn_layer_errors"]
+
+
+class Sink(Protocol):
+    """Where a monitor's results go (implemented by each framework shell; every call on rank 0)."""
+
+    def scalars(self, metrics: dict[str, float], step: int) -> None: ...
+
+    def figures(self, figures: dict[str, Any], step: int, prefix: str) -> None: ...
+
+    def hparams(self, params: dict[str, Any]) -> None: ...
+
+    def table(self, rows: list[dict[str, Any]], step: int, key: str) -> None: ...
+
+    def layout(self, kinds: list[str], prefix: str) -> None: ...
+
+
+@dataclass
+class Run:
+    """One moment of training, as the core sees it.
+
+    Attributes:
+        step: optimizer steps so far.
+        epoch: the current epoch.
+        module: the model (``nn.Module``) to probe.
+        device: where to run the probe.
+        rank_zero: whether this process logs and writes files.
+        out_dir: where figures and history files go.
+        sink: where scalars, figures, tables and settings go.
+        autocast: a context-manager factory for the probe's forward (mixed precision), or None.
+        fallback_probe: called for a probe when none was given (e.g. the validation loader).
+    """
+
+    step: int
+    epoch: int
+    module: torch.nn.Module
+    device: torch.device
+    rank_zero: bool
+    out_dir: Path
+    sink: Sink
+    autocast: Callable[[], Any] | None = None
+    fallback_probe: Callable[[], Any] | None = field(default=None, repr=False)
+
+
+def plain(v: Any) -> Any:
+    """A hyperparameter value every logger accepts: numbers, bools and strings as they are, the rest as text."""
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return "None" if v is None else v
+    if callable(v):
+        return getattr(v, "__name__", type(v).__name__)
+    return str(v)
+
+
+def _rank_zero_warn(message: str) -> None:
+    if dist_info()[0] == 0:
+        warnings.warn(message, UserWarning, stacklevel=3)
+
+
+def warn_layer_errors(owner: str, step: int, layers: list[dict[str, Any]]) -> None:
+    """One warning naming every failed layer and its cause."""
+    bad = layer_errors(layers)
+    if bad:
+        _rank_zero_warn(f"{owner} at step {step}: " + "; ".join(bad))
+
+
+def _free_history_name(out: Path, base: str, history: list[dict[str, Any]], owner: str) -> str:
+    """``base`` unless its JSON holds records (steps) that ``history`` lacks; then ``base.1``, ``base.2``, ..."""
+    ours = {(r.get("step"), r.get("epoch")) for r in history}
+    name, i = base, 0
+    while True:
+        path = Path(out) / f"{name}.json"
+        if not path.exists():
+            break
+        try:
+            theirs = {(r.get("step"), r.get("epoch")) for r in json.loads(path.read_text())}
+        except (OSError, ValueError, AttributeError, TypeError):
+            theirs = {("unreadable", None)}
+        if theirs <= ours:
+            break
+        i += 1
+        name = f"{base}.{i}"
+    if name != base:
+        _rank_zero_warn(
+            f"{owner}: {base}.json in {out} holds records this run does not (a resume with other settings, another "
+            f"probe, or another run in the same folder); they are kept, and this run writes {name}.json."
+        )
+    return name
+
+
+class MonitorCore:
+    """A fixed probe set measured on a schedule, with history as state (framework-free).
+
+    Args:
+        probe: DataLoader, Dataset, dict of tensors or tensor; None takes the first ``num_samples``
+            of the run's fallback (the validation / evaluation set).
+        num_samples: probe size.
+        batch_size: batch size for a probe given as a Dataset / dict / tensor.
+        every_n_steps: measure every n optimizer steps (None: not by steps).
+        every_n_epochs: measure at the end of every n-th epoch (None: not by epochs).
+        log_spaced: also measure at steps 0, 1, 2, 4, 8, ... below ``every_n_steps`` (the profile forms early).
+        at_fit_start: measure the untrained model (the first point of the emergence picture).
+        at_fit_end: measure at the end of training.
+        on_error: ``"warn"`` turns any failure into one warning and training goes on; ``"raise"`` re-raises.
+        output_dir: where figures and history files go (default: chosen by the framework shell).
+        figure_every: send figures every n checkpoints (0: only at the end).
+
+    Raises:
+        ValueError: bad schedule values or ``on_error``.
+    """
+
+    _prefix = "probe"
+
+    def __init__(
+        self,
+        probe: Any = None,
+        *,
+        num_samples: int = 1024,
+        batch_size: int = 64,
+        every_n_steps: int | None = 200,
+        every_n_epochs: int | None = None,
+        log_spaced: bool = True,
+        at_fit_start: bool = True,
+        at_fit_end: bool = True,
+        on_error: Literal["warn", "raise"] = "warn",
+        output_dir: str | None = None,
+        figure_every: int = 5,
+    ) -> None:
+        if not isinstance(figure_every, int) or figure_every < 0:
+            raise ValueError(f"Expected `figure_every` to be a non-negative integer, but got {figure_every!r}.")
+        for name, v in (("every_n_steps", every_n_steps), ("every_n_epochs", every_n_epochs)):
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise ValueError(f"Expected `{name}` to be None or a positive integer, but got {v!r}.")
+        for name, v in (("num_samples", num_samples), ("batch_size", batch_size)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"Expected `{name}` to be a positive integer, but got {v!r}.")
+        if on_error not in ("warn", "raise"):
+            raise ValueError(f"Expected `on_error` to be one of 'warn', 'raise', but got {on_error!r}.")
+        self.figure_every = figure_every
+        self.probe = probe
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.every_n_steps = every_n_steps
+        self.every_n_epochs = every_n_epochs
+        self.log_spaced = log_spaced
+        self.at_fit_start = at_fit_start
+        self.at_fit_end = at_fit_end
+        self.on_error = on_error
+        self.output_dir = output_dir
+        self.history: list[dict[str, Any]] = []
+        self.timings: list[dict[str, float]] = []
+        self._phase_times: dict[str, float] = {}
+        self._batches: list[Any] | None = None
+        self._probe_id: str | None = None
+        self._restored_probe_id: str | None = None
+        self._history_file: str | None = None  # resolved at the first save (never overwrite others' records)
+        self._settings_logged = False
+        self._layout_done = False
+
+    # ----------------------------------------------------------------- schedule
+    def is_due(self, step: int) -> bool:
+        """Whether step ``step`` is on the step schedule (log-spaced early, then every n steps)."""
+        if self.every_n_steps is not None and step % self.every_n_steps == 0:
+            return True
+        if self.log_spaced and (self.every_n_steps is None or step < self.every_n_steps):
+            return step == 0 or (step & (step - 1)) == 0
+        return False
+
+    def is_due_epoch(self, epoch: int) -> bool:
+        """Whether the end of (0-based) ``epoch`` is on the epoch schedule."""
+        return self.every_n_epochs is not None and (epoch + 1) % self.every_n_epochs == 0
+
+    def _recorded(self, step: int) -> bool:
+        return any(r["step"] == step for r in self.history)
+
+    def _warn(self, message: str) -> None:
+        """One warning, on rank 0 (shells may route it through their framework's helper)."""
+        _rank_zero_warn(message)
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history, "probe_id": self._probe_id}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
+        self._restored_probe_id = state_dict.get("probe_id")
+
+    def settings_dict(self) -> dict[str, Any]:
+        """The monitor's settings as plain values: sent once per run to the sink's hyperparameters
+        (W&B config, TensorBoard HPARAMS, CSV hparams.yaml) under ``<prefix>_monitor/``."""
+        probe_n = sum(batch_len(b) for b in self._batches) if self._batches else None
+        return {
+            "probe_samples": probe_n if probe_n is not None else self.num_samples,
+            "probe_id": self._probe_id,
+            "batch_size": self.batch_size,
+            "every_n_steps": self.every_n_steps,
+            "every_n_epochs": self.every_n_epochs,
+            "log_spaced": self.log_spaced,
+            "figure_every": self.figure_every,
+            "on_error": self.on_error,
+        }
+
+    # ----------------------------------------------------------------- the probe
+    def _probe(self, run: Run) -> list[Any]:
+        if self._batches is None:
+            probe = self.probe
+            if probe is None and run.fallback_probe is not None:
+                probe = run.fallback_probe()
+            if probe is None:
+                raise ValueError(f"{type(self).__name__} found no validation / evaluation set to take its probe from: pass `probe=`.")
+            self._batches = probe_batches(probe, num_samples=self.num_samples, batch_size=self.batch_size)
+            self._probe_id = probe_fingerprint(self._batches)
+            if self._restored_probe_id and self._restored_probe_id != self._probe_id and self.history:
+                self._warn(
+                    f"{type(self).__name__}: the probe set differs from the checkpoint's ({self._restored_probe_id} -> "
+                    f"{self._probe_id}); its {len(self.history)} records are kept in their history file and a new "
+                    "series starts (measurements on different probes are not comparable)."
+                )
+                self.history = []
+        return self._batches
+
+    def _shard(self, batches: list[Any]) -> list[tuple[int, Any]]:
+        """This rank's (batch id, batch) pairs: batches dealt round-robin over the ranks."""
+        return shard(batches)
+
+    # ----------------------------------------------------------------- one checkpoint
+    def checkpoint(self, run: Run) -> dict[str, Any] | None:
+        """Measure at ``run.step`` unless already recorded; log, save and draw on rank 0.
+
+        Every rank calls it (the measurement has collectives). With ``on_error="warn"`` any failure
+        is one warning and None; with ``"raise"`` it propagates.
+        """
+        if self._recorded(run.step):
+            return None
+        start = time.perf_counter()
+        self._phase_times = {}
+        try:
+            record = self._measure(run)
+        except Exception as err:
+            if self.on_error == "raise":
+                raise
+            self._warn(
+                f"{type(self).__name__} skipped step {run.step}: {type(err).__name__}: {err}. "
+                "Training goes on; pass `on_error='raise'` to debug."
+            )
+            return None
+        cost = {f"{k}_s": round(v, 6) for k, v in self._phase_times.items()}
+        cost["total_s"] = round(time.perf_counter() - start, 6)
+        record = {"step": int(run.step), "epoch": int(run.epoch), **record, "time": cost}
+        self.history.append(record)
+        if run.rank_zero:
+            try:
+                t = time.perf_counter()
+                self._save_history(run)  # complete after every checkpoint, atomically
+                self._log_settings(run)
+                self._publish(run, record)
+                cost["log_s"] = round(time.perf_counter() - t, 6)
+                if self.figure_every and len(self.history) % self.figure_every == 0:
+                    t = time.perf_counter()
+                    self._figures(run)
+                    cost["figures_s"] = round(time.perf_counter() - t, 6)
+            except Exception as err:
+                if self.on_error == "raise":
+                    raise
+                self._warn(f"{type(self).__name__} could not log step {run.step}: {err}")
+        self.timings.append({"step": int(run.step), **cost})
+        return record
+
+    def _timed(self, phase: str, start: float) -> None:
+        """Add the seconds since ``start`` to this checkpoint's ``phase`` (capture, geometry, ...)."""
+        self._phase_times[phase] = self._phase_times.get(phase, 0.0) + time.perf_counter() - start
+
+    def _measure(self, run: Run) -> dict[str, Any]:
+        """One checkpoint's record (without step/epoch). Every rank calls it (collectives inside)."""
+        raise NotImplementedError
+
+    def _publish(self, run: Run, record: dict[str, Any]) -> None:
+        """Log one record (rank 0)."""
+
+    def _log_settings(self, run: Run) -> None:
+        if self._settings_logged:
+            return
+        self._settings_logged = True
+        try:
+            run.sink.hparams({f"{self._prefix}_monitor/{k}": plain(v) for k, v in self.settings_dict().items()})
+        except Exception as err:  # noqa: BLE001 - a dashboard hiccup must not stop training
+            self._warn(f"{type(self).__name__} could not record its settings: {err}")
+
+    # ----------------------------------------------------------------- files and figures
+    def _save_history(self, run: Run) -> None:
+        """``<prefix>_history.json/.csv`` under the output folder, atomically.
+
+        The first save of a run checks the file already there: if it holds records this monitor
+        does not (a resume with other settings, another probe, or a fresh run into the same
+        folder), they are kept and this run writes ``<prefix>_history.1.json`` (then ``.2``, ...),
+        with one warning naming the file.
+        """
+        from ..report.history import save_history
+
+        if self._history_file is None:
+            self._history_file = _free_history_name(run.out_dir, f"{self._prefix}_history", self.history, type(self).__name__)
+        save_history(self.history, run.out_dir, name=self._history_file)
+
+    def crashed(self, run: Run) -> None:
+        """Training crashed: write the history recorded so far (rank 0), never raise over the crash."""
+        if run.rank_zero and self.history:
+            try:
+                self._save_history(run)
+            except Exception as err:  # noqa: BLE001 - the user's exception is the one that matters
+                self._warn(f"{type(self).__name__} could not save its history after the crash: {err}")
+
+    def finish(self, run: Run) -> None:
+        """End of training: final figures and files (rank 0)."""
+        if run.rank_zero and self.history:
+            try:
+                self._figures(run)
+            except Exception as err:
+                if self.on_error == "raise":
+                    raise
+                self._warn(f"{type(self).__name__} could not write its figures: {err}")
+
+    def _figure_set(self) -> dict[str, Any]:
+        """``{name: Figure}`` of the history so far."""
+        return {}
+
+    def _figures(self, run: Run) -> None:
+        """History files and figures: PNG under the output folder, and to the sink (rank 0)."""
+        import matplotlib.pyplot as plt
+
+        out = Path(run.out_dir)
+        self._save_history(run)
+        figs = self._figure_set()
+        run.sink.figures(figs, run.step, self._prefix)
+        for name, fig in figs.items():
+            fig.savefig(out / f"{name}.png")
+            plt.close(fig)

@@ -1,0 +1,207 @@
+"""The geometry monitor's core (framework-free): capture the probe, per-layer geometry, phases, reporting.
+
+``lightning_geom.callbacks.GeometryMonitor`` (Lightning) and ``lightning_geom.hf.GeometryCallback``
+(Hugging Face Trainer) are thin shells around :class:`GeometryCore`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import torch
+
+from ..analysis import GeometrySettings, finish_profile, layer_errors, profile_geometry
+from ..capture import capture_representations
+from ..report.history import metric_key, scalars
+from .core import MonitorCore, Run, warn_layer_errors
+from .probe import all_gather_objects, batch_len, dist_info, gather_parts
+
+__all__ = ["GeometryCore"]
+
+
+class GeometryCore(MonitorCore):
+    r"""Log the intrinsic-dimension profile of every layer, the neighbourhood overlaps and the three
+    phases (Valeriani et al., arXiv 2302.00294) while the model trains.
+
+    At each checkpoint of the schedule the probe set runs through the model (eval mode, inference
+    mode, one forward pass for all layers); per layer one kNN serves the GRIDE scale curve (Denti
+    et al. 2022), the ID at the chosen scale, TwoNN (Facco et al. 2017), the label overlap and the
+    overlap with the next layer (Doimo et al. 2020). Scalars go to every logger under
+    ``geometry/{id,twonn,overlap_next,label_overlap}/layer_NN`` and ``geometry/phase/*``; figures
+    (the emergence picture, a layer x step heatmap, the overlap profiles) to W&B and TensorBoard
+    and as PNG, the history as JSON and CSV, under ``output_dir``.
+
+    Args:
+        probe, num_samples, batch_size, every_n_steps, every_n_epochs, log_spaced, at_fit_start,
+            at_fit_end, on_error, output_dir, figure_every: see :class:`~lightning_geom.monitoring.core.MonitorCore`.
+        layers: glob patterns of submodules to hook; None uses the model's ``hidden_states``.
+        pooling: ``"mean"``, ``"last"``, ``"first"`` or a callable (see :func:`~lightning_geom.capture.pool`).
+        normalize: ``"layer_norm"`` to read the LayerNorm-ed residual stream.
+        forward_fn: ``forward_fn(network, batch)`` to call the network yourself.
+        model_attr: which attribute of the training module is the network (default: resolved).
+        label_key: key of the labels in dict batches (tuple batches: the second item).
+        range_max: largest GRIDE rank of the scale curve.
+        id_n1: GRIDE rank of the logged ID, or ``"auto"``: chosen at the first checkpoint (the median
+            of the layers' first stable scales) and kept for the whole run (and across resumes), so
+            that the curves move with the model, not with the scale; logged as ``geometry/id_n1``.
+            Every scale's ID stays in ``history`` (``layers[i]["gride"]``).
+        overlap_k: k of the overlap with the next layer (default 10, as Doimo et al.'s code).
+        label_k: k of the label overlap.
+
+    Example (through a framework shell)::
+
+        trainer = L.Trainer(callbacks=[GeometryMonitor(probe=val_subset, every_n_steps=200)])
+        trainer = transformers.Trainer(..., callbacks=[GeometryCallback(probe=eval_subset)])
+    """
+
+    _prefix = "geometry"
+
+    def __init__(
+        self,
+        probe: Any = None,
+        *,
+        layers: Sequence[str] | None = None,
+        pooling: Literal["mean", "last", "first"] | Callable = "mean",
+        normalize: Literal["layer_norm"] | None = None,
+        forward_fn: Callable | None = None,
+        model_attr: str | None = None,
+        label_key: str | None = "labels",
+        range_max: int = 64,
+        id_n1: int | str = "auto",
+        overlap_k: int = 10,
+        label_k: int = 10,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(probe, **kwargs)
+        if not (callable(pooling) or pooling in ("mean", "last", "first")):
+            raise ValueError(f"Expected `pooling` to be one of 'mean', 'last', 'first' or a callable, but got {pooling!r}.")
+        if normalize not in (None, "layer_norm"):
+            raise ValueError(f"Expected `normalize` to be None or 'layer_norm', but got {normalize!r}.")
+        self.settings = GeometrySettings(range_max=range_max, id_n1=id_n1, overlap_k=overlap_k, label_k=label_k)
+        self.layers = list(layers) if layers else None
+        self.pooling = pooling
+        self.normalize = normalize
+        self.forward_fn = forward_fn
+        self.model_attr = model_attr
+        self.label_key = label_key
+        self._layout_done = False
+        self._locked_n1: int | None = None  # id_n1="auto": the scale chosen at the first checkpoint, kept
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "id_n1": self._locked_n1}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._locked_n1 = state_dict.get("id_n1")
+
+    def settings_dict(self) -> dict[str, Any]:
+        return {
+            **super().settings_dict(),
+            "layers": self.layers or "hidden_states",
+            "pooling": self.pooling,
+            "normalize": self.normalize,
+            "range_max": self.settings.range_max,
+            "id_n1": self._locked_n1 if self._locked_n1 is not None else self.settings.id_n1,
+            "overlap_k": self.settings.overlap_k,
+            "label_k": self.settings.label_k,
+        }
+
+    def _settings(self) -> GeometrySettings:
+        """The settings of this checkpoint: with ``id_n1="auto"``, the scale locked at the first one.
+
+        Re-choosing the scale at every checkpoint made the logged ID jump with the scale, not the
+        model (layer 0 of the demo: 10.72 -> 9.41 -> 10.74 as n1 flipped between 2 and 4).
+        """
+        if self.settings.id_n1 == "auto" and self._locked_n1 is not None:
+            return dataclasses.replace(self.settings, id_n1=self._locked_n1)
+        return self.settings
+
+    # --------------------------------------------------------------- measuring
+    def _capture(self, run: Run) -> tuple[list[tuple[int, Any]], str | None]:
+        """Features of this rank's shard: [(batch id, (features per layer, labels))], or an error."""
+        shard = self._shard(self._probe(run))
+        if not shard:
+            return [], None
+        try:
+            # one process: features stay on the training device and the geometry runs there;
+            # under DDP they travel through all_gather_object (pickled), so via the CPU
+            keep = None if dist_info()[1] == 1 else "cpu"
+            out = []
+            for bid, batch in shard:
+                reps = capture_representations(
+                    run.module,
+                    [batch],
+                    layers=self.layers,
+                    pooling=self.pooling,
+                    normalize=self.normalize,
+                    forward_fn=self.forward_fn,
+                    model_attr=self.model_attr,
+                    label_key=self.label_key,
+                    device=run.device,
+                    autocast=run.autocast,
+                    feature_device=keep,
+                )
+                out.append((bid, (reps.features, reps.labels, batch_len(batch))))
+            return out, None
+        except Exception as err:  # noqa: BLE001 - sent through the collective, raised after it
+            if self.on_error == "raise":
+                raise
+            return [], f"{type(err).__name__}: {err}"
+
+    def _measure(self, run: Run) -> dict[str, Any]:
+        start = time.perf_counter()
+        parts = gather_parts(*self._capture(run), "capturing the probe representations")
+        self._timed("capture", start)
+        start = time.perf_counter()
+        n_layers = len(parts[0][1][0])
+        features = [torch.cat([p[1][0][li] for p in parts]) for li in range(n_layers)]
+        labels = None
+        found = [p[1][1] for p in parts if p[1][1] is not None]
+        if found:
+            labels = torch.cat(found)
+            if labels.shape[0] != features[0].shape[0]:
+                self._warn(
+                    f"{type(self).__name__}: {labels.shape[0]} labels for {features[0].shape[0]} probe samples; "
+                    "label overlap skipped (labels must be one per sample)."
+                )
+                labels = None
+        rank, world = dist_info()
+        # one process raises at the failing layer (its traceback); under DDP every rank raises after the gather
+        policy = self.on_error if world == 1 else "warn"
+        settings = self._settings()
+        mine = profile_geometry(features, labels, settings, layers=range(rank, n_layers, world), on_error=policy)
+        records = [r for part in all_gather_objects(mine) for r in part]
+        if self.on_error == "raise" and layer_errors(records):
+            raise RuntimeError(f"{type(self).__name__}: " + "; ".join(layer_errors(records)))
+        layers, phase = finish_profile(records, settings)
+        used = next((r["id_n1"] for r in layers if not r.get("error") and r.get("id_n1") is not None), None)
+        if self.settings.id_n1 == "auto" and self._locked_n1 is None and used is not None:
+            self._locked_n1 = int(used)
+        self._timed("geometry", start)
+        warn_layer_errors(type(self).__name__, run.step, layers)
+        return {"n_samples": int(features[0].shape[0]), "id_n1": used, "layers": layers, "phase": phase}
+
+    # --------------------------------------------------------------- reporting (rank 0)
+    def _publish(self, run: Run, record: dict[str, Any]) -> None:
+        if not self._layout_done:
+            run.sink.layout(["id", "twonn", "overlap_next", "label_overlap"], self._prefix)
+            self._layout_done = True
+        run.sink.scalars(scalars(record, prefix=self._prefix), record["step"])
+
+    def finish(self, run: Run) -> None:
+        super().finish(run)
+        if run.rank_zero and self.history:
+            from ..report.history import flat_rows
+
+            try:
+                run.sink.table(flat_rows(self.history), run.step, metric_key("table"))
+            except Exception as err:  # noqa: BLE001 - a dashboard hiccup must not stop training
+                self._warn(f"{type(self).__name__} could not send its table: {err}")
+
+    def _figure_set(self) -> dict[str, Any]:
+        from ..report.figures import all_figures
+
+        return all_figures(self.history)

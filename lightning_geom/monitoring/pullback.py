@@ -1,0 +1,176 @@
+"""The pullback monitor's core (framework-free): per-layer spectra of g = J^T G J on the probe set.
+
+``lightning_geom.callbacks.PullbackMonitor`` (Lightning) and ``lightning_geom.hf.PullbackCallback``
+(Hugging Face Trainer) are thin shells around :class:`PullbackCore`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+
+from ..capture import _to_device, logits_and_hidden, resolve_network
+from ..geometry.pullback import OUTPUT_MAPS, layer_spectra, spectrum_stats, subspace_overlap
+from ..report.history import is_number, metric_key
+from .core import MonitorCore, Run
+from .probe import gather_parts
+
+__all__ = ["PullbackCore", "PULLBACK_STATS"]
+
+PULLBACK_STATS = ("top", "trace", "participation", "effective_rank", "numerical_rank", "log_det", "token_entropy")
+
+
+class PullbackCore(MonitorCore):
+    r"""Log the spectrum of the pullback metric :math:`g_l = J_l^T G J_l` of every layer while training
+    (Benfenati, Marta et al., arXiv 2410.06019).
+
+    J_l is the Jacobian of the output (at ``position``, through the output map ``output``) with
+    respect to layer l's hidden state; all layers come from one forward pass and one batched
+    backward (:func:`~lightning_geom.geometry.pullback.layer_spectra`), exactly (float64 thin SVD).
+    Per layer, the mean over the probe samples of each statistic is logged as
+    ``pullback/<stat>/layer_NN`` (top eigenvalue, trace, participation ratio, entropy effective
+    rank, numerical rank, pseudo-log-det, token entropy of the top eigenvectors' mass), plus
+    ``pullback/stability/layer_NN``: the overlap of the top eigenvector subspaces with the previous
+    checkpoint's (1 = unchanged). Figures (spectra per layer coloured by step; stat x layer x step
+    heatmaps) go next to the GeometryMonitor's.
+
+    Args:
+        probe, num_samples (default 64), batch_size (default 16), every_n_steps, every_n_epochs,
+            log_spaced, at_fit_start, at_fit_end, on_error, output_dir, figure_every: see
+            :class:`~lightning_geom.monitoring.core.MonitorCore`.
+        output: ``"logits"`` (G = I), ``"probs"`` or ``"fisher"``.
+        position: output position for sequence outputs (default: last).
+        top_logits: restrict a large head (an LM's vocabulary) to its top-k logits at each sample.
+        run_fn: ``run_fn(network, batch) -> (logits, hidden_states)`` with gradients enabled;
+            default calls the network with ``output_hidden_states=True``.
+        model_attr: which attribute of the LightningModule is the network.
+        label_key: key of labels in dict batches (removed before the call).
+        track_samples: samples whose top eigenvectors are kept for the stability score.
+        track_top: how many top eigenvectors the stability score compares.
+
+    Warning:
+        The backward pass through the probe costs about twice the forward; the default probe is
+        small (64 samples) for that reason.
+    """
+
+    _prefix = "pullback"
+
+    def __init__(
+        self,
+        probe: Any = None,
+        *,
+        output: Literal["logits", "probs", "fisher"] = "logits",
+        position: int | None = None,
+        top_logits: int | None = None,
+        run_fn: Callable[[Any, Any], tuple[torch.Tensor, Any]] | None = None,
+        model_attr: str | None = None,
+        label_key: str | None = "labels",
+        track_samples: int = 8,
+        track_top: int = 4,
+        num_samples: int = 64,
+        batch_size: int = 16,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(probe, num_samples=num_samples, batch_size=batch_size, **kwargs)
+        if output not in OUTPUT_MAPS:
+            raise ValueError(f"Expected `output` to be one of {OUTPUT_MAPS}, but got {output!r}.")
+        if top_logits is not None and (not isinstance(top_logits, int) or top_logits < 1):
+            raise ValueError(f"Expected `top_logits` to be None or a positive integer, but got {top_logits!r}.")
+        self.output = output
+        self.position = position
+        self.top_logits = top_logits
+        self.run_fn = run_fn
+        self.model_attr = model_attr
+        self.label_key = label_key
+        self.track_samples = track_samples
+        self.track_top = track_top
+        self._tracked: list | None = None  # previous checkpoint's top eigenvectors, per layer
+        self._layout_done = False
+
+    def _run(self, net: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, Any]:
+        if self.run_fn is not None:
+            return self.run_fn(net, batch)
+        return logits_and_hidden(net, batch, self.label_key)
+
+    def _local(self, run: Run) -> tuple[list, str | None]:
+        """Per-sample statistics and tracked eigenvectors of this rank's shard, or an error message."""
+        net = resolve_network(run.module, self.model_attr)
+        was_training = run.module.training
+        run.module.eval()
+        out = []
+        try:
+            for bid, batch in self._shard(self._probe(run)):
+                batch = _to_device(batch, run.device)
+                spectra = layer_spectra(
+                    lambda batch=batch: self._run(net, batch), output=self.output, position=self.position, top_logits=self.top_logits
+                )
+                stats = [{k: v.cpu() for k, v in spectrum_stats(s).items()} for s in spectra]
+                mean_spec = [s.eigenvalues.mean(dim=0)[:32].cpu() for s in spectra]
+                vecs = [s.eigenvectors[:, : self.track_top].to(torch.float32).cpu() for s in spectra]
+                out.append((bid, stats, mean_spec, vecs))
+            return out, None
+        except Exception as err:  # noqa: BLE001 - sent through the collective, raised after it
+            if self.on_error == "raise":
+                raise
+            return [], f"{type(err).__name__}: {err}"
+        finally:
+            run.module.train(was_training)
+
+    def settings_dict(self) -> dict[str, Any]:
+        return {
+            **super().settings_dict(),
+            "output": self.output,
+            "position": self.position,
+            "top_logits": self.top_logits,
+            "track_samples": self.track_samples,
+            "track_top": self.track_top,
+        }
+
+    def _measure(self, run: Run) -> dict[str, Any]:
+        start = time.perf_counter()
+        parts = gather_parts(*self._local(run), "pullback spectra")
+        self._timed("spectra", start)
+        n_layers = len(parts[0][1])
+        n_samples = sum(int(p[1][0]["top"].shape[0]) for p in parts)
+        vecs = [torch.cat([p[3][li] for p in parts])[: self.track_samples] for li in range(n_layers)]
+        layers = []
+        for li in range(n_layers):
+            rec: dict[str, Any] = {"index": li}
+            for stat in parts[0][1][li]:
+                rec[stat] = float(torch.cat([p[1][li][stat] for p in parts]).mean())
+            weights = [p[1][li]["top"].shape[0] for p in parts]
+            rec["spectrum"] = (sum(w * p[2][li] for w, p in zip(weights, parts)) / sum(weights)).tolist()
+            if self._tracked is not None and li < len(self._tracked) and self._tracked[li].shape == vecs[li].shape:
+                rec["stability"] = float(subspace_overlap(self._tracked[li], vecs[li]).mean())
+            else:
+                rec["stability"] = None
+            layers.append(rec)
+        self._tracked = vecs
+        return {"n_samples": n_samples, "layers": layers}
+
+    def _publish(self, run: Run, record: dict[str, Any]) -> None:
+        if not self._layout_done:
+            run.sink.layout([*PULLBACK_STATS, "stability"], self._prefix)
+            self._layout_done = True
+        metrics = {
+            metric_key(k, layer["index"], prefix=self._prefix): float(layer[k])
+            for layer in record["layers"]
+            for k in (*PULLBACK_STATS, "stability")
+            if isinstance(layer.get(k), float)
+        }
+        metrics.update(
+            {metric_key(f"time/{k}", prefix=self._prefix): float(v) for k, v in (record.get("time") or {}).items() if is_number(v)}
+        )
+        run.sink.scalars(metrics, record["step"])
+
+    def _figure_set(self) -> dict[str, Any]:
+        from ..report.figures import heatmap_figure, spectra_figure
+
+        return {
+            "pullback_spectra": spectra_figure(self.history),
+            "pullback_log_det_heatmap": heatmap_figure(self.history, key="log_det"),
+            "pullback_effective_rank_heatmap": heatmap_figure(self.history, key="effective_rank"),
+        }
