@@ -343,8 +343,9 @@ def capture_representations(
                     feats = [[] for _ in pooled]
                 for acc, p in zip(feats, pooled):
                     acc.append(p)
-                if lab is not None:
-                    labels.append(torch.as_tensor(lab).reshape(-1).cpu())
+                lab_t = torch.as_tensor(lab) if lab is not None else None
+                if lab_t is not None and lab_t.ndim <= 1:  # (B, T) labels are token targets (an LM's), not classes
+                    labels.append(lab_t.reshape(-1).cpu())
     finally:
         module.train(was_training)
     features = tuple(torch.cat(f).clone() for f in feats)  # clone: leave inference mode

@@ -11,7 +11,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from datasets import ID_CASES, checksum, overlap_family  # noqa: E402
+from reference_datasets import ID_CASES, checksum, overlap_family  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
