@@ -30,10 +30,12 @@ def id_profile(report: Any):
                     ax.plot([ph[key]], [rows[xs.index(ph[key])]["id"]], mark, ms=11, mfc="none", color="crimson")
             if ph["plateau_layers"]:
                 ax.axvspan(min(ph["plateau_layers"]) - 0.3, max(ph["plateau_layers"]) + 0.3, color="crimson", alpha=0.06)
+            for cp in ph.get("change_points", []):  # robust across scales
+                ax.axvline(cp - 0.5, color=c, ls="--", lw=1, alpha=0.7)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layer (0 = embeddings)")
     ax.set_ylabel("intrinsic dimension")
-    ax.set_title("ID profile (red triangles: first peak / minimum, square: second peak; shaded: plateau)")
+    ax.set_title("ID profile (red: first peak / minimum / second peak; shaded: plateau; dashed: robust change points)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()

@@ -118,7 +118,7 @@ def probe_model(
     pooling: str = "mean",
     k: int = 10,
     range_max: int = 64,
-    pullback_samples: int = 32,
+    pullback_samples: int = 8,
     device: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -189,6 +189,20 @@ def probe_model(
     }
 
 
+def _output_size(net: Any) -> int | None:
+    """Logits per position from the model itself (an LM head's vocabulary, a classifier's labels), without a forward."""
+    try:
+        emb = net.get_output_embeddings() if hasattr(net, "get_output_embeddings") else None
+    except Exception:  # noqa: BLE001 - not implemented by this model
+        emb = None
+    if emb is not None and getattr(emb, "weight", None) is not None:
+        return int(emb.weight.shape[0])
+    cfg = getattr(net, "config", None)
+    if cfg is not None and type(net).__name__.endswith(("ForSequenceClassification", "ForImageClassification")):
+        return int(getattr(cfg, "num_labels", 0)) or None
+    return None
+
+
 def _pullback(module: Any, data: Any, n: int, dev: torch.device) -> list[dict[str, Any]] | None:
     """Mean pullback statistics per layer on the first ``n`` samples, when the model has logits."""
     from ..capture import logits_and_hidden, resolve_network
@@ -198,8 +212,10 @@ def _pullback(module: Any, data: Any, n: int, dev: torch.device) -> list[dict[st
     batch = data.batches[0]
     batch = {k: v[:n].to(dev) for k, v in batch.items()} if isinstance(batch, dict) else batch
     try:
-        with torch.no_grad():
-            n_out = logits_and_hidden(net, batch)[0].shape[-1]  # also: is there an output head at all?
+        n_out = _output_size(net)
+        if n_out is None:  # unknown from the config: one forward tells (and whether there is a head at all)
+            with torch.no_grad():
+                n_out = logits_and_hidden(net, batch)[0].shape[-1]
         top = 16 if n_out > 64 else None
         spectra = layer_spectra(lambda: logits_and_hidden(net, batch), output="fisher", top_logits=top)
     except Exception:  # noqa: BLE001 - no output head, or an op without a gradient: no pullback section
