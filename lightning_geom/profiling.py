@@ -16,6 +16,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 __all__ = ["OpCounter"]
 
+# ops that only make a new view or wrapper of existing memory: dispatched, but no kernel is launched
+_VIEW_OPS = frozenset(
+    {"slice", "view", "select", "unsqueeze", "squeeze", "alias", "expand", "permute", "transpose", "t", "unbind",
+     "diagonal", "as_strided", "detach", "lift_fresh", "_reshape_alias", "reshape", "split", "narrow", "unfold", "view_as"}
+)
 # ops that make the host wait for the device (a value or a data-dependent shape comes back)
 _SYNC_OPS = ("_local_scalar_dense", "nonzero", "masked_select", "unique", "item", "equal")
 
@@ -26,6 +31,7 @@ class OpCounter(TorchDispatchMode):
     Attributes:
         ops: ``Counter`` of op names (``"aten.mm.default"``, ...).
         total: number of ops dispatched.
+        launches: the ops among them that launch a kernel (views and wrappers excluded).
         syncs: number of ops that synchronise the host with the device (scalar reads, ``nonzero``,
             ``unique``, copies between devices).
 
@@ -52,7 +58,13 @@ class OpCounter(TorchDispatchMode):
 
     @property
     def total(self) -> int:
+        """Every dispatched op, views included."""
         return int(sum(self.ops.values()))
+
+    @property
+    def launches(self) -> int:
+        """Dispatched ops that run a kernel on the device: ``total`` minus views / wrappers of existing memory."""
+        return int(sum(n for name, n in self.ops.items() if name.split(".")[1] not in _VIEW_OPS))
 
     def top(self, n: int = 10) -> list[tuple[str, int]]:
         """The ``n`` most frequent ops."""

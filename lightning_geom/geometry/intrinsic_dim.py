@@ -172,6 +172,13 @@ def _masked_mean(v: Tensor, keep: Tensor | None, n_kept: list[int]) -> Tensor:
     return torch.where(keep, v, 0.0).sum(dim=0) / torch.tensor(n_kept, dtype=v.dtype, device=v.device)
 
 
+def _scales(r_in: Tensor, r_out: Tensor, keep: Tensor | None, n_kept: list[int]) -> Tensor:
+    """(S,) mean of r_n1 and r_n2 over the usable points: the length scale of each GRIDE ratio."""
+    if keep is None:  # one stack, one mean
+        return torch.stack([r_in, r_out]).mean(dim=(0, 1))
+    return 0.5 * (_masked_mean(r_in, keep, n_kept) + _masked_mean(r_out, keep, n_kept))
+
+
 def _column_quantiles(v: Tensor, keep: Tensor | None, n_kept: list[int], qs: tuple[float, ...]) -> Tensor:
     """(Q, S) quantiles of each column of (N, S) ``v`` over its usable rows (numpy's 'linear' rule)."""
     if keep is None:  # every column has N values: the positions are known on the host
@@ -237,8 +244,8 @@ def twonn(
             "use `method='mle'` to use all points."
         )
     r_in, r_out, keep, n_kept, n_drop = _ratio_table(x, [(1, 2)], what="TwoNN")
-    dim, scale = _twonn_fit(r_in[:, 0], r_out[:, 0], None if keep is None else keep[:, 0], n_kept[0], discard_fraction, method)
-    dim_f, scale_f = torch.stack([dim, scale]).tolist()
+    dim = _twonn_fit(r_in[:, 0], r_out[:, 0], None if keep is None else keep[:, 0], n_kept[0], discard_fraction, method)
+    dim_f, scale_f = torch.cat([dim.reshape(1), _scales(r_in, r_out, keep, n_kept)]).tolist()
     return _twonn_estimate(dim_f, scale_f, n_kept[0], n_drop)
 
 
@@ -246,8 +253,8 @@ def _twonn_estimate(dim: float, scale: float, n: int, n_dropped: int) -> IDEstim
     return IDEstimate(dim=dim, err=dim / math.sqrt(n), scale=scale, n_points=n, estimator="twonn", n_dropped=n_dropped)
 
 
-def _twonn_fit(r1: Tensor, r2: Tensor, keep: Tensor | None, n: int, discard_fraction: float, method: str) -> tuple[Tensor, Tensor]:
-    """TwoNN (dim, scale) as 0-d tensors from (N,) r1, r2 and the usable points (``n`` of them)."""
+def _twonn_fit(r1: Tensor, r2: Tensor, keep: Tensor | None, n: int, discard_fraction: float, method: str) -> Tensor:
+    """The TwoNN dimension as a 0-d tensor from (N,) r1, r2 and the usable points (``n`` of them)."""
     if n < 3:
         raise ValueError(f"TwoNN needs at least 3 non-duplicate points, but got {n}.")
     if keep is not None:  # duplicates: a data-dependent selection (one more sync, rare path)
@@ -260,7 +267,7 @@ def _twonn_fit(r1: Tensor, r2: Tensor, keep: Tensor | None, n: int, discard_frac
         lx = torch.sort(log_mu).values[:n_eff]
         ly = torch.from_numpy(-np.log1p(-np.arange(1, n_eff + 1, dtype=np.float64) / n)).to(lx.device)
         dim = torch.dot(lx, ly) / torch.dot(lx, lx)
-    return dim, 0.5 * (r1.mean() + r2.mean())
+    return dim
 
 
 def id_profile(
@@ -285,10 +292,10 @@ def id_profile(
     r_in, r_out, keep, n_kept, n_drop = _ratio_table(x, pairs, what=f"GRIDE scaling (range_max={range_max})")
     if min(n_kept) < 3:
         raise ValueError(f"GRIDE needs at least 3 non-duplicate points, but got {min(n_kept)}.")
-    tw_dim, tw_scale = _twonn_fit(r_in[:, 0], r_out[:, 0], None if keep is None else keep[:, 0], n_kept[0], discard_fraction, "fit")
+    tw_dim = _twonn_fit(r_in[:, 0], r_out[:, 0], None if keep is None else keep[:, 0], n_kept[0], discard_fraction, "fit")
     dim, err = _gride_solve(r_in, r_out, keep, n_kept, pairs)
-    scale = 0.5 * (_masked_mean(r_in, keep, n_kept) + _masked_mean(r_out, keep, n_kept))
-    vals = torch.cat([dim, err, scale, tw_dim.reshape(1), tw_scale.reshape(1)]).tolist()  # one transfer
+    scale = _scales(r_in, r_out, keep, n_kept)
+    vals = torch.cat([dim, err, scale, tw_dim.reshape(1), scale[:1]]).tolist()  # one transfer; TwoNN's scale = GRIDE's first
     s = len(pairs)
     dims, errs, scales = vals[:s], vals[s : 2 * s], vals[2 * s : 3 * s]
     tw = _twonn_estimate(vals[-2], vals[-1], n_kept[0], n_drop)
@@ -459,7 +466,7 @@ def _gride_estimates(x: Tensor | np.ndarray | Neighbors, pairs: list[tuple[int, 
     if min(n_kept) < 3:
         raise ValueError(f"GRIDE needs at least 3 non-duplicate points, but got {min(n_kept)}.")
     dim, err = _gride_solve(r_in, r_out, keep, n_kept, pairs)
-    scale = 0.5 * (_masked_mean(r_in, keep, n_kept) + _masked_mean(r_out, keep, n_kept))
+    scale = _scales(r_in, r_out, keep, n_kept)
     dims, errs, scales = torch.stack([dim, err, scale]).tolist()
     return [
         IDEstimate(dim=d, err=e, scale=sc, n_points=int(k), estimator="gride", n1=p[0], n2=p[1], n_dropped=n_drop)
