@@ -35,14 +35,36 @@ def _import(path: str) -> Any:
     mod, _, name = path.rpartition(".")
     if not mod:
         raise ValueError(f"Expected a class path like 'package.module.Class', but got {path!r}.")
-    return getattr(importlib.import_module(mod), name)
+    try:
+        cls = getattr(importlib.import_module(mod), name)
+    except ImportError as err:
+        raise ValueError(f"--module {path}: cannot import {mod!r} ({err}); is the package installed and on the path?") from None
+    except AttributeError:
+        raise ValueError(f"--module {path}: {mod!r} has no attribute {name!r}.") from None
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module) and hasattr(cls, "load_from_checkpoint")):
+        raise ValueError(f"--module {path}: {name!r} is not a LightningModule class.")
+    return cls
+
+
+def _read_checkpoint(path: Path) -> dict:
+    """``torch.load`` of a Lightning checkpoint, with a one-line error for a truncated or foreign file."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - zip / pickle / EOF errors all mean the same to the user
+        raise ValueError(
+            f"{path} is not a readable checkpoint (truncated, still being written, or not a .ckpt): "
+            f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
+        ) from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict' inside).")
+    return ckpt
 
 
 def _load_checkpoint(path: Path, module: str | None) -> LoadedModel:
+    ckpt = _read_checkpoint(path)
     if module:
         cls = _import(module)
     else:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
         hp = ckpt.get("hyper_parameters", {}) or {}
         if {"n_layer", "width", "heads"} <= set(hp):  # the demo's image-GPT
             from .demo import ImageGPT
@@ -52,7 +74,10 @@ def _load_checkpoint(path: Path, module: str | None) -> LoadedModel:
             raise ValueError(
                 f"Cannot tell the LightningModule class of {path}: pass `--module package.module.Class`."
             )
-    lm = cls.load_from_checkpoint(str(path), map_location="cpu")
+    try:
+        lm = cls.load_from_checkpoint(str(path), map_location="cpu")
+    except (RuntimeError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} does not load into {cls.__name__}: {str(err).splitlines()[0][:200]}; is --module right?") from None
     lm.eval()
     return LoadedModel(module=lm, kind="lightning", source=str(path), lightning_module=lm)
 

@@ -82,3 +82,21 @@ def test_bad_counts_are_usage_errors(argv, capsys):
         main(argv)
     assert info.value.code == 2
     assert "expected a positive integer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "match", "code"),
+    [(["--index", "5000"], "the digits set has 1797 images", None), (["--step-size", "nan"], "finite number > 0", 2)],
+)
+def test_navigate_bad_inputs(tmp_path, extra, match, code, capsys):
+    from lightning_geom.cli import main
+
+    ck = tmp_path / "d"
+    main(["demo", "--steps", "2", "--layers", "2", "--width", "16", "--probe-samples", "64", "--no-report", "--no-pullback",
+          "--no-progress", "--out", str(ck)])
+    with pytest.raises(SystemExit) as info:
+        main(["navigate", str(ck / "checkpoints" / "last.ckpt"), "--data", "digits", "--steps", "2", "--out", str(tmp_path / "n"), *extra])
+    text = str(info.value.code) + capsys.readouterr().err
+    assert match in text
+    if code is not None:
+        assert info.value.code == code

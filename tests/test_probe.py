@@ -268,3 +268,64 @@ def test_colliding_checkpoint_names_use_their_paths():
 
     assert _names(["runs/a/last.ckpt", "runs/b/last.ckpt"]) == ["a/last.ckpt", "b/last.ckpt"]
     assert _names(["x/step=1.ckpt", "x/step=2.ckpt"]) == ["step=1", "step=2"]
+
+
+@pytest.fixture(scope="module")
+def demo_ckpt(tmp_path_factory):
+    from lightning_geom.cli import main as cli_main
+
+    out = tmp_path_factory.mktemp("demo")
+    cli_main(["demo", "--steps", "4", "--layers", "2", "--width", "16", "--every-n-steps", "2", "--probe-samples", "64",
+              "--no-report", "--no-pullback", "--no-progress", "--out", str(out)])
+    return out / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.parametrize(
+    ("case", "match"),
+    [
+        ("truncated", "is not a readable checkpoint"),
+        ("not_a_ckpt", "is not a readable checkpoint"),
+        ("device_cuda", "--device .*: no CUDA device here|.*"),
+        ("device_banana", "not a device name"),
+        ("out_is_file", "exists and is not a folder"),
+        ("module_missing", "cannot import 'nosuch'"),
+        ("module_not_a_model", "is not a LightningModule class"),
+    ],
+)
+def test_cli_bad_inputs_are_one_line_errors(tmp_path, demo_ckpt, case, match):
+    """Issue 13: one line that names the problem and the fix, before any computation, exit code 1."""
+    import torch
+
+    ckpt = str(demo_ckpt)
+    extra: list[str] = []
+    if case == "truncated":
+        bad = tmp_path / "t.ckpt"
+        bad.write_bytes(demo_ckpt.read_bytes()[:1000])
+        ckpt = str(bad)
+    elif case == "not_a_ckpt":
+        bad = tmp_path / "x.ckpt"
+        bad.write_text("x")
+        ckpt = str(bad)
+    elif case == "device_cuda":
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
+        extra = ["--device", "cuda"]
+    elif case == "device_banana":
+        extra = ["--device", "banana"]
+    elif case == "out_is_file":
+        (tmp_path / "f").write_text("")
+        extra = ["--out", str(tmp_path / "f")]
+    elif case == "module_missing":
+        extra = ["--module", "nosuch.Module"]
+    elif case == "module_not_a_model":
+        extra = ["--module", "lightning_geom.demo.DigitsDataModule"]
+    args = ["probe", ckpt, "--data", "digits", "--max-samples", "200", "--pullback-samples", "0"]
+    if "--out" not in extra:
+        args += ["--out", str(tmp_path / "rep")]
+    with pytest.raises(SystemExit) as info:
+        main(args + extra)
+    msg = str(info.value.code)
+    assert msg.startswith("error: ") and "\n" not in msg
+    import re
+
+    assert re.search(match, msg), msg

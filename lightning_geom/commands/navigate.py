@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .args import positive_int
+from .args import positive_float, positive_int
 
 
 def add_parser(sub: Any) -> None:
@@ -23,7 +23,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--module", default=None, help="LightningModule class path of a checkpoint")
     p.add_argument("--mode", choices=["simec", "simexp"], default="simec")
     p.add_argument("--steps", type=positive_int, default=200)
-    p.add_argument("--step-size", type=float, default=0.01)
+    p.add_argument("--step-size", type=positive_float, default=0.01)
     p.add_argument("--step-rule", choices=["fixed", "paper"], default="fixed")
     p.add_argument("--output", choices=["logits", "probs", "fisher"], default="logits")
     p.add_argument("--tokens", default="all", help="'all', 'top_attribution' or comma-separated positions")
@@ -39,6 +39,9 @@ def _batch(args: argparse.Namespace, loaded: Any) -> dict[str, torch.Tensor]:
         from ..demo.data import digits_sequences
 
         x, _ = digits_sequences()
+        bad = [i for i in args.index if not -len(x) <= i < len(x)]
+        if bad:
+            raise SystemExit(f"error: --index {bad[0]}: the digits set has {len(x)} images (0 .. {len(x) - 1}).")
         return {"pixels": x[list(args.index)]}
     if args.text:
         if loaded.tokenizer is None:

@@ -27,7 +27,42 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--range-max", type=positive_int, default=64, help="largest GRIDE rank (default 64)")
     p.add_argument("--pullback-samples", type=non_negative_int, default=8, help="samples for the pullback statistics (default 8: about a tenth of a real LM's probe time; 0: skip)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--debug", action="store_true", help="show the full traceback of a failure")
     p.set_defaults(func=run)
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a device this machine does not have, before any work."""
+    import torch
+
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device}: not a device name (cpu, cuda, cuda:1, mps, ...).") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA device here (torch {torch.__version__}); use --device cpu.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here.")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: MPS is not available here; use --device cpu.")
+
+
+def check_out_dir(out: str) -> None:
+    """The report folder must be creatable and writable: checked before the computation, not after."""
+    import tempfile
+    from pathlib import Path
+
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder; choose another --out.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise ValueError(f"--out {out}: cannot write there ({err.strerror or err}); choose another --out.") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
     try:
+        check_device(args.device)
+        check_out_dir(args.out)
         loaded = [load_model(m, module=args.module) for m in args.models]
         data = load_probe_data(
             args.data, loaded[0], text_column=args.text_column, label_column=args.label_column,
@@ -49,9 +86,18 @@ def run(args: argparse.Namespace) -> int:
             loaded, data, layers=args.layers, pooling=args.pooling, k=args.k, range_max=args.range_max,
             pullback_samples=args.pullback_samples, device=args.device,
         )
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, MemoryError) as err:
+        if args.debug:
+            raise
         raise SystemExit(f"error: {err}") from None
-    files = report.write(args.out)
+    except Exception as err:  # noqa: BLE001 - one line for the user; --debug for the traceback
+        if args.debug:
+            raise
+        raise SystemExit(f"error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} (run with --debug for the traceback)") from None
+    try:
+        files = report.write(args.out)
+    except OSError as err:
+        raise SystemExit(f"error: could not write the report to {args.out}: {err}") from None
     for m in report.models:
         ph = m.get("phase") or {}
         best = m.get("best_retrieval_layer")
