@@ -122,3 +122,28 @@ def test_knn_plans_its_memory_before_allocating(monkeypatch):
     monkeypatch.setattr(nbm, "available_bytes", lambda device: 1000)
     with pytest.raises(MemoryError, match="fewer points"):
         knn(x, 10)
+
+
+def test_memory_budget_caps_the_working_set_and_keeps_the_answer():
+    """Issue 10: `knn(..., memory_budget=)` plans blocks, the symmetric buffer and the recompute inside it."""
+    import subprocess
+    import sys
+
+    code = r"""
+import resource, sys, torch
+from lightning_geom.geometry import knn
+x = torch.randn(12000, 32, generator=torch.Generator().manual_seed(0))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+nb = knn(x, 16, memory_budget=64 << 20)
+grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+ref = knn(x, 16)
+assert torch.equal(nb.indices, ref.indices) and torch.equal(nb.distances, ref.distances)
+print(grew)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    grew = int(out.stdout.strip().splitlines()[-1])
+    assert grew < (64 << 20) + (16 << 20), grew  # the budget, plus allocator slack
+    with pytest.raises(MemoryError, match="memory_budget is"):
+        knn(torch.randn(3000, 64), 10, memory_budget=1 << 20)
+    with pytest.raises(ValueError, match="positive number of bytes"):
+        knn(torch.randn(30, 4), 3, memory_budget=-1)

@@ -158,34 +158,52 @@ def available_bytes(device: torch.device) -> int | None:
     return None
 
 
-def knn_bytes(n: int, d: int, kc: int, block: int) -> int:
+def knn_bytes(n: int, d: int, kc: int, block: int, *, recompute: int | None = None) -> int:
     """Working memory of :func:`knn` beyond its input: the float32 centred copy, one Gram panel,
-    the candidate lists and the exact-recompute buffer (the optional N x N symmetric buffer not counted)."""
-    return n * d * 4 + min(block, n) * n * 4 + n * kc * 40 + min(n * kc * d * 8, max(2 << 30, block * n * 4))
+    the candidate lists and the exact-recompute buffer (``recompute`` bytes; default its usual
+    size), the optional N x N symmetric buffer not counted."""
+    rc = min(n * kc * d * 8, max(2 << 30, block * n * 4)) if recompute is None else recompute
+    return n * d * 4 + min(block, n) * n * 4 + n * kc * 40 + rc
 
 
-def plan_memory(n: int, d: int, kc: int, block: int, device: torch.device, *, fixed_block: bool = False) -> int:
-    """The Gram block size that fits the free memory of ``device``, decided before allocating.
+def plan_memory(
+    n: int, d: int, kc: int, block: int, device: torch.device, *, fixed_block: bool = False, budget: int | None = None
+) -> int:
+    """The Gram block size that fits the memory budget, decided before allocating.
 
-    The default block shrinks (down to 256 rows) until :func:`knn_bytes` fits 80 % of the free
-    memory; a fixed ``block_size`` that does not fit, or a problem that does not fit even at 256
-    rows, raises ``MemoryError`` naming the sizes and what to change.
+    The budget is ``budget`` bytes if given, else 80 % of the free memory of ``device``. The
+    default block shrinks (down to 64 rows) until :func:`knn_bytes` fits; a fixed ``block_size``
+    that does not fit, or a problem that does not fit even at 64 rows, raises ``MemoryError``
+    naming the sizes and what to change.
     """
-    free = available_bytes(device)
-    if free is None:
-        return block
-    limit = int(0.8 * free)
-    while not fixed_block and block > 256 and knn_bytes(n, d, kc, block) > limit:
+    if budget is not None:
+        if not isinstance(budget, int) or budget < 1:
+            raise ValueError(f"Expected `memory_budget` to be a positive number of bytes, but got {budget!r}.")
+        limit, free = budget, None
+    else:
+        free = available_bytes(device)
+        if free is None:
+            return block
+        limit = int(0.8 * free)
+    while not fixed_block and block > 64 and knn_bytes(n, d, kc, block) > limit:
         block //= 2
-    need = knn_bytes(n, d, kc, block)
+    need = knn_bytes(n, d, kc, block, recompute=8 * kc * d)  # at least one row of the recompute
     if need > limit:
+        have = f"{free / 2**30:.1f} GiB are free on {device}" if free is not None else f"memory_budget is {limit / 2**30:.2f} GiB"
         raise MemoryError(
             f"knn of N = {n} points in D = {d} (k + margin = {kc}, block_size = {block}) needs about "
-            f"{need / 2**30:.1f} GiB of working memory, but {free / 2**30:.1f} GiB are free on {device}. "
+            f"{need / 2**30:.1f} GiB of working memory, but {have}. "
             + ("Pass a smaller `block_size`, " if fixed_block else "Use ")
             + "fewer points (a random subset), or a device with more memory."
         )
     return block
+
+
+def _leftover(n: int, d: int, kc: int, block: int, budget: int | None) -> int | None:
+    """Bytes of ``budget`` left once the centred copy, one panel and the candidates are counted."""
+    if budget is None:
+        return None
+    return budget - knn_bytes(n, d, kc, block, recompute=0)
 
 
 def _exact_distances(x: Tensor, rows: Tensor, cols: Tensor, *, budget: int = _CPU_RECOMPUTE_BYTES) -> Tensor:
@@ -241,7 +259,9 @@ def _top(scores: Tensor, kc: int, col0: int, *, group: int = 8, two_stage: bool 
     return top.values, cols.gather(1, top.indices) + col0
 
 
-def _candidates(x32: Tensor, sq: Tensor, kc: int, block: int, *, two_stage: bool = True) -> tuple[Tensor, Tensor]:
+def _candidates(
+    x32: Tensor, sq: Tensor, kc: int, block: int, *, two_stage: bool = True, sym_bytes: int = _SYM_BUDGET_BYTES
+) -> tuple[Tensor, Tensor]:
     """Top-``kc`` float32 scores s_ij = <x_i, x_j> - |x_j|^2 / 2 (j != i) and their indices, per row.
 
     Row block by row block, one GEMM gives the scores against the columns from the block on
@@ -252,7 +272,7 @@ def _candidates(x32: Tensor, sq: Tensor, kc: int, block: int, *, two_stage: bool
     """
     n, device = x32.shape[0], x32.device
     half_sq = 0.5 * sq  # (N,): sq = |x_j|^2
-    symmetric = n > block and n * n * 4 <= _SYM_BUDGET_BYTES
+    symmetric = n > block and n * n * 4 <= min(sym_bytes, _SYM_BUDGET_BYTES)
     left = torch.empty(n, n, dtype=torch.float32, device=device) if symmetric else None  # [j, i] for i < j
     flat = torch.empty(min(block, n) * n, dtype=torch.float32, device=device)
     out_v = torch.empty(n, kc, dtype=torch.float32, device=device)
@@ -318,7 +338,14 @@ def _sort_rows(dist: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
     return dist.gather(1, order), idx.gather(1, order)
 
 
-def knn(x: Tensor | np.ndarray, k: int, *, block_size: int | None = None, margin: int | None = None) -> Neighbors:
+def knn(
+    x: Tensor | np.ndarray,
+    k: int,
+    *,
+    block_size: int | None = None,
+    margin: int | None = None,
+    memory_budget: int | None = None,
+) -> Neighbors:
     r"""Exact Euclidean k nearest neighbours of every point, self excluded.
 
     .. math:: r_{i,j} = \| x_i - x_{n_j(i)} \|_2, \quad r_{i,1} \le r_{i,2} \le \dots \le r_{i,k}
@@ -333,6 +360,9 @@ def knn(x: Tensor | np.ndarray, k: int, *, block_size: int | None = None, margin
         k: number of neighbours, 1 <= k <= N - 1.
         block_size: rows per panel and side of the Gram blocks (default 1024 on CPU, 8192 on GPU).
         margin: extra candidates kept for the exact re-ranking (default ``max(4, k // 16)``).
+        memory_budget: bytes of working memory ``knn`` may use beyond its input (default: 80 % of the
+            device's free memory); the Gram block shrinks to fit, and the N x N symmetric buffer and
+            the recompute chunks stay inside it.
 
     Returns:
         :class:`Neighbors` with (N, k) float64 ``distances`` and int64 ``indices`` on ``x``'s device.
@@ -359,7 +389,8 @@ def knn(x: Tensor | np.ndarray, k: int, *, block_size: int | None = None, margin
     block = int(block_size) if block_size else _default_block(n, device)
     if block < 1:
         raise ValueError(f"Expected `block_size` to be a positive integer, but got {block_size!r}.")
-    block = plan_memory(n, d, kc, block, device, fixed_block=bool(block_size))
+    block = plan_memory(n, d, kc, block, device, fixed_block=bool(block_size), budget=memory_budget)
+    spare = _leftover(n, d, kc, block, memory_budget)  # what a memory_budget leaves for optional buffers
 
     mean = x.mean(dim=0, keepdim=True, dtype=torch.float64)
     if x.dtype == torch.float64:
@@ -369,10 +400,14 @@ def knn(x: Tensor | np.ndarray, k: int, *, block_size: int | None = None, margin
     sq = (x32 * x32).sum(dim=1)  # (N,)
     # CPU default: two-stage top-k (1.35x faster there); accelerators (or a given block_size): one
     # topk per panel, 9 fewer launches each (a GPU's topk is fast; its launches are not)
-    cand_score, cand_idx = _candidates(x32, sq, kc, block, two_stage=device.type == "cpu" and not block_size)
+    cand_score, cand_idx = _candidates(
+        x32, sq, kc, block, two_stage=device.type == "cpu" and not block_size, sym_bytes=_SYM_BUDGET_BYTES if spare is None else spare
+    )
 
     rows = torch.arange(n, device=device)
     budget = _recompute_budget(n, block, device, explicit_block=bool(block_size))
+    if spare is not None:  # a memory_budget: the recompute chunks fit what is left
+        budget = max(8 * kc * d, min(budget, spare))
     dist = _exact_distances(x, rows, cand_idx, budget=budget)
     dist, idx = _sort_rows(dist, cand_idx)
 
