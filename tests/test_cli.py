@@ -100,3 +100,26 @@ def test_navigate_bad_inputs(tmp_path, extra, match, code, capsys):
     assert match in text
     if code is not None:
         assert info.value.code == code
+
+
+def test_every_written_table_has_no_all_empty_column(tmp_path):
+    """Issue 14: pullback_history.csv had only step / epoch / layer filled; no written table may hold an empty column."""
+    import csv
+    import json
+
+    from lightning_geom.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--steps", "8", "--layers", "2", "--width", "16", "--every-n-steps", "4", "--probe-samples", "128",
+                 "--no-progress", "--out", str(out)]) == 0
+    tables = list((out / "geometry").glob("*.csv")) + list((out / "report").glob("*.csv"))
+    assert {p.name for p in tables} >= {"geometry_history.csv", "pullback_history.csv", "layers.csv"}
+    for path in tables:
+        rows = list(csv.DictReader(path.open()))
+        assert rows, path
+        empty = [c for c in rows[0] if all(r[c] in ("", None) for r in rows)]
+        assert not empty, (path.name, empty)
+    for path in (out / "geometry").glob("*.json"):
+        assert json.loads(path.read_text())  # parses, non-empty
+    pb = list(csv.DictReader((out / "geometry" / "pullback_history.csv").open()))
+    assert {"top", "trace", "effective_rank"} <= set(pb[0])

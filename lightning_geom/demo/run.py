@@ -52,7 +52,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     model = ImageGPT(n_layer=cfg.n_layer, width=cfg.width, heads=cfg.heads, lr=cfg.lr, max_steps=cfg.steps)
     # CSV: a new version_N per run, so a resumed or repeated run never truncates an earlier metrics.csv;
     # TensorBoard: one folder, new event files append to it
-    loggers: list[Any] = [TensorBoardLogger(out, name="tensorboard", version=""), CSVLogger(out, name="csv")]
+    loggers: list[Any] = [
+        TensorBoardLogger(out, name="tensorboard", version="demo", default_hp_metric=False),  # a named run, no hp_metric card
+        CSVLogger(out, name="csv"),
+    ]
     ckpt_path = None
     if cfg.resume:
         last = out / "checkpoints" / "last.ckpt"
@@ -94,6 +97,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         check_val_every_n_epoch=None,
         num_sanity_val_steps=0,
         enable_progress_bar=cfg.progress,
+        max_epochs=-1,  # the run is step-bound (max_steps); a finite-looking epoch count would mislead
         enable_model_summary=False,
         default_root_dir=str(out),
     )

@@ -282,6 +282,7 @@ class MonitorCore:
                 if self.figure_every and len(self.history) % self.figure_every == 0:
                     t = time.perf_counter()
                     self._figures(run)
+                    self._figures_drawn_at = run.step
                     cost["figures_s"] = round(time.perf_counter() - t, 6)
             except Exception as err:
                 if self.on_error == "raise":
@@ -334,8 +335,8 @@ class MonitorCore:
                 self._warn(f"{type(self).__name__} could not save its history after the crash: {err}")
 
     def finish(self, run: Run) -> None:
-        """End of training: final figures and files (rank 0)."""
-        if run.rank_zero and self.history:
+        """End of training: final figures and files (rank 0), unless the last checkpoint just drew them."""
+        if run.rank_zero and self.history and getattr(self, "_figures_drawn_at", None) != self.history[-1]["step"]:
             try:
                 self._figures(run)
             except Exception as err:

@@ -190,16 +190,10 @@ class GeometryCore(MonitorCore):
             run.sink.layout(["id", "twonn", "overlap_next", "label_overlap"], self._prefix)
             self._layout_done = True
         run.sink.scalars(scalars(record, prefix=self._prefix), record["step"])
+        from ..report.history import flat_rows
 
-    def finish(self, run: Run) -> None:
-        super().finish(run)
-        if run.rank_zero and self.history:
-            from ..report.history import flat_rows
-
-            try:
-                run.sink.table(flat_rows(self.history), run.step, metric_key("table"))
-            except Exception as err:  # noqa: BLE001 - a dashboard hiccup must not stop training
-                self._warn(f"{type(self).__name__} could not send its table: {err}")
+        # the whole table at every checkpoint (W&B): a crashed run keeps its custom charts
+        run.sink.table(flat_rows(self.history), record["step"], metric_key("table"))
 
     def _figure_set(self) -> dict[str, Any]:
         from ..report.figures import all_figures

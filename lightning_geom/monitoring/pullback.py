@@ -165,6 +165,9 @@ class PullbackCore(MonitorCore):
             {metric_key(f"time/{k}", prefix=self._prefix): float(v) for k, v in (record.get("time") or {}).items() if is_number(v)}
         )
         run.sink.scalars(metrics, record["step"])
+        from ..report.history import flat_rows
+
+        run.sink.table(flat_rows(self.history), record["step"], metric_key("table", prefix=self._prefix))
 
     def _figure_set(self) -> dict[str, Any]:
         from ..report.figures import heatmap_figure, spectra_figure

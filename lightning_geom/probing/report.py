@@ -51,13 +51,17 @@ class GeometryReport:
         path = out / "layers.csv"
         cols = ["model", "layer", "id", "id_err", "id_n1", "twonn", "twonn_err", "label_overlap", "retrieval", "overlap_next"]
         pcols = sorted({k for m in self.models for r in m.get("pullback") or [] for k in r if k != "index"})
+        header = cols + [f"pullback_{c}" for c in pcols]
+        rows = []
+        for m in self.models:
+            pb = {r["index"]: r for r in m.get("pullback") or []}
+            for r in m["layers"]:
+                rows.append([m["name"], r["index"]] + [r.get(c) for c in cols[2:]] + [pb.get(r["index"], {}).get(c) for c in pcols])
+        keep = [j for j in range(len(header)) if any(row[j] is not None for row in rows)]  # no all-empty column
         with path.open("w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(cols + [f"pullback_{c}" for c in pcols])
-            for m in self.models:
-                pb = {r["index"]: r for r in m.get("pullback") or []}
-                for r in m["layers"]:
-                    w.writerow([m["name"], r["index"]] + [r.get(c) for c in cols[2:]] + [pb.get(r["index"], {}).get(c) for c in pcols])
+            w.writerow([header[j] for j in keep])
+            w.writerows([[row[j] for j in keep] for row in rows])
         return [path]
 
     def figures(self) -> dict[str, Any]:

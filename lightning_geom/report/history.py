@@ -59,12 +59,13 @@ def scalars(record: dict[str, Any], *, prefix: str = "geometry") -> dict[str, fl
 
 
 def row_fields(history: Sequence[dict[str, Any]]) -> list[str]:
-    """CSV columns: step, epoch, layer, then every scalar a layer record holds (the geometry ones in
-    their usual order, then the rest, e.g. the pullback statistics, sorted); lists and dicts stay in the JSON."""
+    """CSV columns: step, epoch, layer, then every scalar a layer record holds somewhere (the geometry
+    ones in their usual order, then the rest, e.g. the pullback statistics, sorted); lists and dicts
+    stay in the JSON, and a column empty in every row (``error`` in a clean run) is left out."""
     seen: set[str] = set()
     for rec in history:
-        for layer in rec.get("layers", []):
-            seen |= {k for k, v in layer.items() if k != "index" and (v is None or isinstance(v, (int, float, str, bool)))}
+        for layer in rec.get("layers", []):  # scalars that hold a value somewhere: no all-empty column
+            seen |= {k for k, v in layer.items() if k != "index" and v is not None and isinstance(v, (int, float, str, bool))}
     head = [f for f in ROW_FIELDS if f in ("step", "epoch", "layer") or f in seen]
     return head + sorted(seen - set(head))
 
