@@ -37,6 +37,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=args.progress,
         resume=args.resume,
+        world=args.world,
     )
     try:
         res = run_demo(cfg)
@@ -53,7 +54,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"CSV metrics         : {res['csv']}")
     print(f"last checkpoint     : {res['checkpoint']}")
     if res.get("report"):
-        print(f"probe report        : {res['report']}  (lightning-geom probe {res['checkpoint']} --data digits)")
+        again = f"  (lightning-geom probe {res['checkpoint']} --data digits)" if cfg.world == "digits" else ""
+        print(f"probe report        : {res['report']}{again}")
     return 0
 
 
@@ -110,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_false", dest="progress", help="hide the progress bar")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoints/last.ckpt (same --out and --steps)")
+    p.add_argument(
+        "--world", choices=["digits", "text"], default="digits",
+        help="digits: image-GPT on scikit-learn's digits (default); text: byte-level GPT on the standard library's source",
+    )
     p.set_defaults(func=_cmd_demo)
 
     from .commands.navigate import add_parser as add_navigate

@@ -66,7 +66,11 @@ def _load_checkpoint(path: Path, module: str | None) -> LoadedModel:
         cls = _import(module)
     else:
         hp = ckpt.get("hyper_parameters", {}) or {}
-        if {"n_layer", "width", "heads"} <= set(hp):  # the demo's image-GPT
+        if {"n_layer", "width", "heads", "seq_len"} <= set(hp):  # the demo's text world
+            from .demo.text import TextGPT
+
+            cls = TextGPT
+        elif {"n_layer", "width", "heads"} <= set(hp):  # the demo's image-GPT
             from .demo import ImageGPT
 
             cls = ImageGPT

@@ -30,12 +30,16 @@ class Block(nn.Module):
         self.ln1, self.ln2 = nn.LayerNorm(width), nn.LayerNorm(width)
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
-        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+        self.mlp = nn.Sequential(
+            nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         b, t, d = x.shape
         q, k, v = self.qkv(self.ln1(x)).split(d, dim=2)  # 3 x (B, T, D)
-        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))  # (B, H, T, D/H)
+        q, k, v = (
+            z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v)
+        )  # (B, H, T, D/H)
         a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         x = x + self.proj(a.transpose(1, 2).reshape(b, t, d))
         return x + self.mlp(self.ln2(x))
@@ -53,7 +57,15 @@ class ImageGPT(L.LightningModule):
         weight_decay: AdamW weight decay.
     """
 
-    def __init__(self, n_layer: int = 8, width: int = 64, heads: int = 4, lr: float = 3e-3, max_steps: int = 600, weight_decay: float = 0.05) -> None:
+    def __init__(
+        self,
+        n_layer: int = 8,
+        width: int = 64,
+        heads: int = 4,
+        lr: float = 3e-3,
+        max_steps: int = 600,
+        weight_decay: float = 0.05,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.tok = nn.Embedding(LEVELS + 1, width)  # + start token
@@ -95,10 +107,19 @@ class ImageGPT(L.LightningModule):
         self.log("val/loss", self._loss(batch), prog_bar=True)
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, betas=(0.9, 0.95))
-        total = max(int(self.hparams.max_steps), 4)
-        # OneCycleLR needs >= 2 warm-up steps (its phase length divides by pct_start * total - 1)
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=self.hparams.lr, total_steps=total, pct_start=max(0.05, 2.0 / total), final_div_factor=10
+        return adamw_one_cycle(
+            self, self.hparams.lr, self.hparams.weight_decay, self.hparams.max_steps
         )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def adamw_one_cycle(module: nn.Module, lr: float, weight_decay: float, max_steps: int) -> dict:
+    """AdamW (betas 0.9, 0.95) with a one-cycle schedule over ``max_steps``, stepped every step."""
+    opt = torch.optim.AdamW(
+        module.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95)
+    )
+    total = max(int(max_steps), 4)
+    # OneCycleLR needs >= 2 warm-up steps (its phase length divides by pct_start * total - 1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=lr, total_steps=total, pct_start=max(0.05, 2.0 / total), final_div_factor=10
+    )
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

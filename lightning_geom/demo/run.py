@@ -32,6 +32,8 @@ class DemoConfig:
     seed: int = 0
     progress: bool = True
     resume: bool = False  # continue from <out>/checkpoints/last.ckpt (loggers and history keep their records)
+    world: str = "digits"  # or "text": a byte-level GPT on the standard library's source (demo/text.py)
+    seq_len: int = 128  # text world: bytes per training window and per probe sentence
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
@@ -48,8 +50,16 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, verbose=False)
-    dm = DigitsDataModule(batch_size=cfg.batch_size, seed=cfg.seed)
-    model = ImageGPT(n_layer=cfg.n_layer, width=cfg.width, heads=cfg.heads, lr=cfg.lr, max_steps=cfg.steps)
+    if cfg.world == "text":
+        from .text import TextDataModule, TextGPT
+
+        dm = TextDataModule(seq_len=cfg.seq_len, batch_size=cfg.batch_size, cache_dir=str(out / "cache"), seed=cfg.seed)
+        model = TextGPT(n_layer=cfg.n_layer, width=cfg.width, heads=cfg.heads, seq_len=cfg.seq_len, lr=cfg.lr, max_steps=cfg.steps)
+    elif cfg.world == "digits":
+        dm = DigitsDataModule(batch_size=cfg.batch_size, seed=cfg.seed)
+        model = ImageGPT(n_layer=cfg.n_layer, width=cfg.width, heads=cfg.heads, lr=cfg.lr, max_steps=cfg.steps)
+    else:
+        raise ValueError(f"Expected `world` to be 'digits' or 'text', but got {cfg.world!r}.")
     # CSV: a new version_N per run, so a resumed or repeated run never truncates an earlier metrics.csv;
     # TensorBoard: one folder, new event files append to it
     loggers: list[Any] = [
@@ -78,16 +88,18 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     if cfg.pullback:
         callbacks.append(
             PullbackMonitor(
-                probe=dm.probe_set(),
-                num_samples=32,
-                batch_size=16,
+                # text: 8 unpadded corpus windows (the last position is a real byte), the top-16 logits of 256
+                probe=dm.pullback_probe(8) if cfg.world == "text" else dm.probe_set(),
+                num_samples=8 if cfg.world == "text" else 32,
+                batch_size=8 if cfg.world == "text" else 16,
+                top_logits=16 if cfg.world == "text" else None,
                 output="fisher",
                 every_n_steps=cfg.every_n_steps,
                 log_spaced=False,
                 output_dir=str(out / "geometry"),
             )
         )
-    ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename="igpt-{step}", save_last=True)
+    ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename=("textgpt" if cfg.world == "text" else "igpt") + "-{step}", save_last=True)
     trainer = L.Trainer(
         max_steps=cfg.steps,
         callbacks=[*callbacks, ckpt],
@@ -114,18 +126,27 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "csv": Path(loggers[1].log_dir) / "metrics.csv",
     }
     if cfg.report and ckpt.last_model_path:
-        result["report"] = probe_checkpoint(ckpt.last_model_path, out / "report")
+        result["report"] = probe_checkpoint(ckpt.last_model_path, out / "report", probe=dm.probe_set() if cfg.world == "text" else None)
     return result
 
 
-def probe_checkpoint(path: str, out: Path) -> Path:
-    """The user journey's last step: the probe report of the final checkpoint on all 1797 digits."""
+def probe_checkpoint(path: str, out: Path, probe: dict[str, Any] | None = None) -> Path:
+    """The user journey's last step: the probe report of the final checkpoint (all 1797 digits, or the text probe)."""
     from ..loading import load_model
-    from ..probing import load_probe_data, probe
+    from ..probing import load_probe_data
+    from ..probing import probe as probe_models
+    from ..probing.data import ProbeData
 
     loaded = load_model(path)
-    data = load_probe_data("digits", loaded, batch_size=128)
-    report = probe([loaded], data, names=["final checkpoint"], pullback_samples=32)
+    if probe is None:
+        data = load_probe_data("digits", loaded, batch_size=128)
+    else:  # the text world's labelled docstring sentences
+        from .text import PROBE_MODULES
+
+        n = int(probe["labels"].shape[0])
+        batches = [{k: v[s : s + 64] for k, v in probe.items() if k != "labels"} | {"labels": probe["labels"][s : s + 64]} for s in range(0, n, 64)]
+        data = ProbeData(batches, probe["labels"], n, f"docstring sentences of {len(PROBE_MODULES)} modules ({n})", list(PROBE_MODULES))
+    report = probe_models([loaded], data, names=["final checkpoint"], pullback_samples=8)
     return report.write(out)[0]
 
 
