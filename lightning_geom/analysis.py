@@ -219,7 +219,9 @@ def _robust_segments(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
     Keys: ``change_points`` (first layer of each new plateau), ``change_support`` (fraction of
     scales), ``jumps`` (plateau mean ratio after / before), ``plateaus`` ([first, last, mean ID]
-    at the reported scale), ``n_change_points``. Empty when the layers' scale curves differ.
+    at the reported scale), ``n_change_points``, and the highest plateau's first layer and mean
+    (``high_id_onset``, ``high_id_height``; None for a single plateau). Empty when the layers'
+    scale curves differ.
     """
     curves = [r.get("gride") or {} for r in records]
     ranks = [tuple(c.get("ranks", ())) for c in curves]
@@ -234,10 +236,15 @@ def _robust_segments(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     head = ranks[0].index(n1) if n1 in ranks[0] else 0
     rc = robust_change_points(ids, errs, headline=head)
     layer = [r["index"] for r in records]
+    plateaus = [[layer[a], layer[b], m] for a, b, m in rc.plateaus]
+    high = max(plateaus, key=lambda p: p[2]) if len(plateaus) > 1 else None  # the high-ID phase, if the profile has phases
     return {
         "change_points": [layer[c] for c in rc.change_points],
         "change_support": list(rc.support),
         "jumps": list(rc.jumps),
-        "plateaus": [[layer[a], layer[b], m] for a, b, m in rc.plateaus],
+        "plateaus": plateaus,
         "n_change_points": len(rc.change_points),
+        # Cheng et al. (arXiv 2405.15471): an earlier onset of the high-ID phase goes with better language modelling
+        "high_id_onset": None if high is None else high[0],
+        "high_id_height": None if high is None else high[2],
     }

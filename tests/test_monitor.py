@@ -78,6 +78,8 @@ def test_schedule_keys_and_history(tmp_path, data):
     expected |= {"geometry/id_n1", "geometry/phase/n_change_points"}
     n_cp = mon.history[-1]["phase"]["n_change_points"]
     expected |= {f"geometry/phase/{k}_{i}" for k in ("change_point", "jump") for i in range(1, n_cp + 1)}
+    if mon.history[-1]["phase"]["high_id_onset"] is not None:
+        expected |= {"geometry/phase/high_id_onset", "geometry/phase/high_id_height"}
     assert keys == expected
     assert [t["step"] for t in mon.timings] == steps and all(t["total_s"] > 0 for t in mon.timings)
     last = mon.history[-1]

@@ -48,6 +48,9 @@ def scalars(record: dict[str, Any], *, prefix: str = "geometry") -> dict[str, fl
                 out[metric_key(f"phase/{name}", prefix=prefix)] = float(v)
         if "n_change_points" in phase:  # robust change points: how many, where, how big
             out[metric_key("phase/n_change_points", prefix=prefix)] = float(phase["n_change_points"])
+            for name in ("high_id_onset", "high_id_height"):
+                if is_number(phase.get(name)):
+                    out[metric_key(f"phase/{name}", prefix=prefix)] = float(phase[name])
             for i, (cp, jump) in enumerate(zip(phase["change_points"], phase["jumps"]), start=1):
                 out[metric_key(f"phase/change_point_{i}", prefix=prefix)] = float(cp)
                 if is_number(jump):
