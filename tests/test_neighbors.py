@@ -147,3 +147,24 @@ print(grew)
         knn(torch.randn(3000, 64), 10, memory_budget=1 << 20)
     with pytest.raises(ValueError, match="positive number of bytes"):
         knn(torch.randn(30, 4), 3, memory_budget=-1)
+
+
+def test_cpu_plan_counts_the_buffers_knn_really_allocates(monkeypatch):
+    """The CPU recompute works in 4 MiB chunks: a machine with ~200 MB free keeps its 1024-row blocks."""
+    import lightning_geom.geometry.neighbors as nbm
+
+    monkeypatch.setattr(nbm, "available_bytes", lambda device: 200 << 20)
+    assert nbm.plan_memory(10000, 768, 68, 1024, torch.device("cpu")) == 1024
+
+
+def test_available_memory_counts_the_page_cache():
+    from pathlib import Path
+
+    import lightning_geom.geometry.neighbors as nbm
+
+    meminfo = Path("/proc/meminfo")
+    if not meminfo.is_file():
+        pytest.skip("no /proc/meminfo")
+    fields = dict(line.split(":", 1) for line in meminfo.read_text().splitlines() if ":" in line)
+    avail = int(fields["MemAvailable"].split()[0]) * 1024
+    assert abs(nbm.available_bytes(torch.device("cpu")) - avail) < (256 << 20)  # MemAvailable, not MemFree

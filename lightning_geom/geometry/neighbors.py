@@ -24,6 +24,7 @@ import functools
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -151,8 +152,14 @@ def available_bytes(device: torch.device) -> int | None:
     try:
         if device.type == "cuda":
             return int(torch.cuda.mem_get_info(device)[0])
-        if device.type == "cpu" and hasattr(os, "sysconf"):
-            return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        if device.type == "cpu":
+            meminfo = Path("/proc/meminfo")
+            if meminfo.is_file():  # Linux: MemAvailable counts the reclaimable page cache, MemFree does not
+                for line in meminfo.read_text().splitlines():
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+            if hasattr(os, "sysconf"):
+                return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, RuntimeError):
         return None
     return None
@@ -185,7 +192,10 @@ def plan_memory(
         if free is None:
             return block
         limit = int(0.8 * free)
-    while not fixed_block and block > 64 and knn_bytes(n, d, kc, block) > limit:
+    def rc(b: int) -> int:  # the recompute buffer knn will really allocate with block b
+        return min(n * kc * d * 8, _recompute_budget(n, b, device, explicit_block=fixed_block))
+
+    while not fixed_block and block > 64 and knn_bytes(n, d, kc, block, recompute=rc(block)) > limit:
         block //= 2
     need = knn_bytes(n, d, kc, block, recompute=8 * kc * d)  # at least one row of the recompute
     if need > limit:
