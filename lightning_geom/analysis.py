@@ -28,7 +28,10 @@ from .geometry import (
     three_phase,
 )
 
-__all__ = ["GeometrySettings", "choose_scale", "layer_geometry", "profile_geometry", "finish_profile", "profile_phases", "layer_errors"]
+__all__ = [
+    "GeometrySettings", "choose_scale", "layer_geometry", "profile_geometry", "finish_profile", "profile_phases", "layer_errors",
+    "token_geometry",
+]
 
 
 @dataclass(frozen=True)
@@ -248,3 +251,53 @@ def _robust_segments(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "high_id_onset": None if high is None else high[0],
         "high_id_height": None if high is None else high[2],
     }
+
+
+def token_geometry(
+    features: Sequence[Tensor], lengths: Tensor, *, k: int = 8, overlap_k: int = 4, n1: int | None = None
+) -> tuple[list[dict[str, Any]], int]:
+    """Per-prompt token geometry of every layer (Viswanathan et al., arXiv 2501.10573): each prompt's
+    tokens at a layer are one point cloud; per layer, the mean and spread over prompts.
+
+    Args:
+        features: per layer, (P, T, D) token clouds right-padded to T (``capture(..., pooling="tokens")``).
+        lengths: (P,) real tokens per prompt.
+        k: neighbours per token (GRIDE scales n1 = 1, 2, ... up to k / 2); prompts with <= k tokens are left out.
+        overlap_k: k of the per-prompt overlap with the next layer.
+        n1: the GRIDE rank of ``token_id`` (default: 2, or the largest available).
+
+    Returns:
+        (per-layer records with ``token_id``, ``token_id_std``, ``token_twonn``, ``token_overlap_next``,
+        ``n_prompts``), and how many prompts were too short.
+
+    Raises:
+        ValueError: no prompt has more than ``k`` tokens.
+    """
+    from .geometry import id_batched, knn_batched, overlap_batched
+
+    keep = lengths > k
+    dropped = int((~keep).sum())
+    if not bool(keep.any()):
+        raise ValueError(f"No prompt has more than k = {k} tokens (longest: {int(lengths.max())}); use longer prompts or a smaller k.")
+    lens = lengths[keep]
+    nbs, out = [], []
+    for li, x in enumerate(features):
+        x = x[keep.to(x.device)]
+        nb = knn_batched(x, k, lengths=lens.to(x.device))
+        est = id_batched(nb, range_max=k)
+        ranks = est["ranks"].tolist()
+        j = ranks.index(n1) if n1 in ranks else ranks.index(2) if 2 in ranks else len(ranks) - 1
+        ids = est["gride"][:, j]
+        out.append({
+            "index": li,
+            "token_id": float(ids.mean()),
+            "token_id_std": float(ids.std()) if ids.numel() > 1 else 0.0,
+            "token_id_n1": ranks[j],
+            "token_twonn": float(est["twonn"].mean()),
+            "token_overlap_next": None,
+            "n_prompts": int(ids.numel()),
+        })
+        nbs.append(nb)
+    for a, b, rec in zip(nbs, nbs[1:], out):
+        rec["token_overlap_next"] = float(overlap_batched(a, b, k=min(overlap_k, k)).mean())
+    return out, dropped

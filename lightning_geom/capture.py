@@ -40,7 +40,7 @@ __all__ = [
     "logits_and_hidden",
 ]
 
-Pooling = Literal["mean", "last", "first"] | Callable[[Tensor, Tensor | None], Tensor]
+Pooling = Literal["mean", "last", "first", "tokens"] | Callable[[Tensor, Tensor | None], Tensor]
 LABEL_KEYS = ("labels", "label", "targets", "target", "y")
 
 
@@ -58,11 +58,14 @@ class Representations:
         sources: what each layer is (``"hidden_states[3]"`` or a module name).
         labels: the labels found in the batches (concatenated), or None. Their count is not
             checked here: compare it with ``n_samples`` before use.
+        lengths: with ``pooling="tokens"``, the (N,) number of real tokens of each sample; the
+            features are then (N, T, D) token clouds, zero beyond each length (right padding).
     """
 
     features: tuple[Tensor, ...]
     sources: tuple[str, ...]
     labels: Tensor | None = None
+    lengths: Tensor | None = None  # pooling="tokens": (N,) real tokens per sample; features are (N, T, D)
 
     @property
     def n_samples(self) -> int:
@@ -79,7 +82,8 @@ def pool(h: Tensor, attention_mask: Tensor | None = None, how: Pooling = "mean")
     Args:
         h: (B, T, D) or (B, D) hidden states.
         attention_mask: (B, T) with 1 for real tokens, 0 for padding, or None (all real).
-        how: ``"mean"`` over real tokens, ``"last"`` real token, ``"first"`` token, or a callable
+        how: ``"mean"`` over real tokens, ``"last"`` real token, ``"first"`` token, ``"tokens"``
+            (no pooling: the (B, T, D) token cloud, padding zeroed), or a callable
             ``(h, attention_mask) -> (B, D)``.
 
     Raises:
@@ -100,6 +104,10 @@ def pool(h: Tensor, attention_mask: Tensor | None = None, how: Pooling = "mean")
         raise ValueError(f"Expected a hidden state of shape (B, T, D) or (B, D), but got {tuple(h.shape)}.")
     if how == "first":
         return h[:, 0]
+    if how == "tokens":
+        if attention_mask is not None and attention_mask.shape == h.shape[:2]:
+            return h * attention_mask.to(device=h.device, dtype=h.dtype).unsqueeze(-1)
+        return h
     mask = None
     if attention_mask is not None and attention_mask.shape == h.shape[:2]:
         mask = attention_mask.to(device=h.device, dtype=h.dtype)
@@ -112,7 +120,7 @@ def pool(h: Tensor, attention_mask: Tensor | None = None, how: Pooling = "mean")
             return h[:, -1]
         last = (mask.sum(dim=1).long() - 1).clamp_min(0)  # (B,)
         return h[torch.arange(h.shape[0], device=h.device), last]
-    raise ValueError(f"Expected `pooling` to be one of 'mean', 'last', 'first' or a callable, but got {how!r}.")
+    raise ValueError(f"Expected `pooling` to be one of 'mean', 'last', 'first', 'tokens' or a callable, but got {how!r}.")
 
 
 def _first_tensor(out: Any) -> Tensor:
@@ -311,6 +319,7 @@ def capture_representations(
     keep = device if feature_device is None else torch.device(feature_device)
     feats: list[list[Tensor]] = []
     labels: list[Tensor] = []
+    lens: list[Tensor] = []
     sources: tuple[str, ...] = ()
     was_training = module.training
     module.eval()
@@ -343,14 +352,20 @@ def capture_representations(
                     feats = [[] for _ in pooled]
                 for acc, p in zip(feats, pooled):
                     acc.append(p)
+                if pooling == "tokens":
+                    t = pooled[0].shape[1]
+                    lens.append(mask.sum(dim=1).long().cpu() if mask is not None and mask.shape[:2] == pooled[0].shape[:2] else torch.full((pooled[0].shape[0],), t))
                 lab_t = torch.as_tensor(lab) if lab is not None else None
                 if lab_t is not None and lab_t.ndim <= 1:  # (B, T) labels are token targets (an LM's), not classes
                     labels.append(lab_t.reshape(-1).cpu())
     finally:
         module.train(was_training)
+    if pooling == "tokens":  # batches may have different token counts: right-pad to the longest
+        width = max(f.shape[1] for f in feats[0])
+        feats = [[torch.nn.functional.pad(f, (0, 0, 0, width - f.shape[1])) for f in layer] for layer in feats]
     features = tuple(torch.cat(f).clone() for f in feats)  # clone: leave inference mode
     lab_t = torch.cat(labels).clone() if labels else None  # may mismatch N: the caller checks
-    return Representations(features=features, sources=sources, labels=lab_t)
+    return Representations(features=features, sources=sources, labels=lab_t, lengths=torch.cat(lens) if lens else None)
 
 
 def _headless(net: nn.Module) -> nn.Module:

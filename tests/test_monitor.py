@@ -389,3 +389,33 @@ def test_settings_reach_the_loggers_hyperparameters(tmp_path, data):
     assert p["geometry_monitor/probe_samples"] == 160 and p["geometry_monitor/pooling"] == "mean"
     assert p["geometry_monitor/id_n1"] == mon.history[0]["id_n1"]  # the scale actually used
     assert p["geometry_monitor/range_max"] == 16 and p["geometry_monitor/probe_id"].startswith("160:")
+
+
+def test_per_prompt_token_geometry(tmp_path, data):
+    """Issue 10: tokens='per_prompt' logs the mean / spread of each prompt's token-cloud ID per layer,
+    equal to the per-cloud estimators on the captured tokens."""
+    from lightning_geom.analysis import token_geometry
+    from lightning_geom.capture import capture_representations
+    from lightning_geom.geometry import gride
+
+    logger = RecordingLogger()
+    mon = _monitor(data, tmp_path, tokens="per_prompt", token_prompts=16, token_k=4, log_spaced=False, at_fit_start=False)
+    model = TinyGPT()
+    _trainer(tmp_path, mon, steps=4, loggers=logger).fit(model, loader(data, shuffle=True))
+    tok = mon.history[-1]["tokens"]
+    assert len(tok["layers"]) == 4 and tok["layers"][0]["n_prompts"] + tok["dropped"] == 16
+    keys = set(logger.calls[-1][1])
+    assert {f"geometry/{k}/layer_{i:02d}" for k in ("token_id", "token_id_std", "token_twonn") for i in range(4)} <= keys
+    # the recorded number equals GRIDE on each prompt's own token cloud
+    batch = {k: v[:16] for k, v in data.items()}
+    reps = capture_representations(model, [batch], pooling="tokens")
+    recs, _ = token_geometry(reps.features, reps.lengths, k=4)
+    n1 = recs[1]["token_id_n1"]
+    per = [gride(reps.features[1][p, : int(reps.lengths[p])].double(), n1=n1, n2=2 * n1).dim for p in range(16) if reps.lengths[p] > 4]
+    assert recs[1]["token_id"] == pytest.approx(sum(per) / len(per), rel=1e-6)
+    assert tok["layers"][1]["token_id"] == pytest.approx(recs[1]["token_id"], rel=1e-6)
+
+
+def test_tokens_option_is_validated(data):
+    with pytest.raises(ValueError, match="`tokens` to be None or 'per_prompt'"):
+        GeometryMonitor(probe=data, tokens="all")

@@ -19,4 +19,5 @@ class GeometryMonitor(GeometryCore, ProbeMonitor):
             normalize=self.normalize,
             every_n_steps=self.every_n_steps,
             every_n_epochs=self.every_n_epochs,
+            tokens=self.tokens,
         )

@@ -50,6 +50,12 @@ class GeometryCore(MonitorCore):
             Every scale's ID stays in ``history`` (``layers[i]["gride"]``).
         overlap_k: k of the overlap with the next layer (default 10, as Doimo et al.'s code).
         label_k: k of the label overlap.
+        tokens: ``"per_prompt"`` also measures each of the first ``token_prompts`` probe samples' token
+            cloud per layer (Viswanathan et al., arXiv 2501.10573: :func:`~lightning_geom.analysis.token_geometry`)
+            and logs the mean and spread over prompts as ``geometry/token_id/layer_NN``,
+            ``token_id_std``, ``token_twonn``, ``token_overlap_next`` (one extra forward of those prompts).
+        token_prompts: prompts in the per-prompt analysis.
+        token_k: neighbours per token (prompts with <= ``token_k`` real tokens are left out).
 
     Example (through a framework shell)::
 
@@ -73,9 +79,18 @@ class GeometryCore(MonitorCore):
         id_n1: int | str = "auto",
         overlap_k: int = 10,
         label_k: int = 10,
+        tokens: Literal["per_prompt"] | None = None,
+        token_prompts: int = 64,
+        token_k: int = 8,
         **kwargs: Any,
     ) -> None:
         super().__init__(probe, **kwargs)
+        if tokens not in (None, "per_prompt"):
+            raise ValueError(f"Expected `tokens` to be None or 'per_prompt', but got {tokens!r}.")
+        for name, v in (("token_prompts", token_prompts), ("token_k", token_k)):
+            if not isinstance(v, int) or v < 2:
+                raise ValueError(f"Expected `{name}` to be an integer >= 2, but got {v!r}.")
+        self.tokens, self.token_prompts, self.token_k = tokens, token_prompts, token_k
         if not (callable(pooling) or pooling in ("mean", "last", "first")):
             raise ValueError(f"Expected `pooling` to be one of 'mean', 'last', 'first' or a callable, but got {pooling!r}.")
         if normalize not in (None, "layer_norm"):
@@ -182,7 +197,35 @@ class GeometryCore(MonitorCore):
             self._locked_n1 = int(used)
         self._timed("geometry", start)
         warn_layer_errors(type(self).__name__, run.step, layers)
-        return {"n_samples": int(features[0].shape[0]), "id_n1": used, "layers": layers, "phase": phase}
+        record = {"n_samples": int(features[0].shape[0]), "id_n1": used, "layers": layers, "phase": phase}
+        if self.tokens == "per_prompt":
+            start = time.perf_counter()
+            mine = self._token_record(run) if dist_info()[0] == 0 else None
+            record["tokens"] = next(r for r in all_gather_objects(mine) if r is not None)  # rank 0's, on every rank
+            self._timed("tokens", start)
+        return record
+
+    def _token_record(self, run: Run) -> dict[str, Any]:
+        """Per-prompt token geometry of the first ``token_prompts`` probe samples (rank 0)."""
+        from ..analysis import token_geometry
+
+        batches, n = [], 0
+        for b in self._probe(run):
+            take = min(batch_len(b), self.token_prompts - n)
+            batches.append(b if take == batch_len(b) else {k: v[:take] for k, v in b.items()} if isinstance(b, dict) else b[:take])
+            n += take
+            if n >= self.token_prompts:
+                break
+        reps = capture_representations(
+            run.module, batches, layers=self.layers, pooling="tokens", normalize=self.normalize, forward_fn=self.forward_fn,
+            model_attr=self.model_attr, label_key=self.label_key, device=run.device, autocast=run.autocast, feature_device=None,
+        )
+        if reps.lengths is None or reps.features[0].ndim != 3:
+            raise ValueError("tokens='per_prompt' needs token-level hidden states (B, T, D) from the model.")
+        layers, dropped = token_geometry(reps.features, reps.lengths, k=self.token_k)
+        if dropped:
+            self._warn(f"{type(self).__name__}: {dropped} of {reps.lengths.numel()} prompts have <= {self.token_k} tokens; left out of the per-prompt geometry.")
+        return {"layers": layers, "dropped": dropped}
 
     # --------------------------------------------------------------- reporting (rank 0)
     def _publish(self, run: Run, record: dict[str, Any]) -> None:

@@ -38,6 +38,10 @@ def scalars(record: dict[str, Any], *, prefix: str = "geometry") -> dict[str, fl
             v = layer.get(kind)
             if is_number(v):
                 out[metric_key(kind, layer["index"], prefix=prefix)] = float(v)
+    for layer in (record.get("tokens") or {}).get("layers", []):  # per-prompt token geometry
+        for kind in ("token_id", "token_id_std", "token_twonn", "token_overlap_next"):
+            if is_number(layer.get(kind)):
+                out[metric_key(kind, layer["index"], prefix=prefix)] = float(layer[kind])
     if is_number(record.get("id_n1")):  # the GRIDE scale of geometry/id/*
         out[metric_key("id_n1", prefix=prefix)] = float(record["id_n1"])
     phase = record.get("phase")
