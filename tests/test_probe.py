@@ -329,3 +329,18 @@ def test_cli_bad_inputs_are_one_line_errors(tmp_path, demo_ckpt, case, match):
     import re
 
     assert re.search(match, msg), msg
+
+
+def test_probe_per_prompt_tokens_with_the_shuffled_control(tmp_path, text_model, text_data):
+    """Issue 10: --tokens per-prompt writes the per-prompt token ID per layer (and the shuffled control)."""
+    out = tmp_path / "tok"
+    args = ["probe", str(text_model), "--data", str(text_data / "data.jsonl"), "--out", str(out), "--range-max", "16",
+            "--pullback-samples", "0", "--tokens", "per-prompt", "--token-prompts", "24", "--token-k", "3", "--shuffle-control"]
+    assert main(args) == 0
+    m = json.loads((out / "metrics.json").read_text())["models"][0]
+    tok = m["tokens"]
+    assert tok["prompts"] == 24 and len(tok["layers"]) == len(m["layers"])
+    for r in tok["layers"]:
+        assert r["token_id"] > 0 and r["token_id_shuffled"] > 0 and r["n_prompts"] + tok["dropped"] == 24
+    page = (out / "report.html").read_text()
+    assert "id='tokens'" in page and (out / "token_profile.png").is_file()

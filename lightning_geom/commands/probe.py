@@ -27,6 +27,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--range-max", type=positive_int, default=64, help="largest GRIDE rank (default 64)")
     p.add_argument("--pullback-samples", type=non_negative_int, default=8, help="samples for the pullback statistics (default 8: about a tenth of a real LM's probe time; 0: skip)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tokens", choices=["per-prompt"], default=None, help="also the per-prompt token geometry (each prompt's tokens = one cloud)")
+    p.add_argument("--token-prompts", type=positive_int, default=128, help="prompts in the per-prompt analysis (default 128)")
+    p.add_argument("--token-k", type=positive_int, default=8, help="neighbours per token in the per-prompt analysis (default 8)")
+    p.add_argument("--shuffle-control", action="store_true", help="with --tokens: also on the prompts shuffled in blocks of 4 tokens")
     p.add_argument("--debug", action="store_true", help="show the full traceback of a failure")
     p.set_defaults(func=run)
 
@@ -85,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         report = probe(
             loaded, data, layers=args.layers, pooling=args.pooling, k=args.k, range_max=args.range_max,
             pullback_samples=args.pullback_samples, device=args.device,
+            tokens="per_prompt" if args.tokens else None, token_prompts=args.token_prompts, token_k=args.token_k, shuffle_control=args.shuffle_control,
         )
     except (FileNotFoundError, ValueError, MemoryError) as err:
         if args.debug:

@@ -134,8 +134,32 @@ def id_scale_maps(report: Any):
     return fig
 
 
+def token_profile(report: Any):
+    """Per-prompt token ID per layer (mean +- std over prompts), and the block-shuffled control when measured."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=100)
+    for m, c in zip(report.models, _colors(len(report.models))):
+        tok = m.get("tokens")
+        if not tok:
+            continue
+        rows = tok["layers"]
+        xs = [r["index"] for r in rows]
+        ax.errorbar(xs, [r["token_id"] for r in rows], yerr=[r["token_id_std"] for r in rows], fmt="-o", ms=4, capsize=3, color=c, label=f"{m['name']} ({tok['prompts'] - tok['dropped']} prompts)")
+        if "token_id_shuffled" in rows[0]:
+            ax.plot(xs, [r["token_id_shuffled"] for r in rows], "--s", ms=3, color=c, alpha=0.7, label=f"{m['name']}, tokens shuffled in blocks of 4")
+    ax.set_xlabel("layer (0 = embeddings)")
+    ax.set_ylabel("per-prompt token ID (GRIDE)")
+    ax.set_title("Per-prompt token geometry (mean +- std over prompts)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def report_figures(report: Any) -> dict[str, Any]:
     figs = {"id_scale_map": id_scale_maps(report), "id_profile": id_profile(report), "gride_curves": gride_curves(report), "overlap_matrix": overlap_matrix(report), "labels_retrieval": labels_retrieval(report)}
     if any(m.get("pullback") for m in report.models):
         figs["pullback"] = pullback(report)
+    if any(m.get("tokens") for m in report.models):
+        figs["token_profile"] = token_profile(report)
     return figs

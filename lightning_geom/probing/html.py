@@ -81,6 +81,12 @@ def render(report: Any, figs: dict[str, Any]) -> str:
         "disagree, read the change points that most scales share (dashed).</p>" + _img(figs, "id_scale_map", "layer x scale ID map")
     )
     parts.append("<h2 id='gride'>GRIDE scale curves</h2>" + _img(figs, "gride_curves", "GRIDE scale curves"))
+    if "token_profile" in figs:
+        parts.append(
+            "<h2 id='tokens'>Per-prompt token geometry</h2><p>Each prompt's tokens at a layer form one point cloud "
+            "(Viswanathan et al. 2025); the ID of each cloud, averaged over prompts. The dashed line, when present, is "
+            "the control with each prompt's tokens shuffled in blocks of 4.</p>" + _img(figs, "token_profile", "per-prompt token ID")
+        )
     parts.append("<h2 id='overlap'>Neighbourhood overlap between layers</h2><p class='note'>chi_k between every pair of layers (Doimo et al. 2020).</p>")
     parts.append(_img(figs, "overlap_matrix", "overlap matrix"))
     parts.append("<h2 id='labels'>Label overlap and retrieval</h2>" + _img(figs, "labels_retrieval", "label overlap and retrieval"))

@@ -125,8 +125,18 @@ def probe_model(
     pullback_samples: int = 8,
     device: str | None = None,
     progress: bool = True,
+    tokens: str | None = None,
+    token_prompts: int = 128,
+    token_k: int = 8,
+    shuffle_control: bool = False,
 ) -> dict[str, Any]:
-    """The geometry of one model's layers on ``data`` (a :class:`~.data.ProbeData`)."""
+    """The geometry of one model's layers on ``data`` (a :class:`~.data.ProbeData`).
+
+    ``tokens="per_prompt"`` adds the per-prompt token geometry of the first ``token_prompts``
+    samples (:func:`~lightning_geom.analysis.token_geometry`) and, with ``shuffle_control``, the
+    same on the prompts with their tokens shuffled in blocks of 4 (syntax and meaning disrupted;
+    Viswanathan et al. 2025 see the ID rise).
+    """
     from rich.progress import Progress
 
     timings: dict[str, float] = {}
@@ -172,6 +182,11 @@ def probe_model(
         t0 = time.perf_counter()
         pull = _pullback(module, data, pullback_samples, dev) if pullback_samples else None
         timings["pullback_s"] = time.perf_counter() - t0
+        token_rec = None
+        if tokens == "per_prompt":
+            t0 = time.perf_counter()
+            token_rec = _token_section(module, data, layers, token_prompts, token_k, shuffle_control, dev)
+            timings["tokens_s"] = time.perf_counter() - t0
     best = None
     ret = [(r["retrieval"], r["index"]) for r in layer_recs if isinstance(r.get("retrieval"), float)]
     if ret:
@@ -189,8 +204,50 @@ def probe_model(
         "phase": phase,
         "best_retrieval_layer": best,
         "pullback": pull,
+        "tokens": token_rec,
         "timings": timings,
     }
+
+
+def _shuffle_blocks(batch: dict[str, torch.Tensor], block: int, seed: int) -> dict[str, torch.Tensor]:
+    """The control of Viswanathan et al.: each prompt's real tokens permuted in blocks of ``block`` (padding stays)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = batch["input_ids"].clone()
+    mask = batch.get("attention_mask")
+    for i in range(ids.shape[0]):
+        n = int(mask[i].sum()) if mask is not None else ids.shape[1]
+        blocks = [ids[i, s : min(s + block, n)].clone() for s in range(0, n, block)]
+        order = torch.randperm(len(blocks), generator=g).tolist()
+        ids[i, :n] = torch.cat([blocks[j] for j in order])
+    return {**batch, "input_ids": ids}
+
+
+def _token_section(module: Any, data: Any, layers: Any, prompts: int, k: int, shuffle: bool, dev: torch.device) -> dict[str, Any]:
+    """Per-prompt token geometry of the first ``prompts`` samples (and of their block-shuffled control)."""
+    from ..analysis import token_geometry
+
+    batches, n = [], 0
+    for b in data.batches:
+        if not isinstance(b, dict) or "input_ids" not in b:
+            raise ValueError("--tokens per-prompt needs token inputs (input_ids); this data set has none.")
+        take = min(len(b["input_ids"]), prompts - n)
+        batches.append({key: v[:take] for key, v in b.items() if key != "labels"})
+        n += take
+        if n >= prompts:
+            break
+
+    def measure(bs: list) -> tuple[list, int]:
+        reps = capture_representations(module, bs, layers=layers, pooling="tokens", device=dev)
+        return token_geometry(reps.features, reps.lengths, k=k)
+
+    per, dropped = measure(batches)
+    out: dict[str, Any] = {"layers": per, "dropped": dropped, "prompts": n, "k": k}
+    if shuffle:
+        shuffled, _ = measure([_shuffle_blocks(b, 4, seed=i) for i, b in enumerate(batches)])
+        for rec, ctl in zip(per, shuffled):
+            rec["token_id_shuffled"] = ctl["token_id"]
+            rec["token_id_shuffled_std"] = ctl["token_id_std"]
+    return out
 
 
 def _output_size(net: Any) -> int | None:
@@ -268,6 +325,8 @@ def probe(models: Any, data: Any, *, names: list[str] | None = None, progress: b
     defaults = {n: p.default for n, p in inspect.signature(probe_model).parameters.items() if p.default is not inspect.Parameter.empty}
     settings = {key: kwargs.get(key, defaults.get(key)) for key in ("layers", "pooling", "k", "range_max", "pullback_samples")}
     settings["layers"] = settings["layers"] or "hidden_states (embeddings + one per block)"
+    if kwargs.get("tokens"):
+        settings.update({key: kwargs.get(key, defaults.get(key)) for key in ("tokens", "token_prompts", "token_k", "shuffle_control")})
     settings["device"] = reports[0]["device"] if reports else None
     settings["gride_scale_n1"] = next((r.get("id_n1") for m in reports for r in m["layers"] if r.get("id_n1") is not None), None)
     from .. import __version__
