@@ -17,7 +17,7 @@ from .intrinsic_dim import (
     twonn,
     twonn_scaling,
 )
-from .neighbors import Neighbors, as_points, knn
+from .neighbors import Neighbors, as_points, knn, knn_sharded
 from .overlap import encode_labels, label_overlap, neighborhood_overlap
 from .phases import PhaseSummary, three_phase
 
@@ -43,6 +43,7 @@ __all__ = [
     "id_profile",
     "gride_scaling",
     "knn",
+    "knn_sharded",
     "label_overlap",
     "neighborhood_overlap",
     "twonn",

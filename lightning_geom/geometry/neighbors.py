@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Neighbors", "knn", "as_points"]
+__all__ = ["Neighbors", "knn", "knn_sharded", "as_points"]
 
 _F32_EPS = float(torch.finfo(torch.float32).eps)
 
@@ -306,14 +306,17 @@ def _candidates(
     return out_v, out_i
 
 
-def _fix_failed_rows(x: Tensor, dist: Tensor, idx: Tensor, failed: Tensor, k: int, budget: int) -> tuple[Tensor, Tensor]:
+def _fix_failed_rows(
+    x: Tensor, dist: Tensor, idx: Tensor, failed: Tensor, k: int, budget: int, *, offset: int = 0
+) -> tuple[Tensor, Tensor]:
     """Exact neighbours of the rows whose certificate failed, in bounded memory.
 
     Rows whose k-th exact distance is 0 have k exact copies: their distances are right and only
     the tie-break (smaller index first) is at stake, so they take the k smallest-index copies of
     their point, from one ``unique`` over the points (no distance work). The others are
     recomputed exactly against all N points, a few rows at a time (at most ``budget`` bytes of
-    distances and sort buffers per chunk), keeping only the best k of each.
+    distances and sort buffers per chunk), keeping only the best k of each. ``failed`` indexes the
+    rows of ``dist``; row r is point ``offset + r`` of ``x``.
     """
     n, device = x.shape[0], x.device
     dist, idx = dist[:, :k].clone(), idx[:, :k].clone()
@@ -323,9 +326,9 @@ def _fix_failed_rows(x: Tensor, dist: Tensor, idx: Tensor, failed: Tensor, k: in
         _, inv, counts = torch.unique(x, dim=0, return_inverse=True, return_counts=True)
         members = torch.sort(inv, stable=True).indices  # points grouped by location, index order inside
         start = torch.cumsum(counts, 0) - counts  # (G,) first slot of each group in `members`
-        slots = start[inv[copies]].unsqueeze(1) + torch.arange(k + 1, device=device)  # (F0, k + 1)
+        slots = start[inv[copies + offset]].unsqueeze(1) + torch.arange(k + 1, device=device)  # (F0, k + 1)
         cand = members[slots]  # the k + 1 smallest-index copies (the row itself may be one)
-        keep = cand != copies.unsqueeze(1)
+        keep = cand != (copies + offset).unsqueeze(1)
         keep[:, -1] &= ~keep[:, :-1].all(dim=1)  # drop the last when the row itself was not among them
         idx[copies] = cand[keep].view(-1, k)
         dist[copies] = 0.0
@@ -333,11 +336,65 @@ def _fix_failed_rows(x: Tensor, dist: Tensor, idx: Tensor, failed: Tensor, k: in
     everyone = torch.arange(n, device=device)
     for s in range(0, others.numel(), rows):
         part = others[s : s + rows]
-        exact = _exact_distances(x, part, everyone.expand(part.numel(), n), budget=budget)  # (r, N)
-        exact[torch.arange(part.numel(), device=device), part] = math.inf  # not its own neighbour
+        exact = _exact_distances(x, part + offset, everyone.expand(part.numel(), n), budget=budget)  # (r, N)
+        exact[torch.arange(part.numel(), device=device), part + offset] = math.inf  # not its own neighbour
         best = torch.sort(exact, dim=1, stable=True)  # stable: exact ties keep index order
         dist[part], idx[part] = best.values[:, :k], best.indices[:, :k]
     return dist, idx
+
+
+def _candidates_rows(x32: Tensor, sq: Tensor, a: int, b: int, kc: int, block: int, *, two_stage: bool) -> tuple[Tensor, Tensor]:
+    """Top-``kc`` float32 scores of rows a..b-1 against all N points (self excluded), panel by panel."""
+    device = x32.device
+    half_sq = 0.5 * sq
+    out_v = torch.empty(b - a, kc, dtype=torch.float32, device=device)
+    out_i = torch.empty(b - a, kc, dtype=torch.int64, device=device)
+    for s in range(a, b, block):
+        e = min(s + block, b)
+        scores = torch.mm(x32[s:e], x32.T).sub_(half_sq)  # (r, N)
+        scores.diagonal(offset=s).fill_(-math.inf)  # j != i
+        v, i = _top(scores, kc, 0, two_stage=two_stage)
+        top = torch.sort(v, dim=1, descending=True)
+        out_v[s - a : e - a], out_i[s - a : e - a] = top.values[:, :kc], i.gather(1, top.indices[:, :kc])
+    return out_v, out_i
+
+
+def knn_sharded(x_local: Tensor, k: int, *, group: object | None = None, **kwargs: object) -> Neighbors:
+    """Exact kNN of a point set sharded over the ranks of a ``torch.distributed`` group.
+
+    Each rank holds its rows (n_r, D); the shards are all-gathered (padded to the longest, so ranks
+    may hold different counts), and each rank computes the exact neighbours of its own rows among
+    all N points, with global indices (rank r's rows are ``sum(n_<r) ... + n_r - 1``): the result
+    equals the rows of :func:`knn` on the concatenated set. Without an initialised process group it
+    is :func:`knn`. Every rank must call it.
+
+    Args:
+        x_local: (n_r, D) this rank's points (same D and dtype on every rank).
+        k: neighbours per point, 1 <= k <= N - 1.
+        group: the process group (default: the world).
+        **kwargs: :func:`knn` options (``block_size``, ``margin``, ``memory_budget``).
+
+    Returns:
+        :class:`Neighbors` of this rank's rows: (n_r, k) distances and global indices.
+    """
+    import torch.distributed as dist
+
+    x_local = as_points(x_local, name="x_local")
+    if not (dist.is_available() and dist.is_initialized()):
+        return knn(x_local, k, **kwargs)
+    world = dist.get_world_size(group)
+    rank = dist.get_rank(group)
+    sizes_t = [torch.zeros(1, dtype=torch.int64, device=x_local.device) for _ in range(world)]
+    dist.all_gather(sizes_t, torch.tensor([x_local.shape[0]], dtype=torch.int64, device=x_local.device), group=group)
+    sizes = [int(t.item()) for t in sizes_t]
+    width = max(sizes)
+    padded = torch.zeros(width, x_local.shape[1], dtype=x_local.dtype, device=x_local.device)
+    padded[: x_local.shape[0]] = x_local
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded, group=group)
+    full = torch.cat([p[:m] for p, m in zip(parts, sizes)])
+    offset = sum(sizes[:rank])
+    return knn(full, k, _rows=(offset, offset + sizes[rank]), **kwargs)
 
 
 def _sort_rows(dist: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
@@ -355,6 +412,7 @@ def knn(
     block_size: int | None = None,
     margin: int | None = None,
     memory_budget: int | None = None,
+    _rows: tuple[int, int] | None = None,
 ) -> Neighbors:
     r"""Exact Euclidean k nearest neighbours of every point, self excluded.
 
@@ -410,11 +468,14 @@ def knn(
     sq = (x32 * x32).sum(dim=1)  # (N,)
     # CPU default: two-stage top-k (1.35x faster there); accelerators (or a given block_size): one
     # topk per panel, 9 fewer launches each (a GPU's topk is fast; its launches are not)
-    cand_score, cand_idx = _candidates(
-        x32, sq, kc, block, two_stage=device.type == "cpu" and not block_size, sym_bytes=_SYM_BUDGET_BYTES if spare is None else spare
-    )
+    two_stage = device.type == "cpu" and not block_size
+    a, b = _rows if _rows is not None else (0, n)  # knn_sharded: only these rows' neighbours (among all points)
+    if _rows is None:
+        cand_score, cand_idx = _candidates(x32, sq, kc, block, two_stage=two_stage, sym_bytes=_SYM_BUDGET_BYTES if spare is None else spare)
+    else:
+        cand_score, cand_idx = _candidates_rows(x32, sq, a, b, kc, block, two_stage=two_stage)
 
-    rows = torch.arange(n, device=device)
+    rows = torch.arange(a, b, device=device)
     budget = _recompute_budget(n, block, device, explicit_block=bool(block_size))
     if spare is not None:  # a memory_budget: the recompute chunks fit what is left
         budget = max(8 * kc * d, min(budget, spare))
@@ -424,10 +485,10 @@ def knn(
     if kc < n - 1:
         # Certificate: every non-candidate j has est_ij >= est_last (topk), and
         # |est - exact^2| <= bound, so exact^2 >= est_last - bound >= kth^2 proves the row.
-        est_last = sq - 2.0 * cand_score[:, -1].to(torch.float64)
-        bound = 8.0 * _F32_EPS * math.sqrt(d) * (sq.to(torch.float64) + sq.max().to(torch.float64))
+        est_last = sq[a:b] - 2.0 * cand_score[:, -1].to(torch.float64)
+        bound = 8.0 * _F32_EPS * math.sqrt(d) * (sq[a:b].to(torch.float64) + sq.max().to(torch.float64))
         kth = dist[:, k - 1]
         failed = torch.nonzero(kth * kth > est_last - bound).flatten()
         if failed.numel():
-            dist, idx = _fix_failed_rows(x, dist, idx, failed, k, budget)
+            dist, idx = _fix_failed_rows(x, dist, idx, failed, k, budget, offset=a)
     return Neighbors(dist[:, :k].contiguous(), idx[:, :k].contiguous())
