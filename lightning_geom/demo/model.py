@@ -45,7 +45,37 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
-class ImageGPT(L.LightningModule):
+class NextTokenModule(L.LightningModule):
+    """What both demo GPTs share: the block stack and head, the loss logging and the optimiser.
+
+    Subclasses define ``blocks``, ``ln_f``, ``head`` and ``_loss(batch)``; ``hparams`` hold ``lr``,
+    ``weight_decay`` and ``max_steps``.
+    """
+
+    def run_blocks(self, x: Tensor, output_hidden_states: bool = False) -> GPTOutput:
+        """(B, T, D) embeddings -> logits; hidden states = embeddings + one per block (before ln_f)."""
+        states = [x]
+        for blk in self.blocks:
+            x = blk(x)
+            states.append(x)
+        return GPTOutput(self.head(self.ln_f(x)), tuple(states) if output_hidden_states else None)
+
+    def _loss(self, batch: dict[str, Tensor]) -> Tensor:
+        raise NotImplementedError
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self.log("val/loss", self._loss(batch), prog_bar=True)
+
+    def configure_optimizers(self):
+        return adamw_one_cycle(self, self.hparams.lr, self.hparams.weight_decay, self.hparams.max_steps)
+
+
+class ImageGPT(NextTokenModule):
     """Autoregressive pixel model: predicts pixel t from pixels < t (a start token first).
 
     Args:
@@ -87,29 +117,13 @@ class ImageGPT(L.LightningModule):
         """The network from token embeddings (B, T, D) (before position embeddings) to logits."""
         t = tok_emb.shape[1]
         x = tok_emb + self.pos(torch.arange(t, device=tok_emb.device))
-        states = [x]
-        for blk in self.blocks:
-            x = blk(x)
-            states.append(x)
-        logits = self.head(self.ln_f(x))
-        return GPTOutput(logits, tuple(states) if output_hidden_states else None)
+        return self.run_blocks(x, output_hidden_states)
 
     def _loss(self, batch: dict[str, Tensor]) -> Tensor:
         logits = self(batch["pixels"]).logits
         return F.cross_entropy(logits.reshape(-1, LEVELS), batch["pixels"].reshape(-1))
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = self._loss(batch)
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self.log("val/loss", self._loss(batch), prog_bar=True)
-
-    def configure_optimizers(self):
-        return adamw_one_cycle(
-            self, self.hparams.lr, self.hparams.weight_decay, self.hparams.max_steps
-        )
 
 
 def adamw_one_cycle(module: nn.Module, lr: float, weight_decay: float, max_steps: int) -> dict:

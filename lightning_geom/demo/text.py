@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset
 
-from .model import Block, GPTOutput, adamw_one_cycle
+from .model import Block, GPTOutput, NextTokenModule
 
 __all__ = ["stdlib_corpus", "docstring_sentences", "docstring_probe", "ChunkBatches", "TextDataModule", "TextGPT", "PROBE_MODULES"]
 
@@ -176,7 +176,7 @@ class TextDataModule(L.LightningDataModule):
         return {"input_ids": next(iter(self.val_dataloader()))["input_ids"][:n]}
 
 
-class TextGPT(L.LightningModule):
+class TextGPT(NextTokenModule):
     """A byte-level GPT: the demo's pre-LN blocks over 256 byte values, next-byte prediction.
 
     Args:
@@ -198,23 +198,9 @@ class TextGPT(L.LightningModule):
         """input_ids: (B, T) bytes. Causal attention, so right padding (``attention_mask``) changes no real position."""
         t = input_ids.shape[1]
         x = self.tok(input_ids) + self.pos(torch.arange(t, device=input_ids.device))  # (B, T, D)
-        states = [x]
-        for blk in self.blocks:
-            x = blk(x)
-            states.append(x)
-        return GPTOutput(self.head(self.ln_f(x)), tuple(states) if output_hidden_states else None)
+        return self.run_blocks(x, output_hidden_states)
 
     def _loss(self, batch: dict[str, Tensor]) -> Tensor:
         logits = self(batch["input_ids"]).logits
         return F.cross_entropy(logits.reshape(-1, VOCAB), batch["targets"].reshape(-1))
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = self._loss(batch)
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self.log("val/loss", self._loss(batch), prog_bar=True)
-
-    def configure_optimizers(self):
-        return adamw_one_cycle(self, self.hparams.lr, self.hparams.weight_decay, self.hparams.max_steps)
