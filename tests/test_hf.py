@@ -126,3 +126,22 @@ def test_tensorboard_gets_scalars_and_figures(tmp_path):
     assert any(t.startswith("train/geometry/id/layer_") for t in tags["scalars"]), tags
     assert any(t.startswith("train/pullback/top/layer_") for t in tags["scalars"])
     assert any(t.startswith("geometry/figures/") for t in tags["images"])
+
+
+def test_wandb_offline_gets_figures_settings_and_metrics(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cb = GeometryCallback(probe=_probe(), every_n_steps=2, range_max=16, figure_every=1)
+    _trainer(tmp_path, [cb], steps=2, report_to="wandb").train()
+    import wandb
+
+    wandb.finish()
+    runs = list(tmp_path.rglob("offline-run-*"))
+    assert runs, list(tmp_path.rglob("*"))[:20]
+    images = [str(p.relative_to(runs[0])) for p in runs[0].rglob("*.png")]
+    assert any("geometry/figures/id_profile" in n for n in images), images
+    record = next(runs[0].glob("*.wandb")).read_bytes()  # the offline run's record log (config, history)
+    assert b"geometry_monitor/probe_samples" in record  # the settings reached the W&B config
+    assert b"geometry/id/layer_00" in record  # and the metrics its history
