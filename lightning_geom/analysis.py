@@ -268,7 +268,8 @@ def token_geometry(
 
     Returns:
         (per-layer records with ``token_id``, ``token_id_std``, ``token_twonn``, ``token_overlap_next``,
-        ``n_prompts``), and how many prompts were too short.
+        ``n_prompts`` and ``per_prompt`` (each kept prompt's ID, in prompt order)), and how many
+        prompts were too short (kept prompts: ``lengths > k``).
 
     Raises:
         ValueError: no prompt has more than ``k`` tokens.
@@ -296,6 +297,7 @@ def token_geometry(
             "token_twonn": float(est["twonn"].mean()),
             "token_overlap_next": None,
             "n_prompts": int(ids.numel()),
+            "per_prompt": ids.tolist(),  # GRIDE of each kept prompt (for correlations with per-prompt quantities)
         })
         nbs.append(nb)
     for a, b, rec in zip(nbs, nbs[1:], out):

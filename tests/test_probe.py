@@ -344,3 +344,31 @@ def test_probe_per_prompt_tokens_with_the_shuffled_control(tmp_path, text_model,
         assert r["token_id"] > 0 and r["token_id_shuffled"] > 0 and r["n_prompts"] + tok["dropped"] == 24
     page = (out / "report.html").read_text()
     assert "id='tokens'" in page and (out / "token_profile.png").is_file()
+
+
+def test_probe_tokens_correlate_per_prompt_id_with_the_lm_loss(tmp_path, text_data):
+    """Issue 10: for a causal LM, the per-prompt ID's Pearson / Spearman correlation with the per-prompt loss."""
+    from scipy import stats
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from lightning_geom.probing.report import _prompt_losses
+
+    path = tmp_path / "gpt2"
+    tok = _word_tokenizer()
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(WORDS) + 4, n_embd=32, n_layer=2, n_head=2, n_positions=64)).save_pretrained(path)
+    tok.save_pretrained(path)
+    out = tmp_path / "rep"
+    assert main(["probe", str(path), "--data", str(text_data / "data.jsonl"), "--out", str(out), "--range-max", "16",
+                 "--pullback-samples", "0", "--tokens", "per-prompt", "--token-prompts", "30", "--token-k", "3"]) == 0
+    m = json.loads((out / "metrics.json").read_text())["models"][0]
+    layer = m["tokens"]["layers"][1]
+    assert -1 <= layer["loss_spearman"] <= 1 and -1 <= layer["loss_pearson"] <= 1
+    # the oracle: scipy on the same per-prompt numbers
+    loaded = load_model(path)
+    data = load_probe_data(str(text_data / "data.jsonl"), loaded, max_samples=30, batch_size=32)
+    batch = {k: v[:30] for k, v in data.batches[0].items()}
+    losses = _prompt_losses(loaded.module, [batch], torch.device("cpu"))
+    kept = losses[batch["attention_mask"].sum(1) > 3]
+    assert layer["loss_spearman"] == pytest.approx(stats.spearmanr(layer["per_prompt"], kept.numpy())[0], abs=1e-9)
+    assert m["tokens"]["loss_mean"] == pytest.approx(float(kept.mean()), rel=1e-6)

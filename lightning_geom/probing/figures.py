@@ -147,6 +147,15 @@ def token_profile(report: Any):
         ax.errorbar(xs, [r["token_id"] for r in rows], yerr=[r["token_id_std"] for r in rows], fmt="-o", ms=4, capsize=3, color=c, label=f"{m['name']} ({tok['prompts'] - tok['dropped']} prompts)")
         if "token_id_shuffled" in rows[0]:
             ax.plot(xs, [r["token_id_shuffled"] for r in rows], "--s", ms=3, color=c, alpha=0.7, label=f"{m['name']}, tokens shuffled in blocks of 4")
+    corr = [m for m in report.models if m.get("tokens") and "loss_spearman" in m["tokens"]["layers"][0]]
+    if corr:  # causal LMs: the correlation of per-prompt ID with per-prompt loss, on a second axis
+        ax2 = ax.twinx()
+        for m, c in zip(corr, _colors(len(corr))):
+            rows = m["tokens"]["layers"]
+            ax2.plot([r["index"] for r in rows], [r["loss_spearman"] if r["loss_spearman"] is not None else float("nan") for r in rows], ":^", color=c, alpha=0.8, label=f"{m['name']}: Spearman(ID, loss)")
+        ax2.set_ylabel("Spearman correlation of ID with next-token loss")
+        ax2.set_ylim(-1, 1)
+        ax2.legend(fontsize=7, loc="lower right")
     ax.set_xlabel("layer (0 = embeddings)")
     ax.set_ylabel("per-prompt token ID (GRIDE)")
     ax.set_title("Per-prompt token geometry (mean +- std over prompts)")

@@ -222,6 +222,37 @@ def _shuffle_blocks(batch: dict[str, torch.Tensor], block: int, seed: int) -> di
     return {**batch, "input_ids": ids}
 
 
+def _prompt_losses(module: Any, batches: list[dict[str, torch.Tensor]], dev: torch.device) -> torch.Tensor | None:
+    """(P,) mean next-token cross-entropy of each prompt over its real tokens, when the model is a causal LM; else None."""
+    from ..capture import resolve_network
+
+    net = resolve_network(module)
+    if not type(net).__name__.endswith(("ForCausalLM", "LMHeadModel")):
+        return None
+    out = []
+    with torch.inference_mode():
+        for b in batches:
+            ids = b["input_ids"].to(dev)
+            mask = b.get("attention_mask", torch.ones_like(b["input_ids"])).to(dev)
+            logits = net(input_ids=ids, attention_mask=mask).logits[:, :-1].float()  # predicts tokens 1..T-1
+            ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")  # (B, T-1)
+            m = mask[:, 1:].to(ce.dtype)
+            out.append(((ce * m).sum(1) / m.sum(1).clamp_min(1)).cpu())
+    return torch.cat(out)
+
+
+def _correlations(ids: torch.Tensor, loss: torch.Tensor) -> dict[str, float | None]:
+    """Pearson and Spearman correlation of per-prompt ID with per-prompt loss (None with < 3 prompts)."""
+    if ids.numel() < 3 or float(ids.std()) == 0 or float(loss.std()) == 0:
+        return {"loss_pearson": None, "loss_spearman": None}
+    from scipy import stats
+
+    return {
+        "loss_pearson": float(stats.pearsonr(ids.double().numpy(), loss.double().numpy())[0]),
+        "loss_spearman": float(stats.spearmanr(ids.double().numpy(), loss.double().numpy())[0]),
+    }
+
+
 def _token_section(module: Any, data: Any, layers: Any, prompts: int, k: int, shuffle: bool, dev: torch.device) -> dict[str, Any]:
     """Per-prompt token geometry of the first ``prompts`` samples (and of their block-shuffled control)."""
     from ..analysis import token_geometry
@@ -242,6 +273,13 @@ def _token_section(module: Any, data: Any, layers: Any, prompts: int, k: int, sh
 
     per, dropped = measure(batches)
     out: dict[str, Any] = {"layers": per, "dropped": dropped, "prompts": n, "k": k}
+    losses = _prompt_losses(module, batches, dev)
+    if losses is not None:  # a causal LM: does a prompt's ID go with how well the model predicts it?
+        lengths = torch.cat([b["attention_mask"].sum(1) if "attention_mask" in b else torch.full((len(b["input_ids"]),), b["input_ids"].shape[1]) for b in batches])
+        kept = losses[lengths > k]
+        out["loss_mean"] = float(kept.mean())
+        for rec in per:
+            rec.update(_correlations(torch.tensor(rec["per_prompt"]), kept))
     if shuffle:
         shuffled, _ = measure([_shuffle_blocks(b, 4, seed=i) for i, b in enumerate(batches)])
         for rec, ctl in zip(per, shuffled):
