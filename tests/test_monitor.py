@@ -419,3 +419,23 @@ def test_per_prompt_token_geometry(tmp_path, data):
 def test_tokens_option_is_validated(data):
     with pytest.raises(ValueError, match="`tokens` to be None or 'per_prompt'"):
         GeometryMonitor(probe=data, tokens="all")
+
+
+def test_a_resume_into_a_new_csv_folder_gets_the_restored_records(tmp_path, data):
+    """Issue 13: the restored history reaches a CSV logger that lacks it (a new version folder), once."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True, every_n_train_steps=5)
+    mon = _monitor(data, tmp_path)
+    _trainer(tmp_path, mon, steps=5, callbacks=[ckpt], enable_checkpointing=True, loggers=CSVLogger(tmp_path, name="csv")).fit(
+        TinyGPT(), loader(data, shuffle=True)
+    )
+    mon2 = _monitor(data, tmp_path)
+    lg = CSVLogger(tmp_path, name="csv")  # version_1: starts empty
+    t2 = _trainer(tmp_path, mon2, steps=8, enable_checkpointing=True, callbacks=[ModelCheckpoint(dirpath=tmp_path / "ck2")], loggers=lg)
+    t2.fit(TinyGPT(), loader(data, shuffle=True), ckpt_path=str(tmp_path / "ck" / "last.ckpt"))
+    rows = list(csv.DictReader((tmp_path / "csv" / "version_1" / "metrics.csv").open()))
+    steps = [int(r["step"]) for r in rows if r.get("geometry/id/layer_00")]
+    assert steps == [0, 1, 2, 4, 5, 8]  # the restored steps once, then the new one

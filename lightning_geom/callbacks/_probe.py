@@ -48,6 +48,17 @@ class LightningSink:
         add_layout(self.loggers, kinds, prefix=prefix)
 
 
+def _csv_steps(path: Path, prefix: str) -> set[int]:
+    """Steps of a Lightning metrics.csv that hold a value in some column starting with ``prefix``."""
+    import csv
+
+    if not path.is_file():
+        return set()
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return {int(float(r["step"])) for r in rows if r.get("step") and any(k.startswith(prefix) and v not in ("", None) for k, v in r.items() if k)}
+
+
 class ProbeMonitor(Callback):
     """Lightning hooks for a monitor core (mixed in first: ``class GeometryMonitor(GeometryCore, ProbeMonitor)``).
 
@@ -89,7 +100,29 @@ class ProbeMonitor(Callback):
 
     def _maybe_measure(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self._skip(trainer):
-            self.checkpoint(self._make_run(trainer, pl_module))
+            run = self._make_run(trainer, pl_module)
+            self._replay(trainer, run)
+            self.checkpoint(run)
+
+    def _replay(self, trainer: Trainer, run: Run) -> None:
+        """After a restore: the restored records to every CSV logger whose file lacks them.
+
+        A resumed run usually logs into a new CSV version folder, which would hold only the new
+        steps; TensorBoard and W&B keep their earlier events, so they are not sent again (no duplicates).
+        """
+        if not getattr(self, "_replay_pending", False) or not run.rank_zero:
+            return
+        self._replay_pending = False
+        for lg in trainer.loggers:
+            if type(lg).__name__ != "CSVLogger":
+                continue
+            have = _csv_steps(Path(lg.log_dir) / "metrics.csv", f"{self._prefix}/")
+            missing = [r for r in self.history if r["step"] not in have]
+            if missing:
+                sink = LightningSink(trainer)
+                sink.loggers = [lg]
+                for rec in missing:
+                    self._publish(Run(**{**run.__dict__, "sink": sink}), rec)
 
     # ----------------------------------------------------------------- Lightning hooks (thin)
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

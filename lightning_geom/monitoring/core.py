@@ -208,6 +208,7 @@ class MonitorCore:
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
         self._restored_probe_id = state_dict.get("probe_id")
+        self._replay_pending = bool(self.history)  # shells may re-send restored records to sinks that lack them
 
     def settings_dict(self) -> dict[str, Any]:
         """The monitor's settings as plain values: sent once per run to the sink's hyperparameters
