@@ -108,6 +108,13 @@ class HFSink:
             cols = list(rows[0])
             wandb.log({key: wandb.Table(columns=cols, data=[[r[c] for c in cols] for r in rows])}, commit=False)
 
+    def charts(self, history: list[dict[str, Any]], kinds: list[str], prefix: str) -> None:
+        from .report.loggers import wandb_line_charts
+
+        wandb = self._wandb()
+        if wandb is not None:
+            wandb_line_charts(wandb, history, kinds, prefix=prefix)
+
     def layout(self, kinds: list[str], prefix: str) -> None:
         tb = self._tb()
         if tb is not None:

@@ -145,3 +145,4 @@ def test_wandb_offline_gets_figures_settings_and_metrics(tmp_path, monkeypatch):
     record = next(runs[0].glob("*.wandb")).read_bytes()  # the offline run's record log (config, history)
     assert b"geometry_monitor/probe_samples" in record  # the settings reached the W&B config
     assert b"geometry/id/layer_00" in record  # and the metrics its history
+    assert b"geometry/charts/id" in record  # one multi-line chart per metric, every layer a line

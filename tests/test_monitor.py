@@ -157,7 +157,9 @@ def test_wandb_offline(tmp_path, data, monkeypatch):
     names = {p.name.split("_")[0] for p in media}
     assert any("id" in p.name for p in media), names
     assert list(run_dir.rglob("*.table.json"))  # the (step, layer, ...) table
-    assert list(run_dir.glob("*.wandb"))
+    record = next(run_dir.glob("*.wandb")).read_bytes()
+    assert b"geometry/charts/id" in record and b"geometry/charts/label_overlap" in record  # multi-line charts, no clicking
+    assert b"geometry_monitor/probe_samples" in record  # the settings in the run's config
 
 
 def test_resume_continues_without_gaps_or_duplicates(tmp_path, data):

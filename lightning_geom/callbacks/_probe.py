@@ -13,7 +13,14 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from ..monitoring.core import Run, warn_layer_errors
 from ..monitoring.probe import all_gather_objects, batch_len, dist_info, gather_parts, probe_batches
-from ..report.loggers import add_layout, default_output_dir, log_figures, log_scalars, log_table
+from ..report.loggers import (
+    add_layout,
+    default_output_dir,
+    log_figures,
+    log_line_charts,
+    log_scalars,
+    log_table,
+)
 
 __all__ = ["ProbeMonitor", "LightningSink", "probe_batches", "batch_len", "all_gather_objects", "gather_parts", "warn_layer_errors"]
 
@@ -46,6 +53,9 @@ class LightningSink:
 
     def layout(self, kinds: list[str], prefix: str) -> None:
         add_layout(self.loggers, kinds, prefix=prefix)
+
+    def charts(self, history: list[dict[str, Any]], kinds: list[str], prefix: str) -> None:
+        log_line_charts(self.loggers, history, kinds, prefix=prefix)
 
 
 def _csv_steps(path: Path, prefix: str) -> set[int]:

@@ -39,6 +39,8 @@ class Sink(Protocol):
 
     def layout(self, kinds: list[str], prefix: str) -> None: ...
 
+    def charts(self, history: list[dict[str, Any]], kinds: list[str], prefix: str) -> None: ...
+
 
 @dataclass
 class Run:

@@ -237,6 +237,9 @@ class GeometryCore(MonitorCore):
 
         # the whole table at every checkpoint (W&B): a crashed run keeps its custom charts
         run.sink.table(flat_rows(self.history), record["step"], metric_key("table"))
+        charts = getattr(run.sink, "charts", None)  # W&B: one multi-line chart per metric, every layer a line
+        if charts is not None:
+            charts(self.history, ["id", "twonn", "label_overlap", "overlap_next"], self._prefix)
 
     def _figure_set(self) -> dict[str, Any]:
         from ..report.figures import all_figures

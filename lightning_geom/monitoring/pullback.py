@@ -168,6 +168,9 @@ class PullbackCore(MonitorCore):
         from ..report.history import flat_rows
 
         run.sink.table(flat_rows(self.history), record["step"], metric_key("table", prefix=self._prefix))
+        charts = getattr(run.sink, "charts", None)
+        if charts is not None:
+            charts(self.history, ["top", "effective_rank", "stability"], self._prefix)
 
     def _figure_set(self) -> dict[str, Any]:
         from ..report.figures import heatmap_figure, spectra_figure

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["log_scalars", "log_figures", "log_table", "add_layout", "default_output_dir"]
+__all__ = ["log_scalars", "log_figures", "log_table", "log_line_charts", "layer_series", "add_layout", "default_output_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,44 @@ def log_table(loggers: Sequence[Any], rows: list[dict[str, Any]], step: int, *, 
                 lg.log_table(key=key, columns=columns, data=[[r[c] for c in columns] for r in rows], step=step)
             except Exception as err:  # noqa: BLE001
                 log.warning("Could not send the geometry table to W&B: %s", err)
+
+
+def layer_series(history: Sequence[dict[str, Any]], kind: str) -> tuple[list[int], list[list[float]], list[str]]:
+    """(steps, one series per layer, layer names) of ``kind`` over the history: a multi-line chart's data."""
+    from ..capture import layer_name
+
+    steps = [int(r["step"]) for r in history]
+    n_layers = max((len(r["layers"]) for r in history), default=0)
+    ys = [[float("nan")] * len(history) for _ in range(n_layers)]
+    for j, rec in enumerate(history):
+        for layer in rec["layers"]:
+            v = layer.get(kind)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                ys[layer["index"]][j] = float(v)
+    return steps, ys, [layer_name(i) for i in range(n_layers)]
+
+
+def wandb_line_charts(run: Any, history: Sequence[dict[str, Any]], kinds: Sequence[str], *, prefix: str) -> None:
+    """One W&B multi-line chart per metric kind, every layer a line against step (``wandb.plot.line_series``)."""
+    import wandb
+
+    charts = {}
+    for kind in kinds:
+        steps, ys, names = layer_series(history, kind)
+        if steps and any(v == v for row in ys for v in row):  # something other than NaN
+            charts[f"{prefix}/charts/{kind}"] = wandb.plot.line_series(xs=steps, ys=ys, keys=names, title=f"{prefix}/{kind}", xname="step")
+    if charts:
+        run.log(charts, commit=False)
+
+
+def log_line_charts(loggers: Sequence[Any], history: Sequence[dict[str, Any]], kinds: Sequence[str], *, prefix: str = "geometry") -> None:
+    """The W&B multi-line charts for every W&B logger (the others have their own layouts)."""
+    for lg in loggers:
+        if _kind(lg) == "wandb":
+            try:
+                wandb_line_charts(lg.experiment, history, kinds, prefix=prefix)
+            except Exception as err:  # noqa: BLE001 - a dashboard hiccup must not stop training
+                log.warning("Could not send the multi-line charts to W&B: %s", err)
 
 
 _LAYOUTS: dict[int, dict[str, dict]] = {}  # per TensorBoard writer: every monitor's categories so far
