@@ -33,12 +33,11 @@ from transformers.trainer_callback import ExportableState
 from .monitoring.core import Run
 from .monitoring.geometry import GeometryCore
 from .monitoring.pullback import PullbackCore
-from .report.loggers import _LAYOUTS
+from .report.loggers import merge_layout
 
 __all__ = ["GeometryCallback", "PullbackCallback", "HFSink"]
 
 _ORIGINALS: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
-_UNSERIALISABLE = ("probe", "forward_fn", "run_fn", "pooling")  # taken from the original on restore
 
 
 def _find_trainer() -> Any | None:
@@ -117,11 +116,8 @@ class HFSink:
 
     def layout(self, kinds: list[str], prefix: str) -> None:
         tb = self._tb()
-        if tb is not None:
-            layout = _LAYOUTS.setdefault(id(tb), {})
-            # transformers' integrations log "<key>" as "train/<key>"
-            layout[prefix] = {k: ["Multiline", [rf"(train/)?{prefix}/{k}/layer_\d+"]] for k in kinds}
-            tb.add_custom_scalars(dict(layout))
+        if tb is not None:  # transformers' integrations log "<key>" as "train/<key>"
+            merge_layout(tb, kinds, prefix=prefix, tag_prefix="(train/)?")
 
 
 class _HFShell(TrainerCallback, ExportableState):
@@ -133,7 +129,7 @@ class _HFShell(TrainerCallback, ExportableState):
         """Keep the JSON-able constructor arguments: transformers saves them with each checkpoint."""
         self._instance = uuid.uuid4().hex
         _ORIGINALS[self._instance] = self
-        self._init_args = {k: v for k, v in args.items() if k not in _UNSERIALISABLE and _json_ok(v)}
+        self._init_args = {k: v for k, v in args.items() if _json_ok(v)}  # functions stay with the live instance
         self._sink: HFSink | None = None
 
     def _rejoin(self, instance: str | None, saved: dict[str, Any]) -> bool:

@@ -141,10 +141,11 @@ def probe_checkpoint(path: str, out: Path, probe: dict[str, Any] | None = None) 
     if probe is None:
         data = load_probe_data("digits", loaded, batch_size=128)
     else:  # the text world's labelled docstring sentences
+        from ..monitoring.probe import probe_batches
         from .text import PROBE_MODULES
 
         n = int(probe["labels"].shape[0])
-        batches = [{k: v[s : s + 64] for k, v in probe.items() if k != "labels"} | {"labels": probe["labels"][s : s + 64]} for s in range(0, n, 64)]
+        batches = probe_batches(probe, num_samples=n, batch_size=64)
         data = ProbeData(batches, probe["labels"], n, f"docstring sentences of {len(PROBE_MODULES)} modules ({n})", list(PROBE_MODULES))
     report = probe_models([loaded], data, names=["final checkpoint"], pullback_samples=8)
     return report.write(out)[0]

@@ -23,8 +23,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .intrinsic_dim import DuplicatePointsWarning, _gride_solve, gride_max_rank
-from .neighbors import _CPU_RECOMPUTE_BYTES, _F32_EPS, _exact_distances
+from .intrinsic_dim import (
+    DuplicatePointsWarning,
+    _gride_solve,
+    _scales,
+    gride_max_rank,
+    gride_pairs,
+)
+from .neighbors import _CPU_RECOMPUTE_BYTES, _exact_distances, _sort_rows, _uncertified
 
 __all__ = ["BatchedNeighbors", "knn_batched", "id_batched", "overlap_batched"]
 
@@ -149,18 +155,12 @@ def knn_batched(
     # cache-sized chunks on a CPU (bandwidth decides there), the clouds' budget on accelerators (launches decide)
     rc_budget = _CPU_RECOMPUTE_BYTES if device.type == "cpu" and not budget_bytes else budget
     dist = _exact_distances(flat, rows, (cand_i + offset).view(b * n, kc), budget=rc_budget).view(b, n, kc)
-    # (distance, index) order: stable sort on distance after sorting by index
-    by_index = torch.argsort(cand_i, dim=2)
-    dist, idx = dist.gather(2, by_index), cand_i.gather(2, by_index)
-    order = torch.sort(dist, dim=2, stable=True).indices
-    dist, idx = dist.gather(2, order), idx.gather(2, order)
+    dist, idx = _sort_rows(dist, cand_i)  # (distance, index) order
     if bool((lengths > kc + 1).any()):  # some rows have non-candidates to rule out
-        est_last = sq.to(torch.float64) - 2.0 * cand_v[..., -1].to(torch.float64)
-        sq_max = torch.where(valid, sq, 0).amax(dim=1, keepdim=True).to(torch.float64)
-        bound = 8.0 * _F32_EPS * math.sqrt(d) * (sq.to(torch.float64) + sq_max)
-        kth = dist[..., k - 1]
+        sq_max = torch.where(valid, sq, 0).amax(dim=1, keepdim=True)
+        uncertified = _uncertified(dist[..., k - 1], sq, cand_v[..., -1], sq_max, d)
         full = lengths.unsqueeze(1) > kc + 1  # rows with non-candidates left to rule out
-        failed = torch.nonzero(valid & full & (kth * kth > est_last - bound))
+        failed = torch.nonzero(valid & full & uncertified)
         if failed.numel():
             dist, idx = dist[..., :k].clone(), idx[..., :k].clone()
             _redo_rows(flat, dist, idx, failed, valid, n, k, budget)
@@ -200,7 +200,7 @@ def id_batched(nb: BatchedNeighbors, *, range_max: int = 64, discard_fraction: f
     top = gride_max_rank(int(nb.lengths.min()), range_max)
     if nb.k < top:
         raise ValueError(f"GRIDE up to rank {top} needs k >= {top} neighbours, but the batch holds {nb.k}.")
-    pairs = [(2**i, 2 ** (i + 1)) for i in range(int(math.log2(top)))]
+    pairs = gride_pairs(top)
     s = len(pairs)
     r = nb.distances  # (B, N, k)
     keep = nb.valid() & (r[..., 0] > 0)  # (B, N)
@@ -222,7 +222,7 @@ def id_batched(nb: BatchedNeighbors, *, range_max: int = 64, discard_fraction: f
     keep_cols = keep.t().unsqueeze(2).expand(n, b, s).reshape(n, b * s)
     counts = n_kept.repeat_interleave(s).tolist()
     dim, err = _gride_solve(r_in, r_out, keep_cols, counts, pairs * b)
-    scales = 0.5 * ((r_in * keep_cols).sum(0) + (r_out * keep_cols).sum(0)).view(b, s) / n_kept.unsqueeze(1).to(torch.float64)
+    scales = _scales(r_in, r_out, keep_cols, counts).view(b, s)
     # TwoNN (fit) per cloud: sorted log mu of the usable points, least squares through the origin
     log_mu = torch.where(keep, torch.log(safe[..., 1] / safe[..., 0]), math.inf)
     srt = torch.sort(log_mu, dim=1).values  # usable values first

@@ -30,6 +30,7 @@ __all__ = [
     "gride",
     "gride_scaling",
     "gride_max_rank",
+    "gride_pairs",
     "id_profile",
     "DuplicatePointsWarning",
 ]
@@ -287,14 +288,11 @@ def id_profile(
         (3, (1, 2, 4))
     """
     n = x.n_points if isinstance(x, Neighbors) else int(x.shape[0])
-    top = gride_max_rank(n, range_max)
-    pairs = [(2**i, 2 ** (i + 1)) for i in range(int(math.log2(top)))]
-    r_in, r_out, keep, n_kept, n_drop = _ratio_table(x, pairs, what=f"GRIDE scaling (range_max={range_max})")
-    if min(n_kept) < 3:
-        raise ValueError(f"GRIDE needs at least 3 non-duplicate points, but got {min(n_kept)}.")
+    pairs = gride_pairs(gride_max_rank(n, range_max))
+    table = _ratio_table(x, pairs, what=f"GRIDE scaling (range_max={range_max})")
+    r_in, r_out, keep, n_kept, n_drop = table
+    dim, err, scale = _gride_curve(table, pairs)
     tw_dim = _twonn_fit(r_in[:, 0], r_out[:, 0], None if keep is None else keep[:, 0], n_kept[0], discard_fraction, "fit")
-    dim, err = _gride_solve(r_in, r_out, keep, n_kept, pairs)
-    scale = _scales(r_in, r_out, keep, n_kept)
     vals = torch.cat([dim, err, scale, tw_dim.reshape(1), scale[:1]]).tolist()  # one transfer; TwoNN's scale = GRIDE's first
     s = len(pairs)
     dims, errs, scales = vals[:s], vals[s : 2 * s], vals[2 * s : 3 * s]
@@ -418,8 +416,7 @@ def _gride_solve(
     neg_log = log_mu.neg()
 
     def newton_step(d: Tensor) -> Tensor:
-        u = torch.exp(d * neg_log)  # mu^-d, (N, S)
-        w = a / (1.0 - u).clamp_min_(2e-7)  # L / (1 - mu^-d) on the selected points
+        u, w = _gride_terms(d, neg_log, a)
         s0, s1 = w.sum(dim=0), (w * w).mul_(u).sum(dim=0)  # (S,) each
         r = nm1 / d
         f = torch.addcmul(big_a, c, s0, value=-1.0).sub_(r)  # f(d)
@@ -445,11 +442,16 @@ def _gride_solve(
     return dim, fisher.rsqrt()
 
 
+def _gride_terms(d: Tensor, neg_log: Tensor, a: Tensor) -> tuple[Tensor, Tensor]:
+    """u = mu^-d and w = L / (1 - mu^-d) on the selected points (DADApy clamps 1 - mu^-d at 2e-7), (N, S) each."""
+    u = torch.exp(d * neg_log)
+    return u, a / (1.0 - u).clamp_min_(2e-7)
+
+
 def _gride_bisect(neg_log: Tensor, a: Tensor, big_a: Tensor, c: Tensor, nm1: Tensor, d0: float, d1: float, tol: float = 1e-12) -> Tensor:
     """The root of GRIDE's f(d) on [d0, d1] by bisection (all scales at once): the fallback of Newton."""
     def f(d: Tensor) -> Tensor:
-        w = a / (1.0 - torch.exp(d * neg_log)).clamp_min_(2e-7)
-        return big_a - c * w.sum(dim=0) - nm1 / d
+        return big_a - c * _gride_terms(d, neg_log, a)[1].sum(dim=0) - nm1 / d
 
     lo = torch.full_like(big_a, d0)
     hi = torch.full_like(big_a, d1)
@@ -460,14 +462,20 @@ def _gride_bisect(neg_log: Tensor, a: Tensor, big_a: Tensor, c: Tensor, nm1: Ten
     return 0.5 * (lo + hi)
 
 
-def _gride_estimates(x: Tensor | np.ndarray | Neighbors, pairs: list[tuple[int, int]], *, what: str) -> list[IDEstimate]:
-    """GRIDE at each (n1, n2): one ratio table, one solve, one host transfer."""
-    r_in, r_out, keep, n_kept, n_drop = _ratio_table(x, pairs, what=what)
+def _gride_curve(table: tuple, pairs: list[tuple[int, int]]) -> tuple[Tensor, Tensor, Tensor]:
+    """(S,) GRIDE dim, err and scale on the device from a :func:`_ratio_table` result."""
+    r_in, r_out, keep, n_kept, _ = table
     if min(n_kept) < 3:
         raise ValueError(f"GRIDE needs at least 3 non-duplicate points, but got {min(n_kept)}.")
     dim, err = _gride_solve(r_in, r_out, keep, n_kept, pairs)
-    scale = _scales(r_in, r_out, keep, n_kept)
-    dims, errs, scales = torch.stack([dim, err, scale]).tolist()
+    return dim, err, _scales(r_in, r_out, keep, n_kept)
+
+
+def _gride_estimates(x: Tensor | np.ndarray | Neighbors, pairs: list[tuple[int, int]], *, what: str) -> list[IDEstimate]:
+    """GRIDE at each (n1, n2): one ratio table, one solve, one host transfer."""
+    table = _ratio_table(x, pairs, what=what)
+    n_kept, n_drop = table[3], table[4]
+    dims, errs, scales = torch.stack(_gride_curve(table, pairs)).tolist()
     return [
         IDEstimate(dim=d, err=e, scale=sc, n_points=int(k), estimator="gride", n1=p[0], n2=p[1], n_dropped=n_drop)
         for d, e, sc, k, p in zip(dims, errs, scales, n_kept, pairs)
@@ -508,6 +516,11 @@ def gride(x: Tensor | np.ndarray | Neighbors, *, n1: int = 1, n2: int = 2) -> ID
     return _gride_estimates(x, [(n1, n2)], what=f"GRIDE (n1={n1}, n2={n2})")[0]
 
 
+def gride_pairs(top: int) -> list[tuple[int, int]]:
+    """The GRIDE scale ranks (n1, n2) = (1, 2), (2, 4), ... with n2 <= ``top`` (a power of 2)."""
+    return [(2**i, 2 ** (i + 1)) for i in range(int(math.log2(top)))]
+
+
 def gride_max_rank(n_points: int, range_max: int = 64) -> int:
     """Largest neighbour rank :func:`gride_scaling` uses: the largest power of 2 <= min(range_max, N - 1)."""
     top = min(int(range_max), int(n_points) - 1)
@@ -538,8 +551,7 @@ def gride_scaling(x: Tensor | np.ndarray | Neighbors, *, range_max: int = 64) ->
         (1, 2, 4, 8)
     """
     n = x.n_points if isinstance(x, Neighbors) else int(x.shape[0])
-    top = gride_max_rank(n, range_max)
-    pairs = [(2**i, 2 ** (i + 1)) for i in range(int(math.log2(top)))]
+    pairs = gride_pairs(gride_max_rank(n, range_max))
     rows = _gride_estimates(x, pairs, what=f"GRIDE scaling (range_max={range_max})")
     return IDScaling(
         dims=tuple(e.dim for e in rows),

@@ -144,6 +144,11 @@ def _recompute_budget(n: int, block: int, device: torch.device, *, explicit_bloc
     """
     if device.type == "cpu" and not explicit_block:
         return _CPU_RECOMPUTE_BYTES
+    return _panel_recompute_bytes(n, block)
+
+
+def _panel_recompute_bytes(n: int, block: int) -> int:
+    """The accelerator recompute budget: 2 GiB, or the Gram panel's bytes when that is more."""
     return max(2 << 30, block * n * 4)
 
 
@@ -169,7 +174,7 @@ def knn_bytes(n: int, d: int, kc: int, block: int, *, recompute: int | None = No
     """Working memory of :func:`knn` beyond its input: the float32 centred copy, one Gram panel,
     the candidate lists and the exact-recompute buffer (``recompute`` bytes; default its usual
     size), the optional N x N symmetric buffer not counted."""
-    rc = min(n * kc * d * 8, max(2 << 30, block * n * 4)) if recompute is None else recompute
+    rc = min(n * kc * d * 8, _panel_recompute_bytes(n, block)) if recompute is None else recompute
     return n * d * 4 + min(block, n) * n * 4 + n * kc * 40 + rc
 
 
@@ -398,11 +403,24 @@ def knn_sharded(x_local: Tensor, k: int, *, group: object | None = None, **kwarg
 
 
 def _sort_rows(dist: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
-    """Sort each row by (distance, index): deterministic order among exact ties."""
-    by_index = torch.argsort(idx, dim=1)
-    dist, idx = dist.gather(1, by_index), idx.gather(1, by_index)
-    order = torch.sort(dist, dim=1, stable=True).indices
-    return dist.gather(1, order), idx.gather(1, order)
+    """Sort each row (the last dimension) by (distance, index): deterministic order among exact ties."""
+    by_index = torch.argsort(idx, dim=-1)
+    dist, idx = dist.gather(-1, by_index), idx.gather(-1, by_index)
+    order = torch.sort(dist, dim=-1, stable=True).indices
+    return dist.gather(-1, order), idx.gather(-1, order)
+
+
+def _uncertified(kth: Tensor, sq_rows: Tensor, last_score: Tensor, sq_max: Tensor, d: int) -> Tensor:
+    """Rows whose exact k-th distance is not proven to beat every non-candidate.
+
+    Every non-candidate j has a float32 estimate est_ij >= est_last = |x_i|^2 - 2 s_last (top-k),
+    and |est - exact^2| <= bound = 8 eps32 sqrt(D) (|x_i|^2 + max |x_j|^2); so
+    exact^2 >= est_last - bound >= kth^2 proves the row. Shapes broadcast (any leading dims).
+    """
+    sq64 = sq_rows.to(torch.float64)
+    est_last = sq64 - 2.0 * last_score.to(torch.float64)
+    bound = 8.0 * _F32_EPS * math.sqrt(d) * (sq64 + sq_max.to(torch.float64))
+    return kth * kth > est_last - bound
 
 
 def knn(
@@ -483,12 +501,7 @@ def knn(
     dist, idx = _sort_rows(dist, cand_idx)
 
     if kc < n - 1:
-        # Certificate: every non-candidate j has est_ij >= est_last (topk), and
-        # |est - exact^2| <= bound, so exact^2 >= est_last - bound >= kth^2 proves the row.
-        est_last = sq[a:b] - 2.0 * cand_score[:, -1].to(torch.float64)
-        bound = 8.0 * _F32_EPS * math.sqrt(d) * (sq[a:b].to(torch.float64) + sq.max().to(torch.float64))
-        kth = dist[:, k - 1]
-        failed = torch.nonzero(kth * kth > est_last - bound).flatten()
+        failed = torch.nonzero(_uncertified(dist[:, k - 1], sq[a:b], cand_score[:, -1], sq.max(), d)).flatten()
         if failed.numel():
             dist, idx = _fix_failed_rows(x, dist, idx, failed, k, budget, offset=a)
     return Neighbors(dist[:, :k].contiguous(), idx[:, :k].contiguous())

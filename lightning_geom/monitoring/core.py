@@ -338,9 +338,10 @@ class MonitorCore:
                 self._warn(f"{type(self).__name__} could not save its history after the crash: {err}")
 
     def finish(self, run: Run) -> None:
-        """End of training: final figures and files (rank 0), unless the last checkpoint just drew them."""
+        """End of training: final files and figures (rank 0); figures unless the last checkpoint just drew them."""
         if run.rank_zero and self.history and getattr(self, "_figures_drawn_at", None) != self.history[-1]["step"]:
             try:
+                self._save_history(run)  # a resumed run that measured nothing new still writes its folder's file
                 self._figures(run)
             except Exception as err:
                 if self.on_error == "raise":
@@ -352,11 +353,11 @@ class MonitorCore:
         return {}
 
     def _figures(self, run: Run) -> None:
-        """History files and figures: PNG under the output folder, and to the sink (rank 0)."""
+        """Figures: PNG under the output folder, and to the sink (rank 0). The history files are written by the callers."""
         import matplotlib.pyplot as plt
 
         out = Path(run.out_dir)
-        self._save_history(run)
+        out.mkdir(parents=True, exist_ok=True)
         figs = self._figure_set()
         run.sink.figures(figs, run.step, self._prefix)
         for name, fig in figs.items():

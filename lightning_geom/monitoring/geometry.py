@@ -17,7 +17,7 @@ from ..analysis import GeometrySettings, finish_profile, layer_errors, profile_g
 from ..capture import capture_representations
 from ..report.history import metric_key, scalars
 from .core import MonitorCore, Run, warn_layer_errors
-from .probe import all_gather_objects, batch_len, dist_info, gather_parts
+from .probe import all_gather_objects, batch_len, dist_info, gather_parts, probe_batches
 
 __all__ = ["GeometryCore"]
 
@@ -209,13 +209,7 @@ class GeometryCore(MonitorCore):
         """Per-prompt token geometry of the first ``token_prompts`` probe samples (rank 0)."""
         from ..analysis import token_geometry
 
-        batches, n = [], 0
-        for b in self._probe(run):
-            take = min(batch_len(b), self.token_prompts - n)
-            batches.append(b if take == batch_len(b) else {k: v[:take] for k, v in b.items()} if isinstance(b, dict) else b[:take])
-            n += take
-            if n >= self.token_prompts:
-                break
+        batches = probe_batches(self._probe(run), num_samples=self.token_prompts, batch_size=self.batch_size)
         reps = capture_representations(
             run.module, batches, layers=self.layers, pooling="tokens", normalize=self.normalize, forward_fn=self.forward_fn,
             model_attr=self.model_attr, label_key=self.label_key, device=run.device, autocast=run.autocast, feature_device=None,

@@ -256,16 +256,12 @@ def _correlations(ids: torch.Tensor, loss: torch.Tensor) -> dict[str, float | No
 def _token_section(module: Any, data: Any, layers: Any, prompts: int, k: int, shuffle: bool, dev: torch.device) -> dict[str, Any]:
     """Per-prompt token geometry of the first ``prompts`` samples (and of their block-shuffled control)."""
     from ..analysis import token_geometry
+    from ..monitoring.probe import batch_len, probe_batches
 
-    batches, n = [], 0
-    for b in data.batches:
-        if not isinstance(b, dict) or "input_ids" not in b:
-            raise ValueError("--tokens per-prompt needs token inputs (input_ids); this data set has none.")
-        take = min(len(b["input_ids"]), prompts - n)
-        batches.append({key: v[:take] for key, v in b.items() if key != "labels"})
-        n += take
-        if n >= prompts:
-            break
+    if not all(isinstance(b, dict) and "input_ids" in b for b in data.batches):
+        raise ValueError("--tokens per-prompt needs token inputs (input_ids); this data set has none.")
+    batches = [{key: v for key, v in b.items() if key != "labels"} for b in probe_batches(data.batches, num_samples=prompts, batch_size=64)]
+    n = sum(batch_len(b) for b in batches)
 
     def measure(bs: list) -> tuple[list, int]:
         reps = capture_representations(module, bs, layers=layers, pooling="tokens", device=dev)

@@ -116,11 +116,18 @@ def add_layout(loggers: Sequence[Any], kinds: Sequence[str], *, prefix: str = "g
     for lg in loggers:
         if _kind(lg) == "tensorboard":
             try:
-                layout = _LAYOUTS.setdefault(id(lg.experiment), {})
-                layout[prefix] = {k: ["Multiline", [rf"{prefix}/{k}/layer_\d+"]] for k in kinds}
-                lg.experiment.add_custom_scalars(dict(layout))
+                merge_layout(lg.experiment, kinds, prefix=prefix)
             except Exception as err:  # noqa: BLE001
                 log.warning("Could not add the TensorBoard custom-scalar layout: %s", err)
+
+
+def merge_layout(writer: Any, kinds: Sequence[str], *, prefix: str, tag_prefix: str = "") -> None:
+    """Add ``prefix``'s charts (every layer of each kind as one multi-line chart) to ``writer``'s
+    custom-scalar layout, written as the union with every other monitor's categories on that writer.
+    ``tag_prefix`` is a regex for what a framework prepends to the keys (transformers: ``(train/)?``)."""
+    layout = _LAYOUTS.setdefault(id(writer), {})
+    layout[prefix] = {k: ["Multiline", [rf"{tag_prefix}{prefix}/{k}/layer_\d+"]] for k in kinds}
+    writer.add_custom_scalars(dict(layout))
 
 
 def default_output_dir(trainer: Any, output_dir: str | Path | None, sub: str = "geometry") -> Path:
