@@ -1,6 +1,9 @@
-"""Load what a user points a command at: a Lightning checkpoint or a Hugging Face model folder on disk.
+"""Load what a user points a command at: a Lightning checkpoint, a Hugging Face model folder, or a
+GGUF file (or a folder holding one) on disk.
 
 Nothing is ever downloaded: a hub name is refused with a message that says to pass a folder.
+GGUF files (llama.cpp's format) are read through transformers' GGUF support: the weights are
+dequantised to float32, the tokenizer comes from the same file (needs the ``gguf`` package).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["LoadedModel", "load_model"]
+__all__ = ["LoadedModel", "load_model", "padding_tokenizer"]
 
 _HF_NEEDS = ("config.json",)
 _WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -29,6 +32,20 @@ class LoadedModel:
     tokenizer: Any = None
     image_processor: Any = None
     lightning_module: Any = None
+
+
+def padding_tokenizer(tok: Any) -> Any:
+    """The tokenizer ready for padded batches: right padding (the poolings read the attention mask
+    from the left), and a pad token where a causal LM's has none (its EOS, else UNK: padded
+    positions are masked out, so which token fills them does not matter)."""
+    if getattr(tok, "pad_token", "x") is None:
+        filler = getattr(tok, "eos_token", None) or getattr(tok, "unk_token", None)
+        if filler is None:
+            raise ValueError("the tokenizer has no pad, EOS or UNK token to pad batches with: give it a pad token (tokenizer.pad_token = ...) and save it with the model.")
+        tok.pad_token = filler
+    if hasattr(tok, "padding_side"):
+        tok.padding_side = "right"
+    return tok
 
 
 def _import(path: str) -> Any:
@@ -113,7 +130,7 @@ def _load_hf(path: Path) -> LoadedModel:
     if any((path / f).exists() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "vocab.json")):
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tok = padding_tokenizer(AutoTokenizer.from_pretrained(path, local_files_only=True))
         if kind == "hf":
             kind = "hf-text"
     if (path / "preprocessor_config.json").exists():
@@ -125,8 +142,52 @@ def _load_hf(path: Path) -> LoadedModel:
     return LoadedModel(module=model, kind=kind, source=str(path), tokenizer=tok, image_processor=proc)
 
 
+def _gguf_in(folder: Path) -> Path | None:
+    """The one ``*.gguf`` file of a folder without config.json (None when there is none).
+
+    Raises:
+        ValueError: several GGUF files (the user must pick one).
+    """
+    if (folder / "config.json").exists():
+        return None
+    found = sorted(folder.glob("*.gguf"))
+    if len(found) > 1:
+        names = ", ".join(f.name for f in found[:5])
+        raise ValueError(f"{folder} holds {len(found)} GGUF files ({names}); pass the one to probe as the path.")
+    return found[0] if found else None
+
+
+def _load_gguf(path: Path) -> LoadedModel:
+    """A GGUF file as a causal LM (weights dequantised to float32) with the tokenizer it embeds."""
+    from transformers.utils import is_gguf_available
+
+    if not is_gguf_available():
+        raise ValueError(f"{path} is a GGUF file; reading it needs the `gguf` package: pip install gguf")
+    with path.open("rb") as fh:
+        magic = fh.read(4)
+    if magic != b"GGUF":
+        raise ValueError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes).")
+    import transformers as tf
+
+    folder, name = str(path.parent), path.name
+    try:
+        model = tf.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, local_files_only=True)
+    except (ValueError, KeyError, NotImplementedError, RuntimeError) as err:
+        raise ValueError(
+            f"{path} does not load through transformers' GGUF support: {str(err).splitlines()[0][:200]} "
+            "(supported: the architectures and quantisations of transformers' GGUF reader)."
+        ) from None
+    model.eval()
+    try:
+        tok = padding_tokenizer(tf.AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True))
+    except (ValueError, KeyError, NotImplementedError, OSError) as err:
+        raise ValueError(f"{path}: the tokenizer inside the GGUF file does not load: {str(err).splitlines()[0][:200]}") from None
+    return LoadedModel(module=model, kind="hf-text", source=str(path), tokenizer=tok)
+
+
 def load_model(path: str | Path, *, module: str | None = None) -> LoadedModel:
-    """A Lightning checkpoint (``.ckpt``) or a Hugging Face model folder.
+    """A Lightning checkpoint (``.ckpt``), a Hugging Face model folder, or a GGUF file / a folder
+    holding one (loaded as a causal LM, dequantised, with the tokenizer from the same file).
 
     Raises:
         FileNotFoundError: the path does not exist (a hub name is refused here too).
@@ -137,5 +198,8 @@ def load_model(path: str | Path, *, module: str | None = None) -> LoadedModel:
         hint = " Hub names are not downloaded: save the model to a folder first." if "/" in str(path) and not str(path).startswith((".", "/")) else ""
         raise FileNotFoundError(f"No such model file or folder: {path}.{hint}")
     if p.is_dir():
-        return _load_hf(p)
+        gguf = _gguf_in(p)
+        return _load_gguf(gguf) if gguf is not None else _load_hf(p)
+    if p.suffix.lower() == ".gguf":
+        return _load_gguf(p)
     return _load_checkpoint(p, module)

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from ..loading import padding_tokenizer
+
 __all__ = ["ProbeData", "load_probe_data"]
 
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
@@ -181,7 +183,7 @@ def load_probe_data(
     labels, names = (None, None)
     if raw is not None:
         labels, names = _single_class(*_codes(raw[:max_samples]), str(path))
-    tok = loaded.tokenizer
+    tok = padding_tokenizer(loaded.tokenizer)
     batches = []
     for s in range(0, len(texts), batch_size):
         enc = tok(texts[s : s + batch_size], padding=True, truncation=True, max_length=128, return_tensors="pt")
