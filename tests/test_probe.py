@@ -372,3 +372,14 @@ def test_probe_tokens_correlate_per_prompt_id_with_the_lm_loss(tmp_path, text_da
     kept = losses[batch["attention_mask"].sum(1) > 3]
     assert layer["loss_spearman"] == pytest.approx(stats.spearmanr(layer["per_prompt"], kept.numpy())[0], abs=1e-9)
     assert m["tokens"]["loss_mean"] == pytest.approx(float(kept.mean()), rel=1e-6)
+
+
+def test_pullback_share_caps_the_pullback_samples(text_model, text_data):
+    """Issue 11: by default the pullback statistics stop before taking a quarter of the probe's time;
+    one flag (share 1) measures every requested sample. At least one sample is always measured."""
+    data = load_probe_data(str(text_data / "data.jsonl"), load_model(text_model), max_samples=40, batch_size=40)
+    full = probe(load_model(text_model), data, range_max=8, pullback_samples=6, pullback_share=1.0, progress=False)
+    tiny = probe(load_model(text_model), data, range_max=8, pullback_samples=6, pullback_share=1e-9, progress=False)
+    assert full.models[0]["pullback_samples_used"] == 6 and tiny.models[0]["pullback_samples_used"] == 1
+    assert full.settings["pullback_share"] == 1.0 and len(full.models[0]["pullback"]) == len(full.models[0]["layers"])
+    assert all(r["top"] > 0 for r in tiny.models[0]["pullback"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["positive_int", "non_negative_int", "positive_float"]
+__all__ = ["positive_int", "non_negative_int", "positive_float", "fraction"]
 
 
 def _int(text: str) -> int:
@@ -38,4 +38,12 @@ def positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not (v > 0 and v != float("inf")):
         raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return v
+
+
+def fraction(text: str) -> float:
+    """A number in (0, 1]."""
+    v = positive_float(text)
+    if v > 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text}")
     return v

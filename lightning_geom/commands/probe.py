@@ -6,7 +6,7 @@ import argparse
 import time
 from typing import Any
 
-from .args import non_negative_int, positive_int
+from .args import fraction, non_negative_int, positive_int
 
 
 def add_parser(sub: Any) -> None:
@@ -25,7 +25,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--device", default=None, help="cpu / cuda (default: a GPU when there is one)")
     p.add_argument("--k", type=positive_int, default=10, help="neighbours for overlaps (default 10)")
     p.add_argument("--range-max", type=positive_int, default=64, help="largest GRIDE rank (default 64)")
-    p.add_argument("--pullback-samples", type=non_negative_int, default=8, help="samples for the pullback statistics (default 8: about a tenth of a real LM's probe time; 0: skip)")
+    p.add_argument("--pullback-samples", type=non_negative_int, default=8, help="at most this many samples for the pullback statistics (default 8; 0: skip)")
+    p.add_argument("--pullback-share", type=fraction, default=0.25, help="stop the pullback samples before they take more than this share of the probe's time (default 0.25; 1: all --pullback-samples)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tokens", choices=["per-prompt"], default=None, help="also the per-prompt token geometry (each prompt's tokens = one cloud)")
     p.add_argument("--token-prompts", type=positive_int, default=128, help="prompts in the per-prompt analysis (default 128)")
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         )
         report = probe(
             loaded, data, layers=args.layers, pooling=args.pooling, k=args.k, range_max=args.range_max,
-            pullback_samples=args.pullback_samples, device=args.device,
+            pullback_samples=args.pullback_samples, pullback_share=args.pullback_share, device=args.device,
             tokens="per_prompt" if args.tokens else None, token_prompts=args.token_prompts, token_k=args.token_k, shuffle_control=args.shuffle_control,
         )
     except (FileNotFoundError, ValueError, MemoryError) as err:

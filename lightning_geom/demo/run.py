@@ -99,7 +99,12 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
                 output_dir=str(out / "geometry"),
             )
         )
-    ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename=("textgpt" if cfg.world == "text" else "igpt") + "-{step}", save_last=True)
+    # a model checkpoint at every monitor checkpoint: a killed run resumes (--resume) from the last
+    # measured step, and the monitors' state inside it carries their history up to that step
+    ckpt = ModelCheckpoint(
+        dirpath=out / "checkpoints", filename=("textgpt" if cfg.world == "text" else "igpt") + "-{step}", save_last=True,
+        every_n_train_steps=cfg.every_n_steps,
+    )
     trainer = L.Trainer(
         max_steps=cfg.steps,
         callbacks=[*callbacks, ckpt],

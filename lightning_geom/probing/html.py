@@ -91,7 +91,12 @@ def render(report: Any, figs: dict[str, Any]) -> str:
     parts.append(_img(figs, "overlap_matrix", "overlap matrix"))
     parts.append("<h2 id='labels'>Label overlap and retrieval</h2>" + _img(figs, "labels_retrieval", "label overlap and retrieval"))
     if "pullback" in figs:
-        parts.append("<h2 id='pullback'>Pullback metric</h2><p class='note'>Fisher metric of the output pulled back to each layer (Benfenati et al., arXiv 2410.06019), mean over the first samples.</p>")
+        used = ", ".join(f"{esc(m['name'])}: {m.get('pullback_samples_used', '?')}" for m in report.models if m.get("pullback"))
+        parts.append(
+            "<h2 id='pullback'>Pullback metric</h2><p class='note'>Fisher metric of the output pulled back to each layer "
+            "(Benfenati et al., arXiv 2410.06019), mean over the first samples, each at its own length "
+            f"(samples measured: {used}; at most <code>--pullback-samples</code>, within <code>--pullback-share</code> of the probe's time).</p>"
+        )
         parts.append(_img(figs, "pullback", "pullback statistics"))
     parts.append("<h2 id='numbers'>Per-layer numbers</h2>")
     for m in report.models:

@@ -13,6 +13,7 @@ import base64
 import html
 import io
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +124,7 @@ def probe_model(
     k: int = 10,
     range_max: int = 64,
     pullback_samples: int = 8,
+    pullback_share: float = 0.25,
     device: str | None = None,
     progress: bool = True,
     tokens: str | None = None,
@@ -136,6 +138,10 @@ def probe_model(
     samples (:func:`~lightning_geom.analysis.token_geometry`) and, with ``shuffle_control``, the
     same on the prompts with their tokens shuffled in blocks of 4 (syntax and meaning disrupted;
     Viswanathan et al. 2025 see the ID rise).
+
+    The pullback statistics run on up to ``pullback_samples`` samples, one at a time, and stop
+    before they would take more than ``pullback_share`` of the probe's time (forward + geometry +
+    pullback; at least one sample is always measured); ``pullback_share=1`` measures them all.
     """
     from rich.progress import Progress
 
@@ -180,7 +186,9 @@ def probe_model(
                 r["retrieval"] = label_overlap(nb1, labels, k=1, weighted=False)
         timings["geometry_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        pull = _pullback(module, data, pullback_samples, dev) if pullback_samples else None
+        spent = timings["forward_s"] + timings["geometry_s"]
+        budget = math.inf if pullback_share >= 1 else spent * pullback_share / max(1e-9, 1.0 - pullback_share)
+        pull, pulled = _pullback(module, data, pullback_samples, dev, budget_s=budget) if pullback_samples else (None, 0)
         timings["pullback_s"] = time.perf_counter() - t0
         token_rec = None
         if tokens == "per_prompt":
@@ -204,6 +212,7 @@ def probe_model(
         "phase": phase,
         "best_retrieval_layer": best,
         "pullback": pull,
+        "pullback_samples_used": pulled,
         "tokens": token_rec,
         "timings": timings,
     }
@@ -298,28 +307,54 @@ def _output_size(net: Any) -> int | None:
     return None
 
 
-def _pullback(module: Any, data: Any, n: int, dev: torch.device) -> list[dict[str, Any]] | None:
-    """Mean pullback statistics per layer on the first ``n`` samples, when the model has logits."""
+def _pullback(module: Any, data: Any, n: int, dev: torch.device, *, budget_s: float = math.inf) -> tuple[list[dict[str, Any]] | None, int]:
+    """Mean pullback statistics per layer over the first ``n`` samples, when the model has logits.
+
+    Sample by sample (each at its own length: no padding in the Jacobian), stopping before the
+    next sample would take the time past ``budget_s`` (one sample is always measured). Returns
+    (one row per layer, samples measured); (None, 0) without an output head.
+    """
     from ..capture import logits_and_hidden, resolve_network
     from ..geometry.pullback import layer_spectra, spectrum_stats
 
     net = resolve_network(module)
-    batch = data.batches[0]
-    batch = {k: v[:n].to(dev) for k, v in batch.items()} if isinstance(batch, dict) else batch
+    first = data.batches[0]
+    if not isinstance(first, dict):
+        return None, 0
+    count = min(n, next(iter(first.values())).shape[0])
+    t0 = time.perf_counter()
+    per_layer: list[dict[str, list[torch.Tensor]]] = []
+    done = 0
     try:
         n_out = _output_size(net)
-        if n_out is None:  # unknown from the config: one forward tells (and whether there is a head at all)
-            with torch.no_grad():
-                n_out = logits_and_hidden(net, batch)[0].shape[-1]
-        top = 16 if n_out > 64 else None
-        spectra = layer_spectra(lambda: logits_and_hidden(net, batch), output="fisher", top_logits=top)
+        for i in range(count):
+            one = {k: v[i : i + 1] for k, v in first.items()}
+            if "attention_mask" in one:  # the sample alone, at its own length
+                length = int(one["attention_mask"].sum())
+                one = {k: v[:, :length] if v.ndim == 2 else v for k, v in one.items()}
+            one = {k: v.to(dev) for k, v in one.items()}
+            if n_out is None:  # unknown from the config: one forward tells (and whether there is a head at all)
+                with torch.no_grad():
+                    n_out = logits_and_hidden(net, one)[0].shape[-1]
+            top = 16 if n_out > 64 else None
+            spectra = layer_spectra(lambda one=one: logits_and_hidden(net, one), output="fisher", top_logits=top)
+            if not per_layer:
+                per_layer = [{} for _ in spectra]
+            for acc, sp in zip(per_layer, spectra):
+                for key, v in spectrum_stats(sp).items():
+                    acc.setdefault(key, []).append(v.reshape(-1))
+            done += 1
+            elapsed = time.perf_counter() - t0
+            if elapsed + elapsed / done > budget_s:  # the next sample would overrun the budget
+                break
     except Exception:  # noqa: BLE001 - no output head, or an op without a gradient: no pullback section
-        return None
+        if not done:
+            return None, 0
     rows = []
-    for li, s in enumerate(spectra):
-        st = spectrum_stats(s)
-        rows.append({"index": li, **{k: float(v.mean()) for k, v in st.items() if torch.isfinite(v).all()}})
-    return rows
+    for li, acc in enumerate(per_layer):
+        stats = {k: torch.cat(v) for k, v in acc.items()}
+        rows.append({"index": li, **{k: float(v.mean()) for k, v in stats.items() if torch.isfinite(v).all()}})
+    return rows, done
 
 
 def probe(models: Any, data: Any, *, names: list[str] | None = None, progress: bool = True, **kwargs: Any) -> GeometryReport:
@@ -357,7 +392,7 @@ def probe(models: Any, data: Any, *, names: list[str] | None = None, progress: b
     import inspect
 
     defaults = {n: p.default for n, p in inspect.signature(probe_model).parameters.items() if p.default is not inspect.Parameter.empty}
-    settings = {key: kwargs.get(key, defaults.get(key)) for key in ("layers", "pooling", "k", "range_max", "pullback_samples")}
+    settings = {key: kwargs.get(key, defaults.get(key)) for key in ("layers", "pooling", "k", "range_max", "pullback_samples", "pullback_share")}
     settings["layers"] = settings["layers"] or "hidden_states (embeddings + one per block)"
     if kwargs.get("tokens"):
         settings.update({key: kwargs.get(key, defaults.get(key)) for key in ("tokens", "token_prompts", "token_k", "shuffle_control")})
