@@ -55,3 +55,34 @@ def test_robust_change_points_need_a_majority_of_scales():
 def test_bad_profiles(values, errs, match):
     with pytest.raises(ValueError, match=match):
         segment_profile(values, errs)
+
+
+def test_robust_change_point_sits_where_most_scales_put_it():
+    """A jump at layer 12 found by every scale, plus a spurious cut at 10 at two scales: the robust
+    change point is 12 (not 11, the midpoint that the +-1 tolerance also covers), and the plateau
+    before it keeps layer 11."""
+    from lightning_geom.geometry.changepoints import robust_change_points
+
+    base = [8.0] * 12 + [4.0] * 8
+    bumped = [8.0] * 10 + [9.0, 9.0] + [4.0] * 8
+    curves = [base, [x * 1.1 for x in base], bumped, [x * 0.9 for x in bumped], base]
+    rc = robust_change_points(curves, [[0.1] * 20] * 5)
+    assert rc.change_points == (12,) and rc.plateaus[0][:2] == (0, 11)
+
+
+def test_real_llm_profile_breaks_where_the_scales_agree():
+    """SmolLM2-135M's GRIDE profile at 6 scales (a real decoder LM; tests/fixtures/smollm2_gride.json):
+    every scale sees the break at hidden state 12 (IDs ~8 -> ~4 at the reported scale n1 = 2), and
+    the gentle slope over states 0-11 is not reported as a staircase of 1 % steps."""
+    import json
+    from pathlib import Path
+
+    from lightning_geom.geometry.changepoints import robust_change_points
+
+    ref = json.loads((Path(__file__).parent / "fixtures" / "smollm2_gride.json").read_text())
+    errs = [[max(e, 1e-9) for e in row] for row in ref["errs"]]
+    rc = robust_change_points(ref["dims"], errs, headline=ref["ranks"].index(2))
+    i = rc.change_points.index(12)
+    assert rc.support[i] == 1.0 and rc.jumps[i] < 0.6
+    assert all(abs(j - 1) >= 0.05 for j in rc.jumps)  # every reported change is a real step at the reported scale
+    assert not any(c < 6 for c in rc.change_points)

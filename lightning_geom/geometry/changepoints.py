@@ -165,6 +165,30 @@ def segment_profile(
     return Segmentation(tuple(cuts), segs, rss + beta * len(cuts))
 
 
+def _significant(
+    curves: Sequence[Sequence[float]], errs: Sequence[Sequence[float]] | None, cuts: list[int], min_jump: float
+) -> list[int]:
+    """The cuts whose plateau means differ by at least ``min_jump`` (relative) at a majority of scales.
+
+    Each scale's plateaus are refitted with the common cuts; the cut with the smallest median
+    relative jump among those that fail is dropped and the rest refitted, until every cut passes
+    (a staircase found on a gentle trend at some scales is not reported as a change).
+    """
+    cuts = list(cuts)
+    while cuts:
+        rel: list[list[float]] = []  # (cut, scale)
+        for j, c in enumerate(curves):
+            w = [1.0] * len(c) if errs is None else [1.0 / x**2 for x in errs[j]]
+            segs, _ = _fit([float(x) for x in c], w, cuts)
+            rel.append([abs(b[2] - a[2]) / max(abs(a[2]), abs(b[2]), 1e-12) for a, b in zip(segs, segs[1:])])
+        per_cut = [sorted(r[i] for r in rel) for i in range(len(cuts))]
+        failing = [i for i, r in enumerate(per_cut) if 2 * sum(x >= min_jump for x in r) <= len(r)]
+        if not failing:
+            break
+        cuts.pop(min(failing, key=lambda i: per_cut[i][len(per_cut[i]) // 2]))
+    return cuts
+
+
 def robust_change_points(
     curves: Sequence[Sequence[float]],
     errs: Sequence[Sequence[float]] | None = None,
@@ -205,11 +229,16 @@ def robust_change_points(
     def support(c: int) -> int:
         return sum(any(abs(cp - c) <= tolerance for cp in sg.change_points) for sg in segs)
 
+    def exact(c: int) -> int:
+        return sum(c in sg.change_points for sg in segs)
+
     chosen: list[int] = []
-    for c in sorted(candidates, key=lambda c: (-support(c), c)):  # strongest first, then non-max suppression
+    # strongest first (within the tolerance, then where most scales put it exactly), then non-max suppression
+    for c in sorted(candidates, key=lambda c: (-support(c), -exact(c), c)):
         if 2 * support(c) > s and all(abs(c - o) > tolerance for o in chosen):
             chosen.append(c)
     chosen.sort()
+    chosen = _significant(curves, errs, chosen, kwargs.get("min_jump", 0.05))
     w = [1.0] * n if errs is None else [1.0 / x**2 for x in errs[headline]]
     plateaus, _ = _fit([float(x) for x in curves[headline]], w, chosen)
     jumps = tuple(b[2] / a[2] if a[2] else math.inf for a, b in zip(plateaus, plateaus[1:]))
