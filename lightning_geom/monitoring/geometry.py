@@ -11,13 +11,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-import torch
-
 from ..analysis import GeometrySettings, finish_profile, layer_errors, profile_geometry
 from ..capture import capture_representations
 from ..report.history import metric_key, scalars
 from .core import MonitorCore, Run, warn_layer_errors
-from .probe import all_gather_objects, batch_len, dist_info, gather_parts, probe_batches
+from .probe import all_gather_objects, batch_len, dist_info, gather_features, probe_batches
 
 __all__ = ["GeometryCore"]
 
@@ -141,9 +139,9 @@ class GeometryCore(MonitorCore):
         if not shard:
             return [], None
         try:
-            # one process: features stay on the training device and the geometry runs there;
-            # under DDP they travel through all_gather_object (pickled), so via the CPU
-            keep = None if dist_info()[1] == 1 else "cpu"
+            # features stay on the training device: the geometry runs there, and under DDP they are
+            # all-gathered as tensors on it (NCCL on GPU, gloo on CPU)
+            keep = None
             out = []
             for bid, batch in shard:
                 reps = capture_representations(
@@ -168,21 +166,16 @@ class GeometryCore(MonitorCore):
 
     def _measure(self, run: Run) -> dict[str, Any]:
         start = time.perf_counter()
-        parts = gather_parts(*self._capture(run), "capturing the probe representations")
+        features, labels, n_labels = gather_features(*self._capture(run), "capturing the probe representations")
         self._timed("capture", start)
         start = time.perf_counter()
-        n_layers = len(parts[0][1][0])
-        features = [torch.cat([p[1][0][li] for p in parts]) for li in range(n_layers)]
-        labels = None
-        found = [p[1][1] for p in parts if p[1][1] is not None]
-        if found:
-            labels = torch.cat(found)
-            if labels.shape[0] != features[0].shape[0]:
-                self._warn(
-                    f"{type(self).__name__}: {labels.shape[0]} labels for {features[0].shape[0]} probe samples; "
-                    "label overlap skipped (labels must be one per sample)."
-                )
-                labels = None
+        n_layers = len(features)
+        if n_labels and n_labels != features[0].shape[0]:
+            self._warn(
+                f"{type(self).__name__}: {n_labels} labels for {features[0].shape[0]} probe samples; "
+                "label overlap skipped (labels must be one per sample)."
+            )
+            labels = None
         rank, world = dist_info()
         # one process raises at the failing layer (its traceback); under DDP every rank raises after the gather
         policy = self.on_error if world == 1 else "warn"

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..capture import map_tensors
 
-__all__ = ["batch_len", "probe_batches", "probe_fingerprint", "dist_info", "all_gather_objects", "gather_parts", "shard"]
+__all__ = ["batch_len", "probe_batches", "probe_fingerprint", "dist_info", "all_gather_objects", "gather_parts", "gather_features", "shard"]
 
 
 def batch_len(batch: Any) -> int:
@@ -98,6 +98,79 @@ def gather_parts(local: list, err: str | None, what: str) -> list:
     if errors:
         raise RuntimeError(f"{what} failed: {errors[0]}")
     return sorted((p for loc, _ in gathered for p in loc), key=lambda p: p[0])
+
+
+def gather_features(
+    local: list[tuple[int, tuple[list[Tensor], Tensor | None, int]]], err: str | None, what: str
+) -> tuple[list[Tensor], Tensor | None, int]:
+    """Every rank's captured features, concatenated in probe (batch id) order, as tensors, the
+    labels (None unless every batch has them) and the number of labels found (compare it with
+    the number of samples: labels of the wrong length are dropped here, and the caller says so).
+
+    ``local`` holds this rank's (batch id, (features per layer, labels or None, n)) parts. Only
+    the small metadata (batch ids, counts, shapes, an error) travels pickled; the features travel
+    as tensors: per layer one ``all_gather`` of this rank's rows, padded to the longest shard,
+    into buffers allocated once on the features' device (gloo on CPU, NCCL on GPU). The gathered
+    size is checked against the device's free memory first (``MemoryError`` naming the sizes).
+    Raises on every rank if any rank failed, so a failure never hangs DDP. One process: no
+    collective, the parts are concatenated.
+    """
+    local = sorted(local, key=lambda p: p[0])
+    feats = [torch.cat([p[1][0][li] for p in local]) for li in range(len(local[0][1][0]))] if local else []
+    has_labels = bool(local) and all(p[1][1] is not None for p in local)
+    labels = torch.cat([p[1][1].reshape(-1) for p in local]) if has_labels else None
+    n_labels = int(labels.shape[0]) if labels is not None else 0
+    meta = {
+        "ids": [p[0] for p in local], "counts": [int(p[1][2]) for p in local], "err": err, "n_labels": n_labels,
+        "dims": [int(f.shape[1]) for f in feats], "labels": has_labels,
+        "label_dtype": str(labels.dtype) if labels is not None else None,
+    }
+    everyone = all_gather_objects(meta)
+    errors = [m["err"] for m in everyone if m["err"]]
+    if errors:
+        raise RuntimeError(f"{what} failed: {errors[0]}")
+    if len(everyone) == 1:
+        return feats, labels, n_labels
+    dims = next(m["dims"] for m in everyone if m["dims"])
+    if any(m["dims"] and m["dims"] != dims for m in everyone):
+        raise RuntimeError(f"{what} failed: the ranks captured different layer widths {[m['dims'] for m in everyone]}.")
+    sizes = [sum(m["counts"]) for m in everyone]
+    width = max(sizes)
+    device = feats[0].device if feats else torch.device("cpu")
+    need = sum(sizes) * sum(dims) * 4 * 2  # the gathered buffers and the concatenated result
+    free = _free_bytes(device)
+    if free is not None and need > 0.8 * free:
+        raise MemoryError(
+            f"{what}: gathering {sum(sizes)} probe samples x {sum(dims)} feature dims from {len(everyone)} ranks needs "
+            f"{need / 2**30:.2f} GiB on {device}, {free / 2**30:.2f} GiB are free; use fewer `num_samples` or `layers`."
+        )
+    order = sorted((bid, r, j) for r, m in enumerate(everyone) for j, bid in enumerate(m["ids"]))
+
+    def gather(t: Tensor | None, cols: int, dtype: torch.dtype) -> Tensor:
+        buf = torch.zeros(width, cols, dtype=dtype, device=device)
+        if t is not None and t.shape[0]:
+            buf[: t.shape[0]] = t.reshape(t.shape[0], cols)
+        parts = [torch.empty_like(buf) for _ in everyone]
+        torch.distributed.all_gather(parts, buf)
+        pieces = []  # each rank's rows split by its batches, then put in batch-id order
+        for r, m in enumerate(everyone):
+            starts = [sum(m["counts"][:j]) for j in range(len(m["counts"]))]
+            pieces.append([parts[r][a : a + c] for a, c in zip(starts, m["counts"])])
+        return torch.cat([pieces[r][j] for _, r, j in order])
+
+    out = [gather(feats[li] if feats else None, d, torch.float32) for li, d in enumerate(dims)]
+    all_labels = None
+    found = sum(m["n_labels"] for m in everyone)
+    if all(m["labels"] and m["n_labels"] == sum(m["counts"]) for m in everyone if m["counts"]):
+        dtype = getattr(torch, next(m["label_dtype"] for m in everyone if m["label_dtype"]).split(".")[-1])
+        all_labels = gather(labels.to(device) if labels is not None else None, 1, dtype).reshape(-1)
+    return out, all_labels, found
+
+
+def _free_bytes(device: torch.device) -> int | None:
+    from ..geometry.neighbors import available_bytes
+
+    return available_bytes(device)
 
 
 def probe_fingerprint(batches: list[Any]) -> str:
