@@ -159,6 +159,7 @@ def test_wandb_offline(tmp_path, data, monkeypatch):
     assert list(run_dir.rglob("*.table.json"))  # the (step, layer, ...) table
     record = next(run_dir.glob("*.wandb")).read_bytes()
     assert b"geometry/charts/id" in record and b"geometry/charts/label_overlap" in record  # multi-line charts, no clicking
+    assert b"geometry/charts/profile" in record  # ID against layer, one line per checkpoint
     assert b"geometry_monitor/probe_samples" in record  # the settings in the run's config
 
 

@@ -322,7 +322,7 @@ def _pullback(module: Any, data: Any, n: int, dev: torch.device, *, budget_s: fl
     if not isinstance(first, dict):
         return None, 0
     count = min(n, next(iter(first.values())).shape[0])
-    t0 = time.perf_counter()
+    t0 = prev = time.perf_counter()
     per_layer: list[dict[str, list[torch.Tensor]]] = []
     done = 0
     try:
@@ -344,8 +344,10 @@ def _pullback(module: Any, data: Any, n: int, dev: torch.device, *, budget_s: fl
                 for key, v in spectrum_stats(sp).items():
                     acc.setdefault(key, []).append(v.reshape(-1))
             done += 1
-            elapsed = time.perf_counter() - t0
-            if elapsed + elapsed / done > budget_s:  # the next sample would overrun the budget
+            now = time.perf_counter()
+            last, elapsed = now - (t0 if done == 1 else prev), now - t0
+            prev = now
+            if elapsed + 1.25 * max(last, elapsed / done) > budget_s:  # the next sample could overrun the budget
                 break
     except Exception:  # noqa: BLE001 - no output head, or an op without a gradient: no pullback section
         if not done:

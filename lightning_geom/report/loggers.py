@@ -81,8 +81,30 @@ def layer_series(history: Sequence[dict[str, Any]], kind: str) -> tuple[list[int
     return steps, ys, [layer_name(i) for i in range(n_layers)]
 
 
+def profile_series(history: Sequence[dict[str, Any]], kind: str = "id", *, max_lines: int = 10) -> tuple[list[int], list[list[float]], list[str]]:
+    """(layer indices, one ``kind`` profile per checkpoint, "step N" names) for the profile chart:
+    the value against depth, one line per checkpoint (at most ``max_lines``, evenly spaced, the
+    first and the last always in)."""
+    if not history:
+        return [], [], []
+    n = len(history)
+    picks = sorted({round(i * (n - 1) / max(1, max_lines - 1)) for i in range(min(n, max_lines))})
+    n_layers = max(len(r["layers"]) for r in history)
+    ys, names = [], []
+    for j in picks:
+        row = [float("nan")] * n_layers
+        for layer in history[j]["layers"]:
+            v = layer.get(kind)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                row[layer["index"]] = float(v)
+        ys.append(row)
+        names.append(f"step {int(history[j]['step'])}")
+    return list(range(n_layers)), ys, names
+
+
 def wandb_line_charts(run: Any, history: Sequence[dict[str, Any]], kinds: Sequence[str], *, prefix: str) -> None:
-    """One W&B multi-line chart per metric kind, every layer a line against step (``wandb.plot.line_series``)."""
+    """One W&B multi-line chart per metric kind, every layer a line against step (``wandb.plot.line_series``),
+    and for the ID the profile chart ``{prefix}/charts/profile``: ID against layer, one line per checkpoint."""
     import wandb
 
     charts = {}
@@ -90,6 +112,12 @@ def wandb_line_charts(run: Any, history: Sequence[dict[str, Any]], kinds: Sequen
         steps, ys, names = layer_series(history, kind)
         if steps and any(v == v for row in ys for v in row):  # something other than NaN
             charts[f"{prefix}/charts/{kind}"] = wandb.plot.line_series(xs=steps, ys=ys, keys=names, title=f"{prefix}/{kind}", xname="step")
+    if "id" in kinds:
+        layers, ys, names = profile_series(history, "id")
+        if layers and any(v == v for row in ys for v in row):
+            charts[f"{prefix}/charts/profile"] = wandb.plot.line_series(
+                xs=layers, ys=ys, keys=names, title=f"{prefix}: ID against layer, one line per checkpoint", xname="layer"
+            )
     if charts:
         run.log(charts, commit=False)
 
