@@ -66,3 +66,22 @@ def test_text_demo_runs_and_leaves_the_same_artefacts(tmp_path):
 
     hist = json.loads((out / "geometry" / "geometry_history.json").read_text())
     assert all(r["layers"][0]["label_overlap"] is not None for r in hist)  # labelled probe
+
+
+def test_presets_cpu_is_the_default_and_gpu_needs_cuda(monkeypatch):
+    """Issue 15: `--preset cpu` gives the 2-core sizes (the old defaults); `--preset gpu` the bf16 GPU
+    sizes, refused in one line where there is no CUDA; explicit flags win over the preset."""
+    import pytest
+    import torch
+
+    from lightning_geom.cli import main
+    from lightning_geom.demo.run import DemoConfig, preset_config
+
+    assert preset_config("cpu", "digits") == DemoConfig()
+    assert preset_config("cpu", "text", steps=5).steps == 5 and preset_config("cpu", "text").world == "text"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="error: --preset gpu: no CUDA device"):
+        main(["demo", "--preset", "gpu", "--world", "text", "--out", "/nonexistent/never-written"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    gpu = preset_config("gpu", "text", width=256)
+    assert (gpu.n_layer, gpu.width, gpu.precision, gpu.accelerator) == (12, 256, "bf16-mixed", "gpu")
