@@ -268,8 +268,9 @@ def token_geometry(
 
     Returns:
         (per-layer records with ``token_id``, ``token_id_std``, ``token_twonn``, ``token_overlap_next``,
-        ``n_prompts`` and ``per_prompt`` (each kept prompt's ID, in prompt order)), and how many
-        prompts were too short (kept prompts: ``lengths > k``).
+        ``n_prompts`` (prompts with an ID at that layer) and ``per_prompt`` (each kept prompt's ID, in
+        prompt order; None for a prompt with fewer than 3 distinct tokens there)), and how many prompts
+        were too short (kept prompts: ``lengths > k``).
 
     Raises:
         ValueError: no prompt has more than ``k`` tokens.
@@ -288,16 +289,19 @@ def token_geometry(
         est = id_batched(nb, range_max=k)
         ranks = est["ranks"].tolist()
         j = ranks.index(n1) if n1 in ranks else ranks.index(2) if 2 in ranks else len(ranks) - 1
-        ids = est["gride"][:, j]
+        every = est["gride"][:, j]
+        ok = torch.isfinite(every)  # a prompt with < 3 distinct tokens at this layer has no ID (NaN)
+        ids = every[ok]
         out.append({
             "index": li,
             "token_id": float(ids.mean()),
             "token_id_std": float(ids.std()) if ids.numel() > 1 else 0.0,
             "token_id_n1": ranks[j],
-            "token_twonn": float(est["twonn"].mean()),
+            "token_twonn": float(est["twonn"][ok].mean()),
             "token_overlap_next": None,
             "n_prompts": int(ids.numel()),
-            "per_prompt": ids.tolist(),  # GRIDE of each kept prompt (for correlations with per-prompt quantities)
+            # GRIDE of each kept prompt, None where it has no ID (for correlations with per-prompt quantities)
+            "per_prompt": [v if v == v else None for v in every.tolist()],
         })
         nbs.append(nb)
     for a, b, rec in zip(nbs, nbs[1:], out):

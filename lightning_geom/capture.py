@@ -18,6 +18,7 @@ Features come back as float32 (N, D) per layer, on the CPU.
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -369,9 +370,30 @@ def capture_representations(
 
 
 def _headless(net: nn.Module) -> nn.Module:
-    """The Hugging Face ``base_model`` of a model with a head (same hidden states, no head), else ``net``."""
-    base = getattr(net, "base_model", None) if _is_hf(net) else None
+    """The Hugging Face ``base_model`` of a model with a head (same hidden states, no head), else ``net``;
+    for an encoder-decoder model (T5, BART, ...) its encoder (the decoder needs targets to run)."""
+    if not _is_hf(net):
+        return net
+    if getattr(getattr(net, "config", None), "is_encoder_decoder", False) and callable(getattr(net, "get_encoder", None)):
+        return _EncoderOnly(net.get_encoder())
+    base = getattr(net, "base_model", None)
     return base if isinstance(base, nn.Module) and base is not net else net
+
+
+class _EncoderOnly(nn.Module):
+    """An encoder-decoder model's encoder, called with the batch keys it accepts (no decoder inputs)."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        params = inspect.signature(encoder.forward).parameters
+        self._any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        self._names = set(params)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if not self._any:
+            kwargs = {k: v for k, v in kwargs.items() if k in self._names}
+        return self.encoder(*args, **kwargs)
 
 
 @contextmanager

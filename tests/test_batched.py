@@ -90,3 +90,23 @@ def test_bad_inputs(kw, match):
     args = {"x": torch.randn(3, 20, 4), "k": 5, **kw}
     with pytest.raises(ValueError, match=match):
         knn_batched(args.pop("x"), args.pop("k"), **args)
+
+
+def test_a_cloud_of_copies_gets_nan_and_the_others_their_own_id():
+    """A prompt whose tokens are (nearly) all the same token at a layer (rotary LMs' embeddings of a
+    repeated word) has no ID: it gets NaN with a warning, and the other clouds are unchanged."""
+    from lightning_geom.geometry import DuplicatePointsWarning
+
+    x = _clouds(b=3, n=60)
+    x[1] = x[1, :1].expand(60, -1).clone()  # one point, 60 copies
+    x[1, 0] += 1.0  # ... and one other: 2 distinct locations
+    nb = knn_batched(x, 8)
+    with pytest.warns(DuplicatePointsWarning, match="1 of 3 clouds"):
+        est = id_batched(nb, range_max=8)
+    assert torch.isnan(est["gride"][1]).all() and torch.isnan(est["twonn"][1])
+    for c in (0, 2):
+        alone = id_batched(knn_batched(x[c : c + 1], 8), range_max=8)
+        torch.testing.assert_close(est["gride"][c], alone["gride"][0])
+        torch.testing.assert_close(est["twonn"][c], alone["twonn"][0])
+    with pytest.raises(ValueError, match="at least 3 non-duplicate points"):
+        id_batched(knn_batched(x[1:2], 8), range_max=8)

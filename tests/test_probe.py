@@ -383,3 +383,28 @@ def test_pullback_share_caps_the_pullback_samples(text_model, text_data):
     assert full.models[0]["pullback_samples_used"] == 6 and tiny.models[0]["pullback_samples_used"] == 1
     assert full.settings["pullback_share"] == 1.0 and len(full.models[0]["pullback"]) == len(full.models[0]["layers"])
     assert all(r["top"] > 0 for r in tiny.models[0]["pullback"])
+
+
+@pytest.mark.parametrize("arch", ["t5", "bart"])
+def test_probe_encoder_decoder_models_through_their_encoder(tmp_path, text_data, arch):
+    """An encoder-decoder model (T5, BART) is probed through its encoder: its decoder needs targets."""
+    from transformers import (
+        BartConfig,
+        BartForConditionalGeneration,
+        T5Config,
+        T5ForConditionalGeneration,
+    )
+
+    v = len(WORDS) + 4
+    if arch == "t5":
+        model = T5ForConditionalGeneration(T5Config(vocab_size=v, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, decoder_start_token_id=0, pad_token_id=0))
+    else:
+        model = BartForConditionalGeneration(BartConfig(vocab_size=v, d_model=32, encoder_layers=2, decoder_layers=3, encoder_attention_heads=4,
+                                                        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64, pad_token_id=0))
+    path = tmp_path / arch
+    model.save_pretrained(path)
+    _word_tokenizer().save_pretrained(path)
+    out = tmp_path / "rep"
+    assert main(["probe", str(path), "--data", str(text_data / "data.jsonl"), "--out", str(out), "--range-max", "8", "--pullback-samples", "2"]) == 0
+    m = json.loads((out / "metrics.json").read_text())["models"][0]
+    assert len(m["layers"]) == 3 and all(r["twonn"] > 0 for r in m["layers"])  # embeddings + the 2 encoder blocks

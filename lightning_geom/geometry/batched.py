@@ -190,7 +190,11 @@ def id_batched(nb: BatchedNeighbors, *, range_max: int = 64, discard_fraction: f
     The same numbers as ``twonn`` / ``gride_scaling`` on each cloud's own kNN (clouds without
     duplicate points). Points at distance 0 from another (duplicate tokens) are left out of their
     cloud's estimates with one :class:`DuplicatePointsWarning` (their neighbours' ranks are not
-    re-counted over distinct locations, unlike the single-cloud estimators).
+    re-counted over distinct locations, unlike the single-cloud estimators). A cloud left with
+    fewer than 3 distinct points gets NaN everywhere (one more warning counts them).
+
+    Raises:
+        ValueError: no cloud has 3 distinct points.
 
     Returns:
         ``{"twonn": (B,), "gride": (B, S), "gride_err": (B, S), "scales": (B, S), "ranks": (S,)}``
@@ -212,8 +216,31 @@ def id_batched(nb: BatchedNeighbors, *, range_max: int = 64, discard_fraction: f
             stacklevel=2,
         )
     n_kept = keep.sum(dim=1)  # (B,)
-    if int(n_kept.min()) < 3:
-        raise ValueError(f"Every cloud needs at least 3 non-duplicate points, but one has {int(n_kept.min())}.")
+    few = n_kept < 3
+    if bool(few.all()):
+        raise ValueError(f"Every cloud needs at least 3 non-duplicate points, but the most any has is {int(n_kept.max())}.")
+    if bool(few.any()):  # those clouds get NaN; the others are measured as if alone
+        good = torch.nonzero(~few).flatten()
+        warnings.warn(
+            f"{int(few.sum())} of {b} clouds have fewer than 3 distinct points; their ID is NaN.",
+            DuplicatePointsWarning,
+            stacklevel=2,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DuplicatePointsWarning)  # the duplicates were counted above
+            sub = id_batched(
+                BatchedNeighbors(nb.distances[good], nb.indices[good], nb.lengths[good]),
+                range_max=range_max, discard_fraction=discard_fraction,
+            )
+        full = {}
+        for key, v in sub.items():
+            if key == "ranks":
+                full[key] = v
+                continue
+            t = torch.full((b, *v.shape[1:]), math.nan, dtype=v.dtype, device=v.device)
+            t[good.to(v.device)] = v
+            full[key] = t
+        return full
     i_in = torch.tensor([p[0] - 1 for p in pairs], device=r.device)
     i_out = torch.tensor([p[1] - 1 for p in pairs], device=r.device)
     safe = torch.where(keep.unsqueeze(2), r, 1.0)  # padded / duplicate rows: harmless placeholders

@@ -251,7 +251,10 @@ def _prompt_losses(module: Any, batches: list[dict[str, torch.Tensor]], dev: tor
 
 
 def _correlations(ids: torch.Tensor, loss: torch.Tensor) -> dict[str, float | None]:
-    """Pearson and Spearman correlation of per-prompt ID with per-prompt loss (None with < 3 prompts)."""
+    """Pearson and Spearman correlation of per-prompt ID with per-prompt loss over the prompts that
+    have an ID (NaN left out; None with < 3 prompts)."""
+    ok = torch.isfinite(ids) & torch.isfinite(loss)
+    ids, loss = ids[ok], loss[ok]
     if ids.numel() < 3 or float(ids.std()) == 0 or float(loss.std()) == 0:
         return {"loss_pearson": None, "loss_spearman": None}
     from scipy import stats
@@ -284,7 +287,8 @@ def _token_section(module: Any, data: Any, layers: Any, prompts: int, k: int, sh
         kept = losses[lengths > k]
         out["loss_mean"] = float(kept.mean())
         for rec in per:
-            rec.update(_correlations(torch.tensor(rec["per_prompt"]), kept))
+            ids = torch.tensor([math.nan if v is None else v for v in rec["per_prompt"]], dtype=torch.float64)
+            rec.update(_correlations(ids, kept))
     if shuffle:
         shuffled, _ = measure([_shuffle_blocks(b, 4, seed=i) for i, b in enumerate(batches)])
         for rec, ctl in zip(per, shuffled):
