@@ -77,18 +77,25 @@ class Representations:
         return tuple(layer_name(i) for i in range(len(self.features)))
 
 
+def _channels_last(h: Tensor) -> Tensor:
+    """A convolutional feature map (B, C, H, W, ...) as a token sequence (B, H W ..., C); others unchanged."""
+    return h.flatten(2).transpose(1, 2) if h.ndim > 3 else h
+
+
 def pool(h: Tensor, attention_mask: Tensor | None = None, how: Pooling = "mean") -> Tensor:
-    """Pool a (B, T, D) hidden state over tokens into (B, D); (B, D) passes through.
+    """Pool a (B, T, D) hidden state over tokens into (B, D); (B, D) passes through; a channels-first
+    feature map (B, C, H, W) of a convolutional network is read as (B, H W, C): its spatial positions
+    are the tokens (``"mean"`` = global average pooling).
 
     Args:
-        h: (B, T, D) or (B, D) hidden states.
+        h: (B, T, D), (B, D) or (B, C, H, W) hidden states.
         attention_mask: (B, T) with 1 for real tokens, 0 for padding, or None (all real).
         how: ``"mean"`` over real tokens, ``"last"`` real token, ``"first"`` token, ``"tokens"``
             (no pooling: the (B, T, D) token cloud, padding zeroed), or a callable
             ``(h, attention_mask) -> (B, D)``.
 
     Raises:
-        ValueError: unknown ``how``, or a shape that is neither (B, D) nor (B, T, D).
+        ValueError: unknown ``how``, or a 1-d ``h``.
 
     Example:
         >>> h = torch.arange(12.0).view(1, 3, 4)
@@ -96,13 +103,16 @@ def pool(h: Tensor, attention_mask: Tensor | None = None, how: Pooling = "mean")
         [[2.0, 3.0, 4.0, 5.0]]
         >>> pool(h, torch.tensor([[1, 1, 0]]), "last").tolist()
         [[4.0, 5.0, 6.0, 7.0]]
+        >>> pool(torch.arange(8.0).view(1, 2, 2, 2)).tolist()  # (B, C, H, W): mean over the 4 positions
+        [[1.5, 5.5]]
     """
     if callable(how):
         return how(h, attention_mask)
     if h.ndim == 2:
         return h
+    h = _channels_last(h)  # (B, C, H, W, ...) -> (B, H W, C): "mean" is global average pooling
     if h.ndim != 3:
-        raise ValueError(f"Expected a hidden state of shape (B, T, D) or (B, D), but got {tuple(h.shape)}.")
+        raise ValueError(f"Expected a hidden state of shape (B, T, D), (B, D) or (B, C, H, W), but got {tuple(h.shape)}.")
     if how == "first":
         return h[:, 0]
     if how == "tokens":
@@ -348,7 +358,7 @@ def capture_representations(
                                 "(glob patterns of submodule names) to capture with hooks."
                             )
                         sources = tuple(f"hidden_states[{i}]" for i in range(len(states)))
-                pooled = [pool(_normalize(h, normalize), mask, pooling).float().to(keep) for h in states]
+                pooled = [pool(_normalize(_channels_last(h), normalize), mask, pooling).float().to(keep) for h in states]
                 if not feats:
                     feats = [[] for _ in pooled]
                 for acc, p in zip(feats, pooled):

@@ -99,13 +99,21 @@ def test_csv_columns_and_plain_text(tmp_path, text_model, text_data):
     assert report.models[0]["layers"][0]["label_overlap"] is None
 
 
-def test_probe_image_folder(tmp_path):
+@pytest.mark.parametrize("arch", ["vit", "convnext"])
+def test_probe_image_folder(tmp_path, arch):
+    """A ViT (token hidden states) and a ConvNeXt (feature maps (B, C, H, W): positions are the tokens)."""
     from PIL import Image
+    from transformers import ConvNextConfig, ConvNextForImageClassification, ConvNextImageProcessor
 
     torch.manual_seed(0)
-    cfg = ViTConfig(image_size=16, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_labels=2)
-    model_dir = tmp_path / "vit"
-    ViTForImageClassification(cfg).save_pretrained(model_dir)
+    model_dir = tmp_path / arch
+    if arch == "vit":
+        cfg = ViTConfig(image_size=16, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_labels=2)
+        ViTForImageClassification(cfg).save_pretrained(model_dir)
+    else:
+        cfg = ConvNextConfig(num_channels=3, hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, image_size=16, num_labels=2)
+        ConvNextForImageClassification(cfg).save_pretrained(model_dir)
+        ConvNextImageProcessor(size={"shortest_edge": 16}, crop_pct=1.0).save_pretrained(model_dir)
     rng = np.random.default_rng(0)
     for c, base in (("dark", 40), ("light", 200)):
         (tmp_path / "imgs" / c).mkdir(parents=True)
