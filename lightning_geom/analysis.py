@@ -77,18 +77,32 @@ def choose_scale(curve: IDScaling, *, tol: float = 0.1) -> int:
     return min(range(start, len(change)), key=change.__getitem__)
 
 
-def layer_geometry(x: Tensor, labels: Tensor | None, settings: GeometrySettings) -> tuple[dict[str, Any], Tensor | None]:
+def layer_k(n: int, settings: GeometrySettings) -> int:
+    """Neighbours one layer's kNN needs: the largest GRIDE rank, the overlap k and the label k.
+
+    Raises:
+        ValueError: ``n`` points are too few for that many neighbours.
+    """
+    k = max(gride_max_rank(n, settings.range_max), settings.overlap_k, settings.label_k, 2)
+    if n <= k:
+        raise ValueError(f"{n} probe samples are too few for k = {k} neighbours; use more samples or smaller k.")
+    return k
+
+
+def layer_geometry(
+    x: Tensor, labels: Tensor | None, settings: GeometrySettings, *, neighbors: Neighbors | None = None
+) -> tuple[dict[str, Any], Tensor | None]:
     """All per-layer numbers from (N, D) features: a JSON-ready record and the (N, overlap_k) kNN indices.
+
+    ``neighbors``: the layer's kNN with :func:`layer_k` neighbours when already computed (e.g. by
+    the ranks of a process group together); by default ``knn(x, layer_k(N))``.
 
     Raises:
         ValueError: NaN/Inf features, too few samples, labels of the wrong length (from the core).
     """
     n = int(x.shape[0])
-    top = gride_max_rank(n, settings.range_max)
-    k = max(top, settings.overlap_k, settings.label_k, 2)
-    if n <= k:
-        raise ValueError(f"{n} probe samples are too few for k = {k} neighbours; use more samples or smaller k.")
-    nb = knn(x, k)
+    k = layer_k(n, settings)
+    nb = knn(x, k) if neighbors is None else neighbors
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DuplicatePointsWarning)
         tw, curve = id_profile(nb, range_max=settings.range_max)
@@ -125,8 +139,10 @@ def profile_geometry(
     *,
     layers: Sequence[int] | None = None,
     on_error: str = "warn",
+    neighbors: dict[int, Neighbors] | None = None,
 ) -> list[dict[str, Any]]:
-    """Per-layer records for the chosen layers (default all).
+    """Per-layer records for the chosen layers (default all); ``neighbors`` gives precomputed kNNs
+    of some layers (index -> :class:`Neighbors` with :func:`layer_k` neighbours).
 
     With ``on_error="warn"`` a failing layer gets ``error`` set (its cause, one line) and the
     others go on; with ``"raise"`` the first failure propagates with its traceback.
@@ -140,7 +156,7 @@ def profile_geometry(
     out = []
     for li in range(len(features)) if layers is None else layers:
         try:
-            rec, idx = layer_geometry(features[li], labels, settings)
+            rec, idx = layer_geometry(features[li], labels, settings, neighbors=(neighbors or {}).get(li))
         except Exception as err:
             if on_error == "raise":
                 raise

@@ -25,12 +25,13 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("out")
     p.add_argument("--devices", type=int, default=1)
+    p.add_argument("--shard-above", type=int, default=None, help="GeometryMonitor(shard_knn_above=...)")
     args = p.parse_args()
     torch.manual_seed(0)
     data = token_data(150)  # 150 = 5 batches of 32 (last one 22): uneven shards across 2 ranks
     mon = GeometryMonitor(
         probe=data, num_samples=150, batch_size=32, every_n_steps=100, log_spaced=False, at_fit_end=False, range_max=16, figure_every=0,
-        output_dir=str(Path(args.out).parent / "geo"),
+        output_dir=str(Path(args.out).parent / "geo"), shard_knn_above=args.shard_above,
     )
     pb = PullbackMonitor(
         probe={k: v[:20] for k, v in data.items()}, num_samples=20, batch_size=8, top_logits=4, every_n_steps=100,

@@ -1,4 +1,4 @@
-"""Run knn_sharded on `world` gloo processes; rank 0 writes the gathered result (used by test_sharded.py)."""
+"""Run knn_sharded and knn_split on `world` gloo processes; rank 0 writes the results (used by test_sharded.py)."""
 
 import os
 import sys
@@ -18,9 +18,12 @@ def _points(n: int = 901, d: int = 24) -> torch.Tensor:
 def _worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    from lightning_geom.geometry import knn_sharded
+    from lightning_geom.geometry import knn_sharded, knn_split
 
     x = _points()
+    whole = knn_split(x, 10)  # every rank: the whole answer, rows computed 1 / world each
+    if rank == 0:
+        torch.save((whole.distances, whole.indices), out + ".split")
     bounds = [0, 300, 610, 901] if world == 3 else [0, 450, 901]  # unequal shards
     nb = knn_sharded(x[bounds[rank] : bounds[rank + 1]], 10)
     parts = [None] * world

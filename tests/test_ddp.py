@@ -9,17 +9,20 @@ import pytest
 SCRIPT = Path(__file__).parent / "ddp_run.py"
 
 
-def _run(out: Path, devices: int) -> list:
+def _run(out: Path, devices: int, *extra: str) -> list:
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-    res = subprocess.run([sys.executable, str(SCRIPT), str(out), "--devices", str(devices)], env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run([sys.executable, str(SCRIPT), str(out), "--devices", str(devices), *extra], env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     return json.loads(out.read_text())
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo DDP test runs on Linux")
-def test_ddp_two_cpu_processes_match_one_process(tmp_path):
+@pytest.mark.parametrize("split", [False, True], ids=["layers-dealt", "knn-rows-split"])
+def test_ddp_two_cpu_processes_match_one_process(tmp_path, split):
+    """Whole layers dealt to the ranks, or (issue 10: clouds too large for one device) every layer's
+    kNN rows split over the ranks (knn_split): the same numbers as one process."""
     single_all = _run(tmp_path / "single.json", 1)
-    ddp_all = _run(tmp_path / "ddp.json", 2)
+    ddp_all = _run(tmp_path / "ddp.json", 2, *(["--shard-above", "1"] if split else []))
     single, ddp = single_all["geometry"], ddp_all["geometry"]
     assert [r["step"] for r in ddp] == [r["step"] for r in single] == [0]
     a, b = single[0], ddp[0]

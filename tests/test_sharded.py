@@ -1,4 +1,4 @@
-"""knn_sharded (issue 10): 2 and 3 gloo processes equal the single-process knn exactly."""
+"""knn_sharded and knn_split (issue 10): 2 and 3 gloo processes equal the single-process knn exactly."""
 
 import os
 import socket
@@ -31,6 +31,8 @@ def test_sharded_equals_knn(tmp_path, world):
     assert res.returncode == 0, res.stderr[-3000:]
     dists, idx = torch.load(out)
     ref = knn(_points(), 10)
+    assert torch.equal(idx, ref.indices) and torch.equal(dists, ref.distances)
+    dists, idx = torch.load(str(out) + ".split")  # knn_split: the rows split over the ranks, gathered on each
     assert torch.equal(idx, ref.indices) and torch.equal(dists, ref.distances)
 
 

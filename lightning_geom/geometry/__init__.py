@@ -17,7 +17,7 @@ from .intrinsic_dim import (
     twonn,
     twonn_scaling,
 )
-from .neighbors import Neighbors, as_points, knn, knn_sharded
+from .neighbors import Neighbors, as_points, knn, knn_sharded, knn_split
 from .overlap import encode_labels, label_overlap, neighborhood_overlap
 from .phases import PhaseSummary, three_phase
 
@@ -44,6 +44,7 @@ __all__ = [
     "gride_scaling",
     "knn",
     "knn_sharded",
+    "knn_split",
     "label_overlap",
     "neighborhood_overlap",
     "twonn",

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Neighbors", "knn", "knn_sharded", "as_points"]
+__all__ = ["Neighbors", "knn", "knn_sharded", "knn_split", "as_points"]
 
 _F32_EPS = float(torch.finfo(torch.float32).eps)
 
@@ -400,6 +400,52 @@ def knn_sharded(x_local: Tensor, k: int, *, group: object | None = None, **kwarg
     full = torch.cat([p[:m] for p, m in zip(parts, sizes)])
     offset = sum(sizes[:rank])
     return knn(full, k, _rows=(offset, offset + sizes[rank]), **kwargs)
+
+
+def knn_split(x: Tensor, k: int, *, group: object | None = None, **kwargs: object) -> Neighbors:
+    """Exact kNN of a point set that every rank of a ``torch.distributed`` group holds whole, the work
+    split over the ranks: rank r computes a contiguous 1 / world of the rows (against all points),
+    and the rows are all-gathered, so every rank returns the whole :class:`Neighbors`, equal to
+    :func:`knn` on one process. A failure on any rank (e.g. out of memory) raises on every rank
+    (no rank is left waiting in the collective). Without an initialised group it is :func:`knn`.
+
+    Args:
+        x: (N, D) the same points on every rank.
+        k: neighbours per point, 1 <= k <= N - 1.
+        group: the process group (default: the world).
+        **kwargs: :func:`knn` options (``block_size``, ``margin``, ``memory_budget``).
+    """
+    import torch.distributed as dist
+
+    x = as_points(x)
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
+        return knn(x, k, **kwargs)
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    n = x.shape[0]
+    bounds = [n * r // world for r in range(world + 1)]
+    width = max(b - a for a, b in zip(bounds, bounds[1:]))
+    dist_pad = torch.full((width, k), math.inf, dtype=torch.float64, device=x.device)
+    idx_pad = torch.full((width, k), -1, dtype=torch.int64, device=x.device)
+    failed = torch.zeros(1, dtype=torch.int64, device=x.device)
+    err: Exception | None = None
+    a, b = bounds[rank], bounds[rank + 1]
+    try:
+        if b > a:
+            mine = knn(x, k, _rows=(a, b), **kwargs)
+            dist_pad[: b - a], idx_pad[: b - a] = mine.distances, mine.indices
+    except Exception as e:  # noqa: BLE001 - raised on every rank below
+        err, failed[0] = e, 1
+    dist.all_reduce(failed, op=dist.ReduceOp.MAX, group=group)
+    if int(failed.item()):
+        if err is not None:
+            raise err
+        raise RuntimeError("knn_split: another rank failed computing its rows (see its error).")
+    parts_d = [torch.empty_like(dist_pad) for _ in range(world)]
+    parts_i = [torch.empty_like(idx_pad) for _ in range(world)]
+    dist.all_gather(parts_d, dist_pad, group=group)
+    dist.all_gather(parts_i, idx_pad, group=group)
+    sizes = [hi - lo for lo, hi in zip(bounds, bounds[1:])]
+    return Neighbors(torch.cat([p[:m] for p, m in zip(parts_d, sizes)]), torch.cat([p[:m] for p, m in zip(parts_i, sizes)]))
 
 
 def _sort_rows(dist: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:

@@ -54,6 +54,9 @@ class GeometryCore(MonitorCore):
             ``token_id_std``, ``token_twonn``, ``token_overlap_next`` (one extra forward of those prompts).
         token_prompts: prompts in the per-prompt analysis.
         token_k: neighbours per token (prompts with <= ``token_k`` real tokens are left out).
+        shard_knn_above: under DDP, a probe of at least this many samples has each layer's kNN rows
+            split over the ranks (``knn_split``: exact, the same answer as one process) instead of
+            whole layers dealt to ranks; None never splits.
 
     Example (through a framework shell)::
 
@@ -80,9 +83,13 @@ class GeometryCore(MonitorCore):
         tokens: Literal["per_prompt"] | None = None,
         token_prompts: int = 64,
         token_k: int = 8,
+        shard_knn_above: int | None = 50_000,
         **kwargs: Any,
     ) -> None:
         super().__init__(probe, **kwargs)
+        if shard_knn_above is not None and (not isinstance(shard_knn_above, int) or shard_knn_above < 1):
+            raise ValueError(f"Expected `shard_knn_above` to be a positive number of points or None, but got {shard_knn_above!r}.")
+        self.shard_knn_above = shard_knn_above
         if tokens not in (None, "per_prompt"):
             raise ValueError(f"Expected `tokens` to be None or 'per_prompt', but got {tokens!r}.")
         for name, v in (("token_prompts", token_prompts), ("token_k", token_k)):
@@ -120,6 +127,7 @@ class GeometryCore(MonitorCore):
             "id_n1": self._locked_n1 if self._locked_n1 is not None else self.settings.id_n1,
             "overlap_k": self.settings.overlap_k,
             "label_k": self.settings.label_k,
+            "shard_knn_above": self.shard_knn_above,
         }
 
     def _settings(self) -> GeometrySettings:
@@ -180,7 +188,11 @@ class GeometryCore(MonitorCore):
         # one process raises at the failing layer (its traceback); under DDP every rank raises after the gather
         policy = self.on_error if world == 1 else "warn"
         settings = self._settings()
-        mine = profile_geometry(features, labels, settings, layers=range(rank, n_layers, world), on_error=policy)
+        n_points = int(features[0].shape[0])
+        if world > 1 and self.shard_knn_above is not None and n_points >= self.shard_knn_above:
+            mine = self._split_layers(features, labels, settings, policy)
+        else:  # whole layers dealt round-robin to the ranks
+            mine = profile_geometry(features, labels, settings, layers=range(rank, n_layers, world), on_error=policy)
         records = [r for part in all_gather_objects(mine) for r in part]
         if self.on_error == "raise" and layer_errors(records):
             raise RuntimeError(f"{type(self).__name__}: " + "; ".join(layer_errors(records)))
@@ -197,6 +209,27 @@ class GeometryCore(MonitorCore):
             record["tokens"] = next(r for r in all_gather_objects(mine) if r is not None)  # rank 0's, on every rank
             self._timed("tokens", start)
         return record
+
+    def _split_layers(self, features: list, labels: Any, settings: GeometrySettings, policy: str) -> list[dict[str, Any]]:
+        """Large clouds under DDP: every rank computes a share of each layer's kNN rows
+        (:func:`~lightning_geom.geometry.knn_split`, same answer as one process), then the layers'
+        estimators are dealt round-robin. A layer whose kNN fails is left to ``profile_geometry``'s
+        error handling (the failure is the same on every rank, or raised on every rank)."""
+        from ..analysis import layer_k
+        from ..geometry import knn_split
+
+        rank, world = dist_info()
+        mine: list[dict[str, Any]] = []
+        for li, x in enumerate(features):
+            nb = None
+            try:
+                nb = knn_split(x, layer_k(int(x.shape[0]), settings))
+            except Exception:  # noqa: BLE001 - profile_geometry below records (or raises) the cause
+                if policy == "raise":
+                    raise
+            if li % world == rank:
+                mine += profile_geometry(features, labels, settings, layers=[li], on_error=policy, neighbors=None if nb is None else {li: nb})
+        return mine
 
     def _token_record(self, run: Run) -> dict[str, Any]:
         """Per-prompt token geometry of the first ``token_prompts`` probe samples (rank 0)."""
