@@ -129,7 +129,7 @@ def _default_block(n: int, device: torch.device) -> int:
     return max(1, min(n, 1024 if device.type == "cpu" else 8192))
 
 
-_CPU_RECOMPUTE_BYTES = 6 << 20  # cache-sized gather + float64 chunks: on a CPU bandwidth decides, not launches
+_CPU_RECOMPUTE_BYTES = 4 << 20  # cache-sized float64 chunks (+ 2 MiB float32 gather): on a CPU bandwidth decides, not launches
 
 
 def _recompute_budget(n: int, block: int, device: torch.device, *, explicit_block: bool) -> int:
@@ -175,7 +175,7 @@ def knn_bytes(n: int, d: int, kc: int, block: int, *, recompute: int | None = No
     the candidate lists and the exact-recompute buffer (``recompute`` bytes; default its usual
     size), the optional N x N symmetric buffer not counted."""
     rc = min(n * kc * d * 8, _panel_recompute_bytes(n, block)) if recompute is None else recompute
-    return n * d * 4 + min(block, n) * n * 4 + n * kc * 40 + rc
+    return n * d * 4 + min(block, n) * n * 4 + n * kc * 40 + rc * 3 // 2  # float64 buffer + the float32 gather
 
 
 def plan_memory(
@@ -225,7 +225,8 @@ def _exact_distances(x: Tensor, rows: Tensor, cols: Tensor, *, budget: int = _CP
     """|x_i - x_j| in float64 for i in ``rows`` (R,), j in ``cols`` (R, C); returns (R, C).
 
     The difference is taken in float64 (exact for float32 points: no cancellation), in chunks of
-    rows whose (rows, C, D) buffers fit ``budget`` bytes: a handful of large ops, not a
+    rows whose (rows, C, D) float64 buffer fits ``budget`` bytes (the narrow gather buffer adds at most
+    half of that; :func:`knn_bytes` counts both): a handful of large ops, not a
     Python loop over small chunks. Points narrower than float64 are gathered in their own dtype
     (half the memory traffic of gathering a float64 copy: the gather is the bandwidth-bound part)
     and widened in the cache-resident buffer; the widening is exact, so the result is bit for bit
@@ -233,8 +234,7 @@ def _exact_distances(x: Tensor, rows: Tensor, cols: Tensor, *, budget: int = _CP
     """
     r_all, c = cols.shape
     d = x.shape[1]
-    per_row = c * d * (8 + (0 if x.dtype == torch.float64 else x.element_size()))  # both buffers inside the budget
-    chunk = max(1, min(r_all, budget // max(1, per_row)))
+    chunk = max(1, min(r_all, budget // max(1, c * d * 8)))  # the float64 buffer; the narrow one is half of it or less
     out = torch.empty(cols.shape, dtype=torch.float64, device=x.device)
     buf = torch.empty(chunk * c, d, dtype=torch.float64, device=x.device)
     narrow = None if x.dtype == torch.float64 else torch.empty(chunk * c, d, dtype=x.dtype, device=x.device)
@@ -544,7 +544,7 @@ def knn(
     rows = torch.arange(a, b, device=device)
     budget = _recompute_budget(n, block, device, explicit_block=bool(block_size))
     if spare is not None:  # a memory_budget: the recompute chunks fit what is left
-        budget = max(8 * kc * d, min(budget, spare))
+        budget = max(8 * kc * d, min(budget, spare * 2 // 3))  # the float64 buffer + its float32 gather (half)
     dist = _exact_distances(x, rows, cand_idx, budget=budget)
     dist, idx = _sort_rows(dist, cand_idx)
 
