@@ -158,7 +158,8 @@ def _gguf_in(folder: Path) -> Path | None:
 
 
 def _load_gguf(path: Path) -> LoadedModel:
-    """A GGUF file as a causal LM (weights dequantised to float32) with the tokenizer it embeds."""
+    """A GGUF file as a causal LM (or a seq2seq LM for an encoder-decoder architecture), weights
+    dequantised to float32, with the tokenizer it embeds."""
     from transformers.utils import is_gguf_available
 
     if not is_gguf_available():
@@ -171,7 +172,10 @@ def _load_gguf(path: Path) -> LoadedModel:
 
     folder, name = str(path.parent), path.name
     try:
-        model = tf.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, local_files_only=True)
+        cfg = tf.AutoConfig.from_pretrained(folder, gguf_file=name, local_files_only=True)
+        # decoder LMs (Llama, Qwen, Gemma, ...) keep their LM head; an encoder-decoder (T5) its seq2seq head
+        cls = tf.AutoModelForSeq2SeqLM if getattr(cfg, "is_encoder_decoder", False) else tf.AutoModelForCausalLM
+        model = cls.from_pretrained(folder, gguf_file=name, local_files_only=True)
     except (ValueError, KeyError, NotImplementedError, RuntimeError) as err:
         raise ValueError(
             f"{path} does not load through transformers' GGUF support: {str(err).splitlines()[0][:200]} "
