@@ -442,3 +442,15 @@ def test_a_resume_into_a_new_csv_folder_gets_the_restored_records(tmp_path, data
     rows = list(csv.DictReader((tmp_path / "csv" / "version_1" / "metrics.csv").open()))
     steps = [int(r["step"]) for r in rows if r.get("geometry/id/layer_00")]
     assert steps == [0, 1, 2, 4, 5, 8]  # the restored steps once, then the new one
+
+
+def test_features_that_would_not_fit_are_refused_before_holding_them(tmp_path, data, monkeypatch):
+    """Issue 13: the probe's features (every layer at once) are planned against free memory after
+    the first batch: too large is one warning naming the sizes and the fix; training goes on."""
+    import lightning_geom.monitoring.probe as probe_mod
+
+    monkeypatch.setattr(probe_mod, "_free_bytes", lambda device: 10_000)  # 10 kB free
+    mon = _monitor(data, tmp_path)
+    with pytest.warns(UserWarning, match=r"need .* GiB on cpu.*fewer `num_samples`"):
+        _trainer(tmp_path, mon, steps=2).fit(TinyGPT(), loader(data))
+    assert mon.history == []

@@ -15,7 +15,14 @@ from ..analysis import GeometrySettings, finish_profile, layer_errors, profile_g
 from ..capture import capture_representations
 from ..report.history import metric_key, scalars
 from .core import MonitorCore, Run, warn_layer_errors
-from .probe import all_gather_objects, batch_len, dist_info, gather_features, probe_batches
+from .probe import (
+    all_gather_objects,
+    batch_len,
+    check_feature_memory,
+    dist_info,
+    gather_features,
+    probe_batches,
+)
 
 __all__ = ["GeometryCore"]
 
@@ -165,6 +172,10 @@ class GeometryCore(MonitorCore):
                     autocast=run.autocast,
                     feature_device=keep,
                 )
+                if not out:  # plan before holding the whole probe's features (all layers at once)
+                    per = sum(f[0].numel() * f.element_size() for f in reps.features)
+                    total = sum(batch_len(b) for b in self._probe(run))
+                    check_feature_memory(per, total, reps.features[0].device, f"{type(self).__name__}", copies=1 if dist_info()[1] == 1 else 3)
                 out.append((bid, (reps.features, reps.labels, batch_len(batch))))
             return out, None
         except Exception as err:  # noqa: BLE001 - sent through the collective, raised after it

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..capture import map_tensors
 
-__all__ = ["batch_len", "probe_batches", "probe_fingerprint", "dist_info", "all_gather_objects", "gather_parts", "gather_features", "shard"]
+__all__ = ["batch_len", "probe_batches", "probe_fingerprint", "dist_info", "all_gather_objects", "gather_parts", "gather_features", "check_feature_memory", "shard"]
 
 
 def batch_len(batch: Any) -> int:
@@ -165,6 +165,24 @@ def gather_features(
         dtype = getattr(torch, next(m["label_dtype"] for m in everyone if m["label_dtype"]).split(".")[-1])
         all_labels = gather(labels.to(device) if labels is not None else None, 1, dtype).reshape(-1)
     return out, all_labels, found
+
+
+def check_feature_memory(per_sample: int, n_samples: int, device: torch.device | str, what: str, *, copies: int = 1) -> None:
+    """Refuse, before holding them, features that would not fit: ``per_sample`` bytes (every
+    captured layer of one sample) x ``n_samples`` x ``copies`` against 80 % of ``device``'s free
+    memory (unknown free memory: no check).
+
+    Raises:
+        MemoryError: naming the sizes and what to change (fewer samples or layers).
+    """
+    need = per_sample * n_samples * copies
+    free = _free_bytes(torch.device(device))
+    if free is not None and need > 0.8 * free:
+        raise MemoryError(
+            f"{what}: {n_samples} probe samples x {per_sample / 2**20:.2f} MiB of features each (all captured layers) "
+            f"need {need / 2**30:.2f} GiB on {device}, {free / 2**30:.2f} GiB are free; "
+            "use fewer `num_samples` or fewer `layers`."
+        )
 
 
 def _free_bytes(device: torch.device) -> int | None:

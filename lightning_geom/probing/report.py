@@ -159,6 +159,10 @@ def probe_model(
             if not feats:
                 feats = [[] for _ in reps.features]
                 sources = reps.sources
+                from ..monitoring.probe import batch_len, check_feature_memory
+
+                per = sum(f[0].numel() * f.element_size() for f in reps.features)  # plan before holding them all
+                check_feature_memory(per, sum(batch_len(b) for b in data.batches), reps.features[0].device, name)
             for acc, f in zip(feats, reps.features):
                 acc.append(f)
             bar.advance(task)
