@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Every GPU number issues 9 and 10 ask for, in ONE device run (~8-10 min on one H100 / H200), for a
+# session that is lent a GPU (the `device` tool's `run`: one command, $OUT comes back):
+#
+#   run(command="bash benchmarks/gpu_check.sh", timeout_s=600)
+#
+# The device machine has torch, lightning, transformers, tensorboard, scipy, matplotlib (no wandb,
+# no DADApy): the project runs from the copied tree with PYTHONPATH=. Each step is capped so that
+# one slow step cannot eat the whole budget; the outputs land in $OUT/*.txt.
+set -u
+export PYTHONPATH=. HF_HUB_OFFLINE=1 MPLBACKEND=Agg WANDB_MODE=disabled
+OUT=${OUT:-/tmp/gpu_check}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/gpu.txt" 2>&1
+step() {  # step NAME SECONDS COMMAND...
+    local name=$1 cap=$2; shift 2
+    echo "== $name (cap ${cap}s)"
+    timeout "$cap" "$@" > "$OUT/$name.txt" 2>&1; echo "exit $?" >> "$OUT/$name.txt"
+    tail -n 12 "$OUT/$name.txt"
+}
+# issue 9: knn vs the fp32 GEMM and naive cdist+topk; estimators' share; op counts
+step geometry 120 python3 benchmarks/bench_geometry.py --device cuda --sizes 2000x768,10000x768,50000x768,100000x768 --repeats 3
+# issue 10: many small clouds (clouds/s, ratio to bmm+topk), and N = 10^6 within 16 GiB
+step token_clouds 60 python3 benchmarks/bench_token_clouds.py --device cuda --b 256 --n 1024 --d 768 --k 64
+step knn_1m 150 python3 benchmarks/bench_knn_memory.py --device cuda --n 1000000 --d 768 --k 64 --budget-mb 16384
+# issue 9: monitor overhead where models train
+step callback_overhead 150 python3 benchmarks/bench_callback_overhead.py --accelerator gpu --layers 12 --width 256 --probe 1797 --steps 800
+step gpt2_overhead 120 python3 benchmarks/bench_gpt2_overhead.py --device cuda --size small --probe 1024 --seq 256 --steps 300 --every 100 --batch 16
