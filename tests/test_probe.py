@@ -391,6 +391,8 @@ def test_pullback_share_caps_the_pullback_samples(text_model, text_data):
     assert full.models[0]["pullback_samples_used"] == 6 and tiny.models[0]["pullback_samples_used"] == 1
     assert full.settings["pullback_share"] == 1.0 and len(full.models[0]["pullback"]) == len(full.models[0]["layers"])
     assert all(r["top"] > 0 for r in tiny.models[0]["pullback"])
+    with pytest.raises(ValueError, match="pullback_share"):
+        probe(load_model(text_model), data, range_max=8, pullback_share=0, progress=False)
 
 
 @pytest.mark.parametrize("arch", ["t5", "bart"])

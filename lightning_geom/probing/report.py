@@ -145,6 +145,8 @@ def probe_model(
     """
     from rich.progress import Progress
 
+    if not (isinstance(pullback_share, (int, float)) and 0 < pullback_share <= 1):
+        raise ValueError(f"Expected `pullback_share` in (0, 1] (1: every requested sample), but got {pullback_share!r}.")
     timings: dict[str, float] = {}
     module = loaded.module
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
