@@ -30,7 +30,7 @@ from .intrinsic_dim import (
     gride_max_rank,
     gride_pairs,
 )
-from .neighbors import _CPU_RECOMPUTE_BYTES, _exact_distances, _sort_rows, _uncertified
+from .neighbors import _CPU_RECOMPUTE_BYTES, _exact_distances, _sort_rows, _top, _uncertified
 
 __all__ = ["BatchedNeighbors", "knn_batched", "id_batched", "overlap_batched"]
 
@@ -140,14 +140,17 @@ def knn_batched(
     sq = (x32 * x32).sum(dim=2)  # (B, N)
     cand_v = torch.empty(b, n, kc, dtype=torch.float32, device=device)
     cand_i = torch.empty(b, n, kc, dtype=torch.int64, device=device)
-    eye = torch.eye(n, dtype=torch.bool, device=device)
+    padded = bool((lengths < n).any())
+    two_stage = device.type == "cpu"  # the CPU's two-stage top-k (exact; 1.35x faster there), one topk on accelerators
     for s in range(0, b, chunk):
         e = min(s + chunk, b)
         # s_ij = <x_i, x_j> - |x_j|^2 / 2: larger is nearer; self and padded columns excluded
         scores = torch.baddbmm((-0.5 * sq[s:e]).unsqueeze(1), x32[s:e], x32[s:e].transpose(1, 2))  # (c, N, N)
-        scores.masked_fill_(eye | ~valid[s:e].unsqueeze(1), -math.inf)
-        top = torch.topk(scores, kc, dim=2, largest=True, sorted=True)
-        cand_v[s:e], cand_i[s:e] = top.values, top.indices
+        scores.diagonal(dim1=1, dim2=2).fill_(-math.inf)
+        if padded:
+            scores.masked_fill_(~valid[s:e].unsqueeze(1), -math.inf)
+        v, i = _top(scores.view((e - s) * n, n), kc, 0, two_stage=two_stage)  # unsorted: the recompute sorts
+        cand_v[s:e], cand_i[s:e] = v.view(e - s, n, kc), i.view(e - s, n, kc)
     # exact float64 recompute of the kept candidates, all clouds as one flat point set
     offset = (torch.arange(b, device=device) * n).view(b, 1, 1)
     flat = x.reshape(b * n, d)
@@ -158,7 +161,7 @@ def knn_batched(
     dist, idx = _sort_rows(dist, cand_i)  # (distance, index) order
     if bool((lengths > kc + 1).any()):  # some rows have non-candidates to rule out
         sq_max = torch.where(valid, sq, 0).amax(dim=1, keepdim=True)
-        uncertified = _uncertified(dist[..., k - 1], sq, cand_v[..., -1], sq_max, d)
+        uncertified = _uncertified(dist[..., k - 1], sq, cand_v.amin(dim=2), sq_max, d)  # the weakest kept score
         full = lengths.unsqueeze(1) > kc + 1  # rows with non-candidates left to rule out
         failed = torch.nonzero(valid & full & uncertified)
         if failed.numel():
