@@ -38,14 +38,14 @@ class DemoConfig:
     precision: str | None = None  # e.g. "bf16-mixed" (the GPU preset)
 
 
-# Sizes per (preset, world). cpu: minutes on 2 CPU cores (the defaults). gpu: a few minutes on one
+# Sizes per (preset, world), on top of DemoConfig's defaults. cpu: minutes on 2 CPU cores. gpu: a few minutes on one
 # modern GPU in bf16 (issue 15: 12 x 384 text GPTs turn their profile into a mid-depth hump in a few
 # thousand steps; 16 x 128 image-GPTs give peak - plateau - rise). Explicit flags override these.
 PRESETS: dict[tuple[str, str], dict[str, Any]] = {
-    ("cpu", "digits"): {"steps": 800, "n_layer": 12, "width": 64, "heads": 4, "batch_size": 64, "every_n_steps": 200, "probe_samples": 512},
+    ("cpu", "digits"): {},  # DemoConfig's defaults
     # text on 2 cores: 32 windows of 128 bytes a step keeps the whole command within 10 minutes on a
     # slower 2-core machine (64 a step took 14 min of training there, 7 min on a faster one)
-    ("cpu", "text"): {"steps": 800, "n_layer": 12, "width": 64, "heads": 4, "batch_size": 32, "every_n_steps": 200, "probe_samples": 512, "seq_len": 128},
+    ("cpu", "text"): {"batch_size": 32},
     ("gpu", "digits"): {
         "steps": 4000, "n_layer": 16, "width": 128, "heads": 4, "batch_size": 128, "every_n_steps": 250, "probe_samples": 1797,
         "accelerator": "gpu", "precision": "bf16-mixed",

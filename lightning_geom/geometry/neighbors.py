@@ -394,12 +394,7 @@ def knn_sharded(x_local: Tensor, k: int, *, group: object | None = None, **kwarg
     sizes_t = [torch.zeros(1, dtype=torch.int64, device=x_local.device) for _ in range(world)]
     dist.all_gather(sizes_t, torch.tensor([x_local.shape[0]], dtype=torch.int64, device=x_local.device), group=group)
     sizes = [int(t.item()) for t in sizes_t]
-    width = max(sizes)
-    padded = torch.zeros(width, x_local.shape[1], dtype=x_local.dtype, device=x_local.device)
-    padded[: x_local.shape[0]] = x_local
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded, group=group)
-    full = torch.cat([p[:m] for p, m in zip(parts, sizes)])
+    full = torch.cat(gather_rows(x_local, sizes, group=group))
     offset = sum(sizes[:rank])
     return knn(full, k, _rows=(offset, offset + sizes[rank]), **kwargs)
 
@@ -425,16 +420,14 @@ def knn_split(x: Tensor, k: int, *, group: object | None = None, **kwargs: objec
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     n = x.shape[0]
     bounds = [n * r // world for r in range(world + 1)]
-    width = max(b - a for a, b in zip(bounds, bounds[1:]))
-    dist_pad = torch.full((width, k), math.inf, dtype=torch.float64, device=x.device)
-    idx_pad = torch.full((width, k), -1, dtype=torch.int64, device=x.device)
+    sizes = [hi - lo for lo, hi in zip(bounds, bounds[1:])]
+    a, b = bounds[rank], bounds[rank + 1]
     failed = torch.zeros(1, dtype=torch.int64, device=x.device)
     err: Exception | None = None
-    a, b = bounds[rank], bounds[rank + 1]
+    mine = Neighbors(torch.empty(0, k, dtype=torch.float64, device=x.device), torch.empty(0, k, dtype=torch.int64, device=x.device))
     try:
         if b > a:
             mine = knn(x, k, _rows=(a, b), **kwargs)
-            dist_pad[: b - a], idx_pad[: b - a] = mine.distances, mine.indices
     except Exception as e:  # noqa: BLE001 - raised on every rank below
         err, failed[0] = e, 1
     dist.all_reduce(failed, op=dist.ReduceOp.MAX, group=group)
@@ -442,12 +435,20 @@ def knn_split(x: Tensor, k: int, *, group: object | None = None, **kwargs: objec
         if err is not None:
             raise err
         raise RuntimeError("knn_split: another rank failed computing its rows (see its error).")
-    parts_d = [torch.empty_like(dist_pad) for _ in range(world)]
-    parts_i = [torch.empty_like(idx_pad) for _ in range(world)]
-    dist.all_gather(parts_d, dist_pad, group=group)
-    dist.all_gather(parts_i, idx_pad, group=group)
-    sizes = [hi - lo for lo, hi in zip(bounds, bounds[1:])]
-    return Neighbors(torch.cat([p[:m] for p, m in zip(parts_d, sizes)]), torch.cat([p[:m] for p, m in zip(parts_i, sizes)]))
+    return Neighbors(torch.cat(gather_rows(mine.distances, sizes, group=group)), torch.cat(gather_rows(mine.indices, sizes, group=group)))
+
+
+def gather_rows(t: Tensor, sizes: list[int], *, group: object | None = None) -> list[Tensor]:
+    """Every rank's rows of ``t`` (this rank's has ``sizes[rank]`` rows, any trailing shape and dtype
+    common to all ranks): padded to the longest, one ``all_gather``, returned unpadded, in rank order.
+    Every rank of the group must call it."""
+    import torch.distributed as dist
+
+    buf = t.new_zeros((max(sizes), *t.shape[1:]))
+    buf[: t.shape[0]] = t
+    parts = [torch.empty_like(buf) for _ in sizes]
+    dist.all_gather(parts, buf, group=group)
+    return [part[:m] for part, m in zip(parts, sizes)]
 
 
 def _sort_rows(dist: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:

@@ -175,7 +175,7 @@ class GeometryCore(MonitorCore):
                 if not out:  # plan before holding the whole probe's features (all layers at once)
                     per = sum(f[0].numel() * f.element_size() for f in reps.features)
                     total = sum(batch_len(b) for b in self._probe(run))
-                    check_feature_memory(per, total, reps.features[0].device, f"{type(self).__name__}", copies=1 if dist_info()[1] == 1 else 3)
+                    check_feature_memory(per, total, reps.features[0].device, type(self).__name__)  # DDP: gather_features checks its buffers
                 out.append((bid, (reps.features, reps.labels, batch_len(batch))))
             return out, None
         except Exception as err:  # noqa: BLE001 - sent through the collective, raised after it

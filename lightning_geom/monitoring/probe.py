@@ -14,6 +14,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from ..capture import map_tensors
+from ..geometry.neighbors import available_bytes, gather_rows
 
 __all__ = ["batch_len", "probe_batches", "probe_fingerprint", "dist_info", "all_gather_objects", "gather_parts", "gather_features", "check_feature_memory", "shard"]
 
@@ -110,7 +111,7 @@ def gather_features(
     ``local`` holds this rank's (batch id, (features per layer, labels or None, n)) parts. Only
     the small metadata (batch ids, counts, shapes, an error) travels pickled; the features travel
     as tensors: per layer one ``all_gather`` of this rank's rows, padded to the longest shard,
-    into buffers allocated once on the features' device (gloo on CPU, NCCL on GPU). The gathered
+    on the features' device (gloo on CPU, NCCL on GPU; ``geometry.neighbors.gather_rows``). The gathered
     size is checked against the device's free memory first (``MemoryError`` naming the sizes).
     Raises on every rank if any rank failed, so a failure never hangs DDP. One process: no
     collective, the parts are concatenated.
@@ -135,27 +136,17 @@ def gather_features(
     if any(m["dims"] and m["dims"] != dims for m in everyone):
         raise RuntimeError(f"{what} failed: the ranks captured different layer widths {[m['dims'] for m in everyone]}.")
     sizes = [sum(m["counts"]) for m in everyone]
-    width = max(sizes)
     device = feats[0].device if feats else torch.device("cpu")
-    need = sum(sizes) * sum(dims) * 4 * 2  # the gathered buffers and the concatenated result
-    free = _free_bytes(device)
-    if free is not None and need > 0.8 * free:
-        raise MemoryError(
-            f"{what}: gathering {sum(sizes)} probe samples x {sum(dims)} feature dims from {len(everyone)} ranks needs "
-            f"{need / 2**30:.2f} GiB on {device}, {free / 2**30:.2f} GiB are free; use fewer `num_samples` or `layers`."
-        )
+    # the gathered rows and their concatenation, every layer
+    check_feature_memory(sum(dims) * 4, sum(sizes), device, f"{what} (gathering from {len(everyone)} ranks)", copies=2)
     order = sorted((bid, r, j) for r, m in enumerate(everyone) for j, bid in enumerate(m["ids"]))
 
     def gather(t: Tensor | None, cols: int, dtype: torch.dtype) -> Tensor:
-        buf = torch.zeros(width, cols, dtype=dtype, device=device)
-        if t is not None and t.shape[0]:
-            buf[: t.shape[0]] = t.reshape(t.shape[0], cols)
-        parts = [torch.empty_like(buf) for _ in everyone]
-        torch.distributed.all_gather(parts, buf)
+        mine = torch.zeros(0, cols, dtype=dtype, device=device) if t is None else t.reshape(t.shape[0], cols).to(device, dtype)
+        parts = gather_rows(mine, sizes)
         pieces = []  # each rank's rows split by its batches, then put in batch-id order
-        for r, m in enumerate(everyone):
-            starts = [sum(m["counts"][:j]) for j in range(len(m["counts"]))]
-            pieces.append([parts[r][a : a + c] for a, c in zip(starts, m["counts"])])
+        for part, m in zip(parts, everyone):
+            pieces.append(list(torch.split(part, m["counts"])))
         return torch.cat([pieces[r][j] for _, r, j in order])
 
     out = [gather(feats[li] if feats else None, d, torch.float32) for li, d in enumerate(dims)]
@@ -186,8 +177,6 @@ def check_feature_memory(per_sample: int, n_samples: int, device: torch.device |
 
 
 def _free_bytes(device: torch.device) -> int | None:
-    from ..geometry.neighbors import available_bytes
-
     return available_bytes(device)
 
 

@@ -145,6 +145,8 @@ def probe_model(
     """
     from rich.progress import Progress
 
+    from ..monitoring.probe import batch_len, check_feature_memory
+
     if not (isinstance(pullback_share, (int, float)) and 0 < pullback_share <= 1):
         raise ValueError(f"Expected `pullback_share` in (0, 1] (1: every requested sample), but got {pullback_share!r}.")
     timings: dict[str, float] = {}
@@ -161,8 +163,6 @@ def probe_model(
             if not feats:
                 feats = [[] for _ in reps.features]
                 sources = reps.sources
-                from ..monitoring.probe import batch_len, check_feature_memory
-
                 per = sum(f[0].numel() * f.element_size() for f in reps.features)  # plan before holding them all
                 check_feature_memory(per, sum(batch_len(b) for b in data.batches), reps.features[0].device, name)
             for acc, f in zip(feats, reps.features):
@@ -355,8 +355,7 @@ def _pullback(module: Any, data: Any, n: int, dev: torch.device, *, budget_s: fl
                     acc.setdefault(key, []).append(v.reshape(-1))
             done += 1
             now = time.perf_counter()
-            last, elapsed = now - (t0 if done == 1 else prev), now - t0
-            prev = now
+            last, elapsed, prev = now - prev, now - t0, now
             if elapsed + 1.25 * max(last, elapsed / done) > budget_s:  # the next sample could overrun the budget
                 break
     except Exception:  # noqa: BLE001 - no output head, or an op without a gradient: no pullback section
