@@ -168,3 +168,51 @@ def test_available_memory_counts_the_page_cache():
     fields = dict(line.split(":", 1) for line in meminfo.read_text().splitlines() if ":" in line)
     avail = int(fields["MemAvailable"].split()[0]) * 1024
     assert abs(nbm.available_bytes(torch.device("cpu")) - avail) < (256 << 20)  # MemAvailable, not MemFree
+
+
+def _clouds_with_ties_and_cancellation(kind: str) -> torch.Tensor:
+    g = torch.Generator().manual_seed(7)
+    if kind == "gauss":
+        return torch.randn(600, 96, generator=g)
+    if kind == "lattice":  # integer grid: exact ties at every distance
+        grid = torch.stack(torch.meshgrid(*[torch.arange(6.0)] * 3, indexing="ij"), dim=-1).reshape(-1, 3)
+        return torch.cat([0.1 * grid + 0.37, torch.full((grid.shape[0], 29), 0.3)], dim=1)  # inexact decimals
+    if kind == "far_clusters":  # tight clusters far from the centroid: the identity cancels, pairs fall back
+        centres = 100.0 * torch.randn(6, 40, generator=g)
+        return (centres.repeat_interleave(100, 0) + 1e-3 * torch.randn(600, 40, generator=g)).float()
+    x = torch.randn(300, 20, generator=g, dtype=torch.float64)  # exact copies and near-copies
+    return torch.cat([x, x[:100], x[100:200] + 1e-9])
+
+
+@pytest.mark.parametrize("kind", ["gauss", "lattice", "far_clusters", "copies"])
+def test_gram_recompute_equals_the_difference_recompute(kind, monkeypatch):
+    """The CPU's Gram-identity recompute (one sampled matmul) against the difference recompute: the same
+    indices, ties broken alike, distances to 1e-12; and the Gram path really ran."""
+    from lightning_geom.geometry import neighbors as nbm
+
+    x = _clouds_with_ties_and_cancellation(kind)
+    calls = []
+    real = nbm._gram_distances
+    monkeypatch.setattr(nbm, "_gram_distances", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    fast = knn(x, 20)
+    assert calls, "the Gram recompute did not run"
+    monkeypatch.setattr(nbm, "gram_fits", lambda *a, **kw: False)
+    exact = knn(x, 20)
+    assert torch.equal(fast.indices, exact.indices)
+    torch.testing.assert_close(fast.distances, exact.distances, rtol=1e-12, atol=0)
+    ref = cdist(x.double().numpy(), x.double().numpy())
+    np.fill_diagonal(ref, np.inf)
+    np.testing.assert_allclose(fast.distances.numpy(), np.take_along_axis(ref, fast.indices.numpy(), 1), rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["far_clusters", "copies"])
+def test_gram_distances_fall_back_to_the_difference_where_the_identity_cancels(kind):
+    from lightning_geom.geometry import neighbors as nbm
+
+    x = _clouds_with_ties_and_cancellation(kind)
+    cols = knn(x, 20).indices
+    rows = torch.arange(x.shape[0])
+    dist, err = nbm._gram_distances(x, rows, cols, budget=1 << 22)
+    exact = nbm._exact_distances(x, rows, cols)
+    torch.testing.assert_close(dist, exact, rtol=1e-12, atol=0)  # the bare identity is off by 2.6e-6 / 1e293 here
+    assert bool((err == 0).any())  # some pairs were recomputed from the difference

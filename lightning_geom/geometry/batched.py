@@ -30,7 +30,7 @@ from .intrinsic_dim import (
     gride_max_rank,
     gride_pairs,
 )
-from .neighbors import _CPU_RECOMPUTE_BYTES, _exact_distances, _sort_rows, _top, _uncertified
+from .neighbors import _CPU_RECOMPUTE_BYTES, _exact_distances, _top, _uncertified, exact_candidates, gram_fits
 
 __all__ = ["BatchedNeighbors", "knn_batched", "id_batched", "overlap_batched"]
 
@@ -157,8 +157,14 @@ def knn_batched(
     rows = torch.arange(b * n, device=device)
     # cache-sized chunks on a CPU (bandwidth decides there), the clouds' budget on accelerators (launches decide)
     rc_budget = _CPU_RECOMPUTE_BYTES if device.type == "cpu" and not budget_bytes else budget
-    dist = _exact_distances(flat, rows, (cand_i + offset).view(b * n, kc), budget=rc_budget).view(b, n, kc)
-    dist, idx = _sort_rows(dist, cand_i)  # (distance, index) order
+    # CPU by default: the Gram identity's sampled matmul (no (B N, C, D) gather), each cloud centred on its own
+    gram = device.type == "cpu" and not budget_bytes and gram_fits(b * n, d, None, device)
+    centred = None
+    if gram:
+        centred = torch.where(valid.unsqueeze(2), x.to(torch.float64) - mean.unsqueeze(1), 0.0).reshape(b * n, d)
+    cols = (cand_i + offset).view(b * n, kc)
+    dist, idx = exact_candidates(flat, rows, cols, cand_i.view(b * n, kc), k, budget=rc_budget, gram=gram, centred=centred)
+    dist, idx = dist.view(b, n, kc), idx.view(b, n, kc)  # (distance, index) order
     if bool((lengths > kc + 1).any()):  # some rows have non-candidates to rule out
         sq_max = torch.where(valid, sq, 0).amax(dim=1, keepdim=True)
         uncertified = _uncertified(dist[..., k - 1], sq, cand_v.amin(dim=2), sq_max, d)  # the weakest kept score
