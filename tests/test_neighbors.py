@@ -216,3 +216,19 @@ def test_gram_distances_fall_back_to_the_difference_where_the_identity_cancels(k
     exact = nbm._exact_distances(x, rows, cols)
     torch.testing.assert_close(dist, exact, rtol=1e-12, atol=0)  # the bare identity is off by 2.6e-6 / 1e293 here
     assert bool((err == 0).any())  # some pairs were recomputed from the difference
+
+
+@pytest.mark.parametrize(("n", "k", "block"), [(1500, 10, 256), (1000, 40, 128), (700, 5, 200)])
+def test_symmetric_candidates_down_the_columns_match_brute_force(n, k, block, monkeypatch):
+    """The CPU default path (symmetric panels, two-stage top-k read down earlier panels' columns, the Gram
+    recompute) at a small default block, so that many panels and both top-k routes run."""
+    from lightning_geom.geometry import neighbors as nbm
+
+    monkeypatch.setattr(nbm, "_default_block", lambda n, device: block)
+    g = np.random.default_rng(n)
+    x = np.concatenate([g.standard_normal((n - 50, 12)), np.round(g.standard_normal((50, 12)), 1)]).astype(np.float32)
+    x[-10:] = x[-20:-10]  # exact copies: ties broken by index
+    nb = knn(x, k)
+    dist, idx = _brute(x.astype(np.float64), k)
+    np.testing.assert_array_equal(nb.indices.numpy(), idx)
+    np.testing.assert_allclose(nb.distances.numpy(), dist, rtol=1e-12, atol=0)

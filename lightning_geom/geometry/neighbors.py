@@ -373,38 +373,95 @@ def _top(scores: Tensor, kc: int, col0: int, *, group: int = 8, two_stage: bool 
 def _candidates(
     x32: Tensor, sq: Tensor, kc: int, block: int, *, two_stage: bool = True, sym_bytes: int = _SYM_BUDGET_BYTES
 ) -> tuple[Tensor, Tensor]:
-    """Top-``kc`` float32 scores s_ij = <x_i, x_j> - |x_j|^2 / 2 (j != i) and their indices, per row.
+    """Top-``kc`` float32 candidates per row (j != i): (the weakest kept score s_ij = <x_i, x_j> - |x_j|^2 / 2
+    as float64 (N,), the (N, kc) indices, best first).
 
-    Row block by row block, one GEMM gives the scores against the columns from the block on
-    (b, N - s); the Gram matrix is symmetric, so (when an N x N float32 buffer fits
-    ``_SYM_BUDGET_BYTES``) the transposed pieces are kept for the later row blocks, which then need
-    no GEMM for the columns before them: half the flops. Buffers are allocated once (page faults
-    on fresh 40 MB allocations cost as much as the topk).
+    Row block by row block, one GEMM gives the scores against the columns from the block on. When
+    the upper triangle fits ``sym_bytes`` (and there are several blocks) the Gram matrix's symmetry
+    halves the flops: :func:`_candidates_symmetric`.
     """
     n, device = x32.shape[0], x32.device
+    if n > block and n * (n + block) * 2 <= min(sym_bytes, _SYM_BUDGET_BYTES):
+        return _candidates_symmetric(x32, sq, kc, block, two_stage=two_stage)
     half_sq = 0.5 * sq  # (N,): sq = |x_j|^2
-    symmetric = n > block and n * n * 4 <= min(sym_bytes, _SYM_BUDGET_BYTES)
-    left = torch.empty(n, n, dtype=torch.float32, device=device) if symmetric else None  # [j, i] for i < j
-    flat = torch.empty(min(block, n) * n, dtype=torch.float32, device=device)
-    out_v = torch.empty(n, kc, dtype=torch.float32, device=device)
+    flat = torch.empty(min(block, n) * n, dtype=torch.float32, device=device)  # allocated once (page faults cost)
+    out_v = torch.empty(n, dtype=torch.float64, device=device)
     out_i = torch.empty(n, kc, dtype=torch.int64, device=device)
     for s in range(0, n, block):
         e = min(s + block, n)
-        c0 = s if symmetric else 0  # first column this block multiplies
-        right = flat[: (e - s) * (n - c0)].view(e - s, n - c0)  # (b, N - c0), contiguous
-        torch.mm(x32[s:e], x32[c0:].T, out=right)
-        if symmetric and e < n:
-            left[e:, s:e] = right[:, e - c0 :].T  # later rows' scores against these columns
-        right.sub_(half_sq[c0:])
-        right.diagonal(offset=s - c0).fill_(-math.inf)  # j != i
-        v, i = _top(right, kc, c0, two_stage=two_stage)
-        if symmetric and s > 0:
-            before = left[s:e, :s].sub_(half_sq[:s])  # (b, s)
-            vb, ib = _top(before, kc, 0, two_stage=two_stage)
+        scores = flat[: (e - s) * n].view(e - s, n)
+        torch.mm(x32[s:e], x32.T, out=scores)
+        scores.sub_(half_sq)
+        scores.diagonal(offset=s).fill_(-math.inf)  # j != i
+        v, i = _top(scores, kc, 0, two_stage=two_stage)
+        top = torch.sort(v, dim=1, descending=True)  # best first
+        out_v[s:e], out_i[s:e] = top.values[:, kc - 1], i.gather(1, top.indices[:, :kc])
+    return out_v, out_i
+
+
+def _candidates_symmetric(x32: Tensor, sq: Tensor, kc: int, block: int, *, two_stage: bool, group: int = 8) -> tuple[Tensor, Tensor]:
+    """:func:`_candidates` from the upper triangle of the Gram matrix only.
+
+    Scores are made symmetric, t_ij = -|x_i - x_j|^2 / 2 = <x_i, x_j> - |x_i|^2 / 2 - |x_j|^2 / 2 (the
+    same ranking per row as s_ij: they differ by |x_i|^2 / 2), in one GEMM of the augmented points
+    [x, -|x|^2 / 2, 1] and [x, 1, -|x|^2 / 2]. Panel p (rows of block p, columns from block p on) is
+    kept; a later block's rows read their scores against block p's columns from panel p's column
+    slab as they are (t_ij = t_ji): the top-k runs down the columns (group maxima down the slab, then
+    the winning groups gathered), so no transposed copy of the triangle is ever made.
+    """
+    n, device = x32.shape[0], x32.device
+    hs = (0.5 * sq).unsqueeze(1)
+    one = torch.ones_like(hs)
+    left, right = torch.cat([x32, -hs, one], dim=1), torch.cat([x32, one, -hs], dim=1)
+    starts = list(range(0, n, block))
+    sizes = [min(block, n - s) for s in starts]
+    offs = [0]
+    for s, b in zip(starts, sizes):
+        offs.append(offs[-1] + b * (n - s))
+    buf = torch.empty(offs[-1], dtype=torch.float32, device=device)  # the triangle's panels, allocated once
+    panels = [buf[offs[p] : offs[p + 1]].view(sizes[p], n - starts[p]) for p in range(len(starts))]
+    out_v = torch.empty(n, dtype=torch.float64, device=device)
+    out_i = torch.empty(n, kc, dtype=torch.int64, device=device)
+    for p, s in enumerate(starts):
+        e = s + sizes[p]
+        torch.mm(left[s:e], right[s:].T, out=panels[p])
+        panels[p].diagonal().fill_(-math.inf)  # j != i
+        v, i = _top(panels[p], kc, s, two_stage=two_stage)
+        if p > 0:
+            vb, ib = _top_down_columns(buf, panels[:p], starts, offs, n, s, e, kc, block, two_stage=two_stage, group=group)
             v, i = torch.cat([v, vb], dim=1), torch.cat([i, ib], dim=1)
         top = torch.sort(v, dim=1, descending=True)  # best first; the merge keeps kc
-        out_v[s:e], out_i[s:e] = top.values[:, :kc], i.gather(1, top.indices[:, :kc])
+        out_v[s:e] = top.values[:, kc - 1].to(torch.float64) + hs[s:e, 0].to(torch.float64)  # back to s_ij
+        out_i[s:e] = i.gather(1, top.indices[:, :kc])
     return out_v, out_i
+
+
+def _top_down_columns(
+    buf: Tensor, panels: list[Tensor], starts: list[int], offs: list[int], n: int, s: int, e: int, kc: int, block: int,
+    *, two_stage: bool, group: int,
+) -> tuple[Tensor, Tensor]:
+    """Best ``kc`` scores of rows s..e-1 against the columns 0..s-1, read down the earlier panels' column slabs.
+
+    Earlier panels are whole blocks (only the last block can be short), so a slab (block, e - s) splits
+    into groups of ``group`` rows; the top-kc groups by their maximum hold every top-kc score (as in
+    :func:`_top`), which are then gathered from ``buf`` by their flat offsets.
+    """
+    kk = min(kc, s)
+    slabs = [pan[:, s - t : e - t] for pan, t in zip(panels, starts)]  # (block, b) each: rows j, columns i
+    if not two_stage or block % group or s // group <= 2 * kk:
+        scores = torch.cat(slabs, dim=0).T  # (b, s): small here, or the accelerator path
+        top = torch.topk(scores, kk, dim=1, largest=True, sorted=False)
+        return top.values, top.indices
+    gmax = torch.cat([sl.unflatten(0, (block // group, group)).amax(dim=1) for sl in slabs], dim=0)  # (s / group, b)
+    gidx = torch.topk(gmax.T, kk, dim=1, largest=True, sorted=False).indices  # (b, kk)
+    cols = (gidx.unsqueeze(2) * group + torch.arange(group, device=buf.device)).reshape(e - s, -1)  # (b, kk * group)
+    t = torch.div(cols, block, rounding_mode="floor")
+    base = torch.tensor(offs[: len(panels)], dtype=torch.int64, device=buf.device)[t]
+    t0 = t * block
+    rows = torch.arange(s, e, device=buf.device).unsqueeze(1)
+    flat = base + (cols - t0) * (n - t0) + (rows - t0)  # panel t's [j - t0, i - t0]
+    top = torch.topk(buf[flat], kk, dim=1, largest=True, sorted=False)
+    return top.values, cols.gather(1, top.indices)
 
 
 def _fix_failed_rows(
@@ -445,10 +502,10 @@ def _fix_failed_rows(
 
 
 def _candidates_rows(x32: Tensor, sq: Tensor, a: int, b: int, kc: int, block: int, *, two_stage: bool) -> tuple[Tensor, Tensor]:
-    """Top-``kc`` float32 scores of rows a..b-1 against all N points (self excluded), panel by panel."""
+    """:func:`_candidates` of rows a..b-1 against all N points (self excluded), panel by panel."""
     device = x32.device
     half_sq = 0.5 * sq
-    out_v = torch.empty(b - a, kc, dtype=torch.float32, device=device)
+    out_v = torch.empty(b - a, dtype=torch.float64, device=device)
     out_i = torch.empty(b - a, kc, dtype=torch.int64, device=device)
     for s in range(a, b, block):
         e = min(s + block, b)
@@ -456,7 +513,7 @@ def _candidates_rows(x32: Tensor, sq: Tensor, a: int, b: int, kc: int, block: in
         scores.diagonal(offset=s).fill_(-math.inf)  # j != i
         v, i = _top(scores, kc, 0, two_stage=two_stage)
         top = torch.sort(v, dim=1, descending=True)
-        out_v[s - a : e - a], out_i[s - a : e - a] = top.values[:, :kc], i.gather(1, top.indices[:, :kc])
+        out_v[s - a : e - a], out_i[s - a : e - a] = top.values[:, kc - 1], i.gather(1, top.indices[:, :kc])
     return out_v, out_i
 
 
@@ -557,12 +614,13 @@ def _uncertified(kth: Tensor, sq_rows: Tensor, last_score: Tensor, sq_max: Tenso
     """Rows whose exact k-th distance is not proven to beat every non-candidate.
 
     Every non-candidate j has a float32 estimate est_ij >= est_last = |x_i|^2 - 2 s_last (top-k),
-    and |est - exact^2| <= bound = 8 eps32 sqrt(D) (|x_i|^2 + max |x_j|^2); so
-    exact^2 >= est_last - bound >= kth^2 proves the row. Shapes broadcast (any leading dims).
+    and |est - exact^2| <= bound = (8 sqrt(D) + 4) eps32 (|x_i|^2 + max |x_j|^2) (the GEMM's rounding, plus
+    that of the |x|^2 / 2 terms and of the symmetric scores' shift); so exact^2 >= est_last - bound >= kth^2
+    proves the row. Shapes broadcast (any leading dims).
     """
     sq64 = sq_rows.to(torch.float64)
     est_last = sq64 - 2.0 * last_score.to(torch.float64)
-    bound = 8.0 * _F32_EPS * math.sqrt(d) * (sq64 + sq_max.to(torch.float64))
+    bound = (8.0 * math.sqrt(d) + 4.0) * _F32_EPS * (sq64 + sq_max.to(torch.float64))
     return kth * kth * (1.0 + 10 * _GRAM_REL) > est_last - bound  # kth: exact to _GRAM_REL (Gram recompute)
 
 
@@ -646,7 +704,7 @@ def knn(
     dist, idx = exact_candidates(x, rows, cand_idx, cand_idx, k, budget=budget, gram=gram)
 
     if kc < n - 1:
-        failed = torch.nonzero(_uncertified(dist[:, k - 1], sq[a:b], cand_score[:, -1], sq.max(), d)).flatten()
+        failed = torch.nonzero(_uncertified(dist[:, k - 1], sq[a:b], cand_score, sq.max(), d)).flatten()
         if failed.numel():
             dist, idx = _fix_failed_rows(x, dist, idx, failed, k, budget, offset=a)
     return Neighbors(dist[:, :k].contiguous(), idx[:, :k].contiguous())
