@@ -60,8 +60,9 @@ def _monitor(data, tmp_path, **kw):
     return GeometryMonitor(probe=data, num_samples=160, output_dir=str(tmp_path / "geo"), **kw)
 
 
-def test_schedule_keys_and_history(tmp_path, data):
-    mon = _monitor(data, tmp_path)
+@pytest.mark.parametrize("background", [False, True])
+def test_schedule_keys_and_history(tmp_path, data, background):
+    mon = _monitor(data, tmp_path, background=background)
     logger = RecordingLogger()
     trainer = _trainer(tmp_path, mon, loggers=logger)
     trainer.fit(TinyGPT(), loader(data, shuffle=True))
@@ -74,7 +75,7 @@ def test_schedule_keys_and_history(tmp_path, data):
     expected |= {f"geometry/phase/{k}" for k in ("peak1_layer", "min_layer", "depth", "rebound", "is_three_phase")}
     if mon.history[-1]["phase"]["peak2_layer"] is not None:  # no second peak: no key (never the minimum twice)
         expected.add("geometry/phase/peak2_layer")
-    expected |= {f"geometry/time/{k}_s" for k in ("capture", "geometry", "total")}  # what each checkpoint cost
+    expected |= {f"geometry/time/{k}_s" for k in ("capture", "geometry", "total", "blocking")}  # what each checkpoint cost
     expected |= {"geometry/id_n1", "geometry/phase/n_change_points"}
     n_cp = mon.history[-1]["phase"]["n_change_points"]
     expected |= {f"geometry/phase/{k}_{i}" for k in ("change_point", "jump") for i in range(1, n_cp + 1)}
@@ -454,3 +455,75 @@ def test_features_that_would_not_fit_are_refused_before_holding_them(tmp_path, d
     with pytest.warns(UserWarning, match=r"need .* GiB on cpu.*fewer `num_samples`"):
         _trainer(tmp_path, mon, steps=2).fit(TinyGPT(), loader(data))
     assert mon.history == []
+
+
+def _same_geometry(a: list[dict], b: list[dict]) -> None:
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        for la, lb in zip(ra["layers"], rb["layers"]):
+            for key in ("id", "twonn", "label_overlap", "overlap_next"):
+                assert la.get(key) == lb.get(key), (ra["step"], key)
+
+
+def test_background_analysis_runs_in_a_worker_and_equals_the_synchronous_one(tmp_path, data, monkeypatch):
+    import threading
+
+    from lightning_geom.monitoring.geometry import GeometryCore
+
+    threads = []
+    real = GeometryCore._analyse
+    monkeypatch.setattr(GeometryCore, "_analyse", lambda self, *a: threads.append(threading.current_thread().name) or real(self, *a))
+    runs = {}
+    for background in (False, True):
+        torch.manual_seed(0)
+        mon = _monitor(data, tmp_path / str(background), background=background)
+        logger = RecordingLogger()
+        _trainer(tmp_path, mon, loggers=logger).fit(TinyGPT(), loader(data))
+        runs[background] = (mon, logger)
+    assert all("analysis" in name for name in threads[len(threads) // 2 :])  # the background run's analyses
+    assert not any("analysis" in name for name in threads[: len(threads) // 2])
+    sync, bg = runs[False][0], runs[True][0]
+    _same_geometry(sync.history, bg.history)
+    assert [s for s, _ in runs[True][1].calls] == [r["step"] for r in bg.history]  # each record logged once, at its own step
+    assert all(t["blocking_s"] <= t["total_s"] + t.get("log_s", 0) + t.get("figures_s", 0) + 1.0 for t in bg.timings)
+    assert bg._worker is None and bg._pending is None  # the worker is stopped at the end of fit
+
+
+def test_background_records_reach_checkpoints_and_survive_a_crash(tmp_path, data):
+    class Crash(TinyGPT):
+        def training_step(self, batch, batch_idx):
+            if self.global_step == 6:
+                raise RuntimeError("boom")
+            return super().training_step(batch, batch_idx)
+
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True, every_n_train_steps=4)
+    mon = _monitor(data, tmp_path, background=True)
+    with pytest.raises(RuntimeError, match="boom"):
+        _trainer(tmp_path, mon, callbacks=[ckpt], enable_checkpointing=True).fit(Crash(), loader(data))
+    saved = torch.load(tmp_path / "ck" / "last.ckpt", weights_only=False)["callbacks"][mon.state_key]
+    assert [r["step"] for r in saved["history"]] == [0, 1, 2, 4]  # step 4's analysis was in flight when step 4 was saved
+    on_disk = json.loads((tmp_path / "geo" / "geometry_history.json").read_text())
+    assert [r["step"] for r in on_disk] == [r["step"] for r in mon.history] == [0, 1, 2, 4]
+
+
+def test_background_failures_follow_on_error(tmp_path, data, monkeypatch):
+    from lightning_geom.monitoring import geometry as geo
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("geometry exploded")
+
+    monkeypatch.setattr(geo, "profile_geometry", broken)
+    mon = _monitor(data, tmp_path, background=True)
+    with pytest.warns(UserWarning, match="skipped step 4: RuntimeError: geometry exploded"):
+        _trainer(tmp_path, mon).fit(TinyGPT(), loader(data))
+    assert mon.history == []
+    mon = _monitor(data, tmp_path, background=True, on_error="raise")
+    with pytest.raises(RuntimeError, match="geometry exploded"):
+        _trainer(tmp_path, mon).fit(TinyGPT(), loader(data))
+
+
+def test_pullback_refuses_the_background():
+    from lightning_geom.callbacks import PullbackMonitor
+
+    with pytest.raises(ValueError, match="cannot run beside training"):
+        PullbackMonitor(background=True)

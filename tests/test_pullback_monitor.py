@@ -59,7 +59,7 @@ def test_logged_metric_keys_and_figures_next_to_geometry(tmp_path):
     keys = {k for _, call in logger.calls for k in call if k.startswith("pullback/")}
     stats = ("top", "trace", "participation", "effective_rank", "numerical_rank", "log_det", "token_entropy", "stability")
     expected = {f"pullback/{s}/layer_{i:02d}" for s in stats for i in range(3)}
-    expected |= {"pullback/time/spectra_s", "pullback/time/total_s"}  # what each checkpoint cost
+    expected |= {"pullback/time/spectra_s", "pullback/time/total_s", "pullback/time/blocking_s"}  # what each checkpoint cost
     assert keys == expected
     out = tmp_path / "geometry"
     names = {p.name for p in out.iterdir()}

@@ -69,6 +69,32 @@ class Run:
     fallback_probe: Callable[[], Any] | None = field(default=None, repr=False)
 
 
+@dataclass
+class _Pending:
+    """An analysis running in the worker thread: its checkpoint, its future, when it started, and the
+    seconds the training loop spent on it (the capture)."""
+
+    run: Run
+    future: Any
+    start: float
+    blocking: float
+
+
+def _tensors(payload: Any) -> list[torch.Tensor]:
+    """Every tensor inside nested lists / tuples / dicts / dataclasses."""
+    import dataclasses
+
+    if isinstance(payload, torch.Tensor):
+        return [payload]
+    if dataclasses.is_dataclass(payload) and not isinstance(payload, type):
+        payload = vars(payload)
+    if isinstance(payload, dict):
+        payload = list(payload.values())
+    if isinstance(payload, (list, tuple)):
+        return [t for item in payload for t in _tensors(item)]
+    return []
+
+
 def plain(v: Any) -> Any:
     """A hyperparameter value every logger accepts: numbers, bools and strings as they are, the rest as text."""
     if v is None or isinstance(v, (bool, int, float, str)):
@@ -130,6 +156,14 @@ class MonitorCore:
         on_error: ``"warn"`` turns any failure into one warning and training goes on; ``"raise"`` re-raises.
         output_dir: where figures and history files go (default: chosen by the framework shell).
         figure_every: send figures every n checkpoints (0: only at the end).
+        background: analyse in a worker thread, off the training's critical path: the probe's
+            forward runs at the checkpoint (the model must not change under it), the analysis of
+            the captured features runs beside the next training steps (on a GPU on its own CUDA
+            stream), and its record is logged, with its own step, at the first training step after
+            it finishes. ``"auto"`` (default): on when the model trains on a GPU in one process;
+            ``False`` always synchronous; ``True`` also on a CPU (where the analysis then competes
+            with training for the cores). Under DDP the analysis has collectives and stays
+            synchronous. Saving a checkpoint, the end of fit and a crash wait for it (no record is lost).
 
     Raises:
         ValueError: bad schedule values or ``on_error``.
@@ -151,7 +185,11 @@ class MonitorCore:
         on_error: Literal["warn", "raise"] = "warn",
         output_dir: str | None = None,
         figure_every: int = 5,
+        background: bool | Literal["auto"] = "auto",
     ) -> None:
+        if background not in (True, False, "auto"):
+            raise ValueError(f"Expected `background` to be True, False or 'auto', but got {background!r}.")
+        self.background = background
         if not isinstance(figure_every, int) or figure_every < 0:
             raise ValueError(f"Expected `figure_every` to be a non-negative integer, but got {figure_every!r}.")
         for name, v in (("every_n_steps", every_n_steps), ("every_n_epochs", every_n_epochs)):
@@ -182,6 +220,14 @@ class MonitorCore:
         self._history_file: str | None = None  # resolved at the first save (never overwrite others' records)
         self._settings_logged = False
         self._layout_done = False
+        self._pending: _Pending | None = None  # the analysis running in the worker thread
+        self._worker: Any = None  # its ThreadPoolExecutor, made on first use
+
+    _can_background = False  # subclasses whose analysis needs only the captured features (not the model) say so
+
+    def __getstate__(self) -> dict[str, Any]:  # pickling (DDP spawn, deepcopy): no thread, nothing in flight
+        self.collect()
+        return {**self.__dict__, "_worker": None, "_pending": None}
 
     # ----------------------------------------------------------------- schedule
     def is_due(self, step: int) -> bool:
@@ -205,6 +251,7 @@ class MonitorCore:
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
+        self.collect()  # a checkpoint being saved holds the record still being analysed
         return {"history": self.history, "probe_id": self._probe_id}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -255,24 +302,44 @@ class MonitorCore:
         """Measure at ``run.step`` unless already recorded; log, save and draw on rank 0.
 
         Every rank calls it (the measurement has collectives). With ``on_error="warn"`` any failure
-        is one warning and None; with ``"raise"`` it propagates.
+        is one warning and None; with ``"raise"`` it propagates. In the background (see
+        ``background``) it returns None once the probe is captured; :meth:`collect` logs the record.
         """
-        if self._recorded(run.step):
+        if self._recorded(run.step) or (self._pending is not None and self._pending.run.step == run.step):
             return None
+        self.collect()  # one analysis in flight at most: its features are what it holds
         start = time.perf_counter()
         self._phase_times = {}
+        if self._in_background(run):
+            try:
+                payload = self._capture_payload(run)
+            except Exception as err:
+                return self._failed(run, err)
+            self._submit(run, payload, start)
+            return None
         try:
             record = self._measure(run)
         except Exception as err:
-            if self.on_error == "raise":
-                raise
-            self._warn(
-                f"{type(self).__name__} skipped step {run.step}: {type(err).__name__}: {err}. "
-                "Training goes on; pass `on_error='raise'` to debug."
-            )
-            return None
+            return self._failed(run, err)
         cost = {f"{k}_s": round(v, 6) for k, v in self._phase_times.items()}
-        cost["total_s"] = round(time.perf_counter() - start, 6)
+        cost["total_s"] = cost["blocking_s"] = round(time.perf_counter() - start, 6)
+        return self._record(run, record, cost)
+
+    def _failed(self, run: Run, err: Exception) -> None:
+        if self.on_error == "raise":
+            raise err
+        self._warn(
+            f"{type(self).__name__} skipped step {run.step}: {type(err).__name__}: {err}. "
+            "Training goes on; pass `on_error='raise'` to debug."
+        )
+        return None
+
+    def _record(self, run: Run, record: dict[str, Any], cost: dict[str, float]) -> dict[str, Any]:
+        """Keep one measured record: history, files, dashboards, figures (rank 0), timings.
+
+        ``cost``: seconds per phase, ``total_s`` (the measurement's work) and ``blocking_s`` (what the
+        training loop waited for it: all of it, or only the capture in the background); the logging
+        and figures are added to both ``timings`` and the blocking time."""
         record = {"step": int(run.step), "epoch": int(run.epoch), **record, "time": cost}
         self.history.append(record)
         if run.rank_zero:
@@ -291,8 +358,74 @@ class MonitorCore:
                 if self.on_error == "raise":
                     raise
                 self._warn(f"{type(self).__name__} could not log step {run.step}: {err}")
-        self.timings.append({"step": int(run.step), **cost})
+        after = cost.get("log_s", 0.0) + cost.get("figures_s", 0.0)
+        self.timings.append({"step": int(run.step), **cost, "blocking_s": round(cost["blocking_s"] + after, 6)})
         return record
+
+    # ----------------------------------------------------------------- the background analysis
+    def _in_background(self, run: Run) -> bool:
+        if not self._can_background or self.background is False or dist_info()[1] > 1:
+            return False
+        return self.background is True or torch.device(run.device).type == "cuda"
+
+    def _submit(self, run: Run, payload: Any, start: float) -> None:
+        """The analysis of ``payload`` to the worker thread (after the capture's kernels, on a GPU)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{type(self).__name__}-analysis")
+        ready = None
+        if torch.device(run.device).type == "cuda":
+            ready = torch.cuda.Event()
+            ready.record()  # the capture's kernels, on the training's stream
+        phases = self._phase_times
+        blocking = time.perf_counter() - start
+        self._pending = _Pending(run, self._worker.submit(self._work, run, payload, ready, phases), start, blocking)
+
+    def _work(self, run: Run, payload: Any, ready: Any, phases: dict[str, float]) -> tuple[dict[str, Any], float]:
+        """The worker thread: the analysis, on its own CUDA stream after ``ready`` (GPU). Returns (record, seconds)."""
+        start = time.perf_counter()
+        self._phase_times = phases  # this checkpoint's phases (the main thread starts no other before collecting)
+        if ready is None:
+            record = self._analyse(run, payload)
+        else:
+            stream = getattr(self, "_stream", None)
+            if stream is None or stream.device != torch.device(run.device):
+                stream = self._stream = torch.cuda.Stream(device=run.device)
+            with torch.cuda.stream(stream):
+                stream.wait_event(ready)
+                for t in _tensors(payload):  # the training's allocator must not reuse them before the stream is done
+                    if t.is_cuda:
+                        t.record_stream(stream)
+                record = self._analyse(run, payload)
+            stream.synchronize()
+        return record, time.perf_counter() - start
+
+    def collect(self, *, wait: bool = True) -> dict[str, Any] | None:
+        """Log the background analysis's record, if one is in flight: waiting for it (``wait=True``:
+        checkpoints, state saving, the end of fit) or only if it has finished (every training step).
+        Returns the record, or None."""
+        p = self._pending
+        if p is None or (not wait and not p.future.done()):
+            return None
+        self._pending = None
+        t = time.perf_counter()
+        try:
+            record, seconds = p.future.result()
+        except Exception as err:
+            return self._failed(p.run, err)
+        cost = {f"{k}_s": round(v, 6) for k, v in self._phase_times.items()}
+        cost["total_s"] = round(p.blocking + seconds, 6)
+        cost["blocking_s"] = round(p.blocking + time.perf_counter() - t, 6)  # the capture, and any wait here
+        return self._record(p.run, record, cost)
+
+    def _capture_payload(self, run: Run) -> Any:
+        """Background mode, main thread: what the analysis needs from the model (the probe's features)."""
+        raise NotImplementedError
+
+    def _analyse(self, run: Run, payload: Any) -> dict[str, Any]:
+        """Background mode, worker thread: the record from the payload alone (no model, no collectives)."""
+        raise NotImplementedError
 
     def _timed(self, phase: str, start: float) -> None:
         """Add the seconds since ``start`` to this checkpoint's ``phase`` (capture, geometry, ...)."""
@@ -331,14 +464,26 @@ class MonitorCore:
 
     def crashed(self, run: Run) -> None:
         """Training crashed: write the history recorded so far (rank 0), never raise over the crash."""
+        try:
+            self.collect()  # the analysis in flight still counts
+        except Exception as err:  # noqa: BLE001 - the user's exception is the one that matters
+            self._warn(f"{type(self).__name__} lost its last analysis in the crash: {err}")
+        self._stop_worker()
         if run.rank_zero and self.history:
             try:
                 self._save_history(run)
             except Exception as err:  # noqa: BLE001 - the user's exception is the one that matters
                 self._warn(f"{type(self).__name__} could not save its history after the crash: {err}")
 
+    def _stop_worker(self) -> None:
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
+            self._worker = None
+
     def finish(self, run: Run) -> None:
         """End of training: final files and figures (rank 0); figures unless the last checkpoint just drew them."""
+        self.collect()
+        self._stop_worker()
         if run.rank_zero and self.history and getattr(self, "_figures_drawn_at", None) != self.history[-1]["step"]:
             try:
                 self._save_history(run)  # a resumed run that measured nothing new still writes its folder's file

@@ -183,10 +183,22 @@ class GeometryCore(MonitorCore):
                 raise
             return [], f"{type(err).__name__}: {err}"
 
+    _can_background = True  # the analysis needs only the captured features
+
     def _measure(self, run: Run) -> dict[str, Any]:
+        return self._analyse(run, self._capture_payload(run))
+
+    def _capture_payload(self, run: Run) -> tuple[Any, ...]:
+        """The probe's features (all ranks' under DDP), labels, and the per-prompt token clouds (rank 0)."""
         start = time.perf_counter()
         features, labels, n_labels = gather_features(*self._capture(run), "capturing the probe representations")
+        tokens = self._token_capture(run) if self.tokens == "per_prompt" and dist_info()[0] == 0 else None
         self._timed("capture", start)
+        return features, labels, n_labels, tokens
+
+    def _analyse(self, run: Run, payload: tuple[Any, ...]) -> dict[str, Any]:
+        """One checkpoint's record from the captured features (the worker thread in the background)."""
+        features, labels, n_labels, tokens = payload
         start = time.perf_counter()
         n_layers = len(features)
         if n_labels and n_labels != features[0].shape[0]:
@@ -216,7 +228,7 @@ class GeometryCore(MonitorCore):
         record = {"n_samples": int(features[0].shape[0]), "id_n1": used, "layers": layers, "phase": phase}
         if self.tokens == "per_prompt":
             start = time.perf_counter()
-            mine = self._token_record(run) if dist_info()[0] == 0 else None
+            mine = self._token_record(tokens) if dist_info()[0] == 0 else None
             record["tokens"] = next(r for r in all_gather_objects(mine) if r is not None)  # rank 0's, on every rank
             self._timed("tokens", start)
         return record
@@ -242,10 +254,8 @@ class GeometryCore(MonitorCore):
                 mine += profile_geometry(features, labels, settings, layers=[li], on_error=policy, neighbors=None if nb is None else {li: nb})
         return mine
 
-    def _token_record(self, run: Run) -> dict[str, Any]:
-        """Per-prompt token geometry of the first ``token_prompts`` probe samples (rank 0)."""
-        from ..analysis import token_geometry
-
+    def _token_capture(self, run: Run) -> Any:
+        """The token clouds of the first ``token_prompts`` probe samples (rank 0; one more forward)."""
         batches = probe_batches(self._probe(run), num_samples=self.token_prompts, batch_size=self.batch_size)
         reps = capture_representations(
             run.module, batches, layers=self.layers, pooling="tokens", normalize=self.normalize, forward_fn=self.forward_fn,
@@ -253,6 +263,12 @@ class GeometryCore(MonitorCore):
         )
         if reps.lengths is None or reps.features[0].ndim != 3:
             raise ValueError("tokens='per_prompt' needs token-level hidden states (B, T, D) from the model.")
+        return reps
+
+    def _token_record(self, reps: Any) -> dict[str, Any]:
+        """Per-prompt token geometry of the captured token clouds (rank 0)."""
+        from ..analysis import token_geometry
+
         layers, dropped = token_geometry(reps.features, reps.lengths, k=self.token_k)
         if dropped:
             self._warn(f"{type(self).__name__}: {dropped} of {reps.lengths.numel()} prompts have <= {self.token_k} tokens; left out of the per-prompt geometry.")

@@ -53,7 +53,8 @@ class PullbackCore(MonitorCore):
 
     Warning:
         The backward pass through the probe costs about twice the forward; the default probe is
-        small (64 samples) for that reason.
+        small (64 samples) for that reason. It runs synchronously (``background`` does not apply:
+        the Jacobians need the model as it is at the checkpoint).
     """
 
     _prefix = "pullback"
@@ -74,6 +75,11 @@ class PullbackCore(MonitorCore):
         batch_size: int = 16,
         **kwargs: Any,
     ) -> None:
+        if kwargs.get("background") is True:
+            raise ValueError(
+                "PullbackMonitor differentiates the model at each checkpoint, so it cannot run beside training "
+                "(`background=True`); pass background=False, or lower its cost with fewer samples / every_n_steps."
+            )
         super().__init__(probe, num_samples=num_samples, batch_size=batch_size, **kwargs)
         if output not in OUTPUT_MAPS:
             raise ValueError(f"Expected `output` to be one of {OUTPUT_MAPS}, but got {output!r}.")
