@@ -30,7 +30,14 @@ from .intrinsic_dim import (
     gride_max_rank,
     gride_pairs,
 )
-from .neighbors import _CPU_RECOMPUTE_BYTES, _exact_distances, _top, _uncertified, exact_candidates, gram_fits
+from .neighbors import (
+    _CPU_RECOMPUTE_BYTES,
+    _exact_distances,
+    _top,
+    _uncertified,
+    exact_candidates,
+    gram_fits,
+)
 
 __all__ = ["BatchedNeighbors", "knn_batched", "id_batched", "overlap_batched"]
 
