@@ -23,6 +23,7 @@ step geometry 120 python3 benchmarks/bench_geometry.py --device cuda --sizes 200
 # issue 10: many small clouds (clouds/s, ratio to bmm+topk), and N = 10^6 within 16 GiB
 step token_clouds 60 python3 benchmarks/bench_token_clouds.py --device cuda --b 256 --n 1024 --d 768 --k 64
 step knn_1m 150 python3 benchmarks/bench_knn_memory.py --device cuda --n 1000000 --d 768 --k 64 --budget-mb 16384
-# issue 9: monitor overhead where models train
+# issue 9: monitor overhead where models train (GeometryMonitor background="auto": the analysis in a worker
+# thread on its own CUDA stream; blocking = what training waited)
 step callback_overhead 150 python3 benchmarks/bench_callback_overhead.py --accelerator gpu --layers 12 --width 256 --probe 1797 --steps 800
 step gpt2_overhead 120 python3 benchmarks/bench_gpt2_overhead.py --device cuda --size small --probe 1024 --seq 256 --steps 300 --every 100 --batch 16

@@ -527,3 +527,18 @@ def test_pullback_refuses_the_background():
 
     with pytest.raises(ValueError, match="cannot run beside training"):
         PullbackMonitor(background=True)
+
+
+def test_background_auto_means_single_process_gpu_training(data):
+    from pathlib import Path
+
+    from lightning_geom.monitoring.core import Run
+
+    def run_on(device):
+        return Run(step=0, epoch=0, module=torch.nn.Identity(), device=torch.device(device), rank_zero=True, out_dir=Path("."), sink=None)
+
+    auto, on, off = (GeometryMonitor(probe=data, background=b) for b in ("auto", True, False))
+    assert auto._in_background(run_on("cuda")) and not auto._in_background(run_on("cpu"))
+    assert on._in_background(run_on("cpu")) and not off._in_background(run_on("cuda"))
+    with pytest.raises(ValueError, match="background"):
+        GeometryMonitor(probe=data, background="yes")
