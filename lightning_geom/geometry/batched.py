@@ -90,8 +90,8 @@ def _check(x: Tensor, k: int, lengths: Tensor | None) -> Tensor:
             f"Expected `k` to be an integer in [1, shortest cloud - 1] = [1, {lo - 1}], but got {k!r}. "
             "Drop or pad the short clouds, or lower k."
         )
-    valid = torch.arange(n, device=x.device) < lengths.unsqueeze(1)
-    if not bool(torch.isfinite(x[valid]).all()):
+    finite = torch.isfinite(x).all() if lo == n else torch.isfinite(x[torch.arange(n, device=x.device) < lengths.unsqueeze(1)]).all()
+    if not bool(finite):  # (unpadded: no masked copy of the clouds)
         raise ValueError("Expected finite values in the real (unpadded) points, but some are NaN or Inf.")
     return lengths
 
@@ -142,12 +142,16 @@ def knn_batched(
     chunk = max(1, min(b, budget // max(1, n * n * 4)))
     valid = torch.arange(n, device=device) < lengths.unsqueeze(1)  # (B, N)
     cnt = lengths.to(torch.float64).unsqueeze(1)
-    mean = torch.where(valid.unsqueeze(2), x, 0).sum(dim=1, dtype=torch.float64) / cnt  # (B, D)
-    x32 = torch.where(valid.unsqueeze(2), x - mean.unsqueeze(1).to(x.dtype), 0).to(torch.float32)  # centred, padding 0
-    sq = (x32 * x32).sum(dim=2)  # (B, N)
+    padded = bool((lengths < n).any())
+    if padded:  # padding (any values, NaN too) out of the mean and zeroed
+        mean = torch.where(valid.unsqueeze(2), x, 0).sum(dim=1, dtype=torch.float64) / cnt  # (B, D)
+        x32 = torch.where(valid.unsqueeze(2), x - mean.unsqueeze(1).to(x.dtype), 0).to(torch.float32)  # centred
+    else:  # no (B, N, D) masks: at B = 32 clouds of 1024 x 768 they cost as much as the recompute
+        mean = x.mean(dim=1).to(torch.float64)  # any centre works (the certificate bounds x32's rounding): no float64 copy of x
+        x32 = (x - mean.unsqueeze(1).to(x.dtype)).to(torch.float32)
+    sq = torch.einsum("bnd,bnd->bn", x32, x32)  # (B, N), without a (B, N, D) temporary
     cand_v = torch.empty(b, n, kc, dtype=torch.float32, device=device)
     cand_i = torch.empty(b, n, kc, dtype=torch.int64, device=device)
-    padded = bool((lengths < n).any())
     two_stage = device.type == "cpu"  # the CPU's two-stage top-k (exact; 1.35x faster there), one topk on accelerators
     for s in range(0, b, chunk):
         e = min(s + chunk, b)
@@ -165,13 +169,12 @@ def knn_batched(
     # cache-sized chunks on a CPU (bandwidth decides there), the clouds' budget on accelerators (launches decide)
     rc_budget = _CPU_RECOMPUTE_BYTES if device.type == "cpu" and not budget_bytes else budget
     # CPU by default: the Gram identity's sampled matmul (no (B N, C, D) gather), each cloud centred on its own
-    gram = device.type == "cpu" and not budget_bytes and gram_fits(b * n, d, None, device)
-    centred = None
-    if gram:
-        centred = torch.where(valid.unsqueeze(2), x.to(torch.float64) - mean.unsqueeze(1), 0.0).reshape(b * n, d)
-    cols = (cand_i + offset).view(b * n, kc)
-    dist, idx = exact_candidates(flat, rows, cols, cand_i.view(b * n, kc), k, budget=rc_budget, gram=gram, centred=centred)
-    dist, idx = dist.view(b, n, kc), idx.view(b, n, kc)  # (distance, index) order
+    if device.type == "cpu" and not budget_bytes:
+        dist, idx = _gram_recompute(x, mean, valid if padded else None, cand_i, k)
+    else:
+        cols = (cand_i + offset).view(b * n, kc)
+        dist, idx = exact_candidates(flat, rows, cols, cand_i.view(b * n, kc), k, budget=rc_budget, gram=False)
+        dist, idx = dist.view(b, n, kc), idx.view(b, n, kc)  # (distance, index) order
     if bool((lengths > kc + 1).any()):  # some rows have non-candidates to rule out
         sq_max = torch.where(valid, sq, 0).amax(dim=1, keepdim=True)
         uncertified = _uncertified(dist[..., k - 1], sq, cand_v.amin(dim=2), sq_max, d)  # the weakest kept score
@@ -184,6 +187,37 @@ def knn_batched(
     dist = dist.masked_fill(~valid.unsqueeze(2), math.inf)
     idx = idx.masked_fill(~valid.unsqueeze(2), -1)
     return BatchedNeighbors(dist, idx, lengths)
+
+
+_GRAM_GROUP_BYTES = 32 << 20  # float64 centred points per group of clouds in the CPU recompute
+
+
+def _gram_recompute(x: Tensor, mean: Tensor, valid: Tensor | None, cand_i: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Exact distances of every cloud's candidates (sorted by (distance, index)), a group of clouds at a time:
+    each group's float64 centred points (``_GRAM_GROUP_BYTES``) stay in cache for the Gram identity's
+    sampled matmul (:func:`~.neighbors.exact_candidates`); one (B N, D) float64 copy would cost more
+    in page faults and DRAM traffic than the recompute itself."""
+    b, n, d = x.shape
+    kc = cand_i.shape[2]
+    g = max(1, min(b, _GRAM_GROUP_BYTES // max(1, n * d * 8)))
+    dist = torch.empty(b, n, kc, dtype=torch.float64, device=x.device)
+    idx = torch.empty(b, n, kc, dtype=torch.int64, device=x.device)
+    offset = (torch.arange(g, device=x.device) * n).view(g, 1, 1)
+    rows = torch.arange(g * n, device=x.device)
+    buf = torch.empty(g, n, d, dtype=torch.float64, device=x.device)  # reused: fresh pages fault on every touch
+    for s in range(0, b, g):
+        e = min(s + g, b)
+        m = e - s
+        centred = buf[:m].copy_(x[s:e]).sub_(mean[s:e].unsqueeze(1))
+        if valid is not None:
+            centred.masked_fill_(~valid[s:e].unsqueeze(2), 0.0)
+        labels = cand_i[s:e].reshape(m * n, kc)
+        cols = (cand_i[s:e] + offset[:m]).view(m * n, kc)
+        dd, ii = exact_candidates(
+            x[s:e].reshape(m * n, d), rows[: m * n], cols, labels, k, budget=_CPU_RECOMPUTE_BYTES, gram=True, centred=centred.view(m * n, d)
+        )
+        dist[s:e], idx[s:e] = dd.view(m, n, kc), ii.view(m, n, kc)
+    return dist, idx
 
 
 def _redo_rows(flat: Tensor, dist: Tensor, idx: Tensor, failed: Tensor, valid: Tensor, n: int, k: int, budget: int) -> None:

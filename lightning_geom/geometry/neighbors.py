@@ -301,7 +301,7 @@ def _gram_distances(
         x64 = x64 - x64.mean(dim=0, keepdim=True)  # centred: smaller norms, smaller rounding bound
     else:
         x64 = centred
-    sq = (x64 * x64).sum(dim=1)
+    sq = torch.einsum("nd,nd->n", x64, x64)  # |x_i|^2 without an (N, D) temporary
     r, c = cols.shape
     crow = torch.arange(0, r * c + 1, c, device=x.device)
     zeros = torch.zeros(r * c, dtype=torch.float64, device=x.device)
@@ -679,12 +679,12 @@ def knn(
     block = plan_memory(n, d, kc, block, device, fixed_block=bool(block_size), budget=memory_budget)
     spare = _leftover(n, d, kc, block, memory_budget)  # what a memory_budget leaves for optional buffers
 
-    mean = x.mean(dim=0, keepdim=True, dtype=torch.float64)
+    mean = x.mean(dim=0, keepdim=True).to(torch.float64)  # any centre will do: the certificate bounds x32's rounding
     if x.dtype == torch.float64:
         x32 = (x - mean).to(torch.float32)  # centred: less cancellation
     else:  # centring in the input's precision: its rounding is inside the certificate's bound
         x32 = (x - mean.to(x.dtype)).to(torch.float32)
-    sq = (x32 * x32).sum(dim=1)  # (N,)
+    sq = torch.einsum("nd,nd->n", x32, x32)  # (N,) |x_i|^2, without an (N, D) temporary
     # CPU default: two-stage top-k (1.35x faster there); accelerators (or a given block_size): one
     # topk per panel, 9 fewer launches each (a GPU's topk is fast; its launches are not)
     two_stage = device.type == "cpu" and not block_size
