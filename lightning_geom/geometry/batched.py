@@ -36,7 +36,6 @@ from .neighbors import (
     _top,
     _uncertified,
     exact_candidates,
-    gram_fits,
 )
 
 __all__ = ["BatchedNeighbors", "knn_batched", "id_batched", "overlap_batched"]
