@@ -184,12 +184,16 @@ def _clouds_with_ties_and_cancellation(kind: str) -> torch.Tensor:
     return torch.cat([x, x[:100], x[100:200] + 1e-9])
 
 
+@pytest.mark.parametrize("reorder", [False, True])
 @pytest.mark.parametrize("kind", ["gauss", "lattice", "far_clusters", "copies"])
-def test_gram_recompute_equals_the_difference_recompute(kind, monkeypatch):
-    """The CPU's Gram-identity recompute (one sampled matmul) against the difference recompute: the same
-    indices, ties broken alike, distances to 1e-12; and the Gram path really ran."""
+def test_gram_recompute_equals_the_difference_recompute(kind, reorder, monkeypatch):
+    """The CPU's Gram-identity recompute (one sampled matmul; ``reorder``: with the points reordered for
+    locality, as beyond the cache) against the difference recompute: the same indices, ties broken
+    alike, distances to 1e-12; and the Gram path really ran."""
     from lightning_geom.geometry import neighbors as nbm
 
+    if reorder:
+        monkeypatch.setattr(nbm, "_GRAM_CACHE_BYTES", 0)
     x = _clouds_with_ties_and_cancellation(kind)
     calls = []
     real = nbm._gram_distances

@@ -305,11 +305,17 @@ def _gram_distances(
     r, c = cols.shape
     crow = torch.arange(0, r * c + 1, c, device=x.device)
     zeros = torch.zeros(r * c, dtype=torch.float64, device=x.device)
-    left = x64 if r == n and bool((rows == torch.arange(n, device=x.device)).all()) else x64.index_select(0, rows)
-    with warnings.catch_warnings():  # "sparse CSR support is in beta": the one op used here is tested
-        warnings.simplefilter("ignore", UserWarning)
-        pattern = torch.sparse_csr_tensor(crow, cols.reshape(-1), zeros, size=(r, n), check_invariants=False)
-        dots = torch.sparse.sampled_addmm(pattern, left, x64.T, beta=0.0).values().view(r, c)
+    every_row = r == n and bool((rows == torch.arange(n, device=x.device)).all())
+    if every_row and n * d * 8 > _GRAM_CACHE_BYTES:  # neighbours near in memory: 0.28 -> 0.17 s at N = 10,000, D = 768
+        order = _local_order(cols)
+        relabel = torch.empty_like(order)
+        relabel[order] = torch.arange(n, device=x.device)
+        xo = x64.index_select(0, order)
+        dots = torch.empty(r, c, dtype=torch.float64, device=x.device)
+        dots[order] = _sampled_dots(xo, xo, relabel[cols.index_select(0, order)], crow, zeros)
+    else:
+        left = x64 if every_row else x64.index_select(0, rows)
+        dots = _sampled_dots(left, x64, cols, crow, zeros)
     scale = sq.index_select(0, rows).unsqueeze(1) + sq[cols]  # |x_i|^2 + |x_j|^2
     d2 = (scale - 2.0 * dots).clamp_min_(0.0)
     err = scale.mul_(_gram_error(d))
@@ -320,6 +326,29 @@ def _gram_distances(
         dist[ri, ci] = _exact_distances(x, rows[ri], cols[ri, ci].unsqueeze(1), budget=budget).squeeze(1)
         err[ri, ci] = 0.0
     return dist, err
+
+
+_GRAM_CACHE_BYTES = 16 << 20  # float64 points beyond this do not stay in cache: the Gram recompute reorders them
+
+
+def _sampled_dots(left: Tensor, right: Tensor, cols: Tensor, crow: Tensor, zeros: Tensor) -> Tensor:
+    """<left_i, right_j> for j in ``cols[i]``: one ``sampled_addmm`` on the (R, C) CSR pattern; (R, C)."""
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": the one op used here is tested
+        warnings.simplefilter("ignore", UserWarning)
+        pattern = torch.sparse_csr_tensor(crow, cols.reshape(-1), zeros, size=(left.shape[0], right.shape[0]), check_invariants=False)
+        return torch.sparse.sampled_addmm(pattern, left, right.T, beta=0.0).values().view(cols.shape)
+
+
+def _local_order(cols: Tensor, hops: int = 3, width: int = 8) -> Tensor:
+    """An order of the points in which kNN neighbours sit close together: each point takes the smallest
+    index within ``hops`` steps of its first ``width`` candidates (min-label propagation), and the points
+    are sorted by that label (ties by index). Milliseconds; the sampled matmul then reads its rows from cache."""
+    n = cols.shape[0]
+    label = torch.arange(n, device=cols.device)
+    near = cols[:, :width]
+    for _ in range(hops):
+        label = torch.minimum(label, label[near].amin(dim=1))
+    return torch.argsort(label * n + torch.arange(n, device=cols.device))
 
 
 def exact_candidates(
