@@ -377,7 +377,7 @@ class MonitorCore:
         ready = None
         if torch.device(run.device).type == "cuda":
             ready = torch.cuda.Event()
-            ready.record()  # the capture's kernels, on the training's stream
+            ready.record(torch.cuda.current_stream(torch.device(run.device)))  # after the capture's kernels, on the training's stream
         phases = self._phase_times
         blocking = time.perf_counter() - start
         self._pending = _Pending(run, self._worker.submit(self._work, run, payload, ready, phases), start, blocking)
