@@ -79,9 +79,12 @@ class HFSink:
             self.state.log_history.append({**metrics, "step": step})
             return
         self.logging = True
-        try:
+        live = self.state.global_step
+        try:  # Trainer.log stamps the live step; a record analysed in the background belongs to its own
+            self.state.global_step = step
             self.trainer.log(dict(metrics))
         finally:
+            self.state.global_step = live
             self.logging = False
 
     def figures(self, figures: dict[str, Any], step: int, prefix: str) -> None:

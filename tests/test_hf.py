@@ -146,3 +146,17 @@ def test_wandb_offline_gets_figures_settings_and_metrics(tmp_path, monkeypatch):
     assert b"geometry_monitor/probe_samples" in record  # the settings reached the W&B config
     assert b"geometry/id/layer_00" in record  # and the metrics its history
     assert b"geometry/charts/id" in record  # one multi-line chart per metric, every layer a line
+
+
+def test_background_analysis_logs_each_record_at_its_own_step(tmp_path):
+    sync = GeometryCallback(probe=_probe(), every_n_steps=4, range_max=16, figure_every=0, background=False)
+    _trainer(tmp_path / "a", [sync]).train()
+    bg = GeometryCallback(probe=_probe(), every_n_steps=4, range_max=16, figure_every=0, background=True)
+    tr = _trainer(tmp_path / "b", [bg])
+    tr.train()
+    assert [r["step"] for r in bg.history] == [r["step"] for r in sync.history] == [0, 1, 2, 4, 6]
+    for a, b in zip(sync.history, bg.history):
+        assert [la["id"] for la in a["layers"]] == [lb["id"] for lb in b["layers"]]
+    logged = [r for r in tr.state.log_history if any(k.startswith("geometry/") for k in r)]
+    assert [r["step"] for r in logged] == [0, 1, 2, 4, 6]  # not the step at which the worker finished
+    assert tr.state.global_step == 6
