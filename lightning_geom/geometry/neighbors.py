@@ -410,7 +410,7 @@ def _candidates(
     halves the flops: :func:`_candidates_symmetric`.
     """
     n, device = x32.shape[0], x32.device
-    if n > block and n * (n + block) * 2 <= min(sym_bytes, _SYM_BUDGET_BYTES):
+    if n > block and n * n * 4 <= min(sym_bytes, _SYM_BUDGET_BYTES):
         return _candidates_symmetric(x32, sq, kc, block, two_stage=two_stage)
     half_sq = 0.5 * sq  # (N,): sq = |x_j|^2
     flat = torch.empty(min(block, n) * n, dtype=torch.float32, device=device)  # allocated once (page faults cost)
@@ -433,31 +433,26 @@ def _candidates_symmetric(x32: Tensor, sq: Tensor, kc: int, block: int, *, two_s
 
     Scores are made symmetric, t_ij = -|x_i - x_j|^2 / 2 = <x_i, x_j> - |x_i|^2 / 2 - |x_j|^2 / 2 (the
     same ranking per row as s_ij: they differ by |x_i|^2 / 2), in one GEMM of the augmented points
-    [x, -|x|^2 / 2, 1] and [x, 1, -|x|^2 / 2]. Panel p (rows of block p, columns from block p on) is
-    kept; a later block's rows read their scores against block p's columns from panel p's column
-    slab as they are (t_ij = t_ji): the top-k runs down the columns (group maxima down the slab, then
-    the winning groups gathered), so no transposed copy of the triangle is ever made.
+    [x, -|x|^2 / 2, 1] and [x, 1, -|x|^2 / 2]. Row block p's panel (its columns from the block on) is
+    written into an N x N buffer in place; a later block's rows read their scores against the earlier
+    columns down the buffer's columns as they are (t_ij = t_ji): :func:`_top_down`, no transposed copy.
+    The buffer's lower-left triangle is never touched (no pages are faulted in for it).
     """
     n, device = x32.shape[0], x32.device
     hs = (0.5 * sq).unsqueeze(1)
     one = torch.ones_like(hs)
     left, right = torch.cat([x32, -hs, one], dim=1), torch.cat([x32, one, -hs], dim=1)
-    starts = list(range(0, n, block))
-    sizes = [min(block, n - s) for s in starts]
-    offs = [0]
-    for s, b in zip(starts, sizes):
-        offs.append(offs[-1] + b * (n - s))
-    buf = torch.empty(offs[-1], dtype=torch.float32, device=device)  # the triangle's panels, allocated once
-    panels = [buf[offs[p] : offs[p + 1]].view(sizes[p], n - starts[p]) for p in range(len(starts))]
+    full = torch.empty(n, n, dtype=torch.float32, device=device)  # full[j, i], j <= i (rows' panels)
     out_v = torch.empty(n, dtype=torch.float64, device=device)
     out_i = torch.empty(n, kc, dtype=torch.int64, device=device)
-    for p, s in enumerate(starts):
-        e = s + sizes[p]
-        torch.mm(left[s:e], right[s:].T, out=panels[p])
-        panels[p].diagonal().fill_(-math.inf)  # j != i
-        v, i = _top(panels[p], kc, s, two_stage=two_stage)
-        if p > 0:
-            vb, ib = _top_down_columns(buf, panels[:p], starts, offs, n, s, e, kc, block, two_stage=two_stage, group=group)
+    for s in range(0, n, block):
+        e = min(s + block, n)
+        panel = full[s:e, s:]
+        torch.mm(left[s:e], right[s:].T, out=panel)  # strided out (row stride N): BLAS writes it in place
+        panel.diagonal().fill_(-math.inf)  # j != i
+        v, i = _top(panel, kc, s, two_stage=two_stage)
+        if s > 0:
+            vb, ib = _top_down(full[:s, s:e], kc, two_stage=two_stage, group=group)
             v, i = torch.cat([v, vb], dim=1), torch.cat([i, ib], dim=1)
         top = torch.sort(v, dim=1, descending=True)  # best first; the merge keeps kc
         out_v[s:e] = top.values[:, kc - 1].to(torch.float64) + hs[s:e, 0].to(torch.float64)  # back to s_ij
@@ -465,32 +460,22 @@ def _candidates_symmetric(x32: Tensor, sq: Tensor, kc: int, block: int, *, two_s
     return out_v, out_i
 
 
-def _top_down_columns(
-    buf: Tensor, panels: list[Tensor], starts: list[int], offs: list[int], n: int, s: int, e: int, kc: int, block: int,
-    *, two_stage: bool, group: int,
-) -> tuple[Tensor, Tensor]:
-    """Best ``kc`` scores of rows s..e-1 against the columns 0..s-1, read down the earlier panels' column slabs.
+def _top_down(scores: Tensor, kc: int, *, two_stage: bool, group: int) -> tuple[Tensor, Tensor]:
+    """Best ``kc`` of each *column* of ``scores`` (S, b): (values, row indices), (b, kc) each, unsorted.
 
-    Earlier panels are whole blocks (only the last block can be short), so a slab (block, e - s) splits
-    into groups of ``group`` rows; the top-kc groups by their maximum hold every top-kc score (as in
-    :func:`_top`), which are then gathered from ``buf`` by their flat offsets.
+    Two stages as in :func:`_top`, down the columns: maxima of groups of ``group`` rows, the top-kc
+    groups, then their scores gathered from the transposed view (no copy of the S x b block).
     """
+    s, b = scores.shape
     kk = min(kc, s)
-    slabs = [pan[:, s - t : e - t] for pan, t in zip(panels, starts)]  # (block, b) each: rows j, columns i
-    if not two_stage or block % group or s // group <= 2 * kk:
-        scores = torch.cat(slabs, dim=0).T  # (b, s): small here, or the accelerator path
-        top = torch.topk(scores, kk, dim=1, largest=True, sorted=False)
+    if not two_stage or s % group or s // group <= 2 * kk:
+        top = torch.topk(scores.T, kk, dim=1, largest=True, sorted=False)
         return top.values, top.indices
-    gmax = torch.cat([sl.unflatten(0, (block // group, group)).amax(dim=1) for sl in slabs], dim=0)  # (s / group, b)
+    gmax = scores.unflatten(0, (s // group, group)).amax(dim=1)  # (S / group, b)
     gidx = torch.topk(gmax.T, kk, dim=1, largest=True, sorted=False).indices  # (b, kk)
-    cols = (gidx.unsqueeze(2) * group + torch.arange(group, device=buf.device)).reshape(e - s, -1)  # (b, kk * group)
-    t = torch.div(cols, block, rounding_mode="floor")
-    base = torch.tensor(offs[: len(panels)], dtype=torch.int64, device=buf.device)[t]
-    t0 = t * block
-    rows = torch.arange(s, e, device=buf.device).unsqueeze(1)
-    flat = base + (cols - t0) * (n - t0) + (rows - t0)  # panel t's [j - t0, i - t0]
-    top = torch.topk(buf[flat], kk, dim=1, largest=True, sorted=False)
-    return top.values, cols.gather(1, top.indices)
+    rows = (gidx.unsqueeze(2) * group + torch.arange(group, device=scores.device)).reshape(b, -1)  # (b, kk * group)
+    top = torch.topk(scores.T.gather(1, rows), kk, dim=1, largest=True, sorted=False)
+    return top.values, rows.gather(1, top.indices)
 
 
 def _fix_failed_rows(
