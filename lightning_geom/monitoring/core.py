@@ -227,7 +227,7 @@ class MonitorCore:
 
     def __getstate__(self) -> dict[str, Any]:  # pickling (DDP spawn, deepcopy): no thread, nothing in flight
         self.collect()
-        return {**self.__dict__, "_worker": None, "_pending": None}
+        return {k: v for k, v in self.__dict__.items() if k != "_stream"} | {"_worker": None, "_pending": None}
 
     # ----------------------------------------------------------------- schedule
     def is_due(self, step: int) -> bool:
