@@ -395,15 +395,19 @@ def test_settings_reach_the_loggers_hyperparameters(tmp_path, data):
     assert p["geometry_monitor/range_max"] == 16 and p["geometry_monitor/probe_id"].startswith("160:")
 
 
-def test_per_prompt_token_geometry(tmp_path, data):
+@pytest.mark.parametrize("background", [False, True])
+def test_per_prompt_token_geometry(tmp_path, data, background):
     """Issue 10: tokens='per_prompt' logs the mean / spread of each prompt's token-cloud ID per layer,
-    equal to the per-cloud estimators on the captured tokens."""
+    equal to the per-cloud estimators on the captured tokens (the token clouds are captured at the
+    checkpoint and analysed in the worker thread in the background)."""
     from lightning_geom.analysis import token_geometry
     from lightning_geom.capture import capture_representations
     from lightning_geom.geometry import gride
 
     logger = RecordingLogger()
-    mon = _monitor(data, tmp_path, tokens="per_prompt", token_prompts=16, token_k=4, log_spaced=False, at_fit_start=False)
+    mon = _monitor(
+        data, tmp_path, tokens="per_prompt", token_prompts=16, token_k=4, log_spaced=False, at_fit_start=False, background=background
+    )
     model = TinyGPT()
     _trainer(tmp_path, mon, steps=4, loggers=logger).fit(model, loader(data, shuffle=True))
     tok = mon.history[-1]["tokens"]
