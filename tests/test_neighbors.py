@@ -236,3 +236,17 @@ def test_symmetric_candidates_down_the_columns_match_brute_force(n, k, block, mo
     dist, idx = _brute(x.astype(np.float64), k)
     np.testing.assert_array_equal(nb.indices.numpy(), idx)
     np.testing.assert_allclose(nb.distances.numpy(), dist, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_points_give_the_exact_neighbours_of_their_values(dtype):
+    """Half / bfloat16 points are widened exactly before centring: the answer is the float64 one on the same values."""
+    from lightning_geom.geometry import knn_batched
+
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(400, 32, generator=g) * torch.logspace(-2, 1, 32) + 7.3).to(dtype)
+    a, b = knn(x, 10), knn(x.double(), 10)
+    assert torch.equal(a.indices, b.indices) and torch.equal(a.distances, b.distances)
+    c, d = knn_batched(x.view(4, 100, 32), 10), knn_batched(x.view(4, 100, 32).double(), 10)
+    assert torch.equal(c.indices, d.indices)
+    torch.testing.assert_close(c.distances, d.distances, rtol=1e-12, atol=0)

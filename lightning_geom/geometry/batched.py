@@ -145,10 +145,10 @@ def knn_batched(
     padded = bool((lengths < n).any())
     if padded:  # padding (any values, NaN too) out of the mean and zeroed
         mean = torch.where(valid.unsqueeze(2), x, 0).sum(dim=1, dtype=torch.float64) / cnt  # (B, D)
-        x32 = torch.where(valid.unsqueeze(2), x - mean.unsqueeze(1).to(x.dtype), 0).to(torch.float32)  # centred
+        x32 = torch.where(valid.unsqueeze(2), x.to(torch.float32) - mean.unsqueeze(1).to(torch.float32), 0)  # centred in float32
     else:  # no (B, N, D) masks: at B = 32 clouds of 1024 x 768 they cost as much as the recompute
         mean = x.mean(dim=1).to(torch.float64)  # any centre works (the certificate bounds x32's rounding): no float64 copy of x
-        x32 = (x - mean.unsqueeze(1).to(x.dtype)).to(torch.float32)
+        x32 = x.to(torch.float32) - mean.unsqueeze(1).to(torch.float32)  # half / bfloat16 widened exactly first
     sq = torch.einsum("bnd,bnd->bn", x32, x32)  # (B, N), without a (B, N, D) temporary
     cand_v = torch.empty(b, n, kc, dtype=torch.float32, device=device)
     cand_i = torch.empty(b, n, kc, dtype=torch.int64, device=device)

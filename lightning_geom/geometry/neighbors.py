@@ -696,8 +696,8 @@ def knn(
     mean = x.mean(dim=0, keepdim=True).to(torch.float64)  # any centre will do: the certificate bounds x32's rounding
     if x.dtype == torch.float64:
         x32 = (x - mean).to(torch.float32)  # centred: less cancellation
-    else:  # centring in the input's precision: its rounding is inside the certificate's bound
-        x32 = (x - mean.to(x.dtype)).to(torch.float32)
+    else:  # centring in float32 (exact widening of half / bfloat16 first): its rounding is inside the certificate's bound
+        x32 = x.to(torch.float32) - mean.to(torch.float32)
     sq = torch.einsum("nd,nd->n", x32, x32)  # (N,) |x_i|^2, without an (N, D) temporary
     # CPU default: two-stage top-k (1.35x faster there); accelerators (or a given block_size): one
     # topk per panel, 9 fewer launches each (a GPU's topk is fast; its launches are not)
