@@ -26,4 +26,5 @@ step knn_1m 150 python3 benchmarks/bench_knn_memory.py --device cuda --n 1000000
 # issue 9: monitor overhead where models train (GeometryMonitor background="auto": the analysis in a worker
 # thread on its own CUDA stream; blocking = what training waited)
 step callback_overhead 150 python3 benchmarks/bench_callback_overhead.py --accelerator gpu --layers 12 --width 256 --probe 1797 --steps 800
+step callback_overhead_sync 90 python3 benchmarks/bench_callback_overhead.py --accelerator gpu --layers 12 --width 256 --probe 1797 --steps 800 --monitors geometry --background off
 step gpt2_overhead 120 python3 benchmarks/bench_gpt2_overhead.py --device cuda --size small --probe 1024 --seq 256 --steps 300 --every 100 --batch 16
