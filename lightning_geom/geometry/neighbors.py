@@ -3,19 +3,24 @@
 The floor of every geometry estimator is the distance GEMM (N x N x D multiply-adds). ``knn`` spends
 its time there and wastes little after it:
 
-1. centre the points (float64 mean), cast to float32 and compute, one panel of rows at a time,
-   the ranking score ``s_ij = <x_i, x_j> - |x_j|^2 / 2`` (so that ``|x_i - x_j|^2 = |x_i|^2 - 2 s_ij``),
-   and keep the ``k + margin`` best candidates per row with ``topk``; the Gram matrix is symmetric,
-   so each block above the diagonal is multiplied once and serves its transpose (half the flops);
-2. recompute the kept distances exactly, as the norm of the *difference* of the points in float64,
-   so that near-duplicates are not turned into zeros or garbage by the cancellation in
-   ``|x_i|^2 + |x_j|^2 - 2 <x_i, x_j>`` (a known failure of float32 TwoNN on N = 10k, D = 768 embeddings);
+1. centre the points, cast to float32 and compute, one panel of rows at a time, the ranking
+   score ``s_ij = <x_i, x_j> - |x_j|^2 / 2`` (so that ``|x_i - x_j|^2 = |x_i|^2 - 2 s_ij``), and keep
+   the ``k + margin`` best candidates per row with ``topk``; the Gram matrix is symmetric, so only
+   its upper triangle is multiplied (symmetric scores -|x_i - x_j|^2 / 2 from one GEMM of augmented
+   points) and later rows read their scores down its columns (half the flops, no transposed copy);
+2. recompute the kept distances in float64. On a CPU (default): from the float64 Gram identity
+   ``|x_i|^2 + |x_j|^2 - 2 <x_i, x_j>`` with the dot products from one sampled matmul (no gathered
+   rows), wherever its proven rounding bound is below 1e-10 of the squared distance; near-duplicates
+   and copies (where that identity cancels: a known failure of float32 TwoNN on N = 10k, D = 768
+   embeddings), and rows with two distances closer than their bounds, take the norm of the
+   *difference* of the points in float64 (the accelerator path does that for every pair);
 3. certify each row: the exact k-th distance must lie below the float32 estimate of the last
    candidate minus a rounding-error bound; a row that fails (rare) is recomputed exactly against
    all points. The result is the exact kNN graph, not an approximation.
 
-Memory: O(block x N) plus the kept transposed blocks (at most ~N^2 bytes, capped at 1 GiB;
-above that, every block is multiplied and nothing is kept).
+Memory: O(block x N) plus an N x N float32 buffer for the symmetric path (only its upper triangle
+is written; used while it fits 1 GiB, above that every block is multiplied and nothing is kept),
+and on a CPU a float64 copy of the points for the Gram recompute (when it fits).
 """
 
 from __future__ import annotations
