@@ -6,7 +6,8 @@ as one point cloud and compute its ID and neighbourhood overlap, for thousands o
 layer: tens of thousands of kNN problems of N ~ 1,000 points. Looping :func:`~.neighbors.knn` over
 them pays per-call overhead B times; here the B clouds go through batched GEMMs (``baddbmm``) and
 one ``topk``, chunked by a memory budget, with the same exactness as ``knn``: the kept candidates
-are recomputed in float64 from the differences of the points and every row is certified against the
+are recomputed in float64 as in ``knn`` (on a CPU through the Gram identity, a cache-sized group of
+clouds at a time, the difference where it could cancel) and every row is certified against the
 float32 rounding bound (failing rows are redone against their whole cloud).
 
 Clouds of unequal length (prompts of different token counts) come padded to N with ``lengths``;
@@ -108,8 +109,8 @@ def knn_batched(
     .. math:: r_{b,i,j} = \| x_{b,i} - x_{b, n_j(b,i)} \|_2
 
     Candidates come from batched float32 Gram matrices (``baddbmm``) and one ``topk`` per chunk of
-    clouds; the kept candidates are recomputed in float64 from the differences of the points and
-    certified as in :func:`~.neighbors.knn` (rows that fail are redone exactly against their cloud).
+    clouds; the kept candidates are recomputed in float64 and certified as in
+    :func:`~.neighbors.knn` (rows that fail are redone exactly against their cloud).
     Ties are broken by the smaller index.
 
     Args:

@@ -657,8 +657,10 @@ def knn(
     .. math:: r_{i,j} = \| x_i - x_{n_j(i)} \|_2, \quad r_{i,1} \le r_{i,2} \le \dots \le r_{i,k}
 
     Candidates come from a blocked float32 Gram matrix (upper triangle only) + ``topk`` on ``x``'s device; the kept
-    distances are recomputed exactly (difference of the points in float64) and every row is
-    certified against the float32 rounding bound (rows that fail are redone exactly).
+    distances are recomputed in float64 (on a CPU from the Gram identity where its proven rounding is
+    below 1e-10, else and on accelerators from the difference of the points: see the module
+    docstring) and every row is certified against the float32 rounding bound (rows that fail are
+    redone exactly).
     Ties are broken by the smaller index.
 
     Args:
