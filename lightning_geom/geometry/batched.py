@@ -33,6 +33,7 @@ from .intrinsic_dim import (
 )
 from .neighbors import (
     _CPU_RECOMPUTE_BYTES,
+    _all_finite,
     _exact_distances,
     _top,
     _uncertified,
@@ -90,8 +91,8 @@ def _check(x: Tensor, k: int, lengths: Tensor | None) -> Tensor:
             f"Expected `k` to be an integer in [1, shortest cloud - 1] = [1, {lo - 1}], but got {k!r}. "
             "Drop or pad the short clouds, or lower k."
         )
-    finite = torch.isfinite(x).all() if lo == n else torch.isfinite(x[torch.arange(n, device=x.device) < lengths.unsqueeze(1)]).all()
-    if not bool(finite):  # (unpadded: no masked copy of the clouds)
+    finite = _all_finite(x) if lo == n else _all_finite(x[torch.arange(n, device=x.device) < lengths.unsqueeze(1)])
+    if not finite:  # (unpadded: no masked copy of the clouds)
         raise ValueError("Expected finite values in the real (unpadded) points, but some are NaN or Inf.")
     return lengths
 

@@ -119,7 +119,7 @@ def as_points(x: Tensor | np.ndarray, *, name: str = "x") -> Tensor:
         raise ValueError(f"Expected `{name}` to be non-empty, but got shape {tuple(x.shape)}.")
     if not x.is_floating_point():
         x = x.to(torch.float32)
-    if not bool(torch.isfinite(x).all()):
+    if not _all_finite(x):
         bad = ~torch.isfinite(x).all(dim=1)
         rows = torch.nonzero(bad).flatten().tolist()
         shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
@@ -128,6 +128,12 @@ def as_points(x: Tensor | np.ndarray, *, name: str = "x") -> Tensor:
             f"contain NaN or Inf (rows [{shown}])."
         )
     return x
+
+
+def _all_finite(x: Tensor) -> bool:
+    """Whether every entry is finite, in one pass: a NaN or an infinity makes the sum NaN or infinite; a
+    non-finite sum of finite values (overflow) is settled by the elementwise check."""
+    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
 
 
 def _default_block(n: int, device: torch.device) -> int:
@@ -372,7 +378,8 @@ def exact_candidates(
     if not gram:
         return _sort_rows(_exact_distances(x, rows, cols, budget=budget), labels)
     dist, err = _gram_distances(x, rows, cols, budget=budget, centred=centred)
-    dist, idx, err = _sort_rows(dist, labels, err)
+    order = torch.sort(dist, dim=1).indices  # by distance alone: equal ones (gap 0) are redone below in (distance, label) order
+    dist, idx, err = (t.gather(1, order) for t in (dist, labels, err))
     m = min(upto + 1, dist.shape[1])
     d2 = dist[:, :m].square()
     close = (d2[:, 1:] - d2[:, :-1]) <= (err[:, 1:m] + err[:, : m - 1]) * (1.0 + 1e-6)
