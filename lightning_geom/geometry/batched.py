@@ -33,6 +33,7 @@ from .intrinsic_dim import (
 )
 from .neighbors import (
     _CPU_RECOMPUTE_BYTES,
+    _GRAM_CACHE_BYTES,
     _all_finite,
     _exact_distances,
     _top,
@@ -121,7 +122,7 @@ def knn_batched(
         margin: extra candidates for the exact re-ranking (default ``max(4, k // 16)``).
         budget_bytes: memory for one chunk of clouds' scores and of the exact recompute (default:
             2 GiB on accelerators; on a CPU cache-sized chunks, 16 MiB of scores and the float64
-            Gram recompute by 32 MiB groups of clouds, which are faster there); the number of
+            Gram recompute by 16 MiB groups of clouds, which are faster there); the number of
             chunks, not the ops per chunk, grows with B.
 
     Returns:
@@ -191,12 +192,12 @@ def knn_batched(
     return BatchedNeighbors(dist, idx, lengths)
 
 
-_GRAM_GROUP_BYTES = 32 << 20  # float64 centred points per group of clouds in the CPU recompute
+_GRAM_GROUP_BYTES = _GRAM_CACHE_BYTES  # float64 centred points per group of clouds: in cache, so never reordered
 
 
 def _gram_recompute(x: Tensor, mean: Tensor, valid: Tensor | None, cand_i: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Exact distances of every cloud's candidates (sorted by (distance, index)), a group of clouds at a time:
-    each group's float64 centred points (``_GRAM_GROUP_BYTES``) stay in cache for the Gram identity's
+    each group's float64 centred points (``_GRAM_GROUP_BYTES``, the Gram recompute's cache size) stay in cache for the Gram identity's
     sampled matmul (:func:`~.neighbors.exact_candidates`); one (B N, D) float64 copy would cost more
     in page faults and DRAM traffic than the recompute itself."""
     b, n, d = x.shape

@@ -421,23 +421,10 @@ def _candidates(
     the upper triangle fits ``sym_bytes`` (and there are several blocks) the Gram matrix's symmetry
     halves the flops: :func:`_candidates_symmetric`.
     """
-    n, device = x32.shape[0], x32.device
+    n = x32.shape[0]
     if n > block and n * n * 4 <= min(sym_bytes, _SYM_BUDGET_BYTES):
         return _candidates_symmetric(x32, sq, kc, block, two_stage=two_stage)
-    half_sq = 0.5 * sq  # (N,): sq = |x_j|^2
-    flat = torch.empty(min(block, n) * n, dtype=torch.float32, device=device)  # allocated once (page faults cost)
-    out_v = torch.empty(n, dtype=torch.float64, device=device)
-    out_i = torch.empty(n, kc, dtype=torch.int64, device=device)
-    for s in range(0, n, block):
-        e = min(s + block, n)
-        scores = flat[: (e - s) * n].view(e - s, n)
-        torch.mm(x32[s:e], x32.T, out=scores)
-        scores.sub_(half_sq)
-        scores.diagonal(offset=s).fill_(-math.inf)  # j != i
-        v, i = _top(scores, kc, 0, two_stage=two_stage)
-        top = torch.sort(v, dim=1, descending=True)  # best first
-        out_v[s:e], out_i[s:e] = top.values[:, kc - 1], i.gather(1, top.indices[:, :kc])
-    return out_v, out_i
+    return _candidates_rows(x32, sq, 0, n, kc, block, two_stage=two_stage)
 
 
 def _candidates_symmetric(x32: Tensor, sq: Tensor, kc: int, block: int, *, two_stage: bool, group: int = 8) -> tuple[Tensor, Tensor]:
@@ -529,13 +516,16 @@ def _fix_failed_rows(
 
 def _candidates_rows(x32: Tensor, sq: Tensor, a: int, b: int, kc: int, block: int, *, two_stage: bool) -> tuple[Tensor, Tensor]:
     """:func:`_candidates` of rows a..b-1 against all N points (self excluded), panel by panel."""
-    device = x32.device
-    half_sq = 0.5 * sq
+    n, device = x32.shape[0], x32.device
+    half_sq = 0.5 * sq  # (N,): sq = |x_j|^2
+    flat = torch.empty(min(block, b - a) * n, dtype=torch.float32, device=device)  # allocated once (page faults cost)
     out_v = torch.empty(b - a, dtype=torch.float64, device=device)
     out_i = torch.empty(b - a, kc, dtype=torch.int64, device=device)
     for s in range(a, b, block):
         e = min(s + block, b)
-        scores = torch.mm(x32[s:e], x32.T).sub_(half_sq)  # (r, N)
+        scores = flat[: (e - s) * n].view(e - s, n)
+        torch.mm(x32[s:e], x32.T, out=scores)
+        scores.sub_(half_sq)
         scores.diagonal(offset=s).fill_(-math.inf)  # j != i
         v, i = _top(scores, kc, 0, two_stage=two_stage)
         top = torch.sort(v, dim=1, descending=True)

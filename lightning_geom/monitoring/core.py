@@ -21,6 +21,7 @@ from typing import Any, Literal, Protocol
 import torch
 
 from ..analysis import layer_errors
+from ..capture import map_tensors
 from .probe import batch_len, dist_info, probe_batches, probe_fingerprint, shard
 
 __all__ = ["Sink", "Run", "MonitorCore", "plain", "warn_layer_errors"]
@@ -71,28 +72,12 @@ class Run:
 
 @dataclass
 class _Pending:
-    """An analysis running in the worker thread: its checkpoint, its future, when it started, and the
-    seconds the training loop spent on it (the capture)."""
+    """An analysis running in the worker thread: its checkpoint, its future, and the seconds the
+    training loop spent on it (the capture)."""
 
     run: Run
     future: Any
-    start: float
     blocking: float
-
-
-def _tensors(payload: Any) -> list[torch.Tensor]:
-    """Every tensor inside nested lists / tuples / dicts / dataclasses."""
-    import dataclasses
-
-    if isinstance(payload, torch.Tensor):
-        return [payload]
-    if dataclasses.is_dataclass(payload) and not isinstance(payload, type):
-        payload = vars(payload)
-    if isinstance(payload, dict):
-        payload = list(payload.values())
-    if isinstance(payload, (list, tuple)):
-        return [t for item in payload for t in _tensors(item)]
-    return []
 
 
 def plain(v: Any) -> Any:
@@ -378,14 +363,12 @@ class MonitorCore:
         if torch.device(run.device).type == "cuda":
             ready = torch.cuda.Event()
             ready.record(torch.cuda.current_stream(torch.device(run.device)))  # after the capture's kernels, on the training's stream
-        phases = self._phase_times
-        blocking = time.perf_counter() - start
-        self._pending = _Pending(run, self._worker.submit(self._work, run, payload, ready, phases), start, blocking)
+        # the worker adds its phases to this checkpoint's _phase_times: the next checkpoint resets it only after collect()
+        self._pending = _Pending(run, self._worker.submit(self._work, run, payload, ready), time.perf_counter() - start)
 
-    def _work(self, run: Run, payload: Any, ready: Any, phases: dict[str, float]) -> tuple[dict[str, Any], float]:
+    def _work(self, run: Run, payload: Any, ready: Any) -> tuple[dict[str, Any], float]:
         """The worker thread: the analysis, on its own CUDA stream after ``ready`` (GPU). Returns (record, seconds)."""
         start = time.perf_counter()
-        self._phase_times = phases  # this checkpoint's phases (the main thread starts no other before collecting)
         if ready is None:
             record = self._analyse(run, payload)
         else:
@@ -394,9 +377,8 @@ class MonitorCore:
                 stream = self._stream = torch.cuda.Stream(device=run.device)
             with torch.cuda.stream(stream):
                 stream.wait_event(ready)
-                for t in _tensors(payload):  # the training's allocator must not reuse them before the stream is done
-                    if t.is_cuda:
-                        t.record_stream(stream)
+                # the training's allocator must not reuse the payload's memory before this stream is done with it
+                map_tensors(payload, lambda t: t.record_stream(stream) if t.is_cuda else None)
                 record = self._analyse(run, payload)
             stream.synchronize()
         return record, time.perf_counter() - start

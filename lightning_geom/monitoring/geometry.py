@@ -254,8 +254,9 @@ class GeometryCore(MonitorCore):
                 mine += profile_geometry(features, labels, settings, layers=[li], on_error=policy, neighbors=None if nb is None else {li: nb})
         return mine
 
-    def _token_capture(self, run: Run) -> Any:
-        """The token clouds of the first ``token_prompts`` probe samples (rank 0; one more forward)."""
+    def _token_capture(self, run: Run) -> tuple[list[Any], Any]:
+        """The token clouds of the first ``token_prompts`` probe samples (rank 0; one more forward):
+        (per-layer (B, T, D) features, (B,) lengths)."""
         batches = probe_batches(self._probe(run), num_samples=self.token_prompts, batch_size=self.batch_size)
         reps = capture_representations(
             run.module, batches, layers=self.layers, pooling="tokens", normalize=self.normalize, forward_fn=self.forward_fn,
@@ -263,15 +264,16 @@ class GeometryCore(MonitorCore):
         )
         if reps.lengths is None or reps.features[0].ndim != 3:
             raise ValueError("tokens='per_prompt' needs token-level hidden states (B, T, D) from the model.")
-        return reps
+        return reps.features, reps.lengths
 
-    def _token_record(self, reps: Any) -> dict[str, Any]:
+    def _token_record(self, tokens: tuple[list[Any], Any]) -> dict[str, Any]:
         """Per-prompt token geometry of the captured token clouds (rank 0)."""
         from ..analysis import token_geometry
 
-        layers, dropped = token_geometry(reps.features, reps.lengths, k=self.token_k)
+        features, lengths = tokens
+        layers, dropped = token_geometry(features, lengths, k=self.token_k)
         if dropped:
-            self._warn(f"{type(self).__name__}: {dropped} of {reps.lengths.numel()} prompts have <= {self.token_k} tokens; left out of the per-prompt geometry.")
+            self._warn(f"{type(self).__name__}: {dropped} of {lengths.numel()} prompts have <= {self.token_k} tokens; left out of the per-prompt geometry.")
         return {"layers": layers, "dropped": dropped}
 
     # --------------------------------------------------------------- reporting (rank 0)
