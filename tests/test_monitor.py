@@ -154,6 +154,9 @@ def test_wandb_offline(tmp_path, data, monkeypatch):
     _trainer(tmp_path, mon, loggers=[wb], steps=2).fit(TinyGPT(), loader(data))
     run_dir = next((tmp_path / "wandb").glob("offline-run-*"))
     wb.experiment.finish()
+    import wandb
+
+    wandb.teardown()  # the wandb singleton keeps this test's WANDB_DIR; later runs must not inherit it
     media = list(run_dir.rglob("*.png"))
     names = {p.name.split("_")[0] for p in media}
     assert any("id" in p.name for p in media), names
