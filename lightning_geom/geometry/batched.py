@@ -35,10 +35,13 @@ from .neighbors import (
     _CPU_RECOMPUTE_BYTES,
     _GRAM_CACHE_BYTES,
     _all_finite,
+    _default_margin,
     _exact_distances,
     _top,
     _uncertified,
     exact_candidates,
+    matmul_unit,
+    no_autocast,
 )
 
 __all__ = ["BatchedNeighbors", "knn_batched", "id_batched", "overlap_batched"]
@@ -119,7 +122,8 @@ def knn_batched(
         x: (B, N, D) points; clouds shorter than N are padded (any values) and given ``lengths``.
         k: neighbours per point, 1 <= k <= min(lengths) - 1.
         lengths: (B,) real points per cloud (default: all N).
-        margin: extra candidates for the exact re-ranking (default ``max(4, k // 16)``).
+        margin: extra candidates for the exact re-ranking (default ``max(4, k // 16)``; ``max(16,
+            k // 2)`` where float32 matmuls run in TF32 / bf16: :func:`~.neighbors.matmul_unit`).
         budget_bytes: memory for one chunk of clouds' scores and of the exact recompute (default:
             2 GiB on accelerators; on a CPU cache-sized chunks, 16 MiB of scores and the float64
             Gram recompute by 16 MiB groups of clouds, which are faster there); the number of
@@ -138,9 +142,21 @@ def knn_batched(
         [[1, 0, 1], [1, 0, -1]]
     """
     lengths = _check(x, k, lengths)
+    with no_autocast(x.device):  # autocast would run the candidate GEMMs in half precision
+        return _knn_batched(x, k, lengths, margin, budget_bytes)
+
+
+def _gemm_batched(bias: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``bias + a @ b`` over a batch (float32): every candidate GEMM of :func:`knn_batched` (a test seam)."""
+    return torch.baddbmm(bias, a, b)
+
+
+def _knn_batched(x: Tensor, k: int, lengths: Tensor, margin: int | None, budget_bytes: int | None) -> BatchedNeighbors:
+    """:func:`knn_batched` on validated clouds."""
     b, n, d = x.shape
     device = x.device
-    kc = min(int(lengths.min()) - 1, k + (max(4, k // 16) if margin is None else int(margin)))
+    unit = matmul_unit(device)  # TF32 / bf16 float32 matmuls: a wider certificate
+    kc = min(int(lengths.min()) - 1, k + (_default_margin(k, unit) if margin is None else int(margin)))
     budget = budget_bytes or (_BATCH_BUDGET_BYTES if device.type == "cpu" else 2 << 30)
     chunk = max(1, min(b, budget // max(1, n * n * 4)))
     valid = torch.arange(n, device=device) < lengths.unsqueeze(1)  # (B, N)
@@ -159,7 +175,7 @@ def knn_batched(
     for s in range(0, b, chunk):
         e = min(s + chunk, b)
         # s_ij = <x_i, x_j> - |x_j|^2 / 2: larger is nearer; self and padded columns excluded
-        scores = torch.baddbmm((-0.5 * sq[s:e]).unsqueeze(1), x32[s:e], x32[s:e].transpose(1, 2))  # (c, N, N)
+        scores = _gemm_batched((-0.5 * sq[s:e]).unsqueeze(1), x32[s:e], x32[s:e].transpose(1, 2))  # (c, N, N)
         scores.diagonal(dim1=1, dim2=2).fill_(-math.inf)
         if padded:
             scores.masked_fill_(~valid[s:e].unsqueeze(1), -math.inf)
@@ -180,12 +196,20 @@ def knn_batched(
         dist, idx = dist.view(b, n, kc), idx.view(b, n, kc)  # (distance, index) order
     if bool((lengths > kc + 1).any()):  # some rows have non-candidates to rule out
         sq_max = torch.where(valid, sq, 0).amax(dim=1, keepdim=True)
-        uncertified = _uncertified(dist[..., k - 1], sq, cand_v.amin(dim=2), sq_max, d)  # the weakest kept score
+        uncertified = _uncertified(dist[..., k - 1], sq, cand_v.amin(dim=2), sq_max, d, unit)  # the weakest kept score
         full = lengths.unsqueeze(1) > kc + 1  # rows with non-candidates left to rule out
         failed = torch.nonzero(valid & full & uncertified)
         if failed.numel():
             dist, idx = dist[..., :k].clone(), idx[..., :k].clone()
-            _redo_rows(flat, dist, idx, failed, valid, n, k, budget)
+            clouds = torch.unique(failed[:, 0])
+            wider = min(int(lengths[clouds].min()) - 1, 4 * kc)  # the failed clouds' candidates with 4x the margin
+            if failed.shape[0] * 8 > clouds.numel() * n and wider > kc:
+                # many rows of few clouds (a TF32 / bf16 GEMM's wide certificate): those clouds again with
+                # 4x the margin (batched GEMMs) rather than each row against its cloud in float64
+                again = _knn_batched(x[clouds], k, lengths[clouds], wider - k, budget_bytes)
+                dist[clouds], idx[clouds] = again.distances, again.indices
+            else:
+                _redo_rows(flat, dist, idx, failed, valid, n, k, budget)
     dist, idx = dist[..., :k].contiguous(), idx[..., :k].contiguous()
     dist = dist.masked_fill(~valid.unsqueeze(2), math.inf)
     idx = idx.masked_fill(~valid.unsqueeze(2), -1)

@@ -15,8 +15,11 @@ its time there and wastes little after it:
    embeddings), and rows with two distances closer than their bounds, take the norm of the
    *difference* of the points in float64 (the accelerator path does that for every pair);
 3. certify each row: the exact k-th distance must lie below the float32 estimate of the last
-   candidate minus a rounding-error bound; a row that fails (rare) is recomputed exactly against
-   all points. The result is the exact kNN graph, not an approximation.
+   candidate minus a rounding-error bound (widened to the input rounding of TF32 / bf16 matmuls
+   when ``torch.set_float32_matmul_precision`` or the backend flags allow them: :func:`matmul_unit`);
+   a row that fails takes candidates again with 4x the margin (one GEMM of its row against all
+   points, up to three times), and only then is recomputed exactly against all points. The result
+   is the exact kNN graph, not an approximation, whatever the matmul precision settings.
 
 Memory: O(block x N) plus an N x N float32 buffer for the symmetric path (only its upper triangle
 is written; used while it fits 1 GiB, above that every block is multiplied and nothing is kept),
@@ -25,6 +28,7 @@ and on a CPU a float64 copy of the points for the Gram recompute (when it fits).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -36,9 +40,73 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Neighbors", "knn", "knn_sharded", "knn_split", "as_points"]
+__all__ = ["Neighbors", "knn", "knn_sharded", "knn_split", "as_points", "matmul_unit"]
 
 _F32_EPS = float(torch.finfo(torch.float32).eps)
+_TF32_UNIT = 2.0**-10  # TF32 keeps 10 explicit mantissa bits: inputs off by < 2^-10 relative (truncation included)
+_BF16_UNIT = 2.0**-7  # bfloat16 keeps 7
+
+
+def _setting(*names: str) -> str | None:
+    """The first of the ``torch.backends`` precision settings ``names`` (dotted) that is set (not "none")."""
+    for name in names:
+        obj: object = torch.backends
+        try:
+            for part in name.split("."):
+                obj = getattr(obj, part)
+        except (AttributeError, RuntimeError):
+            continue
+        if isinstance(obj, str) and obj != "none":
+            return obj
+    return None
+
+
+def matmul_unit(device: torch.device) -> float:
+    """Relative rounding u of the *inputs* of float32 matmuls on ``device`` under this process's settings.
+
+    ``torch.set_float32_matmul_precision("high")`` (which Lightning recommends on Ampere and later GPUs)
+    or ``torch.backends.cuda.matmul.fp32_precision = "tf32"`` make a float32 GEMM round its inputs to
+    TF32 (u = 2^-10); ``"medium"`` lets oneDNN use bfloat16 on CPUs that have it (u = 2^-7). 0 for
+    IEEE float32. :func:`knn` widens its certificate by this much instead of changing the settings
+    (they are process-wide: the training running beside a background analysis keeps its own).
+    """
+    try:
+        if device.type == "cuda":
+            mode = _setting("cuda.matmul.fp32_precision", "cuda.fp32_precision", "fp32_precision")
+            if mode is None:
+                mode = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+        elif device.type == "cpu":
+            mode = _setting("mkldnn.matmul.fp32_precision", "mkldnn.fp32_precision", "fp32_precision") or "ieee"
+            if mode != "ieee" and not _cpu_has_low_precision_matmul():
+                mode = "ieee"  # oneDNN keeps IEEE float32 on CPUs without bf16 / AMX units
+        else:
+            mode = "ieee"
+    except RuntimeError:  # mixed legacy / new precision APIs: assume the widest rounding torch may apply
+        mode = "bf16"
+    return {"tf32": _TF32_UNIT, "bf16": _BF16_UNIT}.get(mode, 0.0)
+
+
+@functools.cache
+def _cpu_has_low_precision_matmul() -> bool:
+    """Whether this CPU has the units (AVX512-BF16, AMX) with which oneDNN may round float32 matmuls."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported", "_is_amx_fp16_supported")
+    found = [getattr(torch.cpu, name, None) for name in checks]
+    if not all(callable(f) for f in found):
+        return True  # unknown: assume it may
+    return any(f() for f in found)
+
+
+def _gemm(a: Tensor, b: Tensor, out: Tensor) -> Tensor:
+    """``out = a @ b`` (float32): every candidate GEMM of :func:`knn` goes through here (a test seam)."""
+    return torch.mm(a, b, out=out)
+
+
+def no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """A context in which ``device``'s autocast is off (thread-local): the certificate assumes float32 GEMMs."""
+    try:
+        return torch.autocast(device_type=device.type, enabled=False)
+    except (RuntimeError, ValueError):  # a device type autocast does not know
+        return contextlib.nullcontext()
 
 
 @dataclass(frozen=True)
@@ -424,7 +492,7 @@ def _candidates(
     n = x32.shape[0]
     if n > block and n * n * 4 <= min(sym_bytes, _SYM_BUDGET_BYTES):
         return _candidates_symmetric(x32, sq, kc, block, two_stage=two_stage)
-    return _candidates_rows(x32, sq, 0, n, kc, block, two_stage=two_stage)
+    return _candidates_rows(x32, sq, (0, n), kc, block, two_stage=two_stage)
 
 
 def _candidates_symmetric(x32: Tensor, sq: Tensor, kc: int, block: int, *, two_stage: bool, group: int = 8) -> tuple[Tensor, Tensor]:
@@ -447,7 +515,7 @@ def _candidates_symmetric(x32: Tensor, sq: Tensor, kc: int, block: int, *, two_s
     for s in range(0, n, block):
         e = min(s + block, n)
         panel = full[s:e, s:]
-        torch.mm(left[s:e], right[s:].T, out=panel)  # strided out (row stride N): BLAS writes it in place
+        _gemm(left[s:e], right[s:].T, panel)  # strided out (row stride N): BLAS writes it in place
         panel.diagonal().fill_(-math.inf)  # j != i
         v, i = _top(panel, kc, s, two_stage=two_stage)
         if s > 0:
@@ -514,22 +582,34 @@ def _fix_failed_rows(
     return dist, idx
 
 
-def _candidates_rows(x32: Tensor, sq: Tensor, a: int, b: int, kc: int, block: int, *, two_stage: bool) -> tuple[Tensor, Tensor]:
-    """:func:`_candidates` of rows a..b-1 against all N points (self excluded), panel by panel."""
+def _candidates_rows(
+    x32: Tensor, sq: Tensor, rows: tuple[int, int] | Tensor, kc: int, block: int, *, two_stage: bool
+) -> tuple[Tensor, Tensor]:
+    """:func:`_candidates` of some rows against all N points (self excluded), panel by panel.
+
+    ``rows``: a range ``(a, b)`` (its rows sliced, no copy) or an index tensor (gathered panel by panel).
+    """
     n, device = x32.shape[0], x32.device
+    r = rows[1] - rows[0] if isinstance(rows, tuple) else int(rows.numel())
     half_sq = 0.5 * sq  # (N,): sq = |x_j|^2
-    flat = torch.empty(min(block, b - a) * n, dtype=torch.float32, device=device)  # allocated once (page faults cost)
-    out_v = torch.empty(b - a, dtype=torch.float64, device=device)
-    out_i = torch.empty(b - a, kc, dtype=torch.int64, device=device)
-    for s in range(a, b, block):
-        e = min(s + block, b)
+    flat = torch.empty(min(block, r) * n, dtype=torch.float32, device=device)  # allocated once (page faults cost)
+    out_v = torch.empty(r, dtype=torch.float64, device=device)
+    out_i = torch.empty(r, kc, dtype=torch.int64, device=device)
+    for s in range(0, r, block):
+        e = min(s + block, r)
         scores = flat[: (e - s) * n].view(e - s, n)
-        torch.mm(x32[s:e], x32.T, out=scores)
-        scores.sub_(half_sq)
-        scores.diagonal(offset=s).fill_(-math.inf)  # j != i
+        if isinstance(rows, tuple):
+            _gemm(x32[rows[0] + s : rows[0] + e], x32.T, scores)
+            scores.sub_(half_sq)
+            scores.diagonal(offset=rows[0] + s).fill_(-math.inf)  # j != i
+        else:
+            sel = rows[s:e]
+            _gemm(x32.index_select(0, sel), x32.T, scores)
+            scores.sub_(half_sq)
+            scores.scatter_(1, sel.unsqueeze(1), -math.inf)  # j != i
         v, i = _top(scores, kc, 0, two_stage=two_stage)
         top = torch.sort(v, dim=1, descending=True)
-        out_v[s - a : e - a], out_i[s - a : e - a] = top.values[:, kc - 1], i.gather(1, top.indices[:, :kc])
+        out_v[s:e], out_i[s:e] = top.values[:, kc - 1], i.gather(1, top.indices[:, :kc])
     return out_v, out_i
 
 
@@ -626,18 +706,66 @@ def _sort_rows(dist: Tensor, idx: Tensor, *more: Tensor) -> tuple[Tensor, ...]:
     return tuple(t.gather(-1, order) for t in (dist, idx, *more))
 
 
-def _uncertified(kth: Tensor, sq_rows: Tensor, last_score: Tensor, sq_max: Tensor, d: int) -> Tensor:
+def _uncertified(kth: Tensor, sq_rows: Tensor, last_score: Tensor, sq_max: Tensor, d: int, unit: float = 0.0) -> Tensor:
     """Rows whose exact k-th distance is not proven to beat every non-candidate.
 
     Every non-candidate j has a float32 estimate est_ij >= est_last = |x_i|^2 - 2 s_last (top-k),
     and |est - exact^2| <= bound = (8 sqrt(D) + 4) eps32 (|x_i|^2 + max |x_j|^2) (the GEMM's rounding, plus
     that of the |x|^2 / 2 terms and of the symmetric scores' shift); so exact^2 >= est_last - bound >= kth^2
-    proves the row. Shapes broadcast (any leading dims).
+    proves the row. A GEMM that rounds its inputs by ``unit`` (TF32, bf16: :func:`matmul_unit`) moves
+    2 <x_i, x_j> by at most 2 (2u + u^2) |x_i| |x_j| <= (2u + u^2) (|x_i|^2 + |x_j|^2) and the rounded
+    |x|^2 / 2 columns of the symmetric scores by u (|x_i|^2 + |x_j|^2) more: (3u + u^2) (|x_i|^2 + max |x_j|^2)
+    is added. Shapes broadcast (any leading dims).
     """
     sq64 = sq_rows.to(torch.float64)
     est_last = sq64 - 2.0 * last_score.to(torch.float64)
-    bound = (8.0 * math.sqrt(d) + 4.0) * _F32_EPS * (sq64 + sq_max.to(torch.float64))
+    coef = (8.0 * math.sqrt(d) + 4.0) * _F32_EPS + (3.0 * unit + unit * unit) * (1.0 + 1e-3)
+    bound = coef * (sq64 + sq_max.to(torch.float64))
     return kth * kth * (1.0 + 10 * _GRAM_REL) > est_last - bound  # kth: exact to _GRAM_REL (Gram recompute)
+
+
+def _default_margin(k: int, unit: float) -> int:
+    """Extra candidates kept beyond k: ``max(4, k // 16)`` for float32 GEMMs, ``max(16, k // 2)`` when they
+    round their inputs (TF32 / bf16: the certificate is ~100x wider, so more rows need the extra room)."""
+    return max(4, k // 16) if unit == 0.0 else max(16, k // 2)
+
+
+_ESCALATIONS = 3  # candidate passes with 4x the margin for the rows a certificate fails, before all-points
+
+
+def _refine_failed(
+    x: Tensor, x32: Tensor, sq: Tensor, dist: Tensor, idx: Tensor, failed: Tensor, k: int, kc: int, *,
+    block: int, budget: int, gram: bool, unit: float, two_stage: bool, offset: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """Exact neighbours of the rows whose certificate failed: ((R, k) distances, (R, k) indices).
+
+    A failed row took too few candidates for the rounding of its GEMM. It takes them again with 4x
+    the margin (its row's GEMM against all points, a top-k, the exact recompute, the certificate),
+    up to ``_ESCALATIONS`` times (or until every point is a candidate: then nothing is left to rule
+    out); rows still unproven, and rows with k exact copies (only the copies' order is at stake), go
+    to :func:`_fix_failed_rows`. ``failed`` indexes the rows of ``dist``; row r is point ``offset + r``.
+    """
+    n, d = x.shape
+    dist, idx = dist[:, :k].clone(), idx[:, :k].clone()
+    copies = dist[failed, k - 1] == 0
+    left, todo = failed[copies], failed[~copies]
+    width, sq_max = kc, sq.max()
+    for _ in range(_ESCALATIONS):
+        if not todo.numel():
+            break
+        width = min(n - 1, 4 * width)
+        rows = todo + offset
+        score, cand = _candidates_rows(x32, sq, rows, width, block, two_stage=two_stage)
+        dd, ii = exact_candidates(x, rows, cand, cand, k, budget=budget, gram=gram)
+        dist[todo], idx[todo] = dd[:, :k], ii[:, :k]
+        if width == n - 1:  # every point was a candidate
+            todo = todo[:0]
+            break
+        todo = todo[_uncertified(dd[:, k - 1], sq.index_select(0, rows), score, sq_max, d, unit)]
+    left = torch.cat([left, todo])
+    if left.numel():
+        dist, idx = _fix_failed_rows(x, dist, idx, left, k, budget, offset=offset)
+    return dist, idx
 
 
 def knn(
@@ -664,7 +792,8 @@ def knn(
         x: (N, D) points, numpy or torch, any float dtype.
         k: number of neighbours, 1 <= k <= N - 1.
         block_size: rows per panel and side of the Gram blocks (default 1024 on CPU, 8192 on GPU).
-        margin: extra candidates kept for the exact re-ranking (default ``max(4, k // 16)``).
+        margin: extra candidates kept for the exact re-ranking (default ``max(4, k // 16)``; ``max(16,
+            k // 2)`` where float32 matmuls run in TF32 / bf16, see :func:`matmul_unit`).
         memory_budget: bytes of working memory ``knn`` may use beyond its input (default: 80 % of the
             device's free memory); the Gram block shrinks to fit, and the N x N symmetric buffer and
             the recompute chunks stay inside it.
@@ -690,7 +819,18 @@ def knn(
             f"Expected `k` to be an integer in [1, N - 1] = [1, {n - 1}] for N = {n} points, but got {k!r}."
         )
     device = x.device
-    kc = min(n - 1, k + (max(4, k // 16) if margin is None else int(margin)))
+    with no_autocast(device):  # autocast would run the candidate GEMMs in half precision
+        return _knn(x, k, block_size=block_size, margin=margin, memory_budget=memory_budget, rows=_rows)
+
+
+def _knn(
+    x: Tensor, k: int, *, block_size: int | None, margin: int | None, memory_budget: int | None, rows: tuple[int, int] | None
+) -> Neighbors:
+    """:func:`knn` on validated points."""
+    n, d = x.shape
+    device = x.device
+    unit = matmul_unit(device)  # TF32 / bf16 float32 matmuls: a wider certificate
+    kc = min(n - 1, k + (_default_margin(k, unit) if margin is None else int(margin)))
     block = int(block_size) if block_size else _default_block(n, device)
     if block < 1:
         raise ValueError(f"Expected `block_size` to be a positive integer, but got {block_size!r}.")
@@ -706,23 +846,26 @@ def knn(
     # CPU default: two-stage top-k (1.35x faster there); accelerators (or a given block_size): one
     # topk per panel, 9 fewer launches each (a GPU's topk is fast; its launches are not)
     two_stage = device.type == "cpu" and not block_size
-    a, b = _rows if _rows is not None else (0, n)  # knn_sharded: only these rows' neighbours (among all points)
-    if _rows is None:
+    a, b = rows if rows is not None else (0, n)  # knn_sharded: only these rows' neighbours (among all points)
+    if rows is None:
         cand_score, cand_idx = _candidates(x32, sq, kc, block, two_stage=two_stage, sym_bytes=_SYM_BUDGET_BYTES if spare is None else spare)
     else:
-        cand_score, cand_idx = _candidates_rows(x32, sq, a, b, kc, block, two_stage=two_stage)
+        cand_score, cand_idx = _candidates_rows(x32, sq, (a, b), kc, block, two_stage=two_stage)
 
-    rows = torch.arange(a, b, device=device)
+    row_idx = torch.arange(a, b, device=device)
     budget = _recompute_budget(n, block, device, explicit_block=bool(block_size))
     if spare is not None:  # a memory_budget: the recompute chunks fit what is left
         budget = max(8 * kc * d, min(budget, spare * 2 // 3))  # the float64 buffer + its float32 gather (half)
     # CPU by default: the Gram identity's sampled matmul, no (N, C, D) gather; accelerators (and a given
     # block_size, which asks for the accelerator plan) keep the difference recompute in a few large ops
     gram = not block_size and gram_fits(n, d, spare, device)
-    dist, idx = exact_candidates(x, rows, cand_idx, cand_idx, k, budget=budget, gram=gram)
+    dist, idx = exact_candidates(x, row_idx, cand_idx, cand_idx, k, budget=budget, gram=gram)
 
     if kc < n - 1:
-        failed = torch.nonzero(_uncertified(dist[:, k - 1], sq[a:b], cand_score, sq.max(), d)).flatten()
+        failed = torch.nonzero(_uncertified(dist[:, k - 1], sq[a:b], cand_score, sq.max(), d, unit)).flatten()
         if failed.numel():
-            dist, idx = _fix_failed_rows(x, dist, idx, failed, k, budget, offset=a)
+            dist, idx = _refine_failed(
+                x, x32, sq, dist, idx, failed, k, kc, block=block, budget=budget, gram=gram, unit=unit,
+                two_stage=two_stage, offset=a,
+            )
     return Neighbors(dist[:, :k].contiguous(), idx[:, :k].contiguous())
