@@ -18,6 +18,8 @@ then:
 
     python benchmarks/bench_geometry.py --dadapy-python /tmp/dadapy-venv/bin/python
     python benchmarks/bench_geometry.py --device cuda          # GPU path (DADApy stays on CPU)
+    python benchmarks/bench_geometry.py --device cuda --candidates float32   # no float16 candidate pass
+    python benchmarks/bench_geometry.py --device cuda --matmul-precision high  # TF32 float32 GEMMs
 
 Also printed: the naive code a user would write (``torch.cdist`` + ``topk``, the same two kNN,
 no exactness guarantee), the torch ops our pipeline dispatches (``OpCounter``: on a GPU each one
@@ -79,8 +81,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+CANDIDATES = "auto"  # knn's candidate GEMM precision (--candidates)
+
+
 def ours(x: torch.Tensor, y: torch.Tensor, labels: np.ndarray) -> dict:
-    nx, ny = knn(x, 64), knn(y, 64)
+    nx, ny = knn(x, 64, candidates=CANDIDATES), knn(y, 64, candidates=CANDIDATES)
     return {
         "twonn": twonn(nx).dim,
         "gride": list(gride_scaling(nx, range_max=64).dims),
@@ -138,9 +143,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--dadapy-python", default=None, help="python of a venv with dadapy==0.3.4 (numpy<2)")
     p.add_argument("--dadapy-dtype", default="float64", choices=["float32", "float64"])
+    p.add_argument("--candidates", default="auto", choices=["auto", "float32", "float16"], help="knn's candidate GEMM precision")
+    p.add_argument("--matmul-precision", default=None, choices=["highest", "high", "medium"],
+                   help="torch.set_float32_matmul_precision for the run (high: TF32 GEMMs on a GPU, ours and the floor alike)")
     args = p.parse_args(argv)
+    global CANDIDATES
+    CANDIDATES = args.candidates
+    if args.matmul_precision:
+        torch.set_float32_matmul_precision(args.matmul_precision)
     device = torch.device(args.device)
-    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, repeats {args.repeats}")
+    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, repeats {args.repeats}, "
+          f"candidates {args.candidates}, float32 matmul precision {torch.get_float32_matmul_precision()}")
     header = (
         f"{'N':>6} {'D':>4} | {'ours s':>7} {'GEMM s':>7} {'ours/GEMM':>9} | {'naive s':>7} {'ours/naive':>10} | "
         f"{'ops':>5} {'est %':>5} | {'DADApy s':>8} {'DADApy/ours':>11} | check"
@@ -157,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         t_naive, _ = timed(lambda x=x, y=y: naive(x, y), device, args.repeats)
         with OpCounter() as ops:
             ours(x, y, labels)
-        nx, ny = knn(x, 64), knn(y, 64)
+        nx, ny = knn(x, 64, candidates=CANDIDATES), knn(y, 64, candidates=CANDIDATES)
         t_est, _ = timed(lambda nx=nx, ny=ny, labels=labels: estimators(nx, ny, labels), device, args.repeats)
         row = (
             f"{n:>6} {d:>4} | {t_ours:7.3f} {t_gemm:7.3f} {t_ours / t_gemm:9.2f} | {t_naive:7.3f} {t_ours / t_naive:10.2f} | "

@@ -19,9 +19,12 @@ step() {  # step NAME SECONDS COMMAND...
     tail -n 12 "$OUT/$name.txt"
 }
 # issue 9: knn vs the fp32 GEMM and naive cdist+topk; estimators' share; op counts
+# (candidates "auto": float16 candidate GEMMs from N = 32,768; then the same large sizes with float32 GEMMs)
 step geometry 120 python3 benchmarks/bench_geometry.py --device cuda --sizes 2000x768,10000x768,50000x768,100000x768 --repeats 3
+step geometry_fp32 45 python3 benchmarks/bench_geometry.py --device cuda --sizes 50000x768,100000x768 --repeats 1 --candidates float32
 # issue 10: many small clouds (clouds/s, ratio to bmm+topk), and N = 10^6 within 16 GiB
 step token_clouds 60 python3 benchmarks/bench_token_clouds.py --device cuda --b 256 --n 1024 --d 768 --k 64
+# (float16 candidates within 16 GiB, against the unbudgeted IEEE float32 run: same indices and distances)
 step knn_1m 150 python3 benchmarks/bench_knn_memory.py --device cuda --n 1000000 --d 768 --k 64 --budget-mb 16384
 # issue 9: monitor overhead where models train (GeometryMonitor background="auto": the analysis in a worker
 # thread on its own CUDA stream; blocking = what training waited)

@@ -94,3 +94,34 @@ def test_knn_ignores_an_autocast_region():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         nb, nbb = knn(x, 10), knn_batched(x.view(5, 100, 64), 10)
     assert torch.equal(nb.indices, ref.indices) and torch.equal(nbb.indices, refb.indices)
+
+
+def _lattice(n: int, d: int, seed: int) -> torch.Tensor:
+    """Integer points: exact distance ties everywhere (the order then rests on the tie-break alone)."""
+    return torch.randint(0, 4, (n, d), generator=torch.Generator().manual_seed(seed)).to(torch.float32) * 0.5
+
+
+@pytest.mark.parametrize("data", ["clusters", "gauss", "lattice", "far"])
+@pytest.mark.parametrize("block", [None, 128])  # the symmetric (augmented) GEMM and the row panels
+def test_float16_candidates_are_exact(data, block):
+    g = torch.Generator().manual_seed(4)
+    x = {
+        "clusters": _clusters(12, 80, 96, seed=5),
+        "gauss": torch.randn(900, 200, generator=g),
+        "lattice": _lattice(700, 6, seed=6),
+        "far": 1e4 + torch.randn(800, 32, generator=g) * 1e-2,  # tiny spread far from the origin: centring and scaling
+    }[data]
+    ref = knn(x.double(), 15, candidates="float32")
+    nb = knn(x, 15, candidates="float16", block_size=block)
+    assert torch.equal(nb.indices, ref.indices)
+    torch.testing.assert_close(nb.distances, ref.distances, rtol=1e-12, atol=1e-300)
+
+
+def test_float16_candidates_keep_rows_and_options():
+    x = _clusters(10, 60, 64, seed=7)
+    ref = knn(x, 8)
+    part = knn(x, 8, candidates="float16", _rows=(100, 350))
+    assert torch.equal(part.indices, ref.indices[100:350])
+    with pytest.raises(ValueError, match="candidates"):
+        knn(x, 8, candidates="bfloat16")
+    assert not nb_mod._use_half("auto", torch.device("cpu"), 10**6)  # "auto" is float16 only on CUDA

@@ -97,8 +97,72 @@ def _cpu_has_low_precision_matmul() -> bool:
 
 
 def _gemm(a: Tensor, b: Tensor, out: Tensor) -> Tensor:
-    """``out = a @ b`` (float32): every candidate GEMM of :func:`knn` goes through here (a test seam)."""
+    """``out = a @ b`` into a float32 ``out``: every candidate GEMM of :func:`knn` goes through here.
+
+    float16 operands (the half-precision candidate pass) are multiplied with float32 accumulation and
+    output (``torch.mm(..., out_dtype=torch.float32)``: tensor cores on a GPU) where the device does that
+    (:func:`half_gemm_ok`), else widened to float32 first: the same products (exact in float32), the
+    same sums.
+    """
+    if a.dtype == torch.float16:
+        if half_gemm_ok(a.device):
+            return torch.mm(a, b, out_dtype=torch.float32, out=out)
+        return torch.mm(a.to(torch.float32), b.to(torch.float32), out=out)
     return torch.mm(a, b, out=out)
+
+
+_HALF_UNIT = 2.0**-11  # float16 keeps 10 explicit bits; knn rounds to nearest itself
+_HALF_TOP = 2.0**15  # the half pass scales the points so that every |x|^2 / 2 is at most this (float16 max 65504)
+_HALF_TINY = 2.0**-25  # float16 subnormals: absolute rounding of the smallest components
+
+
+@functools.cache
+def _half_gemm_check(device_key: str) -> bool:
+    device = torch.device(device_key)
+    if device.type != "cuda":
+        return False
+    try:
+        g = torch.Generator(device=device).manual_seed(0)
+        a = torch.randn(64, 40, device=device, generator=g).to(torch.float16)
+        b = torch.randn(96, 40, device=device, generator=g).to(torch.float16)
+        buf = torch.zeros(64, 200, device=device)
+        out = buf[:, 50:146]  # a strided panel, as knn writes them
+        torch.mm(a, b.T, out_dtype=torch.float32, out=out)
+        ref = a.double() @ b.double().T
+        scale = a.double().norm(dim=1, keepdim=True) * b.double().norm(dim=1)
+        good = bool(((out.double() - ref).abs() <= 1e-5 * scale).all()) and bool((buf[:, :50] == 0).all())
+    except (RuntimeError, TypeError):  # no float32-output half GEMM here (or fp16 accumulation forced on)
+        return False
+    if not good:
+        warnings.warn(f"float16 GEMMs with float32 output disagree with float64 on {device}; knn uses float32 GEMMs.", stacklevel=3)
+    return good
+
+
+def half_gemm_ok(device: torch.device) -> bool:
+    """Whether ``device`` multiplies float16 matrices into float32 with float32 accumulation (checked once
+    per device against float64 on a small product, in a strided output panel as knn writes them)."""
+    return _half_gemm_check(str(device))
+
+
+_HALF_MIN_N = 32768  # "auto": the half pass where the GEMM is the cost (the certificate widens 50x)
+
+
+def _use_half(candidates: str, device: torch.device, n: int) -> bool:
+    """Whether the candidate GEMMs run on float16 points (see :func:`knn`'s ``candidates``)."""
+    if candidates not in ("auto", "float32", "float16"):
+        raise ValueError(f'Expected `candidates` to be "auto", "float32" or "float16", but got {candidates!r}.')
+    if candidates == "auto":
+        return device.type == "cuda" and n >= _HALF_MIN_N and half_gemm_ok(device)
+    return candidates == "float16"
+
+
+def _half_points(x32: Tensor, sq: Tensor) -> tuple[Tensor, Tensor, float]:
+    """The centred points scaled by a power of two s and rounded to float16, their scaled norms s^2 |x|^2
+    (of the unrounded points, float32: exact scaling) and s. s puts max |x|^2 / 2 at or below 2^15, so
+    neither the points (|x_a| <= 2^8) nor the symmetric pass's |x|^2 / 2 columns overflow float16."""
+    top = float(sq.max())
+    s = 1.0 if top == 0 else 2.0 ** math.floor(math.log2(math.sqrt(2.0 * _HALF_TOP / top)))
+    return (x32 * s).to(torch.float16), sq * (s * s), s
 
 
 def no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -250,16 +314,18 @@ def available_bytes(device: torch.device) -> int | None:
     return None
 
 
-def knn_bytes(n: int, d: int, kc: int, block: int, *, recompute: int | None = None) -> int:
-    """Working memory of :func:`knn` beyond its input: the float32 centred copy, one Gram panel,
-    the candidate lists and the exact-recompute buffer (``recompute`` bytes; default its usual
-    size), the optional N x N symmetric buffer not counted."""
+def knn_bytes(n: int, d: int, kc: int, block: int, *, recompute: int | None = None, half: bool = False) -> int:
+    """Working memory of :func:`knn` beyond its input: the float32 centred copy (and its float16 copy for
+    a ``half`` candidate pass), one Gram panel, the candidate lists and the exact-recompute buffer
+    (``recompute`` bytes; default its usual size), the optional N x N symmetric buffer not counted."""
     rc = min(n * kc * d * 8, _panel_recompute_bytes(n, block)) if recompute is None else recompute
-    return n * d * 4 + min(block, n) * n * 4 + n * kc * 40 + rc * 3 // 2  # float64 buffer + the float32 gather
+    copies = n * d * (6 if half else 4)
+    return copies + min(block, n) * n * 4 + n * kc * 40 + rc * 3 // 2  # float64 buffer + the float32 gather
 
 
 def plan_memory(
-    n: int, d: int, kc: int, block: int, device: torch.device, *, fixed_block: bool = False, budget: int | None = None
+    n: int, d: int, kc: int, block: int, device: torch.device, *, fixed_block: bool = False, budget: int | None = None,
+    half: bool = False,
 ) -> int:
     """The Gram block size that fits the memory budget, decided before allocating.
 
@@ -280,9 +346,9 @@ def plan_memory(
     def rc(b: int) -> int:  # the recompute buffer knn will really allocate with block b
         return min(n * kc * d * 8, _recompute_budget(n, b, device, explicit_block=fixed_block))
 
-    while not fixed_block and block > 64 and knn_bytes(n, d, kc, block, recompute=rc(block)) > limit:
+    while not fixed_block and block > 64 and knn_bytes(n, d, kc, block, recompute=rc(block), half=half) > limit:
         block //= 2
-    need = knn_bytes(n, d, kc, block, recompute=8 * kc * d)  # at least one row of the recompute
+    need = knn_bytes(n, d, kc, block, recompute=8 * kc * d, half=half)  # at least one row of the recompute
     if need > limit:
         have = f"{free / 2**30:.1f} GiB are free on {device}" if free is not None else f"memory_budget is {limit / 2**30:.2f} GiB"
         raise MemoryError(
@@ -294,11 +360,11 @@ def plan_memory(
     return block
 
 
-def _leftover(n: int, d: int, kc: int, block: int, budget: int | None) -> int | None:
-    """Bytes of ``budget`` left once the centred copy, one panel and the candidates are counted."""
+def _leftover(n: int, d: int, kc: int, block: int, budget: int | None, half: bool = False) -> int | None:
+    """Bytes of ``budget`` left once the centred copies, one panel and the candidates are counted."""
     if budget is None:
         return None
-    return budget - knn_bytes(n, d, kc, block, recompute=0)
+    return budget - knn_bytes(n, d, kc, block, recompute=0, half=half)
 
 
 def _exact_distances(x: Tensor, rows: Tensor, cols: Tensor, *, budget: int = _CPU_RECOMPUTE_BYTES) -> Tensor:
@@ -508,7 +574,8 @@ def _candidates_symmetric(x32: Tensor, sq: Tensor, kc: int, block: int, *, two_s
     n, device = x32.shape[0], x32.device
     hs = (0.5 * sq).unsqueeze(1)
     one = torch.ones_like(hs)
-    left, right = torch.cat([x32, -hs, one], dim=1), torch.cat([x32, one, -hs], dim=1)
+    cols = (-hs).to(x32.dtype), one.to(x32.dtype)  # the float16 pass rounds |x|^2 / 2 too: in its certificate
+    left, right = torch.cat([x32, *cols], dim=1), torch.cat([x32, *reversed(cols)], dim=1)
     full = torch.empty(n, n, dtype=torch.float32, device=device)  # full[j, i], j <= i (rows' panels)
     out_v = torch.empty(n, dtype=torch.float64, device=device)
     out_i = torch.empty(n, kc, dtype=torch.int64, device=device)
@@ -706,7 +773,9 @@ def _sort_rows(dist: Tensor, idx: Tensor, *more: Tensor) -> tuple[Tensor, ...]:
     return tuple(t.gather(-1, order) for t in (dist, idx, *more))
 
 
-def _uncertified(kth: Tensor, sq_rows: Tensor, last_score: Tensor, sq_max: Tensor, d: int, unit: float = 0.0) -> Tensor:
+def _uncertified(
+    kth: Tensor, sq_rows: Tensor, last_score: Tensor, sq_max: Tensor, d: int, unit: float = 0.0, tiny: float = 0.0
+) -> Tensor:
     """Rows whose exact k-th distance is not proven to beat every non-candidate.
 
     Every non-candidate j has a float32 estimate est_ij >= est_last = |x_i|^2 - 2 s_last (top-k),
@@ -715,12 +784,17 @@ def _uncertified(kth: Tensor, sq_rows: Tensor, last_score: Tensor, sq_max: Tenso
     proves the row. A GEMM that rounds its inputs by ``unit`` (TF32, bf16: :func:`matmul_unit`) moves
     2 <x_i, x_j> by at most 2 (2u + u^2) |x_i| |x_j| <= (2u + u^2) (|x_i|^2 + |x_j|^2) and the rounded
     |x|^2 / 2 columns of the symmetric scores by u (|x_i|^2 + |x_j|^2) more: (3u + u^2) (|x_i|^2 + max |x_j|^2)
-    is added. Shapes broadcast (any leading dims).
+    is added. ``tiny``: an absolute rounding of each component on top of the relative one (float16
+    subnormals), which moves 2 <x_i, x_j> by at most 2 tiny sqrt(D) (|x_i| + |x_j|) (1 + u) more.
+    Shapes broadcast (any leading dims).
     """
     sq64 = sq_rows.to(torch.float64)
     est_last = sq64 - 2.0 * last_score.to(torch.float64)
     coef = (8.0 * math.sqrt(d) + 4.0) * _F32_EPS + (3.0 * unit + unit * unit) * (1.0 + 1e-3)
-    bound = coef * (sq64 + sq_max.to(torch.float64))
+    sq_top = sq_max.to(torch.float64)
+    bound = coef * (sq64 + sq_top)
+    if tiny:  # (a float16 |x|^2 / 2 column's own subnormal rounding is far below the sq_max term above)
+        bound = bound + 2.0 * tiny * math.sqrt(d) * (sq64.sqrt() + sq_top.sqrt()) * (1.0 + unit) * (1.0 + 1e-3)
     return kth * kth * (1.0 + 10 * _GRAM_REL) > est_last - bound  # kth: exact to _GRAM_REL (Gram recompute)
 
 
@@ -775,6 +849,7 @@ def knn(
     block_size: int | None = None,
     margin: int | None = None,
     memory_budget: int | None = None,
+    candidates: str = "auto",
     _rows: tuple[int, int] | None = None,
 ) -> Neighbors:
     r"""Exact Euclidean k nearest neighbours of every point, self excluded.
@@ -797,6 +872,12 @@ def knn(
         memory_budget: bytes of working memory ``knn`` may use beyond its input (default: 80 % of the
             device's free memory); the Gram block shrinks to fit, and the N x N symmetric buffer and
             the recompute chunks stay inside it.
+        candidates: precision of the candidate GEMM (the result is exact either way): ``"float32"``;
+            ``"float16"``: points scaled by a power of two and rounded to float16, multiplied with
+            float32 accumulation (tensor cores: several times the float32 GEMM's speed on a GPU),
+            certified with the rounding's bound (~50x wider: more candidates and rows that take a
+            second, float32 pass); ``"auto"`` (default): float16 on a CUDA GPU from N = 32,768 on,
+            where the GEMM is the cost, else float32.
 
     Returns:
         :class:`Neighbors` with (N, k) float64 ``distances`` and int64 ``indices`` on ``x``'s device.
@@ -819,23 +900,26 @@ def knn(
             f"Expected `k` to be an integer in [1, N - 1] = [1, {n - 1}] for N = {n} points, but got {k!r}."
         )
     device = x.device
+    half = _use_half(candidates, device, n)
     with no_autocast(device):  # autocast would run the candidate GEMMs in half precision
-        return _knn(x, k, block_size=block_size, margin=margin, memory_budget=memory_budget, rows=_rows)
+        return _knn(x, k, block_size=block_size, margin=margin, memory_budget=memory_budget, rows=_rows, half=half)
 
 
 def _knn(
-    x: Tensor, k: int, *, block_size: int | None, margin: int | None, memory_budget: int | None, rows: tuple[int, int] | None
+    x: Tensor, k: int, *, block_size: int | None, margin: int | None, memory_budget: int | None,
+    rows: tuple[int, int] | None, half: bool,
 ) -> Neighbors:
-    """:func:`knn` on validated points."""
+    """:func:`knn` on validated points; ``half``: the candidate GEMM on float16 points."""
     n, d = x.shape
     device = x.device
-    unit = matmul_unit(device)  # TF32 / bf16 float32 matmuls: a wider certificate
+    unit32 = matmul_unit(device)  # TF32 / bf16 float32 matmuls: a wider certificate
+    unit = _HALF_UNIT if half else unit32  # the first pass's input rounding
     kc = min(n - 1, k + (_default_margin(k, unit) if margin is None else int(margin)))
     block = int(block_size) if block_size else _default_block(n, device)
     if block < 1:
         raise ValueError(f"Expected `block_size` to be a positive integer, but got {block_size!r}.")
-    block = plan_memory(n, d, kc, block, device, fixed_block=bool(block_size), budget=memory_budget)
-    spare = _leftover(n, d, kc, block, memory_budget)  # what a memory_budget leaves for optional buffers
+    block = plan_memory(n, d, kc, block, device, fixed_block=bool(block_size), budget=memory_budget, half=half)
+    spare = _leftover(n, d, kc, block, memory_budget, half)  # what a memory_budget leaves for optional buffers
 
     mean = x.mean(dim=0, keepdim=True).to(torch.float64)  # any centre will do: the certificate bounds x32's rounding
     if x.dtype == torch.float64:
@@ -847,10 +931,14 @@ def _knn(
     # topk per panel, 9 fewer launches each (a GPU's topk is fast; its launches are not)
     two_stage = device.type == "cpu" and not block_size
     a, b = rows if rows is not None else (0, n)  # knn_sharded: only these rows' neighbours (among all points)
+    xg, sqg, scale = _half_points(x32, sq) if half else (x32, sq, 1.0)  # the candidate GEMM's operands
     if rows is None:
-        cand_score, cand_idx = _candidates(x32, sq, kc, block, two_stage=two_stage, sym_bytes=_SYM_BUDGET_BYTES if spare is None else spare)
+        cand_score, cand_idx = _candidates(xg, sqg, kc, block, two_stage=two_stage, sym_bytes=_SYM_BUDGET_BYTES if spare is None else spare)
     else:
-        cand_score, cand_idx = _candidates_rows(x32, sq, (a, b), kc, block, two_stage=two_stage)
+        cand_score, cand_idx = _candidates_rows(xg, sqg, (a, b), kc, block, two_stage=two_stage)
+    if half:
+        del xg
+        cand_score = cand_score / (scale * scale)  # back to the points' units (a power of two: exact)
 
     row_idx = torch.arange(a, b, device=device)
     budget = _recompute_budget(n, block, device, explicit_block=bool(block_size))
@@ -862,10 +950,11 @@ def _knn(
     dist, idx = exact_candidates(x, row_idx, cand_idx, cand_idx, k, budget=budget, gram=gram)
 
     if kc < n - 1:
-        failed = torch.nonzero(_uncertified(dist[:, k - 1], sq[a:b], cand_score, sq.max(), d, unit)).flatten()
-        if failed.numel():
+        tiny = _HALF_TINY / scale if half else 0.0  # float16 subnormals, in the points' units
+        failed = torch.nonzero(_uncertified(dist[:, k - 1], sq[a:b], cand_score, sq.max(), d, unit, tiny)).flatten()
+        if failed.numel():  # their next passes multiply in float32 (its own, narrower certificate)
             dist, idx = _refine_failed(
-                x, x32, sq, dist, idx, failed, k, kc, block=block, budget=budget, gram=gram, unit=unit,
+                x, x32, sq, dist, idx, failed, k, kc, block=block, budget=budget, gram=gram, unit=unit32,
                 two_stage=two_stage, offset=a,
             )
     return Neighbors(dist[:, :k].contiguous(), idx[:, :k].contiguous())
