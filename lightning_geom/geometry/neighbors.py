@@ -523,6 +523,7 @@ def exact_candidates(
     return dist, idx
 
 
+_TWO_STAGE_MIN_N = 65536  # from here on every device takes the two-stage top-k (group maxima first)
 _SYM_BUDGET_BYTES = 1 << 30  # the symmetric path keeps an N x N float32 buffer up to this size
 
 
@@ -928,8 +929,9 @@ def _knn(
         x32 = x.to(torch.float32) - mean.to(torch.float32)
     sq = torch.einsum("nd,nd->n", x32, x32)  # (N,) |x_i|^2, without an (N, D) temporary
     # CPU default: two-stage top-k (1.35x faster there); accelerators (or a given block_size): one
-    # topk per panel, 9 fewer launches each (a GPU's topk is fast; its launches are not)
-    two_stage = device.type == "cpu" and not block_size
+    # topk per panel, 9 fewer launches each (a GPU's topk is fast; its launches are not), except on
+    # rows of >= 65,536 scores, where a radix select's passes over each panel outweigh 9 launches
+    two_stage = (device.type == "cpu" and not block_size) or n >= _TWO_STAGE_MIN_N
     a, b = rows if rows is not None else (0, n)  # knn_sharded: only these rows' neighbours (among all points)
     xg, sqg, scale = _half_points(x32, sq) if half else (x32, sq, 1.0)  # the candidate GEMM's operands
     if rows is None:
