@@ -168,8 +168,13 @@ def profile_geometry(
 
 
 def layer_errors(records: Sequence[dict[str, Any]]) -> list[str]:
-    """``"layer_NN: cause"`` for every failed layer record."""
-    return [f"layer_{r['index']:02d}: {r['error']}" for r in records if r.get("error")]
+    """``"layer_NN: cause"`` for every failed layer record; layers failing with the same cause share one
+    entry (``"layer_00, layer_01, layer_02: cause"``), so a cause common to all is said once."""
+    by_cause: dict[str, list[str]] = {}
+    for r in records:
+        if r.get("error"):
+            by_cause.setdefault(str(r["error"]), []).append(f"layer_{r['index']:02d}")
+    return [f"{', '.join(names)}: {cause}" for cause, names in by_cause.items()]
 
 
 def _common_scale(records: list[dict[str, Any]]) -> None:

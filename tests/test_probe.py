@@ -418,3 +418,36 @@ def test_probe_encoder_decoder_models_through_their_encoder(tmp_path, text_data,
     assert main(["probe", str(path), "--data", str(text_data / "data.jsonl"), "--out", str(out), "--range-max", "8", "--pullback-samples", "2"]) == 0
     m = json.loads((out / "metrics.json").read_text())["models"][0]
     assert len(m["layers"]) == 3 and all(r["twonn"] > 0 for r in m["layers"])  # embeddings + the 2 encoder blocks
+
+
+def test_token_diagnostics_count_unknown_tokens_and_copies():
+    from lightning_geom.probing.data import token_diagnostics
+
+    ids = torch.tensor([[2, 9, 9, 3, 0], [2, 9, 9, 3, 0], [2, 5, 6, 7, 3]])
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
+    share, copies, n = token_diagnostics([{"input_ids": ids, "attention_mask": mask}], unk_id=9, special_ids=[2, 3, 9])
+    assert (copies, n) == (1, 3) and share == pytest.approx(4 / 7)  # specials (2, 3) are not counted; unk is
+    # a copy across batches counts too (masked padding never does)
+    share, copies, n = token_diagnostics([{"input_ids": ids[:1], "attention_mask": mask[:1]}, {"input_ids": ids[1:2, :4]}], unk_id=None)
+    assert (share, copies, n) == (0.0, 1, 2)
+
+
+def test_probe_warns_when_texts_tokenize_to_copies_or_unknowns(tmp_path, text_model):
+    from lightning_geom.loading import load_model
+    from lightning_geom.probing.data import load_probe_data
+
+    model_dir = text_model
+    data = tmp_path / "texts.txt"
+    data.write_text("\n".join(["zzz qqq"] * 30 + [" ".join(WORDS[i : i + 4]) for i in range(10)]) + "\n")
+    with pytest.warns(UserWarning) as rec:
+        load_probe_data(str(data), load_model(model_dir), label_column=None)
+    text = " ".join(str(w.message) for w in rec)
+    assert "29 of 40 texts are token-for-token copies" in text
+    assert "unknown token" in text
+
+
+def test_layer_errors_say_a_common_cause_once():
+    from lightning_geom.analysis import layer_errors
+
+    recs = [{"index": 0, "error": "E: a"}, {"index": 1, "error": "E: a"}, {"index": 2}, {"index": 3, "error": "E: b"}]
+    assert layer_errors(recs) == ["layer_00, layer_01: E: a", "layer_03: E: b"]

@@ -257,7 +257,7 @@ def _twonn_estimate(dim: float, scale: float, n: int, n_dropped: int) -> IDEstim
 def _twonn_fit(r1: Tensor, r2: Tensor, keep: Tensor | None, n: int, discard_fraction: float, method: str) -> Tensor:
     """The TwoNN dimension as a 0-d tensor from (N,) r1, r2 and the usable points (``n`` of them)."""
     if n < 3:
-        raise ValueError(f"TwoNN needs at least 3 non-duplicate points, but got {n}.")
+        raise ValueError(f"TwoNN needs at least 3 non-duplicate points, but got {n}. Most points are exact copies of another (identical inputs, or a layer that maps them together): use more varied samples, or deduplicate them.")
     if keep is not None:  # duplicates: a data-dependent selection (one more sync, rare path)
         r1, r2 = r1[keep], r2[keep]
     log_mu = torch.log(r2 / r1)
@@ -466,7 +466,7 @@ def _gride_curve(table: tuple, pairs: list[tuple[int, int]]) -> tuple[Tensor, Te
     """(S,) GRIDE dim, err and scale on the device from a :func:`_ratio_table` result."""
     r_in, r_out, keep, n_kept, _ = table
     if min(n_kept) < 3:
-        raise ValueError(f"GRIDE needs at least 3 non-duplicate points, but got {min(n_kept)}.")
+        raise ValueError(f"GRIDE needs at least 3 non-duplicate points, but got {min(n_kept)}. Most points are exact copies of another (identical inputs, or a layer that maps them together): use more varied samples, or deduplicate them.")
     dim, err = _gride_solve(r_in, r_out, keep, n_kept, pairs)
     return dim, err, _scales(r_in, r_out, keep, n_kept)
 

@@ -10,6 +10,7 @@ import csv
 import importlib
 import json
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,7 +189,53 @@ def load_probe_data(
     for s in range(0, len(texts), batch_size):
         enc = tok(texts[s : s + batch_size], padding=True, truncation=True, max_length=128, return_tensors="pt")
         batches.append({k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")})
+    _check_tokens(batches, tok, f"{path} with {loaded.source}'s tokenizer")
     return ProbeData(batches, labels, len(texts), f"{path.name} ({len(texts)} texts)", names)
+
+
+_UNKNOWN_SHARE = 0.5  # warn when more of the real tokens than this are the tokenizer's unknown token
+_DUPLICATE_SHARE = 0.05  # warn when more samples than this are token-for-token copies of another
+
+
+def token_diagnostics(
+    batches: list[dict[str, torch.Tensor]], unk_id: int | None, special_ids: Sequence[int] = ()
+) -> tuple[float, int, int]:
+    """(share of the real, non-special tokens that are ``unk_id``, samples that repeat an earlier sample
+    token for token, samples) over tokenized batches (``input_ids`` and optionally ``attention_mask``)."""
+    seen: set[tuple[int, ...]] = set()
+    unknown = real = copies = n = 0
+    special = torch.tensor([i for i in special_ids if i != unk_id], dtype=torch.long)
+    for b in batches:
+        ids = b["input_ids"]
+        mask = b.get("attention_mask")
+        mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
+        real += int((mask & ~torch.isin(ids, special.to(ids.device))).sum())
+        if unk_id is not None:
+            unknown += int(((ids == unk_id) & mask).sum())
+        for row, m in zip(ids.tolist(), mask.tolist()):
+            key = tuple(t for t, keep in zip(row, m) if keep)
+            n += 1
+            copies += key in seen
+            seen.add(key)
+    return (unknown / real if real else 0.0), copies, n
+
+
+def _check_tokens(batches: list[dict[str, torch.Tensor]], tok: Any, what: str) -> None:
+    """One warning each when the texts are mostly unknown tokens or many are copies after tokenization:
+    both make points coincide, which the ID estimators leave out (or cannot measure at all)."""
+    share, copies, n = token_diagnostics(batches, getattr(tok, "unk_token_id", None), getattr(tok, "all_special_ids", ()) or ())
+    if share > _UNKNOWN_SHARE:
+        warnings.warn(
+            f"{what}: {100 * share:.0f} % of the tokens are the unknown token {getattr(tok, 'unk_token', '')!r}; "
+            "is this the model's own tokenizer, and a language / script it knows?",
+            stacklevel=3,
+        )
+    if copies > _DUPLICATE_SHARE * n:
+        warnings.warn(
+            f"{what}: {copies} of {n} texts are token-for-token copies of another (after truncation to 128 tokens); "
+            "copies are left out of the ID estimates: deduplicate the data or use more varied texts.",
+            stacklevel=3,
+        )
 
 
 def _image_folder(path: Path, loaded: Any, max_samples: int, batch_size: int, seed: int) -> ProbeData:
