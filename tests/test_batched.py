@@ -83,13 +83,23 @@ def test_op_count_does_not_grow_with_the_number_of_clouds():
         ({"x": torch.zeros(3, 4)}, r"shape \(B, N, D\)"),
         ({"lengths": torch.tensor([10, 10])}, r"lengths` of shape \(3,\)"),
         ({"lengths": torch.tensor([10, 30, 10])}, "<= N = 20"),
-        ({"k": 9, "lengths": torch.tensor([20, 9, 20])}, r"\[1, 8\]"),
+        ({"k": 9, "lengths": torch.tensor([20, 9, 20])}, r"\[1, 8\], but got 9 \(clouds \[1\] have <= k points\)"),
+        ({"lengths": torch.tensor([20.0, 10.5, 20.0])}, "integer `lengths`"),
+        ({"x": torch.randn(3, 20, 4, dtype=torch.complex64)}, "real-valued"),
+        ({"x": torch.randn(3, 20, 4).index_put_((torch.tensor([2]), torch.tensor([3])), torch.tensor(float("nan")))}, r"clouds \[2\] contain NaN"),
     ],
 )
 def test_bad_inputs(kw, match):
     args = {"x": torch.randn(3, 20, 4), "k": 5, **kw}
     with pytest.raises(ValueError, match=match):
         knn_batched(args.pop("x"), args.pop("k"), **args)
+
+
+def test_numpy_clouds_and_clouds_that_require_grad():
+    x = torch.randn(3, 20, 4, generator=torch.Generator().manual_seed(1))
+    ref = knn_batched(x, 5)
+    assert torch.equal(knn_batched(x.numpy(), 5).indices, ref.indices)
+    assert torch.equal(knn_batched(x.clone().requires_grad_(), 5).indices, ref.indices)
 
 
 def test_a_cloud_of_copies_gets_nan_and_the_others_their_own_id():

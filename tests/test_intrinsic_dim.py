@@ -12,6 +12,7 @@ from lightning_geom.geometry import (
     gride,
     gride_max_rank,
     gride_scaling,
+    id_profile,
     knn,
     twonn,
     twonn_scaling,
@@ -78,6 +79,12 @@ def test_gride_general_ranks_recover_dimension():
     g = np.random.default_rng(5)
     x = g.standard_normal((3000, 7)) @ g.standard_normal((7, 30))
     assert gride(x, n1=3, n2=9).dim == pytest.approx(7, rel=0.1)
+    assert gride(x, n1=4).dim == gride(x, n1=4, n2=8).dim  # n2 defaults to 2 n1 (GRIDE's doubling)
+
+
+def test_id_profile_names_a_bad_input():
+    with pytest.raises(TypeError, match="torch.Tensor or numpy.ndarray"):
+        id_profile([[0.0, 1.0]])
 
 
 @pytest.mark.parametrize("estimator", ["twonn", "gride"])

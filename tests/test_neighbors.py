@@ -117,7 +117,7 @@ def test_knn_plans_its_memory_before_allocating(monkeypatch):
     monkeypatch.setattr(nbm, "available_bytes", lambda device: int(need_small / 0.8) + 1)
     planned = knn(x, 10, block_size=None)  # the default block shrinks to fit, same answer
     assert torch.equal(planned.indices, ref.indices)
-    with pytest.raises(MemoryError, match=r"needs about .* GiB .* smaller `block_size`"):
+    with pytest.raises(MemoryError, match=r"needs about [\d.]+ (KiB|MiB|GiB) .* smaller `block_size`"):
         knn(x, 10, block_size=3000)
     monkeypatch.setattr(nbm, "available_bytes", lambda device: 1000)
     with pytest.raises(MemoryError, match="fewer points"):
@@ -250,3 +250,19 @@ def test_half_precision_points_give_the_exact_neighbours_of_their_values(dtype):
     c, d = knn_batched(x.view(4, 100, 32), 10), knn_batched(x.view(4, 100, 32).double(), 10)
     assert torch.equal(c.indices, d.indices)
     torch.testing.assert_close(c.distances, d.distances, rtol=1e-12, atol=0)
+
+
+def test_memory_messages_use_readable_units():
+    from lightning_geom.geometry.neighbors import format_bytes
+
+    assert [format_bytes(b) for b in (1000, 1536, 3 << 20, 5 << 30)] == ["1000 B", "1.5 KiB", "3.0 MiB", "5.0 GiB"]
+    with pytest.raises(MemoryError, match=r"needs about [\d.]+ MiB .* memory_budget is 1000 B\. Raise `memory_budget`"):
+        knn(torch.randn(2000, 32), 5, memory_budget=1000)
+
+
+def test_knn_takes_tensors_that_require_grad_and_refuses_complex_ones():
+    x = torch.randn(40, 6, generator=torch.Generator().manual_seed(0))
+    nb = knn(x.clone().requires_grad_(), 5)  # a measurement: no graph, no error from the out= GEMMs
+    assert torch.equal(nb.indices, knn(x, 5).indices) and not nb.distances.requires_grad
+    with pytest.raises(ValueError, match="real-valued"):
+        knn(torch.randn(10, 3, dtype=torch.complex64), 2)

@@ -21,6 +21,7 @@ import math
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -73,7 +74,10 @@ class BatchedNeighbors:
         return torch.arange(n, device=self.lengths.device) < self.lengths.unsqueeze(1)
 
 
-def _check(x: Tensor, k: int, lengths: Tensor | None) -> Tensor:
+def _check(x: Tensor | np.ndarray, k: int, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``x`` as a real, detached floating (B, N, D) tensor and ``lengths`` as (B,) int64, or a one-line error."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(x))
     if not isinstance(x, Tensor) or x.ndim != 3:
         raise ValueError(
             f"Expected `x` to be a tensor of shape (B, N, D) (B clouds of N points), but got "
@@ -82,23 +86,39 @@ def _check(x: Tensor, k: int, lengths: Tensor | None) -> Tensor:
     b, n, d = x.shape
     if b == 0 or n == 0 or d == 0:
         raise ValueError(f"Expected a non-empty (B, N, D) tensor, but got shape {tuple(x.shape)}.")
+    if x.is_complex():
+        raise ValueError(f"Expected `x` to be real-valued, but got {x.dtype}.")
+    x = x.detach() if x.is_floating_point() else x.detach().to(torch.float32)
     if lengths is None:
         lengths = torch.full((b,), n, dtype=torch.int64, device=x.device)
-    lengths = torch.as_tensor(lengths, device=x.device).to(torch.int64)
+    lengths = torch.as_tensor(lengths, device=x.device)
     if lengths.shape != (b,):
         raise ValueError(f"Expected `lengths` of shape ({b},) (one per cloud), but got {tuple(lengths.shape)}.")
+    if lengths.is_floating_point() and not bool((lengths == lengths.round()).all()):
+        raise ValueError(f"Expected integer `lengths` (points per cloud), but got {lengths.tolist()[:10]}.")
+    lengths = lengths.to(torch.int64)
     lo, hi = lengths.min().item(), lengths.max().item()
     if hi > n:
         raise ValueError(f"Expected every length <= N = {n}, but the largest is {hi}.")
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= lo - 1:
+        short = torch.nonzero(lengths <= (k if isinstance(k, int) else 1)).flatten().tolist()
+        which = f" (clouds {short[:10]}{', ...' if len(short) > 10 else ''} have <= k points)" if short else ""
         raise ValueError(
-            f"Expected `k` to be an integer in [1, shortest cloud - 1] = [1, {lo - 1}], but got {k!r}. "
-            "Drop or pad the short clouds, or lower k."
+            f"Expected `k` to be an integer in [1, shortest cloud - 1] = [1, {lo - 1}], but got {k!r}{which}. "
+            "Drop the short clouds, or lower k."
         )
-    finite = _all_finite(x) if lo == n else _all_finite(x[torch.arange(n, device=x.device) < lengths.unsqueeze(1)])
+    valid = None if lo == n else torch.arange(n, device=x.device) < lengths.unsqueeze(1)
+    finite = _all_finite(x) if valid is None else _all_finite(x[valid])
     if not finite:  # (unpadded: no masked copy of the clouds)
-        raise ValueError("Expected finite values in the real (unpadded) points, but some are NaN or Inf.")
-    return lengths
+        bad = ~torch.isfinite(x).all(dim=2)
+        if valid is not None:
+            bad &= valid
+        clouds = torch.nonzero(bad.any(dim=1)).flatten().tolist()
+        raise ValueError(
+            f"Expected finite values in the real (unpadded) points, but clouds {clouds[:10]}"
+            f"{', ...' if len(clouds) > 10 else ''} contain NaN or Inf. Drop those clouds (or fix the model's overflow)."
+        )
+    return x, lengths
 
 
 def knn_batched(
@@ -119,7 +139,8 @@ def knn_batched(
     Ties are broken by the smaller index.
 
     Args:
-        x: (B, N, D) points; clouds shorter than N are padded (any values) and given ``lengths``.
+        x: (B, N, D) points (torch or numpy); clouds shorter than N are padded (any values) and given
+            ``lengths``.
         k: neighbours per point, 1 <= k <= min(lengths) - 1.
         lengths: (B,) real points per cloud (default: all N).
         margin: extra candidates for the exact re-ranking (default ``max(4, k // 16)``; ``max(16,
@@ -141,7 +162,7 @@ def knn_batched(
         >>> nb.indices[..., 0].tolist()
         [[1, 0, 1], [1, 0, -1]]
     """
-    lengths = _check(x, k, lengths)
+    x, lengths = _check(x, k, lengths)
     with no_autocast(x.device):  # autocast would run the candidate GEMMs in half precision
         return _knn_batched(x, k, lengths, margin, budget_bytes)
 
@@ -280,7 +301,7 @@ def id_batched(nb: BatchedNeighbors, *, range_max: int = 64, discard_fraction: f
     b, n, _ = nb.indices.shape
     top = gride_max_rank(int(nb.lengths.min()), range_max)
     if nb.k < top:
-        raise ValueError(f"GRIDE up to rank {top} needs k >= {top} neighbours, but the batch holds {nb.k}.")
+        raise ValueError(f"GRIDE up to rank {top} needs k >= {top} neighbours, but the batch holds {nb.k}. Pass `range_max={nb.k}` or compute knn_batched with k >= {top}.")
     pairs = gride_pairs(top)
     s = len(pairs)
     r = nb.distances  # (B, N, k)

@@ -287,8 +287,9 @@ def id_profile(
         >>> round(tw.dim), curve.ranks
         (3, (1, 2, 4))
     """
-    n = x.n_points if isinstance(x, Neighbors) else int(x.shape[0])
-    pairs = gride_pairs(gride_max_rank(n, range_max))
+    if not isinstance(x, Neighbors):
+        x = as_points(x)
+    pairs = gride_pairs(gride_max_rank(x.n_points if isinstance(x, Neighbors) else int(x.shape[0]), range_max))
     table = _ratio_table(x, pairs, what=f"GRIDE scaling (range_max={range_max})")
     r_in, r_out, keep, n_kept, n_drop = table
     dim, err, scale = _gride_curve(table, pairs)
@@ -482,7 +483,7 @@ def _gride_estimates(x: Tensor | np.ndarray | Neighbors, pairs: list[tuple[int, 
     ]
 
 
-def gride(x: Tensor | np.ndarray | Neighbors, *, n1: int = 1, n2: int = 2) -> IDEstimate:
+def gride(x: Tensor | np.ndarray | Neighbors, *, n1: int = 1, n2: int | None = None) -> IDEstimate:
     r"""GRIDE maximum-likelihood intrinsic dimension (Denti, Doimo, Laio, Mira, Sci. Rep. 12, 2022).
 
     With :math:`\mu_i = r_{i,n_2} / r_{i,n_1}`, the log-likelihood of d is
@@ -497,7 +498,7 @@ def gride(x: Tensor | np.ndarray | Neighbors, *, n1: int = 1, n2: int = 2) -> ID
     Args:
         x: (N, D) points or a ``Neighbors`` with k >= n2.
         n1: inner neighbour rank, >= 1.
-        n2: outer neighbour rank, > n1.
+        n2: outer neighbour rank, > n1 (default ``2 * n1``, GRIDE's scale-doubling choice).
 
     Returns:
         :class:`IDEstimate`; ``scale`` is the mean of r_{n1} and r_{n2}.
@@ -511,6 +512,8 @@ def gride(x: Tensor | np.ndarray | Neighbors, *, n1: int = 1, n2: int = 2) -> ID
         >>> round(gride(z @ torch.randn(4, 16, generator=g, dtype=torch.float64), n1=4, n2=8).dim)
         4
     """
+    if n2 is None and isinstance(n1, int):
+        n2 = 2 * n1
     if not (isinstance(n1, int) and isinstance(n2, int) and 1 <= n1 < n2):
         raise ValueError(f"Expected integer ranks 1 <= n1 < n2, but got n1={n1!r}, n2={n2!r}.")
     return _gride_estimates(x, [(n1, n2)], what=f"GRIDE (n1={n1}, n2={n2})")[0]

@@ -249,6 +249,14 @@ def as_points(x: Tensor | np.ndarray, *, name: str = "x") -> Tensor:
         )
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"Expected `{name}` to be non-empty, but got shape {tuple(x.shape)}.")
+    return _real_points(x, name)
+
+
+def _real_points(x: Tensor, name: str) -> Tensor:
+    """``x`` detached (geometry is a measurement: no graph), as a real floating tensor, checked finite."""
+    if x.is_complex():
+        raise ValueError(f"Expected `{name}` to be real-valued, but got {x.dtype}. Pass x.real, x.abs() or torch.view_as_real(x).flatten(-2).")
+    x = x.detach()
     if not x.is_floating_point():
         x = x.to(torch.float32)
     if not _all_finite(x):
@@ -350,14 +358,23 @@ def plan_memory(
         block //= 2
     need = knn_bytes(n, d, kc, block, recompute=8 * kc * d, half=half)  # at least one row of the recompute
     if need > limit:
-        have = f"{free / 2**30:.1f} GiB are free on {device}" if free is not None else f"memory_budget is {limit / 2**30:.2f} GiB"
+        have = f"{format_bytes(free)} are free on {device}" if free is not None else f"memory_budget is {format_bytes(limit)}"
         raise MemoryError(
             f"knn of N = {n} points in D = {d} (k + margin = {kc}, block_size = {block}) needs about "
-            f"{need / 2**30:.1f} GiB of working memory, but {have}. "
-            + ("Pass a smaller `block_size`, " if fixed_block else "Use ")
+            f"{format_bytes(need)} of working memory, but {have}. "
+            + ("Pass a smaller `block_size`, " if fixed_block else "Raise `memory_budget`, use ")
             + "fewer points (a random subset), or a device with more memory."
         )
     return block
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes for a message: '512 B', '3.2 KiB', '1.5 MiB', '12.7 GiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError  # unreachable
 
 
 def _leftover(n: int, d: int, kc: int, block: int, budget: int | None, half: bool = False) -> int | None:
