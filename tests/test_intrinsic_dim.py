@@ -169,3 +169,23 @@ def test_duplicates_in_precomputed_neighbors_use_distinct_ranks(id_datasets):
     with pytest.warns(DuplicatePointsWarning):
         from_points = gride_scaling(dup, range_max=32)
     np.testing.assert_allclose(from_graph.dims, from_points.dims, rtol=0.03)
+
+
+def test_a_knn_with_duplicates_uses_every_stored_neighbour():
+    """With copies in the cloud, the ranks count distinct locations among *all* stored neighbours: a
+    kNN with spare columns gives the same ID as the points themselves (it used to read only the first
+    n2 columns, so copies used them up: every point was dropped at the largest scale, or fewer were kept)."""
+    import warnings
+
+    from lightning_geom.geometry import DuplicatePointsWarning, gride, knn, twonn
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 4, generator=g, dtype=torch.float64)
+    x = torch.cat([x, x[:60], x[:20]])  # 60 points with one copy, 20 of them with two
+    nb = knn(x, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DuplicatePointsWarning)
+        tw, curve = id_profile(nb, range_max=16)
+        assert tw.dim == pytest.approx(twonn(x).dim, rel=1e-9) and tw.dim == pytest.approx(twonn(nb).dim, rel=1e-12)
+        for n1, d in zip(curve.ranks, curve.dims):
+            assert d == pytest.approx(gride(x, n1=n1).dim, rel=1e-6)

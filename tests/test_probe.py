@@ -382,6 +382,53 @@ def test_probe_tokens_correlate_per_prompt_id_with_the_lm_loss(tmp_path, text_da
     assert m["tokens"]["loss_mean"] == pytest.approx(float(kept.mean()), rel=1e-6)
 
 
+def test_probe_pooled_token_cloud_with_the_lm_loss(tmp_path, text_data):
+    """Issue 10, item 2: --tokens pooled: all texts' tokens as one cloud per layer (seeded --max-tokens
+    subsample, special tokens left out), its ID profile, and for a causal LM the next-token loss."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from lightning_geom.geometry import gride, knn, twonn
+    from lightning_geom.tokens import capture_token_cloud
+
+    path = tmp_path / "gpt2"
+    tok = _word_tokenizer()
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(WORDS) + 4, n_embd=32, n_layer=2, n_head=2, n_positions=64)).save_pretrained(path)
+    tok.save_pretrained(path)
+    out = tmp_path / "rep"
+    assert main(["probe", str(path), "--data", str(text_data / "data.jsonl"), "--out", str(out), "--range-max", "16",
+                 "--pullback-samples", "0", "--tokens", "both", "--token-prompts", "20", "--token-k", "3", "--max-tokens", "300"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    m = metrics["models"][0]
+    cloud = m["token_cloud"]
+    # 120 texts of 6 words + [CLS] + [SEP]: 960 tokens, 720 without the special ones
+    assert cloud["available"] == 720 and cloud["n_tokens"] == 300 and cloud["special_tokens_dropped"]
+    assert len(cloud["layers"]) == 3 and m["tokens"] is not None
+    assert metrics["settings"]["tokens"] == ["per_prompt", "pooled"] and metrics["settings"]["max_tokens"] == 300
+    # the oracle: the same cloud, measured directly with the geometry core
+    loaded = load_model(path)
+    data = load_probe_data(str(text_data / "data.jsonl"), loaded, max_samples=2000, batch_size=32)
+    batches = [{key: v for key, v in b.items() if key != "labels"} for b in data.batches]
+    direct = capture_token_cloud(loaded.module, batches, max_tokens=300, seed=0, drop_ids=tok.all_special_ids)
+    from lightning_geom.analysis import GeometrySettings, layer_k
+
+    x = direct.features[1]
+    nb = knn(x, layer_k(300, GeometrySettings(range_max=16, overlap_k=10, label_k=10)))
+    assert cloud["layers"][1]["twonn"] == pytest.approx(twonn(nb).dim, rel=1e-6)
+    n1 = cloud["layers"][1]["id_n1"]
+    assert cloud["layers"][1]["id"] == pytest.approx(gride(nb, n1=n1).dim, rel=1e-4)
+    assert cloud["loss_mean"] == pytest.approx(float(direct.loss[torch.isfinite(direct.loss)].mean()), rel=1e-6)
+    assert all(r["loss_neighbors"] is None or -1 <= r["loss_neighbors"] <= 1 for r in cloud["layers"])
+    page = (out / "report.html").read_text()
+    assert "pooled token cloud" in page.lower() and "300 of 720 tokens" in page
+    # special tokens kept on request; a bad mode is one line
+    assert main(["probe", str(path), "--data", str(text_data / "data.jsonl"), "--out", str(tmp_path / "r2"), "--range-max", "8",
+                 "--pullback-samples", "0", "--tokens", "pooled", "--keep-special-tokens", "--max-tokens", "5000"]) == 0
+    assert json.loads((tmp_path / "r2" / "metrics.json").read_text())["models"][0]["token_cloud"]["n_tokens"] == 960
+    with pytest.raises(ValueError, match="tokens"):
+        probe(load_model(path), data, tokens="pooledd", progress=False)
+
+
 def test_pullback_share_caps_the_pullback_samples(text_model, text_data):
     """Issue 11: by default the pullback statistics stop before taking a quarter of the probe's time;
     one flag (share 1) measures every requested sample. At least one sample is always measured."""

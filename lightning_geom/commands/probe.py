@@ -28,10 +28,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--pullback-samples", type=non_negative_int, default=8, help="at most this many samples for the pullback statistics (default 8; 0: skip)")
     p.add_argument("--pullback-share", type=fraction, default=0.25, help="stop the pullback samples before they take more than this share of the probe's time (default 0.25; 1: all --pullback-samples)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tokens", choices=["per-prompt"], default=None, help="also the per-prompt token geometry (each prompt's tokens = one cloud)")
+    p.add_argument("--tokens", choices=["per-prompt", "pooled", "both"], default=None,
+                   help="also token geometry: per-prompt (each prompt's tokens = one cloud), pooled (all texts' tokens = one cloud per layer), or both")
     p.add_argument("--token-prompts", type=positive_int, default=128, help="prompts in the per-prompt analysis (default 128)")
     p.add_argument("--token-k", type=positive_int, default=8, help="neighbours per token in the per-prompt analysis (default 8)")
-    p.add_argument("--shuffle-control", action="store_true", help="with --tokens: also on the prompts shuffled in blocks of 4 tokens")
+    p.add_argument("--shuffle-control", action="store_true", help="with --tokens per-prompt: also on the prompts shuffled in blocks of 4 tokens")
+    p.add_argument("--max-tokens", type=positive_int, default=10_000, help="with --tokens pooled: a seeded subsample of at most this many tokens (default 10,000)")
+    p.add_argument("--keep-special-tokens", action="store_true", help="with --tokens pooled: keep [CLS] / [SEP] / BOS / EOS tokens (default: left out, their states are outliers)")
     p.add_argument("--debug", action="store_true", help="show the full traceback of a failure")
     p.set_defaults(func=run)
 
@@ -90,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
         report = probe(
             loaded, data, layers=args.layers, pooling=args.pooling, k=args.k, range_max=args.range_max,
             pullback_samples=args.pullback_samples, pullback_share=args.pullback_share, device=args.device,
-            tokens="per_prompt" if args.tokens else None, token_prompts=args.token_prompts, token_k=args.token_k, shuffle_control=args.shuffle_control,
+            tokens=args.tokens, token_prompts=args.token_prompts, token_k=args.token_k, shuffle_control=args.shuffle_control,
+            max_tokens=args.max_tokens, keep_special_tokens=args.keep_special_tokens, seed=args.seed,
         )
     except (FileNotFoundError, ValueError, MemoryError) as err:
         if args.debug:

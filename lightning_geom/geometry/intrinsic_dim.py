@@ -101,7 +101,9 @@ def _distances(x: Tensor | np.ndarray | Neighbors, k: int, *, what: str) -> tupl
     """(N', k) float64 neighbour distances, an optional (N',) mask of usable rows, and N.
 
     From points with duplicate rows, the kNN is taken over the *distinct* points (so copies do not
-    fake mu = 1 for their neighbours) and the mask leaves out every point that has a copy.
+    fake mu = 1 for their neighbours) and the mask leaves out every point that has a copy. From a
+    ``Neighbors`` with duplicates, all its stored columns come back (more than ``k``): the copies
+    take up columns, and the ratio table counts distinct locations among all of them.
     """
     if isinstance(x, Neighbors):
         if x.k < k:
@@ -109,7 +111,9 @@ def _distances(x: Tensor | np.ndarray | Neighbors, k: int, *, what: str) -> tupl
                 f"{what} needs the first {k} neighbours of every point, but the given `Neighbors` "
                 f"holds only {x.k}. Compute them with `knn(x, k={k})` (or larger)."
             )
-        return x.distances[:, :k].to(torch.float64), None, x.n_points, x.all_distinct
+        if not x.all_distinct:  # every stored column: ranks count distinct locations, copies use up columns
+            return x.distances.to(torch.float64), None, x.n_points, False
+        return x.distances[:, :k].to(torch.float64), None, x.n_points, True
     pts = as_points(x)
     n = pts.shape[0]
     if n <= k:

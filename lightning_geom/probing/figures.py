@@ -135,10 +135,16 @@ def id_scale_maps(report: Any):
 
 
 def token_profile(report: Any):
-    """Per-prompt token ID per layer (mean +- std over prompts), and the block-shuffled control when measured."""
+    """Per-prompt token ID per layer (mean +- std over prompts), the block-shuffled control when
+    measured, and the ID of the pooled token cloud (all texts' tokens) when measured."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=100)
     for m, c in zip(report.models, _colors(len(report.models))):
+        cloud = m.get("token_cloud")
+        if cloud:
+            rows = [r for r in cloud["layers"] if isinstance(r.get("id"), float)]
+            ax.plot([r["index"] for r in rows], [r["id"] for r in rows], "-D", ms=4, color=c, alpha=0.6, lw=2,
+                    label=f"{m['name']}: pooled token cloud ({cloud['n_tokens']} tokens)")
         tok = m.get("tokens")
         if not tok:
             continue
@@ -157,8 +163,9 @@ def token_profile(report: Any):
         ax2.set_ylim(-1, 1)
         ax2.legend(fontsize=7, loc="lower right")
     ax.set_xlabel("layer (0 = embeddings)")
-    ax.set_ylabel("per-prompt token ID (GRIDE)")
-    ax.set_title("Per-prompt token geometry (mean +- std over prompts)")
+    per = any(m.get("tokens") for m in report.models)
+    ax.set_ylabel("token ID (GRIDE)")
+    ax.set_title("Token geometry" + (" (per prompt: mean +- std over prompts)" if per else ": the pooled token cloud"))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -169,6 +176,6 @@ def report_figures(report: Any) -> dict[str, Any]:
     figs = {"id_scale_map": id_scale_maps(report), "id_profile": id_profile(report), "gride_curves": gride_curves(report), "overlap_matrix": overlap_matrix(report), "labels_retrieval": labels_retrieval(report)}
     if any(m.get("pullback") for m in report.models):
         figs["pullback"] = pullback(report)
-    if any(m.get("tokens") for m in report.models):
+    if any(m.get("tokens") or m.get("token_cloud") for m in report.models):
         figs["token_profile"] = token_profile(report)
     return figs

@@ -83,10 +83,12 @@ def render(report: Any, figs: dict[str, Any]) -> str:
     parts.append("<h2 id='gride'>GRIDE scale curves</h2>" + _img(figs, "gride_curves", "GRIDE scale curves"))
     if "token_profile" in figs:
         parts.append(
-            "<h2 id='tokens'>Per-prompt token geometry</h2><p>Each prompt's tokens at a layer form one point cloud "
+            "<h2 id='tokens'>Token geometry</h2><p>Per prompt: each prompt's tokens at a layer form one point cloud "
             "(Viswanathan et al. 2025); the ID of each cloud, averaged over prompts. The dashed line, when present, is "
-            "the control with each prompt's tokens shuffled in blocks of 4.</p>" + _img(figs, "token_profile", "per-prompt token ID")
+            "the control with each prompt's tokens shuffled in blocks of 4. The pooled token cloud: the tokens of all texts "
+            "(a seeded subsample) form one cloud per layer.</p>" + _img(figs, "token_profile", "token ID per layer")
         )
+        parts.append(_token_cloud_table(report))
     parts.append("<h2 id='overlap'>Neighbourhood overlap between layers</h2><p class='note'>chi_k between every pair of layers (Doimo et al. 2020).</p>")
     parts.append(_img(figs, "overlap_matrix", "overlap matrix"))
     parts.append("<h2 id='labels'>Label overlap and retrieval</h2>" + _img(figs, "labels_retrieval", "label overlap and retrieval"))
@@ -115,3 +117,26 @@ def render(report: Any, figs: dict[str, Any]) -> str:
         parts.append(f"<tr><td>time ({esc(name)})</td><td>{esc(', '.join(f'{a} {b:.1f}s' for a, b in t.items()))}</td></tr>")
     parts.append("</table><p class='note'>Every number is also in metrics.json and layers.csv next to this page.</p></body></html>")
     return "\n".join(parts)
+
+
+def _token_cloud_table(report: Any) -> str:
+    """Per-layer numbers of the pooled token cloud (empty when none was measured)."""
+    out = []
+    for m in report.models:
+        c = m.get("token_cloud")
+        if not c:
+            continue
+        lossy = any(r.get("loss_neighbors") is not None for r in c["layers"])
+        head = "<tr><th>layer</th><th>ID</th><th>TwoNN</th><th>overlap with next</th>" + ("<th>loss vs neighbours' loss (Spearman)</th>" if lossy else "") + "</tr>"
+        rows = "".join(
+            f"<tr><td>{r['index']}</td><td>{_fmt(r.get('id'))}</td><td>{_fmt(r.get('twonn'))}</td><td>{_fmt(r.get('overlap_next'))}</td>"
+            + (f"<td>{_fmt(r.get('loss_neighbors'))}</td>" if lossy else "") + "</tr>"
+            for r in c["layers"]
+        )
+        note = (
+            f"{esc(m['name'])}: {c['n_tokens']} of {c['available']} tokens from {c['prompts']} texts"
+            + (", special tokens left out" if c.get("special_tokens_dropped") else "")
+            + (f"; mean next-token loss {_fmt(c['loss_mean'])}" if c.get("loss_mean") is not None else "")
+        )
+        out.append(f"<p class='note'>{note}</p><table>{head}{rows}</table>")
+    return "".join(out)

@@ -15,6 +15,7 @@ import io
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,10 +128,13 @@ def probe_model(
     pullback_share: float = 0.25,
     device: str | None = None,
     progress: bool = True,
-    tokens: str | None = None,
+    tokens: str | Sequence[str] | None = None,
     token_prompts: int = 128,
     token_k: int = 8,
     shuffle_control: bool = False,
+    max_tokens: int = 10_000,
+    keep_special_tokens: bool = False,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """The geometry of one model's layers on ``data`` (a :class:`~.data.ProbeData`).
 
@@ -138,6 +142,12 @@ def probe_model(
     samples (:func:`~lightning_geom.analysis.token_geometry`) and, with ``shuffle_control``, the
     same on the prompts with their tokens shuffled in blocks of 4 (syntax and meaning disrupted;
     Viswanathan et al. 2025 see the ID rise).
+
+    ``tokens="pooled"`` adds the geometry of one cloud per layer made of the tokens of all samples
+    (a ``seed``-ed subsample of at most ``max_tokens``, special tokens left out unless
+    ``keep_special_tokens``; :func:`~lightning_geom.tokens.capture_token_cloud`): its ID profile,
+    and for a causal LM each token's next-token loss beside it (see :func:`_pooled_section`).
+    ``tokens=("per_prompt", "pooled")`` does both.
 
     The pullback statistics run on up to ``pullback_samples`` samples, one at a time, and stop
     before they would take more than ``pullback_share`` of the probe's time (forward + geometry +
@@ -196,11 +206,19 @@ def probe_model(
         budget = math.inf if pullback_share >= 1 else spent * pullback_share / max(1e-9, 1.0 - pullback_share)
         pull, pulled = _pullback(module, data, pullback_samples, dev, budget_s=budget) if pullback_samples else (None, 0)
         timings["pullback_s"] = time.perf_counter() - t0
-        token_rec = None
-        if tokens == "per_prompt":
+        token_rec = cloud_rec = None
+        wanted = token_modes(tokens)
+        if "per_prompt" in wanted:
             t0 = time.perf_counter()
+            bar.add_task(f"[{name}] per-prompt token geometry", total=None)
             token_rec = _token_section(module, data, layers, token_prompts, token_k, shuffle_control, dev)
             timings["tokens_s"] = time.perf_counter() - t0
+        if "pooled" in wanted:
+            t0 = time.perf_counter()
+            bar.add_task(f"[{name}] pooled token cloud", total=None)
+            drop = () if keep_special_tokens else getattr(loaded.tokenizer, "all_special_ids", ()) or ()
+            cloud_rec = _pooled_section(module, data, layers, max_tokens, drop, seed, settings, dev)
+            timings["token_cloud_s"] = time.perf_counter() - t0
     best = None
     ret = [(r["retrieval"], r["index"]) for r in layer_recs if isinstance(r.get("retrieval"), float)]
     if ret:
@@ -220,8 +238,81 @@ def probe_model(
         "pullback": pull,
         "pullback_samples_used": pulled,
         "tokens": token_rec,
+        "token_cloud": cloud_rec,
         "timings": timings,
     }
+
+
+TOKEN_MODES = ("per_prompt", "pooled")
+
+
+def token_modes(tokens: str | Sequence[str] | None) -> set[str]:
+    """The token analyses asked for: None, ``"per_prompt"``, ``"pooled"``, ``"both"`` or a list of them
+    (``-`` spelled as ``_`` too).
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    if tokens is None:
+        return set()
+    names = [tokens] if isinstance(tokens, str) else list(tokens)
+    out = set()
+    for n in names:
+        key = str(n).replace("-", "_")
+        if key == "both":
+            out.update(TOKEN_MODES)
+        elif key in TOKEN_MODES:
+            out.add(key)
+        else:
+            raise ValueError(f"Expected `tokens` to be 'per_prompt', 'pooled', 'both' or None, but got {n!r}.")
+    return out
+
+
+def _pooled_section(module: Any, data: Any, layers: Any, max_tokens: int, drop: Any, seed: int, settings: GeometrySettings, dev: torch.device) -> dict[str, Any]:
+    """The geometry of the pooled token cloud (all samples' tokens, subsampled) at every layer.
+
+    Per layer: TwoNN, GRIDE at a common scale and the overlap with the next layer (as the sample
+    profile), the three-phase summary, and for a causal LM ``loss_neighbors``: the Spearman
+    correlation of each token's next-token loss with the mean loss of its ``overlap_k`` nearest
+    neighbours there (near 0: the layer's neighbourhoods ignore how predictable a token is; near 1:
+    tokens sit among tokens that are as hard to predict).
+    """
+    from ..tokens import capture_token_cloud
+
+    if not all(isinstance(b, dict) and "input_ids" in b for b in data.batches):
+        raise ValueError("--tokens pooled needs token inputs (input_ids); this data set has none.")
+    batches = [{key: v for key, v in b.items() if key != "labels"} for b in data.batches]
+    cloud = capture_token_cloud(module, batches, layers=layers, max_tokens=max_tokens, seed=seed, drop_ids=drop, device=dev)
+    if cloud.n_tokens <= max(settings.overlap_k, 2):
+        raise ValueError(f"the pooled token cloud has {cloud.n_tokens} tokens, too few for k = {settings.overlap_k}: use more or longer texts, or --keep-special-tokens.")
+    records = profile_geometry(list(cloud.features), None, settings)
+    if cloud.loss is not None:
+        for r in records:
+            if r.get("_indices") is not None:
+                r["loss_neighbors"] = _loss_neighbors(cloud.loss, r["_indices"][:, : settings.overlap_k].cpu())
+    layer_recs, phase = finish_profile(records, settings)
+    keys = ("index", "id", "id_err", "id_n1", "twonn", "twonn_err", "overlap_next", "loss_neighbors", "error")
+    out: dict[str, Any] = {
+        "layers": [{key: r.get(key) for key in keys} for r in layer_recs],
+        "phase": phase,
+        "n_tokens": cloud.n_tokens,
+        "available": cloud.available,
+        "max_tokens": max_tokens,
+        "prompts": int(cloud.prompt.unique().numel()),
+        "special_tokens_dropped": bool(list(drop)),
+    }
+    if cloud.loss is not None:
+        ok = torch.isfinite(cloud.loss)
+        out["loss_mean"] = float(cloud.loss[ok].mean()) if bool(ok.any()) else None
+    return out
+
+
+def _loss_neighbors(loss: torch.Tensor, idx: torch.Tensor) -> float | None:
+    """Spearman correlation of each token's loss with the mean loss of its neighbours (tokens and
+    neighbours without a loss, i.e. prompts' last tokens, left out); None with < 3 such tokens."""
+    nb = loss[idx]  # (M, k)
+    mean_nb = torch.nanmean(nb, dim=1)
+    return _correlations(loss, mean_nb)["loss_spearman"]
 
 
 def _shuffle_blocks(batch: dict[str, torch.Tensor], block: int, seed: int) -> dict[str, torch.Tensor]:
@@ -240,19 +331,16 @@ def _shuffle_blocks(batch: dict[str, torch.Tensor], block: int, seed: int) -> di
 def _prompt_losses(module: Any, batches: list[dict[str, torch.Tensor]], dev: torch.device) -> torch.Tensor | None:
     """(P,) mean next-token cross-entropy of each prompt over its real tokens, when the model is a causal LM; else None."""
     from ..capture import resolve_network
+    from ..tokens import is_causal_lm, next_token_losses
 
     net = resolve_network(module)
-    if not type(net).__name__.endswith(("ForCausalLM", "LMHeadModel")):
+    if not is_causal_lm(net):
         return None
     out = []
     with torch.inference_mode():
         for b in batches:
-            ids = b["input_ids"].to(dev)
-            mask = b.get("attention_mask", torch.ones_like(b["input_ids"])).to(dev)
-            logits = net(input_ids=ids, attention_mask=mask).logits[:, :-1].float()  # predicts tokens 1..T-1
-            ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")  # (B, T-1)
-            m = mask[:, 1:].to(ce.dtype)
-            out.append(((ce * m).sum(1) / m.sum(1).clamp_min(1)).cpu())
+            per = next_token_losses(net, {key: v.to(dev) if torch.is_tensor(v) else v for key, v in b.items()})  # (B, T), NaN where no target
+            out.append(torch.nanmean(per, dim=1).float().cpu())
     return torch.cat(out)
 
 
@@ -375,7 +463,8 @@ def probe(models: Any, data: Any, *, names: list[str] | None = None, progress: b
         models: a :class:`~lightning_geom.loading.LoadedModel`, an ``nn.Module``, a path, or a list of them.
         data: a :class:`~.data.ProbeData`, or a spec string (``digits``, a file, a folder).
         names: display names (default: file names).
-        **kwargs: :func:`probe_model` options (layers, pooling, k, range_max, pullback_samples, device).
+        **kwargs: :func:`probe_model` options (layers, pooling, k, range_max, pullback_samples, device,
+            tokens, token_prompts, token_k, shuffle_control, max_tokens, keep_special_tokens, seed).
 
     Returns:
         :class:`GeometryReport`.
@@ -394,6 +483,10 @@ def probe(models: Any, data: Any, *, names: list[str] | None = None, progress: b
             loaded.append(load_model(m))
     if not isinstance(data, ProbeData):
         data = load_probe_data(str(data), loaded[0])
+    token_modes(kwargs.get("tokens"))  # a bad name fails before any forward pass
+    mt = kwargs.get("max_tokens", 10_000)
+    if isinstance(mt, bool) or not isinstance(mt, int) or mt < 3:
+        raise ValueError(f"Expected `max_tokens` to be an integer >= 3 (tokens in the pooled cloud), but got {mt!r}.")
     k = kwargs.get("k", 10)
     if data.n <= max(k, 2):
         raise ValueError(f"{data.n} samples are too few for k = {k}: use more samples or a smaller --k.")
@@ -405,8 +498,13 @@ def probe(models: Any, data: Any, *, names: list[str] | None = None, progress: b
     defaults = {n: p.default for n, p in inspect.signature(probe_model).parameters.items() if p.default is not inspect.Parameter.empty}
     settings = {key: kwargs.get(key, defaults.get(key)) for key in ("layers", "pooling", "k", "range_max", "pullback_samples", "pullback_share")}
     settings["layers"] = settings["layers"] or "hidden_states (embeddings + one per block)"
-    if kwargs.get("tokens"):
-        settings.update({key: kwargs.get(key, defaults.get(key)) for key in ("tokens", "token_prompts", "token_k", "shuffle_control")})
+    modes = token_modes(kwargs.get("tokens"))
+    if "per_prompt" in modes:
+        settings.update({key: kwargs.get(key, defaults.get(key)) for key in ("token_prompts", "token_k", "shuffle_control")})
+    if "pooled" in modes:
+        settings.update({key: kwargs.get(key, defaults.get(key)) for key in ("max_tokens", "keep_special_tokens", "seed")})
+    if modes:
+        settings["tokens"] = sorted(modes)
     settings["device"] = reports[0]["device"] if reports else None
     settings["gride_scale_n1"] = next((r.get("id_n1") for m in reports for r in m["layers"] if r.get("id_n1") is not None), None)
     from .. import __version__
