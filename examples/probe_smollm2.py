@@ -8,8 +8,10 @@ ships, loaded through `lightning-geom probe`'s GGUF support (transformers dequan
 the tokenizer comes from the same file). Data: the same real English text as
 `probe_minilm.py` (first docstring sentence of public functions of stdlib / numpy modules,
 labelled by module). Runs the whole probe command: the layer x scale ID map, robust change points,
-pullback statistics (default setting), and the per-prompt token geometry with the block-shuffled
-control and the per-prompt ID vs next-token-loss correlation. Prints the probe's time split.
+pullback statistics (default setting), the per-prompt token geometry with the block-shuffled
+control and the per-prompt ID vs next-token-loss correlation, and the pooled token cloud (all texts'
+tokens, a seeded subsample of --max-tokens, special tokens left out) with each token's next-token
+loss beside its neighbours'. Prints the probe's time split.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="smollm2_report")
     p.add_argument("--max-samples", type=int, default=600)
     p.add_argument("--token-prompts", type=int, default=128)
+    p.add_argument("--max-tokens", type=int, default=5000)
     args = p.parse_args(argv)
     from lightning_geom.cli import main as cli
 
@@ -50,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     n = docstring_dataset(out / "stdlib_docstrings.csv", per_module=80)
     code = cli([
         "probe", str(smollm2_gguf()), "--data", str(out / "stdlib_docstrings.csv"), "--out", str(out),
-        "--max-samples", str(min(n, args.max_samples)), "--tokens", "per-prompt", "--shuffle-control",
-        "--token-prompts", str(args.token_prompts),
+        "--max-samples", str(min(n, args.max_samples)), "--tokens", "both", "--shuffle-control",
+        "--token-prompts", str(args.token_prompts), "--max-tokens", str(args.max_tokens),
     ])
     metrics = json.loads((out / "metrics.json").read_text())
     t = metrics["timings"]
@@ -59,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
         total = sum(parts.values())
         split = ", ".join(f"{k[:-2]} {v:.1f} s ({100 * v / total:.0f} %)" for k, v in parts.items())
         print(f"{name}: {total:.1f} s = {split}")
+    for m in metrics["models"]:
+        c = m.get("token_cloud")
+        if c:
+            print(f"{m['name']}: pooled token cloud, {c['n_tokens']} of {c['available']} tokens; mean next-token loss {c.get('loss_mean')}")
+            for r in c["layers"]:
+                print(f"  layer {r['index']:2d}: ID {r['id']}, TwoNN {r['twonn']}, overlap next {r['overlap_next']}, loss vs neighbours' loss {r['loss_neighbors']}")
     return code
 
 
