@@ -120,3 +120,15 @@ def test_a_cloud_of_copies_gets_nan_and_the_others_their_own_id():
         torch.testing.assert_close(est["twonn"][c], alone["twonn"][0])
     with pytest.raises(ValueError, match="at least 3 non-duplicate points"):
         id_batched(knn_batched(x[1:2], 8), range_max=8)
+
+
+def test_clouds_with_points_of_huge_norm_equal_the_per_cloud_knn():
+    """Massive activations in some clouds: the per-cloud certificate tiers by norm and stays exact."""
+    x = _clouds(b=3, n=150, d=32, seed=4)
+    x[0, ::40, 0] += 3e4  # a few tokens far out in clouds 0 and 2 (a cluster of their own)
+    x[2, 5:9, 3] -= 1e4
+    nb = knn_batched(x, 12, lengths=torch.tensor([150, 150, 120]))
+    for c, m in enumerate((150, 150, 120)):
+        ref = knn(x[c, :m], 12)
+        assert torch.equal(nb.indices[c, :m], ref.indices)
+        torch.testing.assert_close(nb.distances[c, :m], ref.distances, rtol=1e-10, atol=0)  # the Gram recompute's proven bound

@@ -43,6 +43,8 @@ from .neighbors import (
     exact_candidates,
     matmul_unit,
     no_autocast,
+    norm_tiers,
+    robust_centre,
 )
 
 __all__ = ["BatchedNeighbors", "knn_batched", "id_batched", "overlap_batched"]
@@ -181,13 +183,11 @@ def _knn_batched(x: Tensor, k: int, lengths: Tensor, margin: int | None, budget_
     budget = budget_bytes or (_BATCH_BUDGET_BYTES if device.type == "cpu" else 2 << 30)
     chunk = max(1, min(b, budget // max(1, n * n * 4)))
     valid = torch.arange(n, device=device) < lengths.unsqueeze(1)  # (B, N)
-    cnt = lengths.to(torch.float64).unsqueeze(1)
     padded = bool((lengths < n).any())
-    if padded:  # padding (any values, NaN too) out of the mean and zeroed
-        mean = torch.where(valid.unsqueeze(2), x, 0).sum(dim=1, dtype=torch.float64) / cnt  # (B, D)
+    mean = robust_centre(x, lengths)  # (B, D) from valid rows only; any centre works (the certificate bounds x32's rounding)
+    if padded:  # padding (any values, NaN too) zeroed
         x32 = torch.where(valid.unsqueeze(2), x.to(torch.float32) - mean.unsqueeze(1).to(torch.float32), 0)  # centred in float32
     else:  # no (B, N, D) masks: at B = 32 clouds of 1024 x 768 they cost as much as the recompute
-        mean = x.mean(dim=1).to(torch.float64)  # any centre works (the certificate bounds x32's rounding): no float64 copy of x
         x32 = x.to(torch.float32) - mean.unsqueeze(1).to(torch.float32)  # half / bfloat16 widened exactly first
     sq = torch.einsum("bnd,bnd->bn", x32, x32)  # (B, N), without a (B, N, D) temporary
     cand_v = torch.empty(b, n, kc, dtype=torch.float32, device=device)
@@ -216,8 +216,8 @@ def _knn_batched(x: Tensor, k: int, lengths: Tensor, margin: int | None, budget_
         dist, idx = exact_candidates(flat, rows, cols, cand_i.view(b * n, kc), k, budget=rc_budget, gram=False)
         dist, idx = dist.view(b, n, kc), idx.view(b, n, kc)  # (distance, index) order
     if bool((lengths > kc + 1).any()):  # some rows have non-candidates to rule out
-        sq_max = torch.where(valid, sq, 0).amax(dim=1, keepdim=True)
-        uncertified = _uncertified(dist[..., k - 1], sq, cand_v.amin(dim=2), sq_max, d, unit)  # the weakest kept score
+        tiers = norm_tiers(torch.where(valid, sq, 0))  # per cloud (padding as 0: only stricter)
+        uncertified = _uncertified(dist[..., k - 1], sq, cand_v.amin(dim=2), tiers, d, unit)  # the weakest kept score
         full = lengths.unsqueeze(1) > kc + 1  # rows with non-candidates left to rule out
         failed = torch.nonzero(valid & full & uncertified)
         if failed.numel():

@@ -384,6 +384,30 @@ def _leftover(n: int, d: int, kc: int, block: int, budget: int | None, half: boo
     return budget - knn_bytes(n, d, kc, block, recompute=0, half=half)
 
 
+_CENTRE_SAMPLE = 255  # points whose coordinate-wise median centres the float32 pass
+
+
+def robust_centre(x: Tensor, lengths: Tensor | None = None, *, sample: int = _CENTRE_SAMPLE) -> Tensor:
+    """The centre knn subtracts before its float32 pass: the coordinate-wise median of up to ``sample``
+    evenly spaced points, float64: (1, D) for (N, D) points, (B, D) for (B, N, D) clouds of ``lengths``.
+
+    Any centre keeps the result exact (the certificate bounds the centred points' rounding); a small
+    one keeps the bound, (|x_i|^2 + |x_j|^2) eps32, small. The mean is pulled out by a few points of
+    huge norm (an LLM's massive activations: 2 % of the points at 100x the median norm move it 2x the
+    median norm), which inflates every point's norm and fails the certificate of most rows; the median
+    is not. A sample's median costs 1 % of the mean's bandwidth's worth at most.
+    """
+    if x.dim() == 2:
+        return x[:: -(-x.shape[0] // sample)].median(dim=0, keepdim=True).values.to(torch.float64)
+    b, n, _ = x.shape
+    lengths = torch.full((b,), n, device=x.device) if lengths is None else lengths
+    s = max(1, min(sample, int(lengths.min())))
+    step = torch.arange(s, device=x.device) if s > 1 else torch.zeros(1, dtype=torch.long, device=x.device)
+    pos = step * (lengths.unsqueeze(1) - 1) // max(1, s - 1)  # (B, s): evenly spaced valid rows
+    rows = x[torch.arange(b, device=x.device).unsqueeze(1), pos]  # (B, s, D)
+    return rows.to(torch.float64).median(dim=1).values
+
+
 def _exact_distances(x: Tensor, rows: Tensor, cols: Tensor, *, budget: int = _CPU_RECOMPUTE_BYTES) -> Tensor:
     """|x_i - x_j| in float64 for i in ``rows`` (R,), j in ``cols`` (R, C); returns (R, C).
 
@@ -455,12 +479,11 @@ def _gram_distances(
     N = 10,000, D = 768. Where the identity's proven rounding bound (:func:`_gram_error`) exceeds
     ``_GRAM_REL`` of the squared distance (near-duplicates, exact copies: cancellation), the pair is
     recomputed from the difference, exact; its bound is then 0. ``centred``: the points already
-    centred in float64 (e.g. cloud by cloud), else ``x`` minus its mean.
+    centred in float64 (e.g. cloud by cloud), else ``x`` minus :func:`robust_centre`.
     """
     n, d = x.shape
     if centred is None:
-        x64 = x.to(torch.float64)
-        x64 = x64 - x64.mean(dim=0, keepdim=True)  # centred: smaller norms, smaller rounding bound
+        x64 = x.to(torch.float64) - robust_centre(x)  # centred: smaller norms, smaller rounding bound
     else:
         x64 = centred
     sq = torch.einsum("nd,nd->n", x64, x64)  # |x_i|^2 without an (N, D) temporary
@@ -791,29 +814,58 @@ def _sort_rows(dist: Tensor, idx: Tensor, *more: Tensor) -> tuple[Tensor, ...]:
     return tuple(t.gather(-1, order) for t in (dist, idx, *more))
 
 
+def norm_tiers(sq: Tensor) -> Tensor:
+    """The points' |x_j|^2 sorted ascending, float64, along the last dimension: the thresholds T that
+    :func:`_uncertified` tries. ``sq`` (..., N); padded entries may be set to 0 (they only make it stricter)."""
+    return torch.sort(sq.to(torch.float64), dim=-1).values
+
+
 def _uncertified(
-    kth: Tensor, sq_rows: Tensor, last_score: Tensor, sq_max: Tensor, d: int, unit: float = 0.0, tiny: float = 0.0
+    kth: Tensor, sq_rows: Tensor, last_score: Tensor, tiers: Tensor, d: int, unit: float = 0.0, tiny: float = 0.0
 ) -> Tensor:
     """Rows whose exact k-th distance is not proven to beat every non-candidate.
 
     Every non-candidate j has a float32 estimate est_ij >= est_last = |x_i|^2 - 2 s_last (top-k),
-    and |est - exact^2| <= bound = (8 sqrt(D) + 4) eps32 (|x_i|^2 + max |x_j|^2) (the GEMM's rounding, plus
-    that of the |x|^2 / 2 terms and of the symmetric scores' shift); so exact^2 >= est_last - bound >= kth^2
-    proves the row. A GEMM that rounds its inputs by ``unit`` (TF32, bf16: :func:`matmul_unit`) moves
-    2 <x_i, x_j> by at most 2 (2u + u^2) |x_i| |x_j| <= (2u + u^2) (|x_i|^2 + |x_j|^2) and the rounded
-    |x|^2 / 2 columns of the symmetric scores by u (|x_i|^2 + |x_j|^2) more: (3u + u^2) (|x_i|^2 + max |x_j|^2)
-    is added. ``tiny``: an absolute rounding of each component on top of the relative one (float16
-    subnormals), which moves 2 <x_i, x_j> by at most 2 tiny sqrt(D) (|x_i| + |x_j|) (1 + u) more.
-    Shapes broadcast (any leading dims).
+    and |est - exact^2| <= bound_ij = (8 sqrt(D) + 4) eps32 (|x_i|^2 + |x_j|^2) (the GEMM's rounding, plus
+    that of the |x|^2 / 2 terms and of the symmetric scores' shift). A GEMM that rounds its inputs by
+    ``unit`` (TF32, bf16: :func:`matmul_unit`) moves 2 <x_i, x_j> by at most 2 (2u + u^2) |x_i| |x_j| <=
+    (2u + u^2) (|x_i|^2 + |x_j|^2) and the rounded |x|^2 / 2 columns of the symmetric scores by u
+    (|x_i|^2 + |x_j|^2) more: (3u + u^2) (|x_i|^2 + |x_j|^2) is added. ``tiny``: an absolute rounding of
+    each component on top of the relative one (float16 subnormals), which moves 2 <x_i, x_j> by at most
+    2 tiny sqrt(D) (|x_i| + |x_j|) (1 + u) more.
+
+    The proof splits the points at a threshold T_m = the m-th smallest |x_j|^2 (``tiers``,
+    :func:`norm_tiers`), for every m: a non-candidate with |x_j|^2 <= T_m has exact^2 >= est_last -
+    bound(T_m) > kth^2; one above it (|x_j|^2 >= T_(m+1)) has exact >= |x_j| - |x_i| > kth (the
+    triangle inequality about the common centre; the float32 norms' rounding, (D + 2) eps32 relative,
+    is allowed for). m = N - 1 alone is the plain certificate with max |x_j|^2 in every bound; the
+    split keeps a few points of huge norm (an LLM's massive activations: 170x the median norm) from
+    widening every row's bound. Condition one holds for the smallest m, condition two for the
+    largest, so two ``searchsorted`` tell whether some m meets both. Both are strict: a point as far
+    as the k-th is a candidate, so exact ties are broken by index among the candidates. Shapes: rows
+    (..., R), ``tiers`` (..., N) with the same leading dims, or (N,).
     """
     sq64 = sq_rows.to(torch.float64)
-    est_last = sq64 - 2.0 * last_score.to(torch.float64)
+    est_last = torch.add(sq64, last_score.to(torch.float64), alpha=-2.0)
     coef = (8.0 * math.sqrt(d) + 4.0) * _F32_EPS + (3.0 * unit + unit * unit) * (1.0 + 1e-3)
-    sq_top = sq_max.to(torch.float64)
-    bound = coef * (sq64 + sq_top)
-    if tiny:  # (a float16 |x|^2 / 2 column's own subnormal rounding is far below the sq_max term above)
-        bound = bound + 2.0 * tiny * math.sqrt(d) * (sq64.sqrt() + sq_top.sqrt()) * (1.0 + unit) * (1.0 + 1e-3)
-    return kth * kth * (1.0 + 10 * _GRAM_REL) > est_last - bound  # kth: exact to _GRAM_REL (Gram recompute)
+    grow = 1.0 + 10 * _GRAM_REL  # kth: exact to _GRAM_REL (Gram recompute); kth * grow bounds it
+    norm = sq64.sqrt()
+    rhs = torch.addcmul(est_last.add_(sq64, alpha=-coef), kth, kth, value=-grow * grow)  # condition one: coef T (+ t sqrt T) < rhs
+    if tiny:  # (a float16 |x|^2 / 2 column's own subnormal rounding is far below the |x_j|^2 term above)
+        t = 2.0 * tiny * math.sqrt(d) * (1.0 + unit) * (1.0 + 1e-3)
+        rhs = rhs - t * norm
+        root = (torch.sqrt(t * t + 4.0 * coef * rhs.clamp_min(0.0)) - t) / (2.0 * coef)  # the largest sqrt(T)
+        t_max = torch.where(rhs > 0, root * root * (1.0 - 1e-9), -1.0)
+    else:
+        t_max = rhs.mul_((1.0 - 1e-9) / coef)  # rhs <= 0: t_max <= 0 and no T (>= 0) is below it
+    rel = (d + 2) * _F32_EPS
+    # condition two: T_(m+1) > l_min = (kth grow + |x_i| sqrt(1 + rel))^2 / (1 - rel)
+    l_min = torch.add(kth, norm, alpha=math.sqrt(1.0 + rel) / grow).square_().mul_(grow * grow * (1.0 + 1e-9) / (1.0 - rel))
+    if tiers.dim() > 1:
+        t_max, l_min = t_max.contiguous(), l_min.contiguous()
+    fits = torch.searchsorted(tiers, t_max)  # m in [0, fits) meet condition one (T_m < t_max)
+    first = torch.searchsorted(tiers, l_min, right=True)  # m in [first - 1, N) meet condition two (T_N = inf)
+    return first > fits
 
 
 def _default_margin(k: int, unit: float) -> int:
@@ -841,7 +893,7 @@ def _refine_failed(
     dist, idx = dist[:, :k].clone(), idx[:, :k].clone()
     copies = dist[failed, k - 1] == 0
     left, todo = failed[copies], failed[~copies]
-    width, sq_max = kc, sq.max()
+    width, tiers = kc, norm_tiers(sq)
     for _ in range(_ESCALATIONS):
         if not todo.numel():
             break
@@ -853,7 +905,7 @@ def _refine_failed(
         if width == n - 1:  # every point was a candidate
             todo = todo[:0]
             break
-        todo = todo[_uncertified(dd[:, k - 1], sq.index_select(0, rows), score, sq_max, d, unit)]
+        todo = todo[_uncertified(dd[:, k - 1], sq.index_select(0, rows), score, tiers, d, unit)]
     left = torch.cat([left, todo])
     if left.numel():
         dist, idx = _fix_failed_rows(x, dist, idx, left, k, budget, offset=offset)
@@ -939,7 +991,7 @@ def _knn(
     block = plan_memory(n, d, kc, block, device, fixed_block=bool(block_size), budget=memory_budget, half=half)
     spare = _leftover(n, d, kc, block, memory_budget, half)  # what a memory_budget leaves for optional buffers
 
-    mean = x.mean(dim=0, keepdim=True).to(torch.float64)  # any centre will do: the certificate bounds x32's rounding
+    mean = robust_centre(x)  # any centre will do (the certificate bounds x32's rounding); the median resists outliers
     if x.dtype == torch.float64:
         x32 = (x - mean).to(torch.float32)  # centred: less cancellation
     else:  # centring in float32 (exact widening of half / bfloat16 first): its rounding is inside the certificate's bound
@@ -970,7 +1022,7 @@ def _knn(
 
     if kc < n - 1:
         tiny = _HALF_TINY / scale if half else 0.0  # float16 subnormals, in the points' units
-        failed = torch.nonzero(_uncertified(dist[:, k - 1], sq[a:b], cand_score, sq.max(), d, unit, tiny)).flatten()
+        failed = torch.nonzero(_uncertified(dist[:, k - 1], sq[a:b], cand_score, norm_tiers(sq), d, unit, tiny)).flatten()
         if failed.numel():  # their next passes multiply in float32 (its own, narrower certificate)
             dist, idx = _refine_failed(
                 x, x32, sq, dist, idx, failed, k, kc, block=block, budget=budget, gram=gram, unit=unit32,
