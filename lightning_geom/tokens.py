@@ -96,6 +96,14 @@ def next_token_losses(net: nn.Module, batch: dict[str, Tensor], *, max_logits: i
     Raises:
         ValueError: ``batch`` has no ``input_ids``.
     """
+    return _lm_pass(net, batch, max_logits=max_logits, hidden=False)[0]
+
+
+def _lm_pass(
+    net: nn.Module, batch: dict[str, Tensor], *, max_logits: int, hidden: bool
+) -> tuple[Tensor, tuple[Tensor, ...] | None]:
+    """:func:`next_token_losses` and, with ``hidden``, the same forward's hidden states (each (B, T, D),
+    row slices concatenated): one pass gives both, where a separate capture would run the model twice."""
     if not isinstance(batch, dict) or "input_ids" not in batch:
         raise ValueError("next-token losses need token inputs: a dict batch with `input_ids`.")
     ids = batch["input_ids"]
@@ -104,16 +112,28 @@ def next_token_losses(net: nn.Module, batch: dict[str, Tensor], *, max_logits: i
     vocab = _vocab_size(net)
     rows = max(1, max_logits // max(1, ids.shape[1] * vocab)) if vocab else ids.shape[0]
     _, kwargs, _ = split_batch(batch)
-    out = []
+    if hidden:
+        kwargs = {**kwargs, "output_hidden_states": True}
+    out, states = [], []
     for s in range(0, ids.shape[0], rows):
         part = {k: v[s : s + rows] if torch.is_tensor(v) and v.shape[:1] == ids.shape[:1] else v for k, v in kwargs.items()}
-        logits = net(**part).logits[:, :-1].float()  # position t predicts token t + 1
+        res = net(**part)
+        logits = res.logits[:, :-1].float()  # position t predicts token t + 1
         ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[s : s + rows, 1:], reduction="none").double()
+        del logits
         m = mask[s : s + rows]
         valid = (m[:, :-1] > 0) & (m[:, 1:] > 0)
         ce = torch.where(valid, ce, torch.full_like(ce, float("nan")))
         out.append(torch.nn.functional.pad(ce, (0, 1), value=float("nan")))
-    return torch.cat(out)
+        if hidden:
+            got = getattr(res, "hidden_states", None)
+            if got is None:
+                raise ValueError(f"{type(net).__name__} returned no `hidden_states`; pass `layers=[...]` to capture with hooks.")
+            states.append(tuple(got))
+        del res
+    if not hidden:
+        return torch.cat(out), None
+    return torch.cat(out), tuple(torch.cat(layer) for layer in zip(*states))
 
 
 def _vocab_size(net: nn.Module) -> int | None:
@@ -177,8 +197,18 @@ def capture_token_cloud(
     feats: list[Tensor] = []
     sources: tuple[str, ...] = ()
     available, offset = 0, 0
+    fused = with_loss and layers is None  # the hidden states and the losses from one forward
+    store: dict[str, Tensor] = {}
+
+    def forward(n: nn.Module, b: dict[str, Tensor]) -> dict[str, tuple[Tensor, ...] | None]:
+        store["loss"], states = _lm_pass(n, b, max_logits=2**25, hidden=True)
+        return {"hidden_states": states}
+
     for batch in batches:
-        reps = capture_representations(module, [batch], layers=layers, pooling="tokens", normalize=normalize, device=device, feature_device=feature_device)
+        reps = capture_representations(
+            module, [batch], layers=layers, pooling="tokens", normalize=normalize, device=device,
+            feature_device=feature_device, forward_fn=forward if fused else None,
+        )
         if reps.lengths is None or reps.features[0].ndim != 3:
             raise ValueError("a pooled token cloud needs token-level hidden states (B, T, D) from the model; this one gives (B, D).")
         sources = reps.sources
@@ -190,7 +220,9 @@ def capture_token_cloud(
         new_keys = torch.rand(b, t, generator=gen, dtype=torch.float64)[rows, cols]
         new_feats = [f[rows.to(f.device), cols.to(f.device)] for f in reps.features]
         new_loss = None
-        if with_loss and rows.numel():
+        if fused and rows.numel():
+            new_loss = store.pop("loss").cpu()[rows, cols].clone()
+        elif with_loss and rows.numel():  # hooked layers: the loss from a second forward
             was = net.training
             net.eval()
             try:

@@ -137,3 +137,21 @@ def test_bad_token_cloud_requests_name_the_problem(lm):
         capture_token_cloud(pooled, [torch.randn(3, 4)], layers=["0"])
     with pytest.raises(ValueError, match="input_ids"):
         next_token_losses(lm, {"x": torch.zeros(2, 3)})
+
+
+def test_the_loss_and_the_hidden_states_come_from_one_forward(lm):
+    """A causal LM's token cloud with its losses runs the model once per batch (the hidden states of
+    the forward that makes the logits), and equals the loss-free capture and `next_token_losses`."""
+    batches = _batches(seed=2)
+    calls = []
+    handle = lm.transformer.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        with_loss = capture_token_cloud(lm, batches, max_tokens=None, loss=True)
+        assert len(calls) == len(batches)
+    finally:
+        handle.remove()
+    plain = capture_token_cloud(lm, batches, max_tokens=None, loss=False)
+    for a, b in zip(with_loss.features, plain.features):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    per = torch.cat([torch.nn.functional.pad(next_token_losses(lm, b), (0, 9 - b["input_ids"].shape[1]), value=math.nan) for b in batches])
+    torch.testing.assert_close(with_loss.loss, per[with_loss.prompt, with_loss.position], equal_nan=True)
