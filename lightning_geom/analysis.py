@@ -105,7 +105,9 @@ def layer_geometry(
     nb = knn(x, k) if neighbors is None else neighbors
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DuplicatePointsWarning)
-        tw, curve = id_profile(nb, range_max=settings.range_max)
+        # copies (an LM's token embeddings repeat per token id): the ID of the distinct locations, from the
+        # points (DADApy's remove_identical_points); copies would use up the stored columns of ``nb``
+        tw, curve = id_profile(nb if nb.all_distinct else x, range_max=settings.range_max)
     dup = next((str(w.message) for w in caught if issubclass(w.category, DuplicatePointsWarning)), None)
     if settings.id_n1 == "auto":
         i = choose_scale(curve)

@@ -155,3 +155,22 @@ def test_the_loss_and_the_hidden_states_come_from_one_forward(lm):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     per = torch.cat([torch.nn.functional.pad(next_token_losses(lm, b), (0, 9 - b["input_ids"].shape[1]), value=math.nan) for b in batches])
     torch.testing.assert_close(with_loss.loss, per[with_loss.prompt, with_loss.position], equal_nan=True)
+
+
+def test_a_layer_of_repeated_token_embeddings_gets_the_id_of_its_distinct_points():
+    """Layer 0 of a pooled cloud is the token embedding: every occurrence of a word is the same
+    vector, and frequent words repeat more often than the kNN holds neighbours. The layer's ID is
+    that of the distinct points (as from the points themselves), with a warning, not an error."""
+    from lightning_geom.analysis import GeometrySettings, layer_geometry
+    from lightning_geom.geometry import id_profile
+
+    g = torch.Generator().manual_seed(0)
+    vocab = torch.randn(400, 6, generator=g, dtype=torch.float64) @ torch.randn(6, 32, generator=g, dtype=torch.float64)
+    zipf = 1.0 / torch.arange(1, 401, dtype=torch.float64)
+    tokens = torch.multinomial(zipf, 2000, replacement=True, generator=g)  # the commonest id ~300 times
+    x = vocab[tokens]
+    rec, idx = layer_geometry(x, None, GeometrySettings(range_max=64))
+    tw, curve = id_profile(x, range_max=64)
+    assert rec["error"] is None and rec["warning"] and "duplicate" in rec["warning"]
+    assert rec["twonn"] == pytest.approx(tw.dim, rel=1e-12) and rec["gride"]["dims"] == list(curve.dims)
+    assert 4 < rec["id"] < 8 and idx.shape == (2000, 10)
