@@ -3,7 +3,7 @@
 The floor of every geometry estimator is the distance GEMM (N x N x D multiply-adds). ``knn`` spends
 its time there and wastes little after it:
 
-1. centre the points, cast to float32 and compute, one panel of rows at a time, the ranking
+1. centre the points (on a sampled coordinate-wise median: :func:`robust_centre`), cast to float32 and compute, one panel of rows at a time, the ranking
    score ``s_ij = <x_i, x_j> - |x_j|^2 / 2`` (so that ``|x_i - x_j|^2 = |x_i|^2 - 2 s_ij``), and keep
    the ``k + margin`` best candidates per row with ``topk``; the Gram matrix is symmetric, so only
    its upper triangle is multiplied (symmetric scores -|x_i - x_j|^2 / 2 from one GEMM of augmented
@@ -17,6 +17,8 @@ its time there and wastes little after it:
 3. certify each row: the exact k-th distance must lie below the float32 estimate of the last
    candidate minus a rounding-error bound (widened to the input rounding of TF32 / bf16 matmuls
    when ``torch.set_float32_matmul_precision`` or the backend flags allow them: :func:`matmul_unit`);
+   points of much larger norm than the row's neighbours (an LLM's massive activations) are ruled out
+   by the triangle inequality instead of widening the bound (:func:`_uncertified`);
    a row that fails takes candidates again with 4x the margin (one GEMM of its row against all
    points, up to three times), and only then is recomputed exactly against all points. The result
    is the exact kNN graph, not an approximation, whatever the matmul precision settings.
