@@ -103,12 +103,14 @@ def layer_geometry(
     n = int(x.shape[0])
     k = layer_k(n, settings)
     nb = knn(x, k) if neighbors is None else neighbors
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", DuplicatePointsWarning)
-        # copies (an LM's token embeddings repeat per token id): the ID of the distinct locations, from the
-        # points (DADApy's remove_identical_points); copies would use up the stored columns of ``nb``
-        tw, curve = id_profile(nb if nb.all_distinct else x, range_max=settings.range_max)
-    dup = next((str(w.message) for w in caught if issubclass(w.category, DuplicatePointsWarning)), None)
+    if nb.all_distinct:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DuplicatePointsWarning)
+            tw, curve = id_profile(nb, range_max=settings.range_max)
+        dup = next((str(w.message) for w in caught if issubclass(w.category, DuplicatePointsWarning)), None)
+    else:  # copies (an LM's token embeddings; a causal LM's tokens after a shared prefix) would use up the
+        # columns of ``nb``: the ID of the distinct locations, as DADApy's remove_identical_points does
+        tw, curve, dup = _distinct_id(x, settings)
     if settings.id_n1 == "auto":
         i = choose_scale(curve)
     else:
@@ -132,6 +134,19 @@ def layer_geometry(
     if labels is not None:
         rec["label_overlap"] = label_overlap(nb, labels, k=settings.label_k)
     return rec, nb.indices[:, : settings.overlap_k].clone()
+
+
+def _distinct_id(x: Tensor, settings: GeometrySettings) -> tuple[Any, Any, str]:
+    """TwoNN and the GRIDE curve of the distinct rows of ``x`` (each location once), and the warning."""
+    uniq = torch.unique(x, dim=0)
+    n, m = int(x.shape[0]), int(uniq.shape[0])
+    if m < 4:
+        raise ValueError(
+            f"only {m} distinct points among {n}: the layer maps (nearly) every sample to the same vector; "
+            "use more varied samples."
+        )
+    tw, curve = id_profile(uniq, range_max=settings.range_max)
+    return tw, curve, f"{n - m} of {n} points are exact copies of another: the ID is that of the {m} distinct points."
 
 
 def profile_geometry(

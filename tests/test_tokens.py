@@ -160,7 +160,8 @@ def test_the_loss_and_the_hidden_states_come_from_one_forward(lm):
 def test_a_layer_of_repeated_token_embeddings_gets_the_id_of_its_distinct_points():
     """Layer 0 of a pooled cloud is the token embedding: every occurrence of a word is the same
     vector, and frequent words repeat more often than the kNN holds neighbours. The layer's ID is
-    that of the distinct points (as from the points themselves), with a warning, not an error."""
+    that of the distinct points (each location once, as DADApy's remove_identical_points), with a
+    warning, not an error."""
     from lightning_geom.analysis import GeometrySettings, layer_geometry
     from lightning_geom.geometry import id_profile
 
@@ -170,7 +171,8 @@ def test_a_layer_of_repeated_token_embeddings_gets_the_id_of_its_distinct_points
     tokens = torch.multinomial(zipf, 2000, replacement=True, generator=g)  # the commonest id ~300 times
     x = vocab[tokens]
     rec, idx = layer_geometry(x, None, GeometrySettings(range_max=64))
-    tw, curve = id_profile(x, range_max=64)
-    assert rec["error"] is None and rec["warning"] and "duplicate" in rec["warning"]
+    distinct = torch.unique(x, dim=0)
+    tw, curve = id_profile(distinct, range_max=64)  # DADApy: remove_identical_points, then estimate
+    assert rec["error"] is None and f"the ID is that of the {distinct.shape[0]} distinct points" in rec["warning"]
     assert rec["twonn"] == pytest.approx(tw.dim, rel=1e-12) and rec["gride"]["dims"] == list(curve.dims)
     assert 4 < rec["id"] < 8 and idx.shape == (2000, 10)
