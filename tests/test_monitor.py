@@ -427,9 +427,39 @@ def test_per_prompt_token_geometry(tmp_path, data, background):
     assert tok["layers"][1]["token_id"] == pytest.approx(recs[1]["token_id"], rel=1e-6)
 
 
+def test_pooled_token_cloud_in_the_monitor(tmp_path, data):
+    """tokens='both': the per-prompt record and the pooled cloud (the same prompts' tokens flattened,
+    a seeded max_tokens subsample) whose ID equals the estimators on those tokens, logged per layer."""
+    from lightning_geom.analysis import GeometrySettings, layer_geometry
+    from lightning_geom.capture import capture_representations
+
+    logger = RecordingLogger()
+    mon = _monitor(data, tmp_path, tokens="both", token_prompts=16, token_k=4, max_tokens=64, log_spaced=False, at_fit_start=False)
+    model = TinyGPT()
+    _trainer(tmp_path, mon, steps=4, loggers=logger).fit(model, loader(data, shuffle=True))
+    rec = mon.history[-1]
+    cloud = rec["token_cloud"]
+    assert rec["tokens"]["layers"] and cloud["n_tokens"] == 64 < cloud["available"] and len(cloud["layers"]) == 4
+    keys = set(logger.calls[-1][1])
+    assert {f"geometry/token_cloud_{k}/layer_{i:02d}" for k in ("id", "twonn") for i in range(4)} <= keys
+    assert "geometry/time/token_cloud_s" in keys
+    # the oracle: the same 64 tokens, captured and measured directly
+    reps = capture_representations(model, [{k: v[:16] for k, v in data.items()}], pooling="tokens")
+    valid = torch.arange(reps.features[0].shape[1]) < reps.lengths.unsqueeze(1)
+    rows, cols = valid.nonzero(as_tuple=True)
+    keep = torch.randperm(rows.numel(), generator=torch.Generator().manual_seed(0))[:64].sort().values
+    assert cloud["available"] == rows.numel()
+    x = reps.features[2][rows[keep], cols[keep]]
+    direct, _ = layer_geometry(x, None, GeometrySettings(range_max=16, id_n1=cloud["layers"][2]["id_n1"]))
+    assert cloud["layers"][2]["twonn"] == pytest.approx(direct["twonn"], rel=1e-5)
+    assert cloud["layers"][2]["id"] == pytest.approx(direct["id"], rel=1e-5)
+
+
 def test_tokens_option_is_validated(data):
-    with pytest.raises(ValueError, match="`tokens` to be None or 'per_prompt'"):
+    with pytest.raises(ValueError, match="`tokens` to be None, 'per_prompt', 'pooled' or 'both'"):
         GeometryMonitor(probe=data, tokens="all")
+    with pytest.raises(ValueError, match="`max_tokens` to be an integer >= 16"):
+        GeometryMonitor(probe=data, tokens="pooled", max_tokens=3)
 
 
 def test_a_resume_into_a_new_csv_folder_gets_the_restored_records(tmp_path, data):

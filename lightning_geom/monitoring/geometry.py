@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
+import torch
+
 from ..analysis import GeometrySettings, finish_profile, layer_errors, profile_geometry
 from ..capture import capture_representations
 from ..report.history import metric_key, scalars
@@ -59,7 +61,13 @@ class GeometryCore(MonitorCore):
             cloud per layer (Viswanathan et al., arXiv 2501.10573: :func:`~lightning_geom.analysis.token_geometry`)
             and logs the mean and spread over prompts as ``geometry/token_id/layer_NN``,
             ``token_id_std``, ``token_twonn``, ``token_overlap_next`` (one extra forward of those prompts).
-        token_prompts: prompts in the per-prompt analysis.
+            ``"pooled"`` flattens the same prompts' tokens into one cloud per layer (a seeded subsample of at
+            most ``max_tokens``) and logs its ID profile as ``geometry/token_cloud_id/layer_NN``,
+            ``token_cloud_twonn``, ``token_cloud_overlap_next`` (no second forward: the per-prompt capture's
+            tokens; every token, special ones too); ``"both"`` does the two.
+        token_prompts: prompts in the per-prompt analysis and the pooled cloud.
+        max_tokens: the most tokens in the pooled cloud (a seeded uniform subsample, the same tokens at
+            every checkpoint while the probe is the same).
         token_k: neighbours per token (prompts with <= ``token_k`` real tokens are left out).
         shard_knn_above: under DDP, a probe of at least this many samples has each layer's kNN rows
             split over the ranks (``knn_split``: exact, the same answer as one process) instead of
@@ -87,8 +95,9 @@ class GeometryCore(MonitorCore):
         id_n1: int | str = "auto",
         overlap_k: int = 10,
         label_k: int = 10,
-        tokens: Literal["per_prompt"] | None = None,
+        tokens: Literal["per_prompt", "pooled", "both"] | None = None,
         token_prompts: int = 64,
+        max_tokens: int = 4096,
         token_k: int = 8,
         shard_knn_above: int | None = 50_000,
         **kwargs: Any,
@@ -97,8 +106,11 @@ class GeometryCore(MonitorCore):
         if shard_knn_above is not None and (not isinstance(shard_knn_above, int) or shard_knn_above < 1):
             raise ValueError(f"Expected `shard_knn_above` to be a positive number of points or None, but got {shard_knn_above!r}.")
         self.shard_knn_above = shard_knn_above
-        if tokens not in (None, "per_prompt"):
-            raise ValueError(f"Expected `tokens` to be None or 'per_prompt', but got {tokens!r}.")
+        if tokens not in (None, "per_prompt", "pooled", "both"):
+            raise ValueError(f"Expected `tokens` to be None, 'per_prompt', 'pooled' or 'both', but got {tokens!r}.")
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 16:
+            raise ValueError(f"Expected `max_tokens` to be an integer >= 16, but got {max_tokens!r}.")
+        self.max_tokens = max_tokens
         for name, v in (("token_prompts", token_prompts), ("token_k", token_k)):
             if not isinstance(v, int) or v < 2:
                 raise ValueError(f"Expected `{name}` to be an integer >= 2, but got {v!r}.")
@@ -135,6 +147,7 @@ class GeometryCore(MonitorCore):
             "overlap_k": self.settings.overlap_k,
             "label_k": self.settings.label_k,
             "shard_knn_above": self.shard_knn_above,
+            **({"tokens": self.tokens, "token_prompts": self.token_prompts, "max_tokens": self.max_tokens} if self.tokens else {}),
         }
 
     def _settings(self) -> GeometrySettings:
@@ -192,7 +205,7 @@ class GeometryCore(MonitorCore):
         """The probe's features (all ranks' under DDP), labels, and the per-prompt token clouds (rank 0)."""
         start = time.perf_counter()
         features, labels, n_labels = gather_features(*self._capture(run), "capturing the probe representations")
-        tokens = self._token_capture(run) if self.tokens == "per_prompt" and dist_info()[0] == 0 else None
+        tokens = self._token_capture(run) if self.tokens and dist_info()[0] == 0 else None
         self._timed("capture", start)
         return features, labels, n_labels, tokens
 
@@ -226,11 +239,16 @@ class GeometryCore(MonitorCore):
         self._timed("geometry", start)
         warn_layer_errors(type(self).__name__, run.step, layers)
         record = {"n_samples": int(features[0].shape[0]), "id_n1": used, "layers": layers, "phase": phase}
-        if self.tokens == "per_prompt":
+        if self.tokens in ("per_prompt", "both"):
             start = time.perf_counter()
             mine = self._token_record(tokens) if dist_info()[0] == 0 else None
             record["tokens"] = next(r for r in all_gather_objects(mine) if r is not None)  # rank 0's, on every rank
             self._timed("tokens", start)
+        if self.tokens in ("pooled", "both"):
+            start = time.perf_counter()
+            mine = self._cloud_record(tokens) if dist_info()[0] == 0 else None
+            record["token_cloud"] = next(r for r in all_gather_objects(mine) if r is not None)
+            self._timed("token_cloud", start)
         return record
 
     def _split_layers(self, features: list, labels: Any, settings: GeometrySettings, policy: str) -> list[dict[str, Any]]:
@@ -263,7 +281,7 @@ class GeometryCore(MonitorCore):
             model_attr=self.model_attr, label_key=self.label_key, device=run.device, autocast=run.autocast, feature_device=None,
         )
         if reps.lengths is None or reps.features[0].ndim != 3:
-            raise ValueError("tokens='per_prompt' needs token-level hidden states (B, T, D) from the model.")
+            raise ValueError(f"tokens={self.tokens!r} needs token-level hidden states (B, T, D) from the model.")
         return reps.features, reps.lengths
 
     def _token_record(self, tokens: tuple[list[Any], Any]) -> dict[str, Any]:
@@ -275,6 +293,25 @@ class GeometryCore(MonitorCore):
         if dropped:
             self._warn(f"{type(self).__name__}: {dropped} of {lengths.numel()} prompts have <= {self.token_k} tokens; left out of the per-prompt geometry.")
         return {"layers": layers, "dropped": dropped}
+
+    def _cloud_record(self, tokens: tuple[list[Any], Any]) -> dict[str, Any]:
+        """The pooled token cloud of the captured prompts (rank 0): every real token of every prompt as
+        one point per layer, a seeded subsample of ``max_tokens``; its ID profile and layer-to-layer overlap."""
+        features, lengths = tokens
+        valid = torch.arange(features[0].shape[1], device=lengths.device) < lengths.unsqueeze(1)  # (B, T)
+        rows, cols = valid.nonzero(as_tuple=True)
+        available = int(rows.numel())
+        if available > self.max_tokens:  # the same subsample at every checkpoint (same seed, same probe)
+            keep = torch.randperm(available, generator=torch.Generator().manual_seed(0))[: self.max_tokens].sort().values
+            rows, cols = rows[keep], cols[keep]
+        cloud = [f[rows.to(f.device), cols.to(f.device)] for f in features]
+        settings = dataclasses.replace(self.settings, id_n1="auto")  # its own scale: a token cloud is not the probe
+        layers, phase = finish_profile(profile_geometry(cloud, None, settings), settings)
+        keys = ("index", "id", "id_err", "id_n1", "twonn", "twonn_err", "overlap_next", "warning", "error")
+        return {
+            "n_tokens": int(rows.numel()), "available": available,
+            "layers": [{key: r.get(key) for key in keys} for r in layers], "phase": phase,
+        }
 
     # --------------------------------------------------------------- reporting (rank 0)
     def _publish(self, run: Run, record: dict[str, Any]) -> None:

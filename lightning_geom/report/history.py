@@ -42,6 +42,10 @@ def scalars(record: dict[str, Any], *, prefix: str = "geometry") -> dict[str, fl
         for kind in ("token_id", "token_id_std", "token_twonn", "token_overlap_next"):
             if is_number(layer.get(kind)):
                 out[metric_key(kind, layer["index"], prefix=prefix)] = float(layer[kind])
+    for layer in (record.get("token_cloud") or {}).get("layers", []):  # the pooled token cloud
+        for kind in ("id", "twonn", "overlap_next"):
+            if is_number(layer.get(kind)):
+                out[metric_key(f"token_cloud_{kind}", layer["index"], prefix=prefix)] = float(layer[kind])
     if is_number(record.get("id_n1")):  # the GRIDE scale of geometry/id/*
         out[metric_key("id_n1", prefix=prefix)] = float(record["id_n1"])
     phase = record.get("phase")
