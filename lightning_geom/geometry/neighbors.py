@@ -1020,7 +1020,9 @@ def _knn(
     # CPU by default: the Gram identity's sampled matmul, no (N, C, D) gather; accelerators (and a given
     # block_size, which asks for the accelerator plan) keep the difference recompute in a few large ops
     gram = not block_size and gram_fits(n, d, spare, device)
-    dist, idx = exact_candidates(x, row_idx, cand_idx, cand_idx, k, budget=budget, gram=gram)
+    centred = x.to(torch.float64) - mean if gram else None  # the Gram recompute's points, on the same centre
+    dist, idx = exact_candidates(x, row_idx, cand_idx, cand_idx, k, budget=budget, gram=gram, centred=centred)
+    del centred
 
     if kc < n - 1:
         tiny = _HALF_TINY / scale if half else 0.0  # float16 subnormals, in the points' units
