@@ -427,14 +427,19 @@ def test_per_prompt_token_geometry(tmp_path, data, background):
     assert tok["layers"][1]["token_id"] == pytest.approx(recs[1]["token_id"], rel=1e-6)
 
 
-def test_pooled_token_cloud_in_the_monitor(tmp_path, data):
+@pytest.mark.parametrize("background", [False, True])
+def test_pooled_token_cloud_in_the_monitor(tmp_path, data, background):
     """tokens='both': the per-prompt record and the pooled cloud (the same prompts' tokens flattened,
     a seeded max_tokens subsample) whose ID equals the estimators on those tokens, logged per layer."""
     from lightning_geom.analysis import GeometrySettings, layer_geometry
     from lightning_geom.capture import capture_representations
+    from lightning_geom.report.figures import all_figures
 
     logger = RecordingLogger()
-    mon = _monitor(data, tmp_path, tokens="both", token_prompts=16, token_k=4, max_tokens=64, log_spaced=False, at_fit_start=False)
+    mon = _monitor(
+        data, tmp_path, tokens="both", token_prompts=16, token_k=4, max_tokens=64, log_spaced=False, at_fit_start=False,
+        background=background,
+    )
     model = TinyGPT()
     _trainer(tmp_path, mon, steps=4, loggers=logger).fit(model, loader(data, shuffle=True))
     rec = mon.history[-1]
@@ -443,6 +448,8 @@ def test_pooled_token_cloud_in_the_monitor(tmp_path, data):
     keys = set(logger.calls[-1][1])
     assert {f"geometry/token_cloud_{k}/layer_{i:02d}" for k in ("id", "twonn") for i in range(4)} <= keys
     assert "geometry/time/token_cloud_s" in keys
+    figures = all_figures(mon.history)  # the pooled cloud's profile over training beside the probe's
+    assert "token_cloud_profile" in figures and "id_profile" in figures
     # the oracle: the same 64 tokens, captured and measured directly
     reps = capture_representations(model, [{k: v[:16] for k, v in data.items()}], pooling="tokens")
     valid = torch.arange(reps.features[0].shape[1]) < reps.lengths.unsqueeze(1)

@@ -188,10 +188,18 @@ def spectra_figure(history: Sequence[dict[str, Any]], *, max_panels: int = 16):
 
 
 def all_figures(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """``{name: Figure}`` for the monitor: id_scale_map, id_profile, id_heatmap, overlaps."""
-    return {
+    """``{name: Figure}`` for the monitor: id_scale_map, id_profile, id_heatmap, overlaps, and with
+    ``tokens="pooled"`` the pooled token cloud's ID profile over training (token_cloud_profile)."""
+    figs = {
         "id_scale_map": scale_map_figure(history),
         "id_profile": emergence_figure(history),
         "id_heatmap": heatmap_figure(history),
         "overlaps": overlap_figure(history),
     }
+    clouds = [
+        {"step": r["step"], "layers": r["token_cloud"]["layers"], "phase": r["token_cloud"].get("phase")}
+        for r in history if r.get("token_cloud")
+    ]
+    if clouds:
+        figs["token_cloud_profile"] = emergence_figure(clouds, title="Pooled token cloud: ID profile over training")
+    return figs
