@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .capture import capture_representations, resolve_network, split_batch
+from .geometry.neighbors import available_bytes, format_bytes
 
 __all__ = ["TokenCloud", "token_keep_mask", "next_token_losses", "capture_token_cloud", "is_causal_lm"]
 
@@ -213,6 +214,7 @@ def capture_token_cloud(
             raise ValueError("a pooled token cloud needs token-level hidden states (B, T, D) from the model; this one gives (B, D).")
         sources = reps.sources
         b, t = reps.features[0].shape[:2]
+        _check_cloud_memory(available + int(reps.lengths.sum()), max_tokens, reps.features, len(feats) > 0)
         ids = batch.get("input_ids") if isinstance(batch, dict) else None
         keep = token_keep_mask(reps.lengths, t, input_ids=ids, drop_ids=drop if ids is not None else (), drop_first=drop_first)
         rows, cols = keep.nonzero(as_tuple=True)
@@ -253,6 +255,24 @@ def capture_token_cloud(
         available=available,
         sources=sources,
     )
+
+
+def _check_cloud_memory(seen: int, max_tokens: int | None, features: Sequence[Tensor], checked: bool) -> None:
+    """Refuse a cloud that cannot fit where its features are kept, before it is built: ``max_tokens``
+    (or, with None, the tokens seen so far) x every layer's width x 4 bytes, twice (the merge's copy)."""
+    if checked and max_tokens is not None:  # the bound does not change after the first batch
+        return
+    n = seen if max_tokens is None else max_tokens
+    width = sum(int(f.shape[-1]) for f in features)
+    need = 2 * n * width * 4
+    dev = features[0].device
+    free = available_bytes(dev)
+    if free is not None and need > 0.8 * free:
+        raise ValueError(
+            f"the pooled token cloud of {n:,} tokens x {len(features)} layers ({width:,} features per token) needs "
+            f"{format_bytes(need)} on {dev}, but {format_bytes(free)} are free: lower `max_tokens` (--max-tokens) "
+            "or capture fewer layers."
+        )
 
 
 def _merge_keys(kept: Tensor, new: Tensor, max_tokens: int | None) -> tuple[Tensor, Tensor]:

@@ -176,3 +176,15 @@ def test_a_layer_of_repeated_token_embeddings_gets_the_id_of_its_distinct_points
     assert rec["error"] is None and f"the ID is that of the {distinct.shape[0]} distinct points" in rec["warning"]
     assert rec["twonn"] == pytest.approx(tw.dim, rel=1e-12) and rec["gride"]["dims"] == list(curve.dims)
     assert 4 < rec["id"] < 8 and idx.shape == (2000, 10)
+
+
+def test_a_cloud_too_large_for_memory_is_refused_before_it_is_built(lm, monkeypatch):
+    import lightning_geom.tokens as tokens_mod
+
+    monkeypatch.setattr(tokens_mod, "available_bytes", lambda device: 100_000)
+    with pytest.raises(ValueError, match=r"5,000 tokens x 3 layers .* needs 1.8 MiB on cpu, but 97.7 KiB are free: lower `max_tokens` \(--max-tokens\)"):
+        capture_token_cloud(lm, _batches(), max_tokens=5000, loss=False)
+    assert capture_token_cloud(lm, _batches(), max_tokens=100, loss=False).n_tokens <= 100  # 100 x 48 x 8 bytes fit
+    with pytest.raises(ValueError, match="lower `max_tokens`"):  # None: checked against the tokens seen so far
+        monkeypatch.setattr(tokens_mod, "available_bytes", lambda device: 1000)
+        capture_token_cloud(lm, _batches(), max_tokens=None, loss=False)
