@@ -296,3 +296,24 @@ def test_a_few_points_of_huge_norm_do_not_fail_every_row(monkeypatch):
     assert sum(refined) <= 1500 // 20, refined  # the outliers' own rows at most
     half = knn(x, 20, candidates="float16", margin=0)  # the widest certificate, no spare candidates
     np.testing.assert_array_equal(half.indices.numpy(), idx)
+
+
+@pytest.mark.parametrize("kind", ["shells", "lattice", "graded"])
+def test_norm_split_certificate_stays_exact_with_no_spare_candidates(kind):
+    """margin=0 leaves the certificate alone to decide: points on spheres of radii 1 / 10 / 100, a lattice
+    with exact ties (and a few points 1000x out), log-normal norms; float32 and float16 candidate passes."""
+    rng = np.random.default_rng(5)
+    n, d, k = 400, 12, 9
+    if kind == "shells":
+        x = rng.standard_normal((n, d))
+        x *= rng.choice([1.0, 10.0, 100.0], (n, 1)) / np.linalg.norm(x, axis=1, keepdims=True)
+    elif kind == "lattice":
+        x = rng.integers(-2, 3, (n, d)).astype(float)
+        x[:5] *= 1000.0
+    else:
+        x = rng.standard_normal((n, d)) * np.exp(2.0 * rng.standard_normal((n, 1)))
+    dist, idx = _brute(x, k)
+    for kw in ({"margin": 0}, {"margin": 0, "candidates": "float16"}):
+        nb = knn(x, k, **kw)
+        np.testing.assert_array_equal(nb.indices.numpy(), idx)
+        np.testing.assert_allclose(nb.distances.numpy(), dist, rtol=1e-9, atol=0)
