@@ -462,6 +462,22 @@ def test_pooled_token_cloud_in_the_monitor(tmp_path, data, background):
     assert cloud["layers"][2]["id"] == pytest.approx(direct["id"], rel=1e-5)
 
 
+def test_the_monitor_s_pooled_cloud_drops_the_given_token_ids(tmp_path, data):
+    """drop_token_ids (e.g. a tokenizer's special ids) leaves those tokens out of the pooled cloud."""
+    ids = data["input_ids"][:16]
+    lengths = data["attention_mask"][:16].sum(dim=1) if "attention_mask" in data else torch.full((16,), ids.shape[1])
+    real = torch.arange(ids.shape[1]) < lengths.unsqueeze(1)
+    common = int(torch.mode(ids[real]).values)
+    mon = _monitor(
+        data, tmp_path, tokens="pooled", token_prompts=16, max_tokens=4096, drop_token_ids=[common],
+        log_spaced=False, at_fit_start=False,
+    )
+    _trainer(tmp_path, mon, steps=4).fit(TinyGPT(), loader(data, shuffle=True))
+    cloud = mon.history[-1]["token_cloud"]
+    assert cloud["available"] == cloud["n_tokens"] == int(real.sum() - (ids[real] == common).sum())
+    assert mon.settings_dict()["drop_token_ids"] == [common]
+
+
 def test_tokens_option_is_validated(data):
     with pytest.raises(ValueError, match="`tokens` to be None, 'per_prompt', 'pooled' or 'both'"):
         GeometryMonitor(probe=data, tokens="all")

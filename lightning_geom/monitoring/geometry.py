@@ -68,6 +68,8 @@ class GeometryCore(MonitorCore):
         token_prompts: prompts in the per-prompt analysis and the pooled cloud.
         max_tokens: the most tokens in the pooled cloud (a seeded uniform subsample, the same tokens at
             every checkpoint while the probe is the same).
+        drop_token_ids: token ids left out of the pooled cloud (e.g. ``tokenizer.all_special_ids``: BOS /
+            EOS / [CLS] states are outliers); needs dict batches with ``input_ids``.
         token_k: neighbours per token (prompts with <= ``token_k`` real tokens are left out).
         shard_knn_above: under DDP, a probe of at least this many samples has each layer's kNN rows
             split over the ranks (``knn_split``: exact, the same answer as one process) instead of
@@ -98,6 +100,7 @@ class GeometryCore(MonitorCore):
         tokens: Literal["per_prompt", "pooled", "both"] | None = None,
         token_prompts: int = 64,
         max_tokens: int = 4096,
+        drop_token_ids: Sequence[int] = (),
         token_k: int = 8,
         shard_knn_above: int | None = 50_000,
         **kwargs: Any,
@@ -111,6 +114,7 @@ class GeometryCore(MonitorCore):
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 16:
             raise ValueError(f"Expected `max_tokens` to be an integer >= 16, but got {max_tokens!r}.")
         self.max_tokens = max_tokens
+        self.drop_token_ids = sorted({int(i) for i in drop_token_ids})
         for name, v in (("token_prompts", token_prompts), ("token_k", token_k)):
             if not isinstance(v, int) or v < 2:
                 raise ValueError(f"Expected `{name}` to be an integer >= 2, but got {v!r}.")
@@ -147,7 +151,8 @@ class GeometryCore(MonitorCore):
             "overlap_k": self.settings.overlap_k,
             "label_k": self.settings.label_k,
             "shard_knn_above": self.shard_knn_above,
-            **({"tokens": self.tokens, "token_prompts": self.token_prompts, "max_tokens": self.max_tokens} if self.tokens else {}),
+            **({"tokens": self.tokens, "token_prompts": self.token_prompts, "max_tokens": self.max_tokens,
+                "drop_token_ids": self.drop_token_ids} if self.tokens else {}),
         }
 
     def _settings(self) -> GeometrySettings:
@@ -272,9 +277,9 @@ class GeometryCore(MonitorCore):
                 mine += profile_geometry(features, labels, settings, layers=[li], on_error=policy, neighbors=None if nb is None else {li: nb})
         return mine
 
-    def _token_capture(self, run: Run) -> tuple[list[Any], Any]:
+    def _token_capture(self, run: Run) -> tuple[list[Any], Any, Any]:
         """The token clouds of the first ``token_prompts`` probe samples (rank 0; one more forward):
-        (per-layer (B, T, D) features, (B,) lengths)."""
+        (per-layer (B, T, D) features, (B,) lengths, (B, T) token ids padded with -1, or None)."""
         batches = probe_batches(self._probe(run), num_samples=self.token_prompts, batch_size=self.batch_size)
         reps = capture_representations(
             run.module, batches, layers=self.layers, pooling="tokens", normalize=self.normalize, forward_fn=self.forward_fn,
@@ -282,23 +287,31 @@ class GeometryCore(MonitorCore):
         )
         if reps.lengths is None or reps.features[0].ndim != 3:
             raise ValueError(f"tokens={self.tokens!r} needs token-level hidden states (B, T, D) from the model.")
-        return reps.features, reps.lengths
+        ids = None
+        if all(isinstance(bt, dict) and torch.is_tensor(bt.get("input_ids")) for bt in batches):
+            width = reps.features[0].shape[1]  # right-padded to the longest batch, as the features
+            ids = torch.cat([torch.nn.functional.pad(bt["input_ids"].cpu(), (0, width - bt["input_ids"].shape[1]), value=-1) for bt in batches])
+        return reps.features, reps.lengths, ids
 
-    def _token_record(self, tokens: tuple[list[Any], Any]) -> dict[str, Any]:
+    def _token_record(self, tokens: tuple[list[Any], Any, Any]) -> dict[str, Any]:
         """Per-prompt token geometry of the captured token clouds (rank 0)."""
         from ..analysis import token_geometry
 
-        features, lengths = tokens
+        features, lengths, _ = tokens
         layers, dropped = token_geometry(features, lengths, k=self.token_k)
         if dropped:
             self._warn(f"{type(self).__name__}: {dropped} of {lengths.numel()} prompts have <= {self.token_k} tokens; left out of the per-prompt geometry.")
         return {"layers": layers, "dropped": dropped}
 
-    def _cloud_record(self, tokens: tuple[list[Any], Any]) -> dict[str, Any]:
+    def _cloud_record(self, tokens: tuple[list[Any], Any, Any]) -> dict[str, Any]:
         """The pooled token cloud of the captured prompts (rank 0): every real token of every prompt as
         one point per layer, a seeded subsample of ``max_tokens``; its ID profile and layer-to-layer overlap."""
-        features, lengths = tokens
+        features, lengths, ids = tokens
         valid = torch.arange(features[0].shape[1], device=lengths.device) < lengths.unsqueeze(1)  # (B, T)
+        if self.drop_token_ids:
+            if ids is None:
+                raise ValueError("drop_token_ids needs the probe's token ids: dict batches with `input_ids`.")
+            valid &= ~torch.isin(ids, torch.tensor(self.drop_token_ids, dtype=ids.dtype))
         rows, cols = valid.nonzero(as_tuple=True)
         available = int(rows.numel())
         if available > self.max_tokens:  # the same subsample at every checkpoint (same seed, same probe)
