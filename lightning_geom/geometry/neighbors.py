@@ -404,8 +404,7 @@ def robust_centre(x: Tensor, lengths: Tensor | None = None, *, sample: int = _CE
     b, n, _ = x.shape
     lengths = torch.full((b,), n, device=x.device) if lengths is None else lengths
     s = max(1, min(sample, int(lengths.min())))
-    step = torch.arange(s, device=x.device) if s > 1 else torch.zeros(1, dtype=torch.long, device=x.device)
-    pos = step * (lengths.unsqueeze(1) - 1) // max(1, s - 1)  # (B, s): evenly spaced valid rows
+    pos = torch.arange(s, device=x.device) * (lengths.unsqueeze(1) - 1) // max(1, s - 1)  # (B, s): evenly spaced valid rows
     rows = x[torch.arange(b, device=x.device).unsqueeze(1), pos]  # (B, s, D)
     return rows.to(torch.float64).median(dim=1).values
 
@@ -881,7 +880,7 @@ _ESCALATIONS = 3  # candidate passes with 4x the margin for the rows a certifica
 
 def _refine_failed(
     x: Tensor, x32: Tensor, sq: Tensor, dist: Tensor, idx: Tensor, failed: Tensor, k: int, kc: int, *,
-    block: int, budget: int, gram: bool, unit: float, two_stage: bool, offset: int = 0,
+    block: int, budget: int, gram: bool, unit: float, two_stage: bool, offset: int = 0, centred: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Exact neighbours of the rows whose certificate failed: ((R, k) distances, (R, k) indices).
 
@@ -902,7 +901,7 @@ def _refine_failed(
         width = min(n - 1, 4 * width)
         rows = todo + offset
         score, cand = _candidates_rows(x32, sq, rows, width, block, two_stage=two_stage)
-        dd, ii = exact_candidates(x, rows, cand, cand, k, budget=budget, gram=gram)
+        dd, ii = exact_candidates(x, rows, cand, cand, k, budget=budget, gram=gram, centred=centred)
         dist[todo], idx[todo] = dd[:, :k], ii[:, :k]
         if width == n - 1:  # every point was a candidate
             todo = todo[:0]
@@ -1022,7 +1021,6 @@ def _knn(
     gram = not block_size and gram_fits(n, d, spare, device)
     centred = x.to(torch.float64) - mean if gram else None  # the Gram recompute's points, on the same centre
     dist, idx = exact_candidates(x, row_idx, cand_idx, cand_idx, k, budget=budget, gram=gram, centred=centred)
-    del centred
 
     if kc < n - 1:
         tiny = _HALF_TINY / scale if half else 0.0  # float16 subnormals, in the points' units
@@ -1030,6 +1028,6 @@ def _knn(
         if failed.numel():  # their next passes multiply in float32 (its own, narrower certificate)
             dist, idx = _refine_failed(
                 x, x32, sq, dist, idx, failed, k, kc, block=block, budget=budget, gram=gram, unit=unit32,
-                two_stage=two_stage, offset=a,
+                two_stage=two_stage, offset=a, centred=centred,
             )
     return Neighbors(dist[:, :k].contiguous(), idx[:, :k].contiguous())

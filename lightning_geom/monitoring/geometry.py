@@ -16,6 +16,7 @@ import torch
 from ..analysis import GeometrySettings, finish_profile, layer_errors, profile_geometry
 from ..capture import capture_representations
 from ..report.history import metric_key, scalars
+from ..tokens import token_keep_mask
 from .core import MonitorCore, Run, warn_layer_errors
 from .probe import (
     all_gather_objects,
@@ -307,11 +308,9 @@ class GeometryCore(MonitorCore):
         """The pooled token cloud of the captured prompts (rank 0): every real token of every prompt as
         one point per layer, a seeded subsample of ``max_tokens``; its ID profile and layer-to-layer overlap."""
         features, lengths, ids = tokens
-        valid = torch.arange(features[0].shape[1], device=lengths.device) < lengths.unsqueeze(1)  # (B, T)
-        if self.drop_token_ids:
-            if ids is None:
-                raise ValueError("drop_token_ids needs the probe's token ids: dict batches with `input_ids`.")
-            valid &= ~torch.isin(ids, torch.tensor(self.drop_token_ids, dtype=ids.dtype))
+        if self.drop_token_ids and ids is None:
+            raise ValueError("drop_token_ids needs the probe's token ids: dict batches with `input_ids`.")
+        valid = token_keep_mask(lengths, features[0].shape[1], input_ids=ids, drop_ids=self.drop_token_ids)  # (B, T)
         rows, cols = valid.nonzero(as_tuple=True)
         available = int(rows.numel())
         if available > self.max_tokens:  # the same subsample at every checkpoint (same seed, same probe)
