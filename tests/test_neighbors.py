@@ -136,6 +136,9 @@ x = torch.randn(12000, 32, generator=torch.Generator().manual_seed(0))
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 nb = knn(x, 16, memory_budget=64 << 20)
 grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+x64 = x.double()  # the process's first knn: its distances against the float64 differences
+exact = torch.linalg.vector_norm(x64.unsqueeze(1) - x64[nb.indices], dim=-1)
+assert ((nb.distances - exact).abs() / exact).max() < 1e-14, "first call's distances are off"
 ref = knn(x, 16)
 assert torch.equal(nb.indices, ref.indices) and torch.equal(nb.distances, ref.distances)
 print(grew)
@@ -147,6 +150,19 @@ print(grew)
         knn(torch.randn(3000, 64), 10, memory_budget=1 << 20)
     with pytest.raises(ValueError, match="positive number of bytes"):
         knn(torch.randn(30, 4), 3, memory_budget=-1)
+
+
+def test_sqrt_exact_is_correctly_rounded():
+    """On a CPU the Gram recompute's root comes from the hardware instruction (torch's MKL sqrt was
+    once off by 3e-11 relative on a worker thread's first call after an sgemm: `sqrt_exact_`)."""
+    from lightning_geom.geometry.neighbors import sqrt_exact_
+
+    _ = torch.randn(512, 64) @ torch.randn(64, 512)  # an sgemm first, as in knn
+    t = torch.rand(3000, 40, dtype=torch.float64) * 10
+    want = torch.from_numpy(np.sqrt(t.numpy()))
+    got = sqrt_exact_(t.clone())
+    assert torch.equal(got, want)
+    assert torch.equal(sqrt_exact_(t[:, ::2].clone()), want[:, ::2])
 
 
 def test_cpu_plan_counts_the_buffers_knn_really_allocates(monkeypatch):
