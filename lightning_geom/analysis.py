@@ -16,9 +16,13 @@ import torch
 from torch import Tensor
 
 from .geometry import (
+    Copies,
     DuplicatePointsWarning,
     IDScaling,
     Neighbors,
+    as_points,
+    expand_copies,
+    find_copies,
     gride_max_rank,
     id_profile,
     knn,
@@ -102,8 +106,10 @@ def layer_geometry(
     """
     n = int(x.shape[0])
     k = layer_k(n, settings)
-    nb = knn(x, k) if neighbors is None else neighbors
-    if nb.all_distinct:
+    copies = find_copies(as_points(x)) if neighbors is None else None
+    if copies is not None:  # one kNN, of the distinct locations, serves the ID and (expanded) every point
+        tw, curve, dup, nb = _copies_geometry(x, copies, k, settings)
+    elif (nb := knn(x, k) if neighbors is None else neighbors).all_distinct:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", DuplicatePointsWarning)
             tw, curve = id_profile(nb, range_max=settings.range_max)
@@ -134,6 +140,24 @@ def layer_geometry(
     if labels is not None:
         rec["label_overlap"] = label_overlap(nb, labels, k=settings.label_k)
     return rec, nb.indices[:, : settings.overlap_k].clone()
+
+
+def _copies_geometry(x: Tensor, copies: Copies, k: int, settings: GeometrySettings) -> tuple[Any, Any, str, Neighbors]:
+    """TwoNN, the GRIDE curve and the warning of the distinct locations, and the kNN of every point:
+    from one kNN of the M distinct points (``expand_copies``), or a second, full one where an exact
+    distance tie between locations leaves the copies' order open."""
+    n, m = int(x.shape[0]), int(copies.points.shape[0])
+    if m < 4:
+        raise ValueError(
+            f"only {m} distinct points among {n}: the layer maps (nearly) every sample to the same vector; "
+            "use more varied samples."
+        )
+    nb_u = knn(copies.points, min(m - 1, k + 1))
+    tw, curve = id_profile(nb_u, range_max=settings.range_max)
+    nb = expand_copies(nb_u, copies, k) if nb_u.k >= k + 1 else None
+    if nb is None:
+        nb = knn(x, k)
+    return tw, curve, f"{n - m} of {n} points are exact copies of another: the ID is that of the {m} distinct points.", nb
 
 
 def _distinct_id(x: Tensor, settings: GeometrySettings) -> tuple[Any, Any, str]:

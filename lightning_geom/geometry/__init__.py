@@ -6,6 +6,7 @@ numbers out, on the input's device.
 
 from .batched import BatchedNeighbors, id_batched, knn_batched, overlap_batched
 from .changepoints import RobustChangePoints, Segmentation, robust_change_points, segment_profile
+from .copies import Copies, expand_copies, find_copies
 from .intrinsic_dim import (
     DuplicatePointsWarning,
     IDEstimate,
@@ -23,6 +24,9 @@ from .phases import PhaseSummary, three_phase
 
 __all__ = [
     "BatchedNeighbors",
+    "Copies",
+    "expand_copies",
+    "find_copies",
     "knn_batched",
     "id_batched",
     "overlap_batched",

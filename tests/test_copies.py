@@ -1,0 +1,95 @@
+"""Clouds with exact copies: the kNN of every point from the kNN of the distinct locations."""
+
+import pytest
+import torch
+
+from lightning_geom.analysis import GeometrySettings, _distinct_id, layer_geometry, layer_k
+from lightning_geom.geometry import expand_copies, find_copies, knn
+
+
+def _with_copies(n_loc: int, d: int, seed: int, heavy: int = 0) -> torch.Tensor:
+    """n_loc gaussian locations; each repeated 1-4 times (one ``heavy`` times), rows shuffled."""
+    g = torch.Generator().manual_seed(seed)
+    loc = torch.randn(n_loc, d, generator=g)
+    reps = torch.randint(1, 5, (n_loc,), generator=g)
+    if heavy:
+        reps[0] = heavy
+    x = loc.repeat_interleave(reps, dim=0)
+    return x[torch.randperm(x.shape[0], generator=g)]
+
+
+def _check(x: torch.Tensor, k: int) -> bool:
+    """expand_copies equals the full knn (indices exactly, distances to rounding); False when it declines."""
+    copies = find_copies(x)
+    assert copies is not None
+    nb_u = knn(copies.points, k + 1)
+    got = expand_copies(nb_u, copies, k)
+    if got is None:
+        return False
+    ref = knn(x, k)
+    assert torch.equal(got.indices, ref.indices)
+    torch.testing.assert_close(got.distances, ref.distances, rtol=1e-12, atol=1e-12)
+    return True
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_expand_copies_equals_the_full_knn(seed):
+    assert _check(_with_copies(300, 6, seed), 10)
+
+
+def test_expand_copies_with_a_location_holding_more_copies_than_k():
+    """One location repeated 40 times (k = 10): its points' neighbours are 10 of its own copies, by index."""
+    assert _check(_with_copies(200, 5, 7, heavy=40), 10)
+
+
+def test_expand_copies_declines_or_is_exact_on_ties():
+    """A lattice (exact distance ties between locations) with copies: either exact or None, never wrong."""
+    side = torch.arange(6, dtype=torch.float32)
+    grid = torch.cartesian_prod(side, side)  # 36 locations, 4 at distance 1 from most
+    x = torch.cat([grid, grid[::3], grid[::5]])
+    outcomes = {_check(x, k) for k in (3, 4, 5, 8)}
+    assert outcomes <= {True, False}
+    # a cut through a tied group is refused, not guessed
+    copies = find_copies(x)
+    assert expand_copies(knn(copies.points, 5), copies, 4) is None
+
+
+def test_find_copies_screens_distinct_clouds():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 8, generator=g)
+    assert find_copies(x) is None
+    y = torch.cat([x, x[:3]])
+    c = find_copies(y)
+    assert c is not None and c.points.shape[0] == 500 and int(c.counts.max()) == 2
+    assert torch.equal(c.points[c.inverse], y)
+
+
+def test_layer_geometry_with_copies_matches_the_two_knn_path():
+    """The record and the overlap indices from one kNN of the distinct points equal those of the
+    full kNN + a separate kNN of the distinct points."""
+    x = _with_copies(400, 6, 3)
+    labels = torch.arange(x.shape[0]) % 3
+    s = GeometrySettings()
+    rec, idx = layer_geometry(x, labels, s)
+    ref_nb = knn(x, layer_k(x.shape[0], s))
+    tw, curve, warning = _distinct_id(x, s)
+    assert rec["warning"] == warning and rec["twonn"] == tw.dim and rec["gride"] == curve.to_dict()
+    assert torch.equal(idx, ref_nb.indices[:, : s.overlap_k])
+    ref_rec, _ = layer_geometry(x, labels, s, neighbors=ref_nb)  # the precomputed-kNN path: two kNN
+    assert rec == ref_rec
+
+
+def test_expand_copies_needs_k_plus_one_neighbours():
+    x = _with_copies(50, 3, 1)
+    copies = find_copies(x)
+    with pytest.raises(ValueError, match="k \\+ 1"):
+        expand_copies(knn(copies.points, 4), copies, 4)
+
+
+def test_expand_copies_merges_tied_groups_by_index():
+    """Location 0 has two neighbouring locations at distance 1 (1 and -1), their copies' indices
+    interleaved: when both groups lie inside the k neighbours they are merged by point index, as knn does."""
+    v = [1.0, -1.0, 0.0, 1.0, -1.0, 2.5, -4.0, 7.3, 0.0, -1.0, 1.0, 2.5, 13.7, 21.1, 33.9, -57.3, 91.7]
+    x = torch.tensor(v).unsqueeze(1)
+    assert all(_check(x, k) for k in (7, 8, 9))
+    assert not _check(x, 3)  # the k-th neighbour of the points at 0 cuts through the tie: declined
