@@ -23,6 +23,8 @@ from .neighbors import Neighbors, _sort_rows
 
 __all__ = ["Copies", "find_copies", "expand_copies"]
 
+_KEY_CHUNK_BYTES = 64 << 20  # find_copies widens the points to float64 in chunks of this size
+
 
 @dataclass(frozen=True)
 class Copies:
@@ -45,7 +47,8 @@ def find_copies(x: Tensor) -> Copies | None:
     n, d = x.shape
     g = torch.Generator(device="cpu").manual_seed(0x5EED)
     probe = torch.randn(d, generator=g, dtype=torch.float64).to(x.device)
-    keys = x.to(torch.float64) @ probe
+    rows = max(1, _KEY_CHUNK_BYTES // (8 * d))  # float64 copies of at most this many rows at a time
+    keys = torch.cat([x[s : s + rows].to(torch.float64) @ probe for s in range(0, n, rows)])
     if int(torch.unique(keys).numel()) == n:
         return None
     points, inverse, counts = torch.unique(x, dim=0, return_inverse=True, return_counts=True)
