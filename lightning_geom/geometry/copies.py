@@ -66,6 +66,18 @@ def expand_copies(nb_distinct: Neighbors, copies: Copies, k: int) -> Neighbors |
 
     Raises:
         ValueError: ``nb_distinct`` has fewer than ``k + 1`` neighbours.
+
+    Example:
+        >>> from lightning_geom.geometry import knn
+        >>> x = torch.tensor([[0.0], [5.0], [0.0], [1.0], [5.0], [3.5]])
+        >>> c = find_copies(x)
+        >>> c.points.flatten().tolist(), c.counts.tolist()
+        ([0.0, 1.0, 3.5, 5.0], [2, 1, 1, 2])
+        >>> nb = expand_copies(knn(c.points, 3), c, 2)
+        >>> nb.indices.tolist() == knn(x, 2).indices.tolist()
+        True
+        >>> nb.indices[0].tolist(), nb.distances[0].tolist()  # point 0: its copy, then the location 1.0
+        ([2, 3], [0.0, 1.0])
     """
     inverse, counts = copies.inverse, copies.counts
     m, ku = nb_distinct.indices.shape
