@@ -315,6 +315,32 @@ def _robust_segments(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _distinct_token_ids(x: Tensor, nb: Any, k: int, layer: int) -> dict[str, Tensor]:
+    """``id_batched`` of each prompt's distinct tokens (a layer where tokens repeat exactly: the token
+    embeddings), as the pooled cloud and DADApy's remove_identical_points do; prompts with <= k distinct
+    tokens get NaN. One :class:`DuplicatePointsWarning` gives the count."""
+    from .geometry import id_batched, knn_batched
+    from .geometry.copies import distinct_clouds
+
+    xu, lu = distinct_clouds(x, nb.lengths)
+    ok = lu > k
+    n_tokens, n_copies = int(nb.lengths.sum()), int((nb.lengths - lu).sum())
+    warnings.warn(
+        f"layer {layer}: {n_copies} of {n_tokens} tokens are exact copies of another token of their prompt: "
+        f"each prompt's ID is that of its distinct tokens ({int((~ok).sum())} prompts with <= k = {k} distinct tokens have none).",
+        DuplicatePointsWarning,
+        stacklevel=3,
+    )
+    if not bool(ok.any()):
+        raise ValueError(f"No prompt has more than k = {k} distinct tokens at layer {layer}; use longer prompts or a smaller k.")
+    sub = id_batched(knn_batched(xu[ok], k, lengths=lu[ok]), range_max=k)
+    est = {"ranks": sub.pop("ranks")}
+    for key, v in sub.items():  # back to every prompt: NaN where too few distinct tokens
+        est[key] = torch.full((ok.shape[0], *v.shape[1:]), math.nan, dtype=v.dtype, device=v.device)
+        est[key][ok.to(v.device)] = v
+    return est
+
+
 def token_geometry(
     features: Sequence[Tensor], lengths: Tensor, *, k: int = 8, overlap_k: int = 4, n1: int | None = None
 ) -> tuple[list[dict[str, Any]], int]:
@@ -325,6 +351,9 @@ def token_geometry(
         features: per layer, (P, T, D) token clouds right-padded to T (``capture(..., pooling="tokens")``).
         lengths: (P,) real tokens per prompt.
         k: neighbours per token (GRIDE scales n1 = 1, 2, ... up to k / 2); prompts with <= k tokens are left out.
+            A layer where tokens repeat exactly within a prompt (the token embeddings) measures each
+            prompt's ID on its distinct tokens (a prompt with <= k of them has none there), as the
+            pooled cloud does; the overlaps keep every token.
         overlap_k: k of the per-prompt overlap with the next layer.
         n1: the GRIDE rank of ``token_id`` (default: 2, or the largest available).
 
@@ -348,7 +377,7 @@ def token_geometry(
     for li, x in enumerate(features):
         x = x[keep.to(x.device)]
         nb = knn_batched(x, k, lengths=lens.to(x.device))
-        est = id_batched(nb, range_max=k)
+        est = _distinct_token_ids(x, nb, k, li) if bool(((nb.distances[..., 0] == 0) & nb.valid()).any()) else id_batched(nb, range_max=k)
         ranks = est["ranks"].tolist()
         j = ranks.index(n1) if n1 in ranks else ranks.index(2) if 2 in ranks else len(ranks) - 1
         every = est["gride"][:, j]

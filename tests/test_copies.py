@@ -96,3 +96,50 @@ def test_expand_copies_merges_tied_groups_by_index():
     x = torch.tensor(v).unsqueeze(1)
     assert all(_check(x, k) for k in (7, 8, 9))
     assert not _check(x, 3)  # the k-th neighbour of the points at 0 cuts through the tie: declined
+
+
+def test_distinct_clouds_keeps_first_occurrences_in_order():
+    from lightning_geom.geometry import distinct_clouds
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 7, 3, generator=g)
+    x[0, 4] = x[0, 1]
+    x[0, 6] = x[0, 1]
+    x[2, 3] = x[2, 0]
+    x[3, 5] = x[3, 0]  # in the padding of cloud 3: not a point
+    lengths = torch.tensor([7, 7, 5, 3])
+    out, counts = distinct_clouds(x, lengths)
+    assert counts.tolist() == [5, 7, 4, 3]
+    assert torch.equal(out[0, :5], x[0, [0, 1, 2, 3, 5]])
+    assert torch.equal(out[1], x[1])  # no copies: unchanged
+    assert torch.equal(out[2, :4], x[2, [0, 1, 2, 4]])
+    assert torch.equal(out[3, :3], x[3, :3])
+
+
+def test_per_prompt_id_is_that_of_each_prompts_distinct_tokens():
+    """Token embeddings repeat within a prompt: each prompt's GRIDE / TwoNN equal the single-cloud
+    estimators on its distinct tokens (the pooled path's and DADApy's remove_identical_points policy);
+    a prompt with <= k distinct tokens has none; one warning gives the count."""
+    from lightning_geom.analysis import token_geometry
+    from lightning_geom.geometry import DuplicatePointsWarning, id_profile
+
+    g = torch.Generator().manual_seed(1)
+    vocab = torch.randn(40, 16, generator=g)
+    ids = torch.randint(0, 40, (6, 30), generator=g)
+    ids[5, :] = ids[5, 0] % 5  # prompt 5: 1 distinct token
+    lengths = torch.tensor([30, 30, 25, 30, 20, 30])
+    feats = [vocab[ids], vocab[ids] + 0.01 * torch.randn(6, 30, 16, generator=g)]  # layer 1: no copies
+    with pytest.warns(DuplicatePointsWarning, match="exact copies of another token of their prompt"):
+        recs, dropped = token_geometry(feats, lengths, k=8)
+    assert dropped == 0
+    per = recs[0]["per_prompt"]
+    j = recs[0]["token_id_n1"]
+    for p in range(6):
+        cloud = torch.unique(feats[0][p, : lengths[p]], dim=0)
+        if cloud.shape[0] <= 8:
+            assert per[p] is None
+            continue
+        tw, curve = id_profile(cloud, range_max=8)
+        assert per[p] == pytest.approx(curve.dims[curve.ranks.index(j)], rel=1e-9)
+    assert recs[0]["n_prompts"] == 5
+    assert all(v is not None for v in recs[1]["per_prompt"])

@@ -6,7 +6,7 @@ numbers out, on the input's device.
 
 from .batched import BatchedNeighbors, id_batched, knn_batched, overlap_batched
 from .changepoints import RobustChangePoints, Segmentation, robust_change_points, segment_profile
-from .copies import Copies, expand_copies, find_copies
+from .copies import Copies, distinct_clouds, expand_copies, find_copies, row_keys
 from .intrinsic_dim import (
     DuplicatePointsWarning,
     IDEstimate,
@@ -25,6 +25,8 @@ from .phases import PhaseSummary, three_phase
 __all__ = [
     "BatchedNeighbors",
     "Copies",
+    "distinct_clouds",
+    "row_keys",
     "expand_copies",
     "find_copies",
     "knn_batched",

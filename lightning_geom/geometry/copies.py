@@ -21,9 +21,9 @@ from torch import Tensor
 
 from .neighbors import Neighbors, _sort_rows
 
-__all__ = ["Copies", "find_copies", "expand_copies"]
+__all__ = ["Copies", "find_copies", "expand_copies", "distinct_clouds", "row_keys"]
 
-_KEY_CHUNK_BYTES = 64 << 20  # find_copies widens the points to float64 in chunks of this size
+_KEY_CHUNK_BYTES = 64 << 20  # row_keys / distinct_clouds work on chunks of rows of about this size
 
 
 @dataclass(frozen=True)
@@ -36,25 +36,72 @@ class Copies:
     counts: Tensor
 
 
+def row_keys(x: Tensor) -> Tensor:
+    """An integer key per row of ``x`` (..., N, D), from its bits: equal rows have equal keys (exactly:
+    integer arithmetic, no rounding), distinct rows almost surely different ones.
+
+    key = sum_j w_j b_j over the row's bit patterns b_j (int16 / int32 words) with fixed random weights
+    w_j < 2^w, w chosen so that no sum can leave int64. (-0.0 and 0.0 differ in their bits: rows equal
+    only up to signed zeros get different keys, and are then treated as distinct.)
+    """
+    word = torch.int16 if x.element_size() == 2 else torch.int32
+    bits = x.contiguous().view(word)  # (..., N, D * element_size / word size)
+    width = int(bits.shape[-1])
+    wbits = max(1, min(31, 62 - (torch.iinfo(word).bits - 1) - (width - 1).bit_length()))  # |sum| < 2^62
+    g = torch.Generator(device="cpu").manual_seed(0x5EED)
+    w = torch.randint(1, 2**wbits, (width,), generator=g, dtype=torch.int64).to(x.device)
+    rows = max(1, _KEY_CHUNK_BYTES // (8 * width))  # int64 products of at most this many rows at a time
+    flat = bits.reshape(-1, width)
+    keys = torch.cat([(flat[s : s + rows].to(torch.int64) * w).sum(dim=1) for s in range(0, flat.shape[0], rows)])
+    return keys.view(bits.shape[:-1])
+
+
 def find_copies(x: Tensor) -> Copies | None:
     """The distinct rows of ``x`` (N, D) when some rows are exact copies of others, else None.
 
-    A cheap screen first: each row's dot product with a fixed random vector (float64); rows with
-    distinct values are distinct, so a cloud without repeated values (the usual case) costs one
-    matrix-vector product and a sort of N numbers, not a lexicographic ``unique`` of the rows
-    (~10 % of a kNN at N = 2,000, D = 768). Repeated values go to ``torch.unique(dim=0)``, which decides.
+    A cheap screen first (:func:`row_keys`, one pass over the points and a sort of N integers): rows
+    with distinct keys are distinct, so a cloud without copies (the usual case) skips the
+    lexicographic ``unique`` of the rows (~10 % of a kNN at N = 2,000, D = 768). Repeated keys go to
+    ``torch.unique(dim=0)``, which decides.
     """
-    n, d = x.shape
-    g = torch.Generator(device="cpu").manual_seed(0x5EED)
-    probe = torch.randn(d, generator=g, dtype=torch.float64).to(x.device)
-    rows = max(1, _KEY_CHUNK_BYTES // (8 * d))  # float64 copies of at most this many rows at a time
-    keys = torch.cat([x[s : s + rows].to(torch.float64) @ probe for s in range(0, n, rows)])
-    if int(torch.unique(keys).numel()) == n:
+    n = int(x.shape[0])
+    if int(torch.unique(row_keys(x)).numel()) == n:
         return None
     points, inverse, counts = torch.unique(x, dim=0, return_inverse=True, return_counts=True)
     if points.shape[0] == n:
         return None
     return Copies(points, inverse, counts)
+
+
+def distinct_clouds(x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    """Each cloud's distinct points, first occurrences in their order: ((B, M, D) right-padded with
+    zeros, (B,) distinct counts). ``x`` (B, N, D) holds ``lengths`` (B,) real points per cloud.
+
+    Rows are sorted by :func:`row_keys` within each cloud (stably) and a row equal to the one before it
+    is a copy; clouds are processed in chunks of at most ``_KEY_CHUNK_BYTES`` of sorted rows. A cloud
+    without copies comes back unchanged.
+    """
+    b, n, d = x.shape
+    device = x.device
+    valid = torch.arange(n, device=device) < lengths.to(device).unsqueeze(1)
+    keep = torch.zeros(b, n, dtype=torch.bool, device=device)
+    per = max(1, _KEY_CHUNK_BYTES // max(1, n * d * x.element_size()))
+    for s in range(0, b, per):
+        xc, vc = x[s : s + per], valid[s : s + per]
+        keys = row_keys(xc)
+        # padded rows last: sort by (padded, key), stably (first occurrences first among equal rows)
+        order = torch.sort(keys, dim=1, stable=True).indices
+        order = order.gather(1, torch.sort((~vc).gather(1, order).to(torch.int8), dim=1, stable=True).indices)
+        ks, vs = keys.gather(1, order), vc.gather(1, order)
+        xs = xc.gather(1, order.unsqueeze(2).expand(-1, -1, d))
+        dup = torch.zeros_like(vs)
+        dup[:, 1:] = (ks[:, 1:] == ks[:, :-1]) & (xs[:, 1:] == xs[:, :-1]).all(dim=2) & vs[:, 1:]
+        keep[s : s + per] = vc & ~torch.zeros_like(dup).scatter_(1, order, dup)
+    counts = keep.sum(dim=1)
+    out = x.new_zeros(b, max(1, int(counts.max())), d)
+    bi, ni = keep.nonzero(as_tuple=True)
+    out[bi, (torch.cumsum(keep, dim=1) - 1)[bi, ni]] = x[bi, ni]
+    return out, counts
 
 
 def expand_copies(nb_distinct: Neighbors, copies: Copies, k: int) -> Neighbors | None:
