@@ -24,6 +24,7 @@ from .geometry import (
     expand_copies,
     find_copies,
     gride_max_rank,
+    gride_pairs,
     id_profile,
     knn,
     label_overlap,
@@ -331,8 +332,10 @@ def _distinct_token_ids(x: Tensor, nb: Any, k: int, layer: int) -> dict[str, Ten
         DuplicatePointsWarning,
         stacklevel=3,
     )
-    if not bool(ok.any()):
-        raise ValueError(f"No prompt has more than k = {k} distinct tokens at layer {layer}; use longer prompts or a smaller k.")
+    if not bool(ok.any()):  # no prompt has an ID at this layer: NaN for all (the record says n_prompts 0)
+        ranks = torch.tensor([p[0] for p in gride_pairs(gride_max_rank(k + 1, k))])  # id_batched's scales
+        nan = torch.full((ok.shape[0], len(ranks)), math.nan, dtype=torch.float64, device=x.device)
+        return {"twonn": nan[:, 0].clone(), "gride": nan, "gride_err": nan.clone(), "scales": nan.clone(), "ranks": ranks}
     sub = id_batched(knn_batched(xu[ok], k, lengths=lu[ok]), range_max=k)
     est = {"ranks": sub.pop("ranks")}
     for key, v in sub.items():  # back to every prompt: NaN where too few distinct tokens
@@ -381,14 +384,15 @@ def token_geometry(
         ranks = est["ranks"].tolist()
         j = ranks.index(n1) if n1 in ranks else ranks.index(2) if 2 in ranks else len(ranks) - 1
         every = est["gride"][:, j]
-        ok = torch.isfinite(every)  # a prompt with < 3 distinct tokens at this layer has no ID (NaN)
+        ok = torch.isfinite(every)  # a prompt with too few distinct tokens at this layer has no ID (NaN)
         ids = every[ok]
+        some = ids.numel() > 0  # else None: no prompt has an ID at this layer
         out.append({
             "index": li,
-            "token_id": float(ids.mean()),
-            "token_id_std": float(ids.std()) if ids.numel() > 1 else 0.0,
+            "token_id": float(ids.mean()) if some else None,
+            "token_id_std": (float(ids.std()) if ids.numel() > 1 else 0.0) if some else None,
             "token_id_n1": ranks[j],
-            "token_twonn": float(est["twonn"][ok].mean()),
+            "token_twonn": float(est["twonn"][ok].mean()) if some else None,
             "token_overlap_next": None,
             "n_prompts": int(ids.numel()),
             # GRIDE of each kept prompt, None where it has no ID (for correlations with per-prompt quantities)

@@ -143,3 +143,21 @@ def test_per_prompt_id_is_that_of_each_prompts_distinct_tokens():
         assert per[p] == pytest.approx(curve.dims[curve.ranks.index(j)], rel=1e-9)
     assert recs[0]["n_prompts"] == 5
     assert all(v is not None for v in recs[1]["per_prompt"])
+
+
+def test_per_prompt_layer_without_enough_distinct_tokens_is_none_not_an_error():
+    """A layer where no prompt has more than k distinct tokens (a 3-token vocabulary) has no per-prompt
+    ID (None, n_prompts 0); the other layers are measured."""
+    from lightning_geom.analysis import token_geometry
+    from lightning_geom.geometry import DuplicatePointsWarning
+
+    g = torch.Generator().manual_seed(2)
+    vocab = torch.randn(3, 8, generator=g)
+    ids = torch.randint(0, 3, (4, 20), generator=g)
+    feats = [vocab[ids], vocab[ids] + 0.05 * torch.randn(4, 20, 8, generator=g)]
+    with pytest.warns(DuplicatePointsWarning, match="4 prompts with <= k = 8 distinct tokens have none"):
+        recs, _ = token_geometry(feats, torch.full((4,), 20), k=8)
+    assert recs[0]["token_id"] is None and recs[0]["token_twonn"] is None and recs[0]["n_prompts"] == 0
+    assert recs[0]["per_prompt"] == [None] * 4
+    assert recs[1]["n_prompts"] == 4 and recs[1]["token_id"] > 0
+    assert recs[0]["token_overlap_next"] is not None  # the overlaps keep every token

@@ -7,6 +7,11 @@ from typing import Any
 from ..report.figures import _plt
 
 
+def _nans(values: Any) -> list[float]:
+    """Values for a plot: None (nothing measured there) as NaN, a gap in the line."""
+    return [float("nan") if v is None else v for v in values]
+
+
 def _colors(n: int):
     plt = _plt()
     cmap = plt.get_cmap("viridis")
@@ -150,9 +155,9 @@ def token_profile(report: Any):
             continue
         rows = tok["layers"]
         xs = [r["index"] for r in rows]
-        ax.errorbar(xs, [r["token_id"] for r in rows], yerr=[r["token_id_std"] for r in rows], fmt="-o", ms=4, capsize=3, color=c, label=f"{m['name']} ({tok['prompts'] - tok['dropped']} prompts)")
+        ax.errorbar(xs, _nans(r["token_id"] for r in rows), yerr=_nans(r["token_id_std"] for r in rows), fmt="-o", ms=4, capsize=3, color=c, label=f"{m['name']} ({tok['prompts'] - tok['dropped']} prompts)")
         if "token_id_shuffled" in rows[0]:
-            ax.plot(xs, [r["token_id_shuffled"] for r in rows], "--s", ms=3, color=c, alpha=0.7, label=f"{m['name']}, tokens shuffled in blocks of 4")
+            ax.plot(xs, _nans(r["token_id_shuffled"] for r in rows), "--s", ms=3, color=c, alpha=0.7, label=f"{m['name']}, tokens shuffled in blocks of 4")
     corr = [m for m in report.models if m.get("tokens") and "loss_spearman" in m["tokens"]["layers"][0]]
     if corr:  # causal LMs: the correlation of per-prompt ID with per-prompt loss, on a second axis
         ax2 = ax.twinx()
