@@ -352,6 +352,19 @@ def test_probe_per_prompt_tokens_with_the_shuffled_control(tmp_path, text_model,
         assert r["token_id"] > 0 and r["token_id_shuffled"] > 0 and r["n_prompts"] + tok["dropped"] == 24
     page = (out / "report.html").read_text()
     assert "id='tokens'" in page and (out / "token_profile.png").is_file()
+    # the per-prompt ID x layer table, and the per-layer summaries beside the pooled-sentence numbers
+    import csv
+
+    table = list(csv.DictReader((out / "token_prompts.csv").open()))
+    assert [int(r["prompt"]) for r in table] == tok["kept_prompts"] and len(table) == 24 - tok["dropped"]
+    for r in tok["layers"]:
+        i = r["index"]
+        for row, v, w in zip(table, r["per_prompt"], r["per_prompt_shuffled"]):
+            assert (row[f"id_layer_{i}"] == "") == (v is None) and (v is None or float(row[f"id_layer_{i}"]) == v)
+            assert (row[f"id_shuffled_layer_{i}"] == "") == (w is None)
+    rows = list(csv.DictReader((out / "layers.csv").open()))
+    assert [float(row["token_id"]) for row in rows] == [r["token_id"] for r in tok["layers"]]
+    assert "token_id_shuffled" in rows[0] and "token_loss_spearman" not in rows[0]  # an encoder: no loss
 
 
 def test_probe_tokens_correlate_per_prompt_id_with_the_lm_loss(tmp_path, text_data):
@@ -380,6 +393,11 @@ def test_probe_tokens_correlate_per_prompt_id_with_the_lm_loss(tmp_path, text_da
     kept = losses[batch["attention_mask"].sum(1) > 3]
     assert layer["loss_spearman"] == pytest.approx(stats.spearmanr(layer["per_prompt"], kept.numpy())[0], abs=1e-9)
     assert m["tokens"]["loss_mean"] == pytest.approx(float(kept.mean()), rel=1e-6)
+    import csv
+
+    table = list(csv.DictReader((out / "token_prompts.csv").open()))
+    assert [float(r["loss"]) for r in table] == pytest.approx(kept.tolist(), rel=1e-6)
+    assert [float(r["id_layer_1"]) for r in table] == layer["per_prompt"]
 
 
 def test_probe_pooled_token_cloud_with_the_lm_loss(tmp_path, text_data):

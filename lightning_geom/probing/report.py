@@ -46,25 +46,33 @@ class GeometryReport:
         return text
 
     def to_csv(self, out_dir: str | Path) -> list[Path]:
-        import csv
-
+        """layers.csv (one row per model and layer: the layer's numbers, pullback, per-prompt token and
+        pooled token-cloud summaries) and, with per-prompt token geometry, token_prompts.csv (one row
+        per prompt: its ID at every layer). Columns empty in every row are left out."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        path = out / "layers.csv"
-        cols = ["model", "layer", "id", "id_err", "id_n1", "twonn", "twonn_err", "label_overlap", "retrieval", "overlap_next"]
+        cols = ["id", "id_err", "id_n1", "twonn", "twonn_err", "label_overlap", "retrieval", "overlap_next"]
         pcols = sorted({k for m in self.models for r in m.get("pullback") or [] for k in r if k != "index"})
-        header = cols + [f"pullback_{c}" for c in pcols]
+        tcols = ["token_id", "token_id_std", "token_twonn", "token_overlap_next", "token_id_shuffled", "loss_pearson", "loss_spearman"]
+        ccols = ["id", "twonn", "overlap_next", "loss_neighbors"]
+        header = ["model", "layer", *cols, *(f"pullback_{c}" for c in pcols)]
+        header += [c if c.startswith("token_") else f"token_{c}" for c in tcols] + [f"token_cloud_{c}" for c in ccols]
         rows = []
         for m in self.models:
             pb = {r["index"]: r for r in m.get("pullback") or []}
+            tok = {r["index"]: r for r in (m.get("tokens") or {}).get("layers", [])}
+            cloud = {r["index"]: r for r in (m.get("token_cloud") or {}).get("layers", [])}
             for r in m["layers"]:
-                rows.append([m["name"], r["index"]] + [r.get(c) for c in cols[2:]] + [pb.get(r["index"], {}).get(c) for c in pcols])
-        keep = [j for j in range(len(header)) if any(row[j] is not None for row in rows)]  # no all-empty column
-        with path.open("w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow([header[j] for j in keep])
-            w.writerows([[row[j] for j in keep] for row in rows])
-        return [path]
+                i = r["index"]
+                rows.append(
+                    [m["name"], i] + [r.get(c) for c in cols] + [pb.get(i, {}).get(c) for c in pcols]
+                    + [tok.get(i, {}).get(c) for c in tcols] + [cloud.get(i, {}).get(c) for c in ccols]
+                )
+        paths = [_write_csv(out / "layers.csv", header, rows)]
+        prompt_rows, prompt_header = _prompt_table(self.models)
+        if prompt_rows:
+            paths.append(_write_csv(out / "token_prompts.csv", prompt_header, prompt_rows))
+        return paths
 
     def figures(self) -> dict[str, Any]:
         from . import figures
@@ -80,7 +88,7 @@ class GeometryReport:
         return text
 
     def write(self, out_dir: str | Path) -> list[Path]:
-        """report.html, metrics.json, layers.csv and the PNG figures under ``out_dir``."""
+        """report.html, metrics.json, layers.csv (token_prompts.csv with per-prompt token geometry) and the PNG figures under ``out_dir``."""
         import matplotlib.pyplot as plt
 
         out = Path(out_dir)
@@ -95,6 +103,42 @@ class GeometryReport:
             plt.close(fig)
         self.to_json(out / "metrics.json")
         return [out / "report.html", out / "metrics.json", *self.to_csv(out), *written]
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> Path:
+    """``rows`` under ``header`` as CSV, without the columns that are empty in every row."""
+    import csv
+
+    keep = [j for j in range(len(header)) if any(row[j] is not None for row in rows)]
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow([header[j] for j in keep])
+        w.writerows([[row[j] for j in keep] for row in rows])
+    return path
+
+
+def _prompt_table(models: list[dict[str, Any]]) -> tuple[list[list[Any]], list[str]]:
+    """The per-prompt ID x layer table of ``--tokens per-prompt``: one row per (model, kept prompt) with
+    its next-token loss (causal LMs), its GRIDE ID at every layer and, with the control, that of its
+    block-shuffled tokens. Empty when no model has per-prompt token geometry."""
+    layers = sorted({t["index"] for m in models for t in (m.get("tokens") or {}).get("layers", [])})
+    shuffled = any("per_prompt_shuffled" in t for m in models for t in (m.get("tokens") or {}).get("layers", []))
+    header = ["model", "prompt", "loss"] + [f"id_layer_{i}" for i in layers]
+    header += [f"id_shuffled_layer_{i}" for i in layers] if shuffled else []
+    rows = []
+    for m in models:
+        tok = m.get("tokens")
+        if not tok:
+            continue
+        by = {t["index"]: t for t in tok["layers"]}
+        prompts = tok.get("kept_prompts") or list(range(len(tok["layers"][0]["per_prompt"])))
+        loss = tok.get("prompt_loss") or [None] * len(prompts)
+        for j, p in enumerate(prompts):
+            row = [m["name"], p, loss[j]] + [by[i]["per_prompt"][j] if i in by else None for i in layers]
+            if shuffled:
+                row += [by[i].get("per_prompt_shuffled", [None] * len(prompts))[j] if i in by else None for i in layers]
+            rows.append(row)
+    return rows, header
 
 
 def fig_to_base64(fig: Any) -> str:
@@ -374,12 +418,14 @@ def _token_section(module: Any, data: Any, layers: Any, prompts: int, k: int, sh
         return token_geometry(reps.features, reps.lengths, k=k)
 
     per, dropped = measure(batches)
+    lengths = torch.cat([b["attention_mask"].sum(1) if "attention_mask" in b else torch.full((len(b["input_ids"]),), b["input_ids"].shape[1]) for b in batches])
     out: dict[str, Any] = {"layers": per, "dropped": dropped, "prompts": n, "k": k}
+    out["kept_prompts"] = torch.nonzero(lengths > k).flatten().tolist()  # the prompts of every per_prompt list
     losses = _prompt_losses(module, batches, dev)
     if losses is not None:  # a causal LM: does a prompt's ID go with how well the model predicts it?
-        lengths = torch.cat([b["attention_mask"].sum(1) if "attention_mask" in b else torch.full((len(b["input_ids"]),), b["input_ids"].shape[1]) for b in batches])
         kept = losses[lengths > k]
         out["loss_mean"] = float(kept.mean())
+        out["prompt_loss"] = [v if math.isfinite(v) else None for v in kept.tolist()]
         for rec in per:
             ids = torch.tensor([math.nan if v is None else v for v in rec["per_prompt"]], dtype=torch.float64)
             rec.update(_correlations(ids, kept))
@@ -388,6 +434,7 @@ def _token_section(module: Any, data: Any, layers: Any, prompts: int, k: int, sh
         for rec, ctl in zip(per, shuffled):
             rec["token_id_shuffled"] = ctl["token_id"]
             rec["token_id_shuffled_std"] = ctl["token_id_std"]
+            rec["per_prompt_shuffled"] = ctl["per_prompt"]
     return out
 
 
