@@ -132,3 +132,25 @@ def test_clouds_with_points_of_huge_norm_equal_the_per_cloud_knn():
         ref = knn(x[c, :m], 12)
         assert torch.equal(nb.indices[c, :m], ref.indices)
         torch.testing.assert_close(nb.distances[c, :m], ref.distances, rtol=1e-10, atol=0)  # the Gram recompute's proven bound
+
+
+def test_clouds_with_copies_equal_the_single_cloud_estimators():
+    """Duplicate tokens: id_batched counts neighbour ranks over distinct locations as id_profile does on
+    each cloud's own kNN (points with a copy left out, a copied neighbour not a ratio of 1)."""
+    import warnings
+
+    from lightning_geom.geometry import DuplicatePointsWarning, id_profile, knn
+
+    x = _clouds(b=4, n=80, d=6, seed=3)
+    x[0, 40:50] = x[0, :10]  # ten copies
+    x[2, 1:4] = x[2, 0]  # one point four times
+    lengths = torch.tensor([80, 70, 80, 75])
+    with pytest.warns(DuplicatePointsWarning, match="neighbour ranks count distinct locations"):
+        est = id_batched(knn_batched(x, 16, lengths=lengths), range_max=16)
+    for c in range(4):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DuplicatePointsWarning)
+            tw, curve = id_profile(knn(x[c, : lengths[c]], 16), range_max=16)
+        torch.testing.assert_close(est["gride"][c], torch.tensor(curve.dims, dtype=torch.float64), rtol=1e-9, atol=0)
+        torch.testing.assert_close(est["scales"][c], torch.tensor(curve.scales, dtype=torch.float64), rtol=1e-12, atol=0)
+        assert float(est["twonn"][c]) == pytest.approx(tw.dim, rel=1e-9)

@@ -286,38 +286,51 @@ def _redo_rows(flat: Tensor, dist: Tensor, idx: Tensor, failed: Tensor, valid: T
 def id_batched(nb: BatchedNeighbors, *, range_max: int = 64, discard_fraction: float = 0.1) -> dict[str, Tensor]:
     """TwoNN and the GRIDE scale curve of every cloud, as tensors (one solve for all clouds and scales).
 
-    The same numbers as ``twonn`` / ``gride_scaling`` on each cloud's own kNN (clouds without
-    duplicate points). Points at distance 0 from another (duplicate tokens) are left out of their
-    cloud's estimates with one :class:`DuplicatePointsWarning` (their neighbours' ranks are not
-    re-counted over distinct locations, unlike the single-cloud estimators). A cloud left with
-    fewer than 3 distinct points gets NaN everywhere (one more warning counts them).
+    The same numbers as ``twonn`` / ``gride_scaling`` / ``id_profile`` on each cloud's own kNN,
+    duplicates included: in a cloud with duplicate points (distance 0: repeated tokens) those points
+    are left out of the estimates and, for the others, neighbour ranks count distinct locations (a
+    duplicated neighbour does not fake a ratio mu = 1); points with fewer than n2 distinct neighbours
+    stored are left out at that scale. One :class:`DuplicatePointsWarning` counts them. A cloud left
+    with fewer than 3 usable points gets NaN everywhere (one more warning counts them).
 
     Raises:
-        ValueError: no cloud has 3 distinct points.
+        ValueError: no cloud has 3 usable points.
 
     Returns:
         ``{"twonn": (B,), "gride": (B, S), "gride_err": (B, S), "scales": (B, S), "ranks": (S,)}``
         with GRIDE at n1 = 1, 2, 4, ... up to ``range_max / 2`` (the rank range of the shortest cloud).
     """
-    b, n, _ = nb.indices.shape
+    b, n, k = nb.indices.shape
     top = gride_max_rank(int(nb.lengths.min()), range_max)
     if nb.k < top:
         raise ValueError(f"GRIDE up to rank {top} needs k >= {top} neighbours, but the batch holds {nb.k}. Pass `range_max={nb.k}` or compute knn_batched with k >= {top}.")
     pairs = gride_pairs(top)
     s = len(pairs)
     r = nb.distances  # (B, N, k)
-    keep = nb.valid() & (r[..., 0] > 0)  # (B, N)
-    dup = int((nb.valid() & ~keep).sum())
-    if dup:
+    valid = nb.valid()
+    dev = r.device
+    n1 = torch.tensor([p[0] for p in pairs], device=dev)
+    n2 = torch.tensor([p[1] for p in pairs], device=dev)
+    # ranks: plain columns in a cloud without duplicates (DADApy exactly); in a cloud with some, the
+    # count of distinct neighbour distances (the single-cloud estimators' rule, cloud by cloud)
+    dup_cloud = (valid & (r[..., 0] == 0)).any(dim=1)  # (B,)
+    prev = torch.nn.functional.pad(r[..., :-1], (1, 0), value=0.0)
+    count = torch.where(dup_cloud.view(b, 1, 1), (r > prev).cumsum(dim=2), torch.arange(1, k + 1, device=dev))  # (B, N, k)
+    pos_in = torch.searchsorted(count, n1.expand(b, n, s).contiguous()).clamp_max_(k - 1)  # first column with count >= n1
+    pos_out = torch.searchsorted(count, n2.expand(b, n, s).contiguous()).clamp_max_(k - 1)
+    keep = valid.unsqueeze(2) & (r[..., :1] > 0) & (count[..., -1:] >= n2)  # (B, N, S)
+    dropped = int((valid.unsqueeze(2) & ~keep).any(dim=2).sum())
+    if dropped:
         warnings.warn(
-            f"{dup} points have a duplicate in their cloud (distance 0) and were left out of their cloud's ID.",
+            f"{dropped} points have a duplicate in their cloud (distance 0) or too few distinct neighbours stored, "
+            "and were left out of their cloud's ID; the other points' neighbour ranks count distinct locations.",
             DuplicatePointsWarning,
             stacklevel=2,
         )
-    n_kept = keep.sum(dim=1)  # (B,)
-    few = n_kept < 3
+    n_kept = keep.sum(dim=1)  # (B, S)
+    few = n_kept.amin(dim=1) < 3
     if bool(few.all()):
-        raise ValueError(f"Every cloud needs at least 3 non-duplicate points, but the most any has is {int(n_kept.max())}.")
+        raise ValueError(f"Every cloud needs at least 3 non-duplicate points with enough distinct neighbours, but the most any has is {int(n_kept.amin(dim=1).max())}.")
     if bool(few.any()):  # those clouds get NaN; the others are measured as if alone
         good = torch.nonzero(~few).flatten()
         warnings.warn(
@@ -340,19 +353,18 @@ def id_batched(nb: BatchedNeighbors, *, range_max: int = 64, discard_fraction: f
             t[good.to(v.device)] = v
             full[key] = t
         return full
-    i_in = torch.tensor([p[0] - 1 for p in pairs], device=r.device)
-    i_out = torch.tensor([p[1] - 1 for p in pairs], device=r.device)
-    safe = torch.where(keep.unsqueeze(2), r, 1.0)  # padded / duplicate rows: harmless placeholders
-    r_in = safe.index_select(2, i_in).permute(1, 0, 2).reshape(n, b * s)  # (N, B*S): column = (cloud, scale)
-    r_out = safe.index_select(2, i_out).permute(1, 0, 2).reshape(n, b * s)
-    keep_cols = keep.t().unsqueeze(2).expand(n, b, s).reshape(n, b * s)
-    counts = n_kept.repeat_interleave(s).tolist()
+    safe = torch.where(valid.unsqueeze(2), r, 1.0)  # padded rows: harmless placeholders
+    r_in = torch.where(keep, safe.gather(2, pos_in), 1.0).permute(1, 0, 2).reshape(n, b * s)  # (N, B*S): column = (cloud, scale)
+    r_out = torch.where(keep, safe.gather(2, pos_out), 1.0).permute(1, 0, 2).reshape(n, b * s)
+    keep_cols = keep.permute(1, 0, 2).reshape(n, b * s)
+    counts = n_kept.reshape(-1).tolist()
     dim, err = _gride_solve(r_in, r_out, keep_cols, counts, pairs * b)
     scales = _scales(r_in, r_out, keep_cols, counts).view(b, s)
-    # TwoNN (fit) per cloud: sorted log mu of the usable points, least squares through the origin
-    log_mu = torch.where(keep, torch.log(safe[..., 1] / safe[..., 0]), math.inf)
+    # TwoNN (fit) per cloud: sorted log mu of the usable points (scale 1: r2 / r1), least squares through the origin
+    k0 = keep[..., 0]
+    log_mu = torch.where(k0, torch.log(safe.gather(2, pos_out[..., :1]).squeeze(2) / safe.gather(2, pos_in[..., :1]).squeeze(2).clamp_min(1e-300)), math.inf)
     srt = torch.sort(log_mu, dim=1).values  # usable values first
-    nk = n_kept.to(torch.float64).unsqueeze(1)
+    nk = n_kept[:, 0].to(torch.float64).unsqueeze(1)
     n_eff = torch.floor(nk * (1.0 - discard_fraction))
     pos = torch.arange(1, n + 1, device=r.device, dtype=torch.float64).unsqueeze(0)
     use = pos <= n_eff
