@@ -161,3 +161,25 @@ def test_per_prompt_layer_without_enough_distinct_tokens_is_none_not_an_error():
     assert recs[0]["per_prompt"] == [None] * 4
     assert recs[1]["n_prompts"] == 4 and recs[1]["token_id"] > 0
     assert recs[0]["token_overlap_next"] is not None  # the overlaps keep every token
+
+
+def test_key_collisions_do_not_hide_copies():
+    """Rows that differ only outside the hashed coordinates share a key: the copies are still found
+    (find_copies through unique, distinct_clouds through its exact fallback)."""
+    from lightning_geom.geometry import distinct_clouds, row_keys
+
+    g = torch.Generator().manual_seed(5)
+    d = 200
+    hashed = torch.linspace(0, d - 1, 64).round().long().unique()
+    free = torch.tensor([c for c in range(d) if c not in set(hashed.tolist())])
+    a = torch.randn(d, generator=g)
+    b = a.clone()
+    b[free[0]] += 1.0  # same key as a, another row
+    x = torch.stack([a, b, a, torch.randn(d, generator=g), b, a]).unsqueeze(0).repeat(2, 1, 1)
+    assert row_keys(x[0])[0] == row_keys(x[0])[1]
+    out, counts = distinct_clouds(x, torch.tensor([6, 4]))
+    assert counts.tolist() == [3, 3]
+    assert torch.equal(out[0, :3], x[0, [0, 1, 3]]) and torch.equal(out[1, :3], x[1, [0, 1, 3]])
+    c = find_copies(x[0])
+    assert c is not None and c.points.shape[0] == 3 and sorted(c.counts.tolist()) == [1, 2, 3]
+    assert find_copies(x[0, [0, 1, 3]]) is None  # a key collision, no copies
