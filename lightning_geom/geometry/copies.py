@@ -14,6 +14,7 @@ such a tie falls on a row's k-th neighbour the distinct kNN cannot decide which 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -48,14 +49,20 @@ def row_keys(x: Tensor) -> Tensor:
     a GEMV: ~0.2 ms at N = 2,000, D = 768. (-0.0 and 0.0 differ in their bits: rows equal only up
     to signed zeros may get different keys, and are then treated as distinct.)
     """
-    d = int(x.shape[-1])
-    cols = torch.linspace(0, d - 1, min(d, _KEY_COLUMNS)).round().long().unique().to(x.device)
+    cols, w = _key_plan(int(x.shape[-1]), x.element_size(), str(x.device))
     words = x.index_select(-1, cols).contiguous().view(torch.int16)  # (..., N, W) exact 16-bit words
-    width = int(words.shape[-1])
+    return words.to(torch.float64) @ w
+
+
+@functools.lru_cache(maxsize=64)
+def _key_plan(d: int, element_size: int, device: str) -> tuple[Tensor, Tensor]:
+    """:func:`row_keys`' coordinates and weights for rows of ``d`` values of ``element_size`` bytes."""
+    cols = torch.linspace(0, d - 1, min(d, _KEY_COLUMNS)).round().long().unique()
+    width = int(cols.numel()) * element_size // 2  # 16-bit words per row
     wbits = 52 - 15 - max(1, width - 1).bit_length()  # |w b| < 2^(15 + wbits), W of them: < 2^52
     g = torch.Generator(device="cpu").manual_seed(0x5EED)
-    w = torch.randint(1, 2**wbits, (width,), generator=g, dtype=torch.int64).to(torch.float64).to(x.device)
-    return words.to(torch.float64) @ w
+    w = torch.randint(1, 2**wbits, (width,), generator=g, dtype=torch.int64).to(torch.float64)
+    return cols.to(device), w.to(device)
 
 
 def find_copies(x: Tensor) -> Copies | None:
