@@ -44,3 +44,15 @@ ID_CASES = {"hypercube_d5_D20": hypercube_d5_D20, "gaussian_d5_D100": gaussian_d
 
 def checksum(x: np.ndarray) -> dict:
     return {"shape": list(x.shape), "sum": float(x.sum()), "sum_sq": float((x * x).sum())}
+
+
+def copies_d4_D30() -> np.ndarray:
+    """1,500 locations of a 4-d gaussian in R^30, 200 of them twice and 50 four times (1,850 rows), shuffled."""
+    rng = np.random.default_rng(21)
+    z = rng.standard_normal((1500, 4))
+    loc = z @ _q(rng.standard_normal((30, 4))).T
+    reps = np.ones(1500, dtype=int)
+    reps[:200] = 2
+    reps[200:250] = 4
+    x = np.repeat(loc, reps, axis=0)
+    return x[rng.permutation(x.shape[0])]

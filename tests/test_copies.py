@@ -183,3 +183,35 @@ def test_key_collisions_do_not_hide_copies():
     c = find_copies(x[0])
     assert c is not None and c.points.shape[0] == 3 and sorted(c.counts.tolist()) == [1, 2, 3]
     assert find_copies(x[0, [0, 1, 3]]) is None  # a key collision, no copies
+
+
+def test_a_layer_with_copies_matches_dadapy_remove_identical_points(reference):
+    """The oracle: DADApy's remove_identical_points, then TwoNN and the GRIDE scaling (fixture)."""
+    import numpy as np
+    from reference_datasets import copies_d4_D30
+
+    ref = reference["copies_cases"]["copies_d4_D30"]
+    x = torch.from_numpy(copies_d4_D30())
+    assert x.shape[0] == ref["N"]
+    s = GeometrySettings(range_max=32)
+    rec, _ = layer_geometry(x, None, s)
+    assert rec["warning"].startswith(f"{ref['N'] - ref['N_distinct']} of {ref['N']} points are exact copies")
+    assert rec["twonn"] == pytest.approx(ref["twonn"], abs=1e-6)
+    np.testing.assert_allclose(rec["gride"]["dims"], ref["gride_ids"], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(rec["gride"]["scales"], ref["gride_rs"], atol=1e-9, rtol=0)
+
+
+def test_a_prompt_with_copies_matches_dadapy_remove_identical_points(reference):
+    """The per-prompt path (distinct_clouds + knn_batched + id_batched) against the same oracle."""
+    from reference_datasets import copies_d4_D30
+
+    from lightning_geom.analysis import token_geometry
+    from lightning_geom.geometry import DuplicatePointsWarning
+
+    ref = reference["copies_cases"]["copies_d4_D30"]
+    x = torch.from_numpy(copies_d4_D30()).unsqueeze(0)
+    with pytest.warns(DuplicatePointsWarning, match=f"{ref['N'] - ref['N_distinct']} of {ref['N']} tokens"):
+        recs, _ = token_geometry([x], torch.tensor([x.shape[1]]), k=32, n1=2)
+    assert recs[0]["token_id_n1"] == 2
+    assert recs[0]["per_prompt"][0] == pytest.approx(ref["gride_ids"][1], abs=1e-6)
+    assert recs[0]["token_twonn"] == pytest.approx(ref["twonn"], abs=1e-6)
