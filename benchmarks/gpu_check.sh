@@ -18,6 +18,8 @@ step() {  # step NAME SECONDS COMMAND...
     timeout "$cap" "$@" > "$OUT/$name.txt" 2>&1; echo "exit $?" >> "$OUT/$name.txt"
     tail -n 12 "$OUT/$name.txt"
 }
+# correctness first: the CUDA paths (knn float32 / float16, outliers, copies, batched, estimators) against the CPU's
+step check_cuda 60 python3 benchmarks/check_cuda.py
 # issue 9: knn vs the fp32 GEMM and naive cdist+topk; estimators' share; op counts
 # (candidates "auto": float16 candidate GEMMs from N = 32,768; then the same large sizes with float32 GEMMs)
 step geometry 120 python3 benchmarks/bench_geometry.py --device cuda --sizes 2000x768,10000x768,50000x768,100000x768 --repeats 3
