@@ -14,6 +14,7 @@ from transformers import (
     ViTForImageClassification,
 )
 
+from lightning_geom.capture import capture_representations
 from lightning_geom.cli import main
 from lightning_geom.loading import load_model
 from lightning_geom.probing import load_probe_data, probe
@@ -519,3 +520,28 @@ def test_layer_errors_say_a_common_cause_once():
 
     recs = [{"index": 0, "error": "E: a"}, {"index": 1, "error": "E: a"}, {"index": 2}, {"index": 3, "error": "E: b"}]
     assert layer_errors(recs) == ["layer_00, layer_01: E: a", "layer_03: E: b"]
+
+
+def test_lm_token_states_and_losses_from_one_forward_equal_the_two_pass_capture(tmp_path, text_data):
+    """The per-prompt section's one-forward path (token states + losses) gives the same token clouds as
+    capture_representations(pooling="tokens") and the same losses as _prompt_losses."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from lightning_geom.probing.report import _prompt_losses, _token_states_and_losses
+
+    path = tmp_path / "gpt2"
+    tok = _word_tokenizer()
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(WORDS) + 4, n_embd=32, n_layer=2, n_head=2, n_positions=64)).save_pretrained(path)
+    tok.save_pretrained(path)
+    loaded = load_model(path)
+    data = load_probe_data(str(text_data / "data.jsonl"), loaded, max_samples=40, batch_size=16)
+    batches = [{k: v for k, v in b.items() if k != "labels"} for b in data.batches]
+    dev = torch.device("cpu")
+    feats, lens, losses = _token_states_and_losses(loaded.module, batches, dev)
+    reps = capture_representations(loaded.module, batches, pooling="tokens", device=dev)
+    assert len(feats) == len(reps.features) == 3
+    for a, b in zip(feats, reps.features):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert torch.equal(lens, reps.lengths)
+    torch.testing.assert_close(losses, _prompt_losses(loaded.module, batches, dev), rtol=1e-5, atol=1e-6)

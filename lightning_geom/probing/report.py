@@ -372,6 +372,47 @@ def _shuffle_blocks(batch: dict[str, torch.Tensor], block: int, seed: int) -> di
     return {**batch, "input_ids": ids}
 
 
+def _is_lm(module: Any) -> bool:
+    from ..capture import resolve_network
+    from ..tokens import is_causal_lm
+
+    return is_causal_lm(resolve_network(module))
+
+
+def _token_states_and_losses(
+    module: Any, batches: list[dict[str, torch.Tensor]], dev: torch.device
+) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor]:
+    """A causal LM's per-prompt token clouds (per hidden state: (P, T, D) float32 on the CPU, padding
+    zeroed, right-padded to the longest batch), the prompts' real-token counts (P,) and their mean
+    next-token losses (P,), all from one forward per batch (``tokens._lm_pass``): the same numbers
+    as ``capture_representations(pooling="tokens")`` and :func:`_prompt_losses`, which run it twice."""
+    from ..capture import pool, resolve_network
+    from ..tokens import _lm_pass
+
+    net = resolve_network(module)
+    was_training = net.training
+    net.eval()
+    feats: list[list[torch.Tensor]] = []
+    lens, losses = [], []
+    try:
+        with torch.inference_mode():
+            for b in batches:
+                b = {key: v.to(dev) if torch.is_tensor(v) else v for key, v in b.items()}
+                per, states = _lm_pass(net, b, max_logits=2**25, hidden=True)
+                mask = b.get("attention_mask")
+                got = [pool(h, mask, "tokens").float().cpu() for h in states]
+                feats = feats or [[] for _ in got]
+                for acc, h in zip(feats, got):
+                    acc.append(h)
+                lens.append(mask.sum(dim=1).long().cpu() if mask is not None else torch.full((b["input_ids"].shape[0],), b["input_ids"].shape[1]))
+                losses.append(torch.nanmean(per, dim=1).float().cpu())
+    finally:
+        net.train(was_training)
+    width = max(h.shape[1] for h in feats[0])
+    out = tuple(torch.cat([torch.nn.functional.pad(h, (0, 0, 0, width - h.shape[1])) for h in layer]).clone() for layer in feats)
+    return out, torch.cat(lens), torch.cat(losses)
+
+
 def _prompt_losses(module: Any, batches: list[dict[str, torch.Tensor]], dev: torch.device) -> torch.Tensor | None:
     """(P,) mean next-token cross-entropy of each prompt over its real tokens, when the model is a causal LM; else None."""
     from ..capture import resolve_network
@@ -417,11 +458,17 @@ def _token_section(module: Any, data: Any, layers: Any, prompts: int, k: int, sh
         reps = capture_representations(module, bs, layers=layers, pooling="tokens", device=dev)
         return token_geometry(reps.features, reps.lengths, k=k)
 
-    per, dropped = measure(batches)
+    lm = layers is None and _is_lm(module)
+    if lm:  # a causal LM: the token states and the per-prompt losses from one forward (not two)
+        features, lens, losses = _token_states_and_losses(module, batches, dev)
+        per, dropped = token_geometry(features, lens, k=k)
+        del features
+    else:
+        per, dropped = measure(batches)
+        losses = _prompt_losses(module, batches, dev) if layers is not None else None
     lengths = torch.cat([b["attention_mask"].sum(1) if "attention_mask" in b else torch.full((len(b["input_ids"]),), b["input_ids"].shape[1]) for b in batches])
     out: dict[str, Any] = {"layers": per, "dropped": dropped, "prompts": n, "k": k}
     out["kept_prompts"] = torch.nonzero(lengths > k).flatten().tolist()  # the prompts of every per_prompt list
-    losses = _prompt_losses(module, batches, dev)
     if losses is not None:  # a causal LM: does a prompt's ID go with how well the model predicts it?
         kept = losses[lengths > k]
         out["loss_mean"] = float(kept.mean())
