@@ -359,6 +359,8 @@ def capture_representations(
                             )
                         sources = tuple(f"hidden_states[{i}]" for i in range(len(states)))
                 pooled = [pool(_normalize(_channels_last(h), normalize), mask, pooling).float().to(keep) for h in states]
+                if pooling == "tokens" and mask is not None and mask.shape[:2] == pooled[0].shape[:2]:
+                    pooled, mask = right_align(pooled, mask)  # per-prompt clouds are (lengths)-prefixes
                 if not feats:
                     feats = [[] for _ in pooled]
                 for acc, p in zip(feats, pooled):
@@ -377,6 +379,21 @@ def capture_representations(
     features = tuple(torch.cat(f).clone() for f in feats)  # clone: leave inference mode
     lab_t = torch.cat(labels).clone() if labels else None  # may mismatch N: the caller checks
     return Representations(features=features, sources=sources, labels=lab_t, lengths=torch.cat(lens) if lens else None)
+
+
+def right_align(tokens: Sequence[Tensor], mask: Tensor) -> tuple[list[Tensor], Tensor]:
+    """Token tensors (each (B, T, ...)) with every row's real tokens moved to the front, in order, and
+    the mask to match: left- or mixed-padded batches become right-padded ones, so that a prompt's
+    tokens are its first ``mask.sum()`` positions. Right-padded batches come back as they are."""
+    m = mask.to(torch.bool)
+    if not bool((m[:, 1:] & ~m[:, :-1]).any()):  # no real token after a padding position: right-padded
+        return list(tokens), mask
+    order = torch.sort((~m).to(torch.int8), dim=1, stable=True).indices  # real positions first, in order
+    out = []
+    for t in tokens:
+        idx = order.to(t.device).view(*order.shape, *([1] * (t.dim() - 2))).expand(*order.shape, *t.shape[2:])
+        out.append(t.gather(1, idx))
+    return out, mask.gather(1, order.to(mask.device))
 
 
 def _headless(net: nn.Module) -> nn.Module:

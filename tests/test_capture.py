@@ -110,3 +110,43 @@ def test_features_can_stay_on_the_capture_device():
     reps = capture_representations(module, [data], feature_device=None, device="cpu")
     assert all(f.device.type == "cpu" and f.dtype == torch.float32 for f in reps.features)
     assert not any(f.is_inference() for f in reps.features)  # usable outside inference mode
+
+
+def test_token_capture_of_left_padded_batches_equals_right_padded():
+    """pooling="tokens": a prompt's cloud is its first `lengths` positions, also when the batch came
+    left-padded (a decoder tokenizer's default): the real tokens are moved to the front."""
+    from torch import nn
+
+    from lightning_geom.capture import capture_representations, right_align
+
+    class Emb(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(50, 4)
+
+        def forward(self, input_ids, attention_mask=None, output_hidden_states=False):
+            h = self.emb(input_ids)
+            return {"hidden_states": (h, 2 * h)}
+
+    torch.manual_seed(0)
+    net = Emb()
+    prompts = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
+    right = torch.tensor([p + [0] * (4 - len(p)) for p in prompts])
+    left = torch.tensor([[0] * (4 - len(p)) + p for p in prompts])
+    mask_r = (torch.arange(4) < torch.tensor([4, 2, 3]).unsqueeze(1)).long()
+    mask_l = mask_r.flip(1)
+    a = capture_representations(net, [{"input_ids": right, "attention_mask": mask_r}], pooling="tokens")
+    b = capture_representations(net, [{"input_ids": left, "attention_mask": mask_l}], pooling="tokens")
+    assert torch.equal(a.lengths, b.lengths) and a.lengths.tolist() == [4, 2, 3]
+    for fa, fb in zip(a.features, b.features):
+        assert torch.equal(fa, fb)
+    t, m = right_align([right.unsqueeze(2)], mask_r)  # right-padded: unchanged
+    assert torch.equal(t[0].squeeze(2), right) and torch.equal(m, mask_r)
+
+
+def test_monitor_token_ids_follow_the_right_aligned_clouds():
+    from lightning_geom.monitoring.geometry import _aligned_ids
+
+    ids = torch.tensor([[0, 0, 7, 8], [5, 6, 7, 0]])
+    mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 0]])
+    assert _aligned_ids({"input_ids": ids, "attention_mask": mask}).tolist() == [[7, 8, -1, -1], [5, 6, 7, -1]]

@@ -12,9 +12,10 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
+from torch import Tensor
 
 from ..analysis import GeometrySettings, finish_profile, layer_errors, profile_geometry
-from ..capture import capture_representations
+from ..capture import capture_representations, right_align
 from ..report.history import metric_key, scalars
 from ..tokens import token_keep_mask
 from .core import MonitorCore, Run, warn_layer_errors
@@ -291,7 +292,7 @@ class GeometryCore(MonitorCore):
         ids = None
         if all(isinstance(bt, dict) and torch.is_tensor(bt.get("input_ids")) for bt in batches):
             width = reps.features[0].shape[1]  # right-padded to the longest batch, as the features
-            ids = torch.cat([torch.nn.functional.pad(bt["input_ids"].cpu(), (0, width - bt["input_ids"].shape[1]), value=-1) for bt in batches])
+            ids = torch.cat([torch.nn.functional.pad(_aligned_ids(bt), (0, width - bt["input_ids"].shape[1]), value=-1) for bt in batches])
         return reps.features, reps.lengths, ids
 
     def _token_record(self, tokens: tuple[list[Any], Any, Any]) -> dict[str, Any]:
@@ -343,3 +344,14 @@ class GeometryCore(MonitorCore):
         from ..report.figures import all_figures
 
         return all_figures(self.history)
+
+
+def _aligned_ids(batch: dict[str, Any]) -> Tensor:
+    """A batch's token ids on the CPU, each row's real tokens first (as the captured token clouds:
+    :func:`~lightning_geom.capture.right_align`), padding positions -1."""
+    ids = batch["input_ids"].cpu()
+    mask = batch.get("attention_mask")
+    if not torch.is_tensor(mask) or mask.shape != ids.shape:
+        return ids
+    (out,), m = right_align([ids.unsqueeze(2)], mask.cpu())
+    return out.squeeze(2).masked_fill(m == 0, -1)

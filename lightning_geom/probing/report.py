@@ -386,7 +386,7 @@ def _token_states_and_losses(
     zeroed, right-padded to the longest batch), the prompts' real-token counts (P,) and their mean
     next-token losses (P,), all from one forward per batch (``tokens._lm_pass``): the same numbers
     as ``capture_representations(pooling="tokens")`` and :func:`_prompt_losses`, which run it twice."""
-    from ..capture import pool, resolve_network
+    from ..capture import pool, resolve_network, right_align
     from ..tokens import _lm_pass
 
     net = resolve_network(module)
@@ -401,6 +401,8 @@ def _token_states_and_losses(
                 per, states = _lm_pass(net, b, max_logits=2**25, hidden=True)
                 mask = b.get("attention_mask")
                 got = [pool(h, mask, "tokens").float().cpu() for h in states]
+                if mask is not None:
+                    got, mask = right_align(got, mask.cpu())
                 feats = feats or [[] for _ in got]
                 for acc, h in zip(feats, got):
                     acc.append(h)
