@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .capture import capture_representations, resolve_network, split_batch
+from .capture import capture_representations, resolve_network, right_align, split_batch
 from .geometry.neighbors import available_bytes, format_bytes
 
 __all__ = ["TokenCloud", "token_keep_mask", "next_token_losses", "capture_token_cloud", "is_causal_lm"]
@@ -35,7 +35,7 @@ class TokenCloud:
     Attributes:
         features: one (M, D_l) float32 tensor per layer; row i is token ``position[i]`` of prompt ``prompt[i]``.
         prompt: (M,) index of each token's prompt in the probe (batches concatenated).
-        position: (M,) position of each token in its prompt.
+        position: (M,) position of each token among its prompt's real tokens (left padding is not counted).
         loss: (M,) next-token cross-entropy at each kept token (predicting the token after it; NaN
             at a prompt's last real token), or None when the model is not a causal LM.
         available: eligible tokens before the subsample (real, and not dropped as special).
@@ -216,6 +216,11 @@ def capture_token_cloud(
         b, t = reps.features[0].shape[:2]
         _check_cloud_memory(available + int(reps.lengths.sum()), max_tokens, reps.features, len(feats) > 0)
         ids = batch.get("input_ids") if isinstance(batch, dict) else None
+        mask = batch.get("attention_mask") if isinstance(batch, dict) else None
+        aligned = torch.is_tensor(mask) and torch.is_tensor(ids) and mask.shape == ids.shape
+        if aligned:  # the capture moved each row's real tokens to the front (left padding): ids and losses follow
+            (ids,), _ = right_align([ids.cpu().unsqueeze(2)], mask.cpu())
+            ids = ids.squeeze(2)
         keep = token_keep_mask(reps.lengths, t, input_ids=ids, drop_ids=drop if ids is not None else (), drop_first=drop_first)
         rows, cols = keep.nonzero(as_tuple=True)
         available += int(rows.numel())
@@ -223,7 +228,11 @@ def capture_token_cloud(
         new_feats = [f[rows.to(f.device), cols.to(f.device)] for f in reps.features]
         new_loss = None
         if fused and rows.numel():
-            new_loss = store.pop("loss").cpu()[rows, cols].clone()
+            per = store.pop("loss").cpu()
+            if aligned:
+                (per,), _ = right_align([per.unsqueeze(2)], mask.cpu())
+                per = per.squeeze(2)
+            new_loss = per[rows, cols].clone()
         elif with_loss and rows.numel():  # hooked layers: the loss from a second forward
             was = net.training
             net.eval()
@@ -232,7 +241,11 @@ def capture_token_cloud(
                     per = next_token_losses(net, {key: v.to(run_dev) if torch.is_tensor(v) else v for key, v in batch.items()})
             finally:
                 net.train(was)
-            new_loss = per.cpu()[rows, cols].clone()
+            per = per.cpu()
+            if aligned:
+                (per,), _ = right_align([per.unsqueeze(2)], mask.cpu())
+                per = per.squeeze(2)
+            new_loss = per[rows, cols].clone()
         keys, order = _merge_keys(keys, new_keys, max_tokens)
         prompt = torch.cat([prompt, rows + offset])[order]
         position = torch.cat([position, cols])[order]

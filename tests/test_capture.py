@@ -150,3 +150,30 @@ def test_monitor_token_ids_follow_the_right_aligned_clouds():
     ids = torch.tensor([[0, 0, 7, 8], [5, 6, 7, 0]])
     mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 0]])
     assert _aligned_ids({"input_ids": ids, "attention_mask": mask}).tolist() == [[7, 8, -1, -1], [5, 6, 7, -1]]
+
+
+def test_pooled_token_cloud_of_left_padded_batches_equals_right_padded():
+    """capture_token_cloud on left-padded batches: the same tokens, features and dropped ids."""
+    from torch import nn
+
+    from lightning_geom.tokens import capture_token_cloud
+
+    class Emb(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(50, 4)
+
+        def forward(self, input_ids, attention_mask=None, output_hidden_states=False):
+            return {"hidden_states": (self.emb(input_ids),)}
+
+    torch.manual_seed(0)
+    net = Emb()
+    prompts = [[1, 6, 7, 8], [1, 10], [1, 12, 13]]
+    lens = torch.tensor([4, 2, 3])
+    mask_r = (torch.arange(4) < lens.unsqueeze(1)).long()
+    right = {"input_ids": torch.tensor([p + [0] * (4 - len(p)) for p in prompts]), "attention_mask": mask_r}
+    left = {"input_ids": torch.tensor([[0] * (4 - len(p)) + p for p in prompts]), "attention_mask": mask_r.flip(1)}
+    a = capture_token_cloud(net, [right], max_tokens=None, drop_ids=[1], loss=False)
+    b = capture_token_cloud(net, [left], max_tokens=None, drop_ids=[1], loss=False)
+    assert a.features[0].shape[0] == 6  # 9 real tokens, 3 of them the dropped id 1
+    assert torch.equal(a.features[0], b.features[0]) and torch.equal(a.prompt, b.prompt) and torch.equal(a.position, b.position)
