@@ -103,6 +103,8 @@ def pool(h: Tensor, attention_mask: Tensor | None = None, how: Pooling = "mean")
         [[2.0, 3.0, 4.0, 5.0]]
         >>> pool(h, torch.tensor([[1, 1, 0]]), "last").tolist()
         [[4.0, 5.0, 6.0, 7.0]]
+        >>> pool(h, torch.tensor([[0, 1, 1]]), "first").tolist()  # left padding
+        [[4.0, 5.0, 6.0, 7.0]]
         >>> pool(torch.arange(8.0).view(1, 2, 2, 2)).tolist()  # (B, C, H, W): mean over the 4 positions
         [[1.5, 5.5]]
     """
@@ -113,7 +115,9 @@ def pool(h: Tensor, attention_mask: Tensor | None = None, how: Pooling = "mean")
     h = _channels_last(h)  # (B, C, H, W, ...) -> (B, H W, C): "mean" is global average pooling
     if h.ndim != 3:
         raise ValueError(f"Expected a hidden state of shape (B, T, D), (B, D) or (B, C, H, W), but got {tuple(h.shape)}.")
-    if how == "first":
+    if how == "first":  # the first real token (left padding: not position 0)
+        if attention_mask is not None and attention_mask.shape == h.shape[:2]:
+            return h[torch.arange(h.shape[0], device=h.device), attention_mask.to(h.device).float().argmax(dim=1)]
         return h[:, 0]
     if how == "tokens":
         if attention_mask is not None and attention_mask.shape == h.shape[:2]:
@@ -129,7 +133,7 @@ def pool(h: Tensor, attention_mask: Tensor | None = None, how: Pooling = "mean")
     if how == "last":
         if mask is None:
             return h[:, -1]
-        last = (mask.sum(dim=1).long() - 1).clamp_min(0)  # (B,)
+        last = h.shape[1] - 1 - mask.flip(1).argmax(dim=1)  # (B,) the last real token, whichever side is padded
         return h[torch.arange(h.shape[0], device=h.device), last]
     raise ValueError(f"Expected `pooling` to be one of 'mean', 'last', 'first', 'tokens' or a callable, but got {how!r}.")
 

@@ -177,3 +177,23 @@ def test_pooled_token_cloud_of_left_padded_batches_equals_right_padded():
     b = capture_token_cloud(net, [left], max_tokens=None, drop_ids=[1], loss=False)
     assert a.features[0].shape[0] == 6  # 9 real tokens, 3 of them the dropped id 1
     assert torch.equal(a.features[0], b.features[0]) and torch.equal(a.prompt, b.prompt) and torch.equal(a.position, b.position)
+
+
+@pytest.mark.parametrize("how", ["mean", "last", "first"])
+def test_pooling_of_left_padded_rows_equals_right_padded(how):
+    """Decoder tokenizers often pad on the left: "last" is then position T - 1, not mask.sum() - 1."""
+    from lightning_geom.capture import pool
+
+    g = torch.Generator().manual_seed(0)
+    real = [torch.randn(n, 3, generator=g) for n in (4, 2, 3)]
+    right = torch.zeros(3, 4, 3)
+    left = torch.zeros(3, 4, 3)
+    mask_r = torch.zeros(3, 4, dtype=torch.long)
+    for i, r in enumerate(real):
+        right[i, : len(r)] = r
+        left[i, 4 - len(r) :] = r
+        mask_r[i, : len(r)] = 1
+    mask_l = mask_r.flip(1)
+    assert torch.allclose(pool(right, mask_r, how), pool(left, mask_l, how))
+    want = torch.stack([r.mean(0) if how == "mean" else r[-1] if how == "last" else r[0] for r in real])
+    assert torch.allclose(pool(left, mask_l, how), want)
