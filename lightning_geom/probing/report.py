@@ -365,10 +365,11 @@ def _shuffle_blocks(batch: dict[str, torch.Tensor], block: int, seed: int) -> di
     ids = batch["input_ids"].clone()
     mask = batch.get("attention_mask")
     for i in range(ids.shape[0]):
-        n = int(mask[i].sum()) if mask is not None else ids.shape[1]
-        blocks = [ids[i, s : min(s + block, n)].clone() for s in range(0, n, block)]
+        real = mask[i].nonzero().flatten() if mask is not None else torch.arange(ids.shape[1])  # either padding side
+        row = ids[i, real]
+        blocks = [row[s : s + block] for s in range(0, row.numel(), block)]
         order = torch.randperm(len(blocks), generator=g).tolist()
-        ids[i, :n] = torch.cat([blocks[j] for j in order])
+        ids[i, real] = torch.cat([blocks[j] for j in order])
     return {**batch, "input_ids": ids}
 
 
@@ -523,9 +524,9 @@ def _pullback(module: Any, data: Any, n: int, dev: torch.device, *, budget_s: fl
         n_out = _output_size(net)
         for i in range(count):
             one = {k: v[i : i + 1] for k, v in first.items()}
-            if "attention_mask" in one:  # the sample alone, at its own length
-                length = int(one["attention_mask"].sum())
-                one = {k: v[:, :length] if v.ndim == 2 else v for k, v in one.items()}
+            if "attention_mask" in one:  # the sample alone, its real tokens only (either padding side)
+                real = one["attention_mask"][0].bool()
+                one = {k: v[:, real] if v.ndim == 2 and v.shape[1] == real.numel() else v for k, v in one.items()}
             one = {k: v.to(dev) for k, v in one.items()}
             if n_out is None:  # unknown from the config: one forward tells (and whether there is a head at all)
                 with torch.no_grad():
