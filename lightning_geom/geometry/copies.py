@@ -46,7 +46,7 @@ def row_keys(x: Tensor) -> Tensor:
     weights small enough that every partial sum is an integer below 2^53: float64 adds them exactly,
     so the key does not depend on the summation order a matrix-vector kernel picks (a plain float
     dot product gave copies of one row different keys at different positions). One small gather and
-    a GEMV: ~0.2 ms at N = 2,000, D = 768. (-0.0 and 0.0 differ in their bits: rows equal only up
+    a GEMV (find_copies with its sort of the keys: ~0.7 ms at N = 2,000, D = 768). (-0.0 and 0.0 differ in their bits: rows equal only up
     to signed zeros may get different keys, and are then treated as distinct.)
     """
     cols, w = _key_plan(int(x.shape[-1]), x.element_size(), str(x.device))
