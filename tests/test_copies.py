@@ -215,3 +215,10 @@ def test_a_prompt_with_copies_matches_dadapy_remove_identical_points(reference):
     assert recs[0]["token_id_n1"] == 2
     assert recs[0]["per_prompt"][0] == pytest.approx(ref["gride_ids"][1], abs=1e-6)
     assert recs[0]["token_twonn"] == pytest.approx(ref["twonn"], abs=1e-6)
+
+
+def test_signed_zeros_are_copies():
+    """Rows equal under == but for the sign of a zero are copies (their keys agree)."""
+    x = torch.tensor([[0.0, 1.0], [-0.0, 1.0], [2.0, 3.0], [4.0, 0.5]])
+    c = find_copies(x)
+    assert c is not None and c.counts.tolist() == [2, 1, 1]

@@ -46,11 +46,11 @@ def row_keys(x: Tensor) -> Tensor:
     weights small enough that every partial sum is an integer below 2^53: float64 adds them exactly,
     so the key does not depend on the summation order a matrix-vector kernel picks (a plain float
     dot product gave copies of one row different keys at different positions). One small gather and
-    a GEMV (find_copies with its sort of the keys: ~0.7 ms at N = 2,000, D = 768). (-0.0 and 0.0 differ in their bits: rows equal only up
-    to signed zeros may get different keys, and are then treated as distinct.)
+    a GEMV (find_copies with its sort of the keys: ~0.7 ms at N = 2,000, D = 768). Signed zeros are
+    made one (x + 0.0 turns -0.0 into 0.0), so rows that compare equal have equal bits.
     """
     cols, w = _key_plan(int(x.shape[-1]), x.element_size(), str(x.device))
-    words = x.index_select(-1, cols).contiguous().view(torch.int16)  # (..., N, W) exact 16-bit words
+    words = (x.index_select(-1, cols) + 0.0).contiguous().view(torch.int16)  # (..., N, W) exact 16-bit words
     return words.to(torch.float64) @ w
 
 
