@@ -222,3 +222,19 @@ def test_signed_zeros_are_copies():
     x = torch.tensor([[0.0, 1.0], [-0.0, 1.0], [2.0, 3.0], [4.0, 0.5]])
     c = find_copies(x)
     assert c is not None and c.counts.tolist() == [2, 1, 1]
+
+
+def test_distinct_clouds_in_chunks_equal_one_chunk(monkeypatch):
+    import lightning_geom.geometry.copies as cp
+
+    g = torch.Generator().manual_seed(9)
+    vocab = torch.randn(12, 5, generator=g)
+    x = vocab[torch.randint(0, 12, (7, 15), generator=g)]
+    lengths = torch.randint(3, 16, (7,), generator=g)
+    whole = cp.distinct_clouds(x, lengths)
+    monkeypatch.setattr(cp, "_KEY_CHUNK_BYTES", 15 * 5 * 4 * 2)  # two clouds a chunk
+    parts = cp.distinct_clouds(x, lengths)
+    assert torch.equal(whole[0], parts[0]) and torch.equal(whole[1], parts[1])
+    for b in range(7):  # against the exact rule, cloud by cloud
+        keep = cp._first_occurrences(x[b, : lengths[b]])
+        assert torch.equal(whole[0][b, : int(whole[1][b])], x[b, : lengths[b]][keep])
