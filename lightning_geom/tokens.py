@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .capture import capture_representations, resolve_network, right_align, split_batch
+from .capture import capture_representations, pool, resolve_network, right_align, split_batch
 from .geometry.neighbors import available_bytes, format_bytes
 
 __all__ = ["TokenCloud", "token_keep_mask", "next_token_losses", "capture_token_cloud", "is_causal_lm"]
@@ -40,6 +40,8 @@ class TokenCloud:
             at a prompt's last real token), or None when the model is not a causal LM.
         available: eligible tokens before the subsample (real, and not dropped as special).
         sources: what each layer is (as :attr:`~lightning_geom.capture.Representations.sources`).
+        pooled: with ``capture_token_cloud(pooled=how)``, every prompt's tokens pooled per layer
+            ((P, D_l) float32, prompts in order): the sequence features of the same forward.
     """
 
     features: tuple[Tensor, ...]
@@ -48,6 +50,7 @@ class TokenCloud:
     loss: Tensor | None
     available: int
     sources: tuple[str, ...] = ()
+    pooled: tuple[Tensor, ...] | None = None
 
     @property
     def n_tokens(self) -> int:
@@ -155,6 +158,7 @@ def capture_token_cloud(
     device: torch.device | str | None = None,
     normalize: str | None = None,
     feature_device: torch.device | str | None = "cpu",
+    pooled: str | None = None,
 ) -> TokenCloud:
     """Every eligible token of the probe batches as one point per layer: a seeded uniform subsample
     of at most ``max_tokens`` of them, kept while streaming (bounded memory).
@@ -175,6 +179,9 @@ def capture_token_cloud(
         device: where to run the model (default: its parameters' device).
         normalize: as in :func:`~lightning_geom.capture.capture_representations`.
         feature_device: where the kept features live (default the CPU).
+        pooled: also pool every prompt's tokens (``"mean"``, ``"last"``, ``"first"``: see
+            :func:`~lightning_geom.capture.pool`) into ``TokenCloud.pooled``, the sequence features
+            of the same forward (the probe's main analysis, without a forward of its own).
 
     Raises:
         ValueError: ``max_tokens`` not a positive integer; a model without token-level hidden states;
@@ -199,6 +206,7 @@ def capture_token_cloud(
     sources: tuple[str, ...] = ()
     available, offset = 0, 0
     fused = with_loss and layers is None  # the hidden states and the losses from one forward
+    pooled_feats: list[list[Tensor]] = []
     store: dict[str, Tensor] = {}
 
     def forward(n: nn.Module, b: dict[str, Tensor]) -> dict[str, tuple[Tensor, ...] | None]:
@@ -214,6 +222,12 @@ def capture_token_cloud(
             raise ValueError("a pooled token cloud needs token-level hidden states (B, T, D) from the model; this one gives (B, D).")
         sources = reps.sources
         b, t = reps.features[0].shape[:2]
+        if pooled is not None:  # the sequence features from the same (right-aligned, padding-zeroed) token states
+            real = (torch.arange(t) < reps.lengths.reshape(-1, 1).cpu()).long()
+            got = [pool(f, real.to(f.device), pooled) for f in reps.features]
+            pooled_feats = pooled_feats or [[] for _ in got]
+            for acc, g in zip(pooled_feats, got):
+                acc.append(g)
         _check_cloud_memory(available + int(reps.lengths.sum()), max_tokens, reps.features, len(feats) > 0)
         ids = batch.get("input_ids") if isinstance(batch, dict) else None
         mask = batch.get("attention_mask") if isinstance(batch, dict) else None
@@ -267,6 +281,7 @@ def capture_token_cloud(
         loss=losses[final] if with_loss else None,
         available=available,
         sources=sources,
+        pooled=tuple(torch.cat(layer) for layer in pooled_feats) if pooled is not None else None,
     )
 
 

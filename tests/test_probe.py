@@ -545,3 +545,24 @@ def test_lm_token_states_and_losses_from_one_forward_equal_the_two_pass_capture(
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert torch.equal(lens, reps.lengths)
     torch.testing.assert_close(losses, _prompt_losses(loaded.module, batches, dev), rtol=1e-5, atol=1e-6)
+
+
+def test_lm_probe_shares_its_forward_with_the_pooled_token_cloud(tmp_path, text_data):
+    """--tokens pooled on a causal LM: the sequence features come from the token cloud's forward
+    (one forward, not two), and every per-layer number equals a probe without the token cloud."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    path = tmp_path / "gpt2"
+    tok = _word_tokenizer()
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(WORDS) + 4, n_embd=32, n_layer=2, n_head=2, n_positions=64)).save_pretrained(path)
+    tok.save_pretrained(path)
+    common = ["--data", str(text_data / "data.jsonl"), "--range-max", "16", "--pullback-samples", "0"]
+    for pooling in ("mean", "last"):
+        a, b = tmp_path / f"plain_{pooling}", tmp_path / f"pooled_{pooling}"
+        assert main(["probe", str(path), *common, "--pooling", pooling, "--out", str(a)]) == 0
+        assert main(["probe", str(path), *common, "--pooling", pooling, "--out", str(b), "--tokens", "pooled", "--max-tokens", "200"]) == 0
+        ma = json.loads((a / "metrics.json").read_text())["models"][0]
+        mb = json.loads((b / "metrics.json").read_text())["models"][0]
+        assert mb["token_cloud"]["n_tokens"] == 200
+        assert ma["layers"] == mb["layers"] and ma["overlap_matrix"] == mb["overlap_matrix"]

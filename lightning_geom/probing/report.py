@@ -25,6 +25,7 @@ import torch
 from ..analysis import GeometrySettings, finish_profile, layer_errors, profile_geometry
 from ..capture import capture_representations
 from ..geometry import Neighbors, label_overlap, neighborhood_overlap
+from ..tokens import capture_token_cloud
 
 __all__ = ["GeometryReport", "probe_model", "probe"]
 
@@ -208,11 +209,25 @@ def probe_model(
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     module.to(dev)
     settings = GeometrySettings(range_max=range_max, overlap_k=k, label_k=k)
+    wanted = token_modes(tokens)
+    drop = () if keep_special_tokens else getattr(loaded.tokenizer, "all_special_ids", ()) or ()
+    # a causal LM with the pooled token cloud: one forward gives the cloud, its losses and the
+    # sequence features (TokenCloud.pooled, equal to the capture's), instead of two forwards
+    share = (
+        "pooled" in wanted and layers is None and pooling in ("mean", "last", "first") and _is_lm(module)
+        and all(isinstance(b, dict) and "input_ids" in b for b in data.batches)
+    )
+    shared = None
     with Progress(transient=True, disable=not progress) as bar:
-        task = bar.add_task(f"[{name}] forward passes", total=len(data.batches))
+        task = bar.add_task(f"[{name}] forward passes", total=None if share else len(data.batches))
         feats: list[list[torch.Tensor]] = []
         t0 = time.perf_counter()
-        for batch in data.batches:
+        if share:
+            batches = [{key: v for key, v in b.items() if key != "labels"} for b in data.batches]
+            shared = capture_token_cloud(module, batches, max_tokens=max_tokens, seed=seed, drop_ids=drop, device=dev, pooled=pooling)
+            feats = [[f] for f in shared.pooled]
+            sources = shared.sources
+        for batch in [] if share else data.batches:
             reps = capture_representations(module, [batch], layers=layers, pooling=pooling, device=dev)
             if not feats:
                 feats = [[] for _ in reps.features]
@@ -251,7 +266,6 @@ def probe_model(
         pull, pulled = _pullback(module, data, pullback_samples, dev, budget_s=budget) if pullback_samples else (None, 0)
         timings["pullback_s"] = time.perf_counter() - t0
         token_rec = cloud_rec = None
-        wanted = token_modes(tokens)
         if "per_prompt" in wanted:
             t0 = time.perf_counter()
             bar.add_task(f"[{name}] per-prompt token geometry", total=None)
@@ -260,9 +274,8 @@ def probe_model(
         if "pooled" in wanted:
             t0 = time.perf_counter()
             bar.add_task(f"[{name}] pooled token cloud", total=None)
-            drop = () if keep_special_tokens else getattr(loaded.tokenizer, "all_special_ids", ()) or ()
-            cloud_rec = _pooled_section(module, data, layers, max_tokens, drop, seed, settings, dev)
-            timings["token_cloud_s"] = time.perf_counter() - t0
+            cloud_rec = _pooled_section(module, data, layers, max_tokens, drop, seed, settings, dev, cloud=shared)
+            timings["token_cloud_s"] = time.perf_counter() - t0  # with a shared forward: the cloud's geometry only
     best = None
     ret = [(r["retrieval"], r["index"]) for r in layer_recs if isinstance(r.get("retrieval"), float)]
     if ret:
@@ -312,21 +325,24 @@ def token_modes(tokens: str | Sequence[str] | None) -> set[str]:
     return out
 
 
-def _pooled_section(module: Any, data: Any, layers: Any, max_tokens: int, drop: Any, seed: int, settings: GeometrySettings, dev: torch.device) -> dict[str, Any]:
+def _pooled_section(
+    module: Any, data: Any, layers: Any, max_tokens: int, drop: Any, seed: int, settings: GeometrySettings, dev: torch.device,
+    *, cloud: Any = None,
+) -> dict[str, Any]:
     """The geometry of the pooled token cloud (all samples' tokens, subsampled) at every layer.
 
     Per layer: TwoNN, GRIDE at a common scale and the overlap with the next layer (as the sample
     profile), the three-phase summary, and for a causal LM ``loss_neighbors``: the Spearman
     correlation of each token's next-token loss with the mean loss of its ``overlap_k`` nearest
     neighbours there (near 0: the layer's neighbourhoods ignore how predictable a token is; near 1:
-    tokens sit among tokens that are as hard to predict).
+    tokens sit among tokens that are as hard to predict). ``cloud``: the cloud already captured (with
+    the probe's forward, :func:`probe_model`).
     """
-    from ..tokens import capture_token_cloud
-
-    if not all(isinstance(b, dict) and "input_ids" in b for b in data.batches):
-        raise ValueError("--tokens pooled needs token inputs (input_ids); this data set has none.")
-    batches = [{key: v for key, v in b.items() if key != "labels"} for b in data.batches]
-    cloud = capture_token_cloud(module, batches, layers=layers, max_tokens=max_tokens, seed=seed, drop_ids=drop, device=dev)
+    if cloud is None:
+        if not all(isinstance(b, dict) and "input_ids" in b for b in data.batches):
+            raise ValueError("--tokens pooled needs token inputs (input_ids); this data set has none.")
+        batches = [{key: v for key, v in b.items() if key != "labels"} for b in data.batches]
+        cloud = capture_token_cloud(module, batches, layers=layers, max_tokens=max_tokens, seed=seed, drop_ids=drop, device=dev)
     if cloud.n_tokens <= max(settings.overlap_k, 2):
         raise ValueError(f"the pooled token cloud has {cloud.n_tokens} tokens, too few for k = {settings.overlap_k}: use more or longer texts, or --keep-special-tokens.")
     records = profile_geometry(list(cloud.features), None, settings)
