@@ -592,7 +592,7 @@ def exact_candidates(
 
 _TWO_STAGE_MIN_N = 65536  # from here on every device takes the two-stage top-k (group maxima first)
 _SYM_BUDGET_BYTES = 1 << 30  # the symmetric path keeps an N x N float32 buffer up to this size
-_SYM_MIN_BLOCKS = 3  # ... and pays from > 3 row blocks on (CPU, D = 768: N = 2,000 rows 30 ms vs symmetric 33 ms; 6,000: 251 vs 235)
+_SYM_MIN_BLOCKS = 3  # ... and on a CPU's default blocks pays from > 3 of them on (D = 768: N = 2,000 rows 30 ms vs symmetric 33 ms; 6,000: 251 vs 235)
 
 
 def _top(scores: Tensor, kc: int, col0: int, *, group: int = 8, two_stage: bool = True) -> tuple[Tensor, Tensor]:
@@ -615,17 +615,17 @@ def _top(scores: Tensor, kc: int, col0: int, *, group: int = 8, two_stage: bool 
 
 
 def _candidates(
-    x32: Tensor, sq: Tensor, kc: int, block: int, *, two_stage: bool = True, sym_bytes: int = _SYM_BUDGET_BYTES
+    x32: Tensor, sq: Tensor, kc: int, block: int, *, two_stage: bool = True, sym_bytes: int = _SYM_BUDGET_BYTES, min_blocks: int = 1
 ) -> tuple[Tensor, Tensor]:
     """Top-``kc`` float32 candidates per row (j != i): (the weakest kept score s_ij = <x_i, x_j> - |x_j|^2 / 2
     as float64 (N,), the (N, kc) indices, best first).
 
     Row block by row block, one GEMM gives the scores against the columns from the block on. When
-    the upper triangle fits ``sym_bytes`` (and there are more than 3 blocks) the Gram matrix's symmetry
+    the upper triangle fits ``sym_bytes`` (and there are more than ``min_blocks`` blocks) the Gram matrix's symmetry
     halves the flops: :func:`_candidates_symmetric`.
     """
     n = x32.shape[0]
-    if n > _SYM_MIN_BLOCKS * block and n * n * 4 <= min(sym_bytes, _SYM_BUDGET_BYTES):
+    if n > min_blocks * block and n * n * 4 <= min(sym_bytes, _SYM_BUDGET_BYTES):
         return _candidates_symmetric(x32, sq, kc, block, two_stage=two_stage)
     return _candidates_rows(x32, sq, (0, n), kc, block, two_stage=two_stage)
 
@@ -1032,7 +1032,10 @@ def _knn(
     a, b = rows if rows is not None else (0, n)  # knn_sharded: only these rows' neighbours (among all points)
     xg, sqg, scale = _half_points(x32, sq) if half else (x32, sq, 1.0)  # the candidate GEMM's operands
     if rows is None:
-        cand_score, cand_idx = _candidates(xg, sqg, kc, block, two_stage=two_stage, sym_bytes=_SYM_BUDGET_BYTES if spare is None else spare)
+        cand_score, cand_idx = _candidates(
+            xg, sqg, kc, block, two_stage=two_stage, sym_bytes=_SYM_BUDGET_BYTES if spare is None else spare,
+            min_blocks=_SYM_MIN_BLOCKS if device.type == "cpu" and not block_size else 1,  # accelerators: from 2 blocks
+        )
     else:
         cand_score, cand_idx = _candidates_rows(xg, sqg, (a, b), kc, block, two_stage=two_stage)
     if half:
