@@ -19,7 +19,7 @@ step() {  # step NAME SECONDS COMMAND...
     tail -n 12 "$OUT/$name.txt"
 }
 # correctness first: the CUDA paths (knn float32 / float16, outliers, copies, batched, estimators) against the CPU's
-step check_cuda 60 python3 benchmarks/check_cuda.py
+step check_cuda 40 python3 benchmarks/check_cuda.py
 # issue 9: knn vs the fp32 GEMM and naive cdist+topk; estimators' share; op counts
 # (candidates "auto": float16 candidate GEMMs from N = 32,768; then the same large sizes with float32 GEMMs)
 step geometry 120 python3 benchmarks/bench_geometry.py --device cuda --sizes 2000x768,10000x768,50000x768,100000x768 --repeats 3
@@ -31,5 +31,6 @@ step knn_1m 150 python3 benchmarks/bench_knn_memory.py --device cuda --n 1000000
 # issue 9: monitor overhead where models train (GeometryMonitor background="auto": the analysis in a worker
 # thread on its own CUDA stream; blocking = what training waited)
 step callback_overhead 150 python3 benchmarks/bench_callback_overhead.py --accelerator gpu --layers 12 --width 256 --probe 1797 --steps 800
-step callback_overhead_sync 90 python3 benchmarks/bench_callback_overhead.py --accelerator gpu --layers 12 --width 256 --probe 1797 --steps 800 --monitors geometry --background off
 step gpt2_overhead 120 python3 benchmarks/bench_gpt2_overhead.py --device cuda --size small --probe 1024 --seq 256 --steps 300 --every 100 --batch 16
+# (last: the background-off comparison; one call's 600 s may cut it, the steps before come back)
+step callback_overhead_sync 90 python3 benchmarks/bench_callback_overhead.py --accelerator gpu --layers 12 --width 256 --probe 1797 --steps 800 --monitors geometry --background off
