@@ -147,31 +147,32 @@ def _copies_geometry(x: Tensor, copies: Copies, k: int, settings: GeometrySettin
     """TwoNN, the GRIDE curve and the warning of the distinct locations, and the kNN of every point:
     from one kNN of the M distinct points (``expand_copies``), or a second, full one where an exact
     distance tie between locations leaves the copies' order open."""
-    n, m = int(x.shape[0]), int(copies.points.shape[0])
-    if m < 4:
-        raise ValueError(
-            f"only {m} distinct points among {n}: the layer maps (nearly) every sample to the same vector; "
-            "use more varied samples."
-        )
+    m = int(copies.points.shape[0])
+    note = _distinct_note(int(x.shape[0]), m)
     nb_u = knn(copies.points, min(m - 1, k + 1))
     tw, curve = id_profile(nb_u, range_max=settings.range_max)
     nb = expand_copies(nb_u, copies, k) if nb_u.k >= k + 1 else None
     if nb is None:
         nb = knn(x, k)
-    return tw, curve, f"{n - m} of {n} points are exact copies of another: the ID is that of the {m} distinct points.", nb
+    return tw, curve, note, nb
 
 
-def _distinct_id(x: Tensor, settings: GeometrySettings) -> tuple[Any, Any, str]:
-    """TwoNN and the GRIDE curve of the distinct rows of ``x`` (each location once), and the warning."""
-    uniq = torch.unique(x, dim=0)
-    n, m = int(x.shape[0]), int(uniq.shape[0])
+def _distinct_note(n: int, m: int) -> str:
+    """The layer's warning for ``m`` distinct points among ``n``; a one-line error when too few remain."""
     if m < 4:
         raise ValueError(
             f"only {m} distinct points among {n}: the layer maps (nearly) every sample to the same vector; "
             "use more varied samples."
         )
+    return f"{n - m} of {n} points are exact copies of another: the ID is that of the {m} distinct points."
+
+
+def _distinct_id(x: Tensor, settings: GeometrySettings) -> tuple[Any, Any, str]:
+    """TwoNN and the GRIDE curve of the distinct rows of ``x`` (each location once), and the warning."""
+    uniq = torch.unique(x, dim=0)
+    note = _distinct_note(int(x.shape[0]), int(uniq.shape[0]))
     tw, curve = id_profile(uniq, range_max=settings.range_max)
-    return tw, curve, f"{n - m} of {n} points are exact copies of another: the ID is that of the {m} distinct points."
+    return tw, curve, note
 
 
 def profile_geometry(
@@ -321,6 +322,7 @@ def _distinct_token_ids(x: Tensor, nb: Any, k: int, layer: int) -> dict[str, Ten
     embeddings), as the pooled cloud and DADApy's remove_identical_points do; prompts with <= k distinct
     tokens get NaN. One :class:`DuplicatePointsWarning` gives the count."""
     from .geometry import id_batched, knn_batched
+    from .geometry.batched import spread_clouds
     from .geometry.copies import distinct_clouds
 
     xu, lu = distinct_clouds(x, nb.lengths)
@@ -337,11 +339,7 @@ def _distinct_token_ids(x: Tensor, nb: Any, k: int, layer: int) -> dict[str, Ten
         nan = torch.full((ok.shape[0], len(ranks)), math.nan, dtype=torch.float64, device=x.device)
         return {"twonn": nan[:, 0].clone(), "gride": nan, "gride_err": nan.clone(), "scales": nan.clone(), "ranks": ranks}
     sub = id_batched(knn_batched(xu[ok], k, lengths=lu[ok]), range_max=k)
-    est = {"ranks": sub.pop("ranks")}
-    for key, v in sub.items():  # back to every prompt: NaN where too few distinct tokens
-        est[key] = torch.full((ok.shape[0], *v.shape[1:]), math.nan, dtype=v.dtype, device=v.device)
-        est[key][ok.to(v.device)] = v
-    return est
+    return spread_clouds(sub, torch.nonzero(ok).flatten(), int(ok.shape[0]))  # NaN where too few distinct tokens
 
 
 def token_geometry(
@@ -380,7 +378,7 @@ def token_geometry(
     for li, x in enumerate(features):
         x = x[keep.to(x.device)]
         nb = knn_batched(x, k, lengths=lens.to(x.device))
-        est = _distinct_token_ids(x, nb, k, li) if bool(((nb.distances[..., 0] == 0) & nb.valid()).any()) else id_batched(nb, range_max=k)
+        est = id_batched(nb, range_max=k) if nb.all_distinct else _distinct_token_ids(x, nb, k, li)
         ranks = est["ranks"].tolist()
         j = ranks.index(n1) if n1 in ranks else ranks.index(2) if 2 in ranks else len(ranks) - 1
         every = est["gride"][:, j]

@@ -15,7 +15,7 @@ predicting token t + 1 from the hidden state at position t (NaN at a prompt's la
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from .capture import capture_representations, pool, resolve_network, right_align, split_batch
 from .geometry.neighbors import available_bytes, format_bytes
 
-__all__ = ["TokenCloud", "token_keep_mask", "next_token_losses", "capture_token_cloud", "is_causal_lm"]
+__all__ = ["TokenCloud", "token_keep_mask", "next_token_losses", "lm_capture_forward", "capture_token_cloud", "is_causal_lm"]
 
 
 @dataclass(frozen=True)
@@ -140,6 +140,28 @@ def _lm_pass(
     return torch.cat(out), tuple(torch.cat(layer) for layer in zip(*states))
 
 
+def aligned_to(t: Tensor, mask: Tensor | None) -> Tensor:
+    """(B, T) per-token values on the CPU, each row's real tokens first as in a captured token cloud
+    (:func:`~lightning_geom.capture.right_align`; left padding moved to the end), or as they are
+    without a (B, T) mask."""
+    if not torch.is_tensor(mask) or mask.shape != t.shape:
+        return t.cpu()
+    return right_align([t.cpu()], mask.cpu())[0][0]
+
+
+def lm_capture_forward(losses: list[Tensor]) -> Callable[[nn.Module, dict[str, Tensor]], dict[str, Any]]:
+    """A ``forward_fn`` for :func:`~lightning_geom.capture.capture_representations` on a causal LM: the
+    hidden states, and each batch's (B, T) next-token losses (:func:`next_token_losses`) appended to
+    ``losses``, from one forward (:func:`_lm_pass`) instead of a capture and a second pass."""
+
+    def forward(net: nn.Module, batch: dict[str, Tensor]) -> dict[str, Any]:
+        per, states = _lm_pass(net, batch, max_logits=2**25, hidden=True)
+        losses.append(per)
+        return {"hidden_states": states}
+
+    return forward
+
+
 def _vocab_size(net: nn.Module) -> int | None:
     size = getattr(getattr(net, "config", None), "vocab_size", None)
     return int(size) if isinstance(size, int) and size > 0 else None
@@ -207,17 +229,14 @@ def capture_token_cloud(
     available, offset = 0, 0
     fused = with_loss and layers is None  # the hidden states and the losses from one forward
     pooled_feats: list[list[Tensor]] = []
-    store: dict[str, Tensor] = {}
-
-    def forward(n: nn.Module, b: dict[str, Tensor]) -> dict[str, tuple[Tensor, ...] | None]:
-        store["loss"], states = _lm_pass(n, b, max_logits=2**25, hidden=True)
-        return {"hidden_states": states}
+    fused_losses: list[Tensor] = []
 
     for batch in batches:
         reps = capture_representations(
             module, [batch], layers=layers, pooling="tokens", normalize=normalize, device=device,
-            feature_device=feature_device, forward_fn=forward if fused else None,
+            feature_device=feature_device, forward_fn=lm_capture_forward(fused_losses) if fused else None,
         )
+        per = fused_losses.pop() if fused else None  # this batch's (B, T) losses, from the same forward
         if reps.lengths is None or reps.features[0].ndim != 3:
             raise ValueError("a pooled token cloud needs token-level hidden states (B, T, D) from the model; this one gives (B, D).")
         sources = reps.sources
@@ -231,10 +250,7 @@ def capture_token_cloud(
         _check_cloud_memory(available + int(reps.lengths.sum()), max_tokens, reps.features, len(feats) > 0)
         ids = batch.get("input_ids") if isinstance(batch, dict) else None
         mask = batch.get("attention_mask") if isinstance(batch, dict) else None
-        aligned = torch.is_tensor(mask) and torch.is_tensor(ids) and mask.shape == ids.shape
-        if aligned:  # the capture moved each row's real tokens to the front (left padding): ids and losses follow
-            (ids,), _ = right_align([ids.cpu().unsqueeze(2)], mask.cpu())
-            ids = ids.squeeze(2)
+        ids = aligned_to(ids, mask) if ids is not None else None  # the capture moved real tokens to the front
         keep = token_keep_mask(reps.lengths, t, input_ids=ids, drop_ids=drop if ids is not None else (), drop_first=drop_first)
         rows, cols = keep.nonzero(as_tuple=True)
         available += int(rows.numel())
@@ -242,11 +258,7 @@ def capture_token_cloud(
         new_feats = [f[rows.to(f.device), cols.to(f.device)] for f in reps.features]
         new_loss = None
         if fused and rows.numel():
-            per = store.pop("loss").cpu()
-            if aligned:
-                (per,), _ = right_align([per.unsqueeze(2)], mask.cpu())
-                per = per.squeeze(2)
-            new_loss = per[rows, cols].clone()
+            new_loss = aligned_to(per, mask)[rows, cols].clone()
         elif with_loss and rows.numel():  # hooked layers: the loss from a second forward
             was = net.training
             net.eval()
@@ -255,11 +267,7 @@ def capture_token_cloud(
                     per = next_token_losses(net, {key: v.to(run_dev) if torch.is_tensor(v) else v for key, v in batch.items()})
             finally:
                 net.train(was)
-            per = per.cpu()
-            if aligned:
-                (per,), _ = right_align([per.unsqueeze(2)], mask.cpu())
-                per = per.squeeze(2)
-            new_loss = per[rows, cols].clone()
+            new_loss = aligned_to(per, mask)[rows, cols].clone()
         keys, order = _merge_keys(keys, new_keys, max_tokens)
         prompt = torch.cat([prompt, rows + offset])[order]
         position = torch.cat([position, cols])[order]

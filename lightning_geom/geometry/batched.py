@@ -76,6 +76,11 @@ class BatchedNeighbors:
         n = self.indices.shape[1]
         return torch.arange(n, device=self.lengths.device) < self.lengths.unsqueeze(1)
 
+    @property
+    def all_distinct(self) -> bool:
+        """Whether every real point's nearest neighbour is at a positive distance (no copies in any cloud)."""
+        return not bool(((self.distances[..., 0] == 0) & self.valid()).any())
+
 
 def _check(x: Tensor | np.ndarray, k: int, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
     """``x`` as a real, detached floating (B, N, D) tensor and ``lengths`` as (B,) int64, or a one-line error."""
@@ -283,6 +288,19 @@ def _redo_rows(flat: Tensor, dist: Tensor, idx: Tensor, failed: Tensor, valid: T
         dist[cb, ci], idx[cb, ci] = best.values[:, :k], best.indices[:, :k]
 
 
+def spread_clouds(sub: dict[str, Tensor], good: Tensor, b: int) -> dict[str, Tensor]:
+    """:func:`id_batched`'s estimates of the clouds ``good`` (indices among ``b``) back at their places
+    among all ``b`` clouds, NaN at the others (``ranks`` as they are)."""
+    full = {}
+    for key, v in sub.items():
+        if key == "ranks":
+            full[key] = v
+            continue
+        full[key] = torch.full((b, *v.shape[1:]), math.nan, dtype=v.dtype, device=v.device)
+        full[key][good.to(v.device)] = v
+    return full
+
+
 def id_batched(nb: BatchedNeighbors, *, range_max: int = 64, discard_fraction: float = 0.1) -> dict[str, Tensor]:
     """TwoNN and the GRIDE scale curve of every cloud, as tensors (one solve for all clouds and scales).
 
@@ -314,12 +332,20 @@ def id_batched(nb: BatchedNeighbors, *, range_max: int = 64, discard_fraction: f
     # ranks: plain columns in a cloud without duplicates (DADApy exactly); in a cloud with some, the
     # count of distinct neighbour distances (the single-cloud estimators' rule, cloud by cloud)
     dup_cloud = (valid & (r[..., 0] == 0)).any(dim=1)  # (B,)
-    prev = torch.nn.functional.pad(r[..., :-1], (1, 0), value=0.0)
-    count = torch.where(dup_cloud.view(b, 1, 1), (r > prev).cumsum(dim=2), torch.arange(1, k + 1, device=dev))  # (B, N, k)
-    pos_in = torch.searchsorted(count, n1.expand(b, n, s).contiguous()).clamp_max_(k - 1)  # first column with count >= n1
-    pos_out = torch.searchsorted(count, n2.expand(b, n, s).contiguous()).clamp_max_(k - 1)
-    keep = valid.unsqueeze(2) & (r[..., :1] > 0) & (count[..., -1:] >= n2)  # (B, N, S)
-    dropped = int((valid.unsqueeze(2) & ~keep).any(dim=2).sum())
+    safe = torch.where(valid.unsqueeze(2), r, 1.0)  # padded rows: harmless placeholders
+    if bool(dup_cloud.any()):
+        prev = torch.nn.functional.pad(r[..., :-1], (1, 0), value=0.0)
+        count = torch.where(dup_cloud.view(b, 1, 1), (r > prev).cumsum(dim=2), torch.arange(1, k + 1, device=dev))  # (B, N, k)
+        pos_in = torch.searchsorted(count, n1.expand(b, n, s).contiguous()).clamp_max_(k - 1)  # first column with count >= n1
+        pos_out = torch.searchsorted(count, n2.expand(b, n, s).contiguous()).clamp_max_(k - 1)
+        keep = valid.unsqueeze(2) & (r[..., :1] > 0) & (count[..., -1:] >= n2)  # (B, N, S)
+        g_in = torch.where(keep, safe.gather(2, pos_in), 1.0)  # (B, N, S): r_n1, r_n2 of every usable point
+        g_out = torch.where(keep, safe.gather(2, pos_out), 1.0)
+        dropped = int((valid.unsqueeze(2) & ~keep).any(dim=2).sum())
+    else:  # no copies anywhere (the usual case): plain columns n1, n2 (the count above doubles the time)
+        keep = valid.unsqueeze(2).expand(b, n, s)
+        g_in, g_out = safe.index_select(2, n1 - 1), safe.index_select(2, n2 - 1)
+        dropped = 0
     if dropped:
         warnings.warn(
             f"{dropped} points have a duplicate in their cloud (distance 0) or too few distinct neighbours stored, "
@@ -344,25 +370,16 @@ def id_batched(nb: BatchedNeighbors, *, range_max: int = 64, discard_fraction: f
                 BatchedNeighbors(nb.distances[good], nb.indices[good], nb.lengths[good]),
                 range_max=range_max, discard_fraction=discard_fraction,
             )
-        full = {}
-        for key, v in sub.items():
-            if key == "ranks":
-                full[key] = v
-                continue
-            t = torch.full((b, *v.shape[1:]), math.nan, dtype=v.dtype, device=v.device)
-            t[good.to(v.device)] = v
-            full[key] = t
-        return full
-    safe = torch.where(valid.unsqueeze(2), r, 1.0)  # padded rows: harmless placeholders
-    r_in = torch.where(keep, safe.gather(2, pos_in), 1.0).permute(1, 0, 2).reshape(n, b * s)  # (N, B*S): column = (cloud, scale)
-    r_out = torch.where(keep, safe.gather(2, pos_out), 1.0).permute(1, 0, 2).reshape(n, b * s)
+        return spread_clouds(sub, good, b)
+    r_in = g_in.permute(1, 0, 2).reshape(n, b * s)  # (N, B*S): column = (cloud, scale)
+    r_out = g_out.permute(1, 0, 2).reshape(n, b * s)
     keep_cols = keep.permute(1, 0, 2).reshape(n, b * s)
     counts = n_kept.reshape(-1).tolist()
     dim, err = _gride_solve(r_in, r_out, keep_cols, counts, pairs * b)
     scales = _scales(r_in, r_out, keep_cols, counts).view(b, s)
     # TwoNN (fit) per cloud: sorted log mu of the usable points (scale 1: r2 / r1), least squares through the origin
     k0 = keep[..., 0]
-    log_mu = torch.where(k0, torch.log(safe.gather(2, pos_out[..., :1]).squeeze(2) / safe.gather(2, pos_in[..., :1]).squeeze(2).clamp_min(1e-300)), math.inf)
+    log_mu = torch.where(k0, torch.log(g_out[..., 0] / g_in[..., 0]), math.inf)
     srt = torch.sort(log_mu, dim=1).values  # usable values first
     nk = n_kept[:, 0].to(torch.float64).unsqueeze(1)
     n_eff = torch.floor(nk * (1.0 - discard_fraction))

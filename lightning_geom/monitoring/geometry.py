@@ -349,9 +349,8 @@ class GeometryCore(MonitorCore):
 def _aligned_ids(batch: dict[str, Any]) -> Tensor:
     """A batch's token ids on the CPU, each row's real tokens first (as the captured token clouds:
     :func:`~lightning_geom.capture.right_align`), padding positions -1."""
-    ids = batch["input_ids"].cpu()
-    mask = batch.get("attention_mask")
+    ids, mask = batch["input_ids"].cpu(), batch.get("attention_mask")
     if not torch.is_tensor(mask) or mask.shape != ids.shape:
         return ids
-    (out,), m = right_align([ids.unsqueeze(2)], mask.cpu())
-    return out.squeeze(2).masked_fill(m == 0, -1)
+    (out,), m = right_align([ids], mask.cpu())
+    return out.masked_fill(m == 0, -1)

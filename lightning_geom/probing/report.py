@@ -25,7 +25,7 @@ import torch
 from ..analysis import GeometrySettings, finish_profile, layer_errors, profile_geometry
 from ..capture import capture_representations
 from ..geometry import Neighbors, label_overlap, neighborhood_overlap
-from ..tokens import capture_token_cloud
+from ..tokens import capture_token_cloud, lm_capture_forward
 
 __all__ = ["GeometryReport", "probe_model", "probe"]
 
@@ -215,7 +215,7 @@ def probe_model(
     # sequence features (TokenCloud.pooled, equal to the capture's), instead of two forwards
     share = (
         "pooled" in wanted and layers is None and pooling in ("mean", "last", "first") and _is_lm(module)
-        and all(isinstance(b, dict) and "input_ids" in b for b in data.batches)
+        and _has_token_ids(data.batches)
     )
     shared = None
     with Progress(transient=True, disable=not progress) as bar:
@@ -223,7 +223,7 @@ def probe_model(
         feats: list[list[torch.Tensor]] = []
         t0 = time.perf_counter()
         if share:
-            batches = [{key: v for key, v in b.items() if key != "labels"} for b in data.batches]
+            batches = _token_batches(data.batches, "--tokens pooled")
             shared = capture_token_cloud(module, batches, max_tokens=max_tokens, seed=seed, drop_ids=drop, device=dev, pooled=pooling)
             feats = [[f] for f in shared.pooled]
             sources = shared.sources
@@ -339,9 +339,7 @@ def _pooled_section(
     the probe's forward, :func:`probe_model`).
     """
     if cloud is None:
-        if not all(isinstance(b, dict) and "input_ids" in b for b in data.batches):
-            raise ValueError("--tokens pooled needs token inputs (input_ids); this data set has none.")
-        batches = [{key: v for key, v in b.items() if key != "labels"} for b in data.batches]
+        batches = _token_batches(data.batches, "--tokens pooled")
         cloud = capture_token_cloud(module, batches, layers=layers, max_tokens=max_tokens, seed=seed, drop_ids=drop, device=dev)
     if cloud.n_tokens <= max(settings.overlap_k, 2):
         raise ValueError(f"the pooled token cloud has {cloud.n_tokens} tokens, too few for k = {settings.overlap_k}: use more or longer texts, or --keep-special-tokens.")
@@ -389,6 +387,17 @@ def _shuffle_blocks(batch: dict[str, torch.Tensor], block: int, seed: int) -> di
     return {**batch, "input_ids": ids}
 
 
+def _has_token_ids(batches: Sequence[Any]) -> bool:
+    return all(isinstance(b, dict) and "input_ids" in b for b in batches)
+
+
+def _token_batches(batches: Sequence[Any], what: str) -> list[dict[str, torch.Tensor]]:
+    """The batches without their labels, for a token analysis (``what``), or a one-line error."""
+    if not _has_token_ids(batches):
+        raise ValueError(f"{what} needs token inputs (input_ids); this data set has none.")
+    return [{key: v for key, v in b.items() if key != "labels"} for b in batches]
+
+
 def _is_lm(module: Any) -> bool:
     from ..capture import resolve_network
     from ..tokens import is_causal_lm
@@ -399,37 +408,12 @@ def _is_lm(module: Any) -> bool:
 def _token_states_and_losses(
     module: Any, batches: list[dict[str, torch.Tensor]], dev: torch.device
 ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor]:
-    """A causal LM's per-prompt token clouds (per hidden state: (P, T, D) float32 on the CPU, padding
-    zeroed, right-padded to the longest batch), the prompts' real-token counts (P,) and their mean
-    next-token losses (P,), all from one forward per batch (``tokens._lm_pass``): the same numbers
-    as ``capture_representations(pooling="tokens")`` and :func:`_prompt_losses`, which run it twice."""
-    from ..capture import pool, resolve_network, right_align
-    from ..tokens import _lm_pass
-
-    net = resolve_network(module)
-    was_training = net.training
-    net.eval()
-    feats: list[list[torch.Tensor]] = []
-    lens, losses = [], []
-    try:
-        with torch.inference_mode():
-            for b in batches:
-                b = {key: v.to(dev) if torch.is_tensor(v) else v for key, v in b.items()}
-                per, states = _lm_pass(net, b, max_logits=2**25, hidden=True)
-                mask = b.get("attention_mask")
-                got = [pool(h, mask, "tokens").float().cpu() for h in states]
-                if mask is not None:
-                    got, mask = right_align(got, mask.cpu())
-                feats = feats or [[] for _ in got]
-                for acc, h in zip(feats, got):
-                    acc.append(h)
-                lens.append(mask.sum(dim=1).long().cpu() if mask is not None else torch.full((b["input_ids"].shape[0],), b["input_ids"].shape[1]))
-                losses.append(torch.nanmean(per, dim=1).float().cpu())
-    finally:
-        net.train(was_training)
-    width = max(h.shape[1] for h in feats[0])
-    out = tuple(torch.cat([torch.nn.functional.pad(h, (0, 0, 0, width - h.shape[1])) for h in layer]).clone() for layer in feats)
-    return out, torch.cat(lens), torch.cat(losses)
+    """A causal LM's per-prompt token clouds (``capture_representations(pooling="tokens")``), the prompts'
+    real-token counts (P,) and their mean next-token losses (P,), from one forward per batch
+    (:func:`~lightning_geom.tokens.lm_capture_forward`) instead of a capture and :func:`_prompt_losses`."""
+    losses: list[torch.Tensor] = []
+    reps = capture_representations(module, batches, pooling="tokens", device=dev, forward_fn=lm_capture_forward(losses))
+    return reps.features, reps.lengths, torch.cat([torch.nanmean(per, dim=1).float().cpu() for per in losses])
 
 
 def _prompt_losses(module: Any, batches: list[dict[str, torch.Tensor]], dev: torch.device) -> torch.Tensor | None:
@@ -468,9 +452,9 @@ def _token_section(module: Any, data: Any, layers: Any, prompts: int, k: int, sh
     from ..analysis import token_geometry
     from ..monitoring.probe import batch_len, probe_batches
 
-    if not all(isinstance(b, dict) and "input_ids" in b for b in data.batches):
+    if not _has_token_ids(data.batches):
         raise ValueError("--tokens per-prompt needs token inputs (input_ids); this data set has none.")
-    batches = [{key: v for key, v in b.items() if key != "labels"} for b in probe_batches(data.batches, num_samples=prompts, batch_size=64)]
+    batches = _token_batches(probe_batches(data.batches, num_samples=prompts, batch_size=64), "--tokens per-prompt")
     n = sum(batch_len(b) for b in batches)
 
     def measure(bs: list) -> tuple[list, int]:
