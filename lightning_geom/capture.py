@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "NoLogitsError",
     "Representations",
     "pool",
     "hook_modules",
@@ -257,17 +258,21 @@ def map_tensors(obj: Any, fn: Callable[[Tensor], Any]) -> Any:
     return obj
 
 
+class NoLogitsError(ValueError):
+    """The network's output has no ``logits`` or no ``hidden_states`` (a base model without a head)."""
+
+
 def logits_and_hidden(net: nn.Module, batch: Any, label_key: str | None = "labels") -> tuple[Tensor, tuple[Tensor, ...]]:
     """Call the network on a batch with ``output_hidden_states=True``: (logits, hidden_states).
 
     Raises:
-        ValueError: the output has no ``logits`` or no ``hidden_states``.
+        NoLogitsError: the output has no ``logits`` or no ``hidden_states``.
     """
     args, kwargs, _ = split_batch(batch, label_key)
     out = net(*args, **kwargs, output_hidden_states=True)
     logits, hidden = getattr(out, "logits", None), getattr(out, "hidden_states", None)
     if logits is None or hidden is None:
-        raise ValueError(f"{type(net).__name__} must return `logits` and `hidden_states`; pass `run_fn(network, batch)`.")
+        raise NoLogitsError(f"{type(net).__name__} must return `logits` and `hidden_states`; pass `run_fn(network, batch)`.")
     return logits, hidden
 
 

@@ -124,6 +124,11 @@ def _load_hf(path: Path) -> LoadedModel:
         cls, kind = tf.AutoModelForCausalLM, "hf-text"
     else:
         cls, kind = tf.AutoModel, "hf"
+    # the class the folder names, where transformers has it: AutoModel maps a config to its model type's
+    # base class, which is not always what was saved (T5EncoderModel's config -> T5Model, which needs
+    # decoder inputs to run)
+    named = [getattr(tf, a, None) for a in (cfg.architectures or [])]
+    cls = next((c for c in named if c is not None and hasattr(c, "from_pretrained")), cls)
     model = cls.from_pretrained(path, local_files_only=True)
     model.eval()
     tok = proc = None

@@ -464,19 +464,24 @@ def test_pullback_share_caps_the_pullback_samples(text_model, text_data):
         probe(load_model(text_model), data, range_max=8, pullback_share=0, progress=False)
 
 
-@pytest.mark.parametrize("arch", ["t5", "bart"])
+@pytest.mark.parametrize("arch", ["t5", "t5-encoder", "bart"])
 def test_probe_encoder_decoder_models_through_their_encoder(tmp_path, text_data, arch):
-    """An encoder-decoder model (T5, BART) is probed through its encoder: its decoder needs targets."""
+    """An encoder-decoder model (T5, BART) is probed through its encoder: its decoder needs targets.
+    A saved T5EncoderModel loads as itself (AutoModel would build a T5Model that needs decoder inputs)."""
     from transformers import (
         BartConfig,
         BartForConditionalGeneration,
         T5Config,
+        T5EncoderModel,
         T5ForConditionalGeneration,
     )
 
     v = len(WORDS) + 4
+    t5 = T5Config(vocab_size=v, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, decoder_start_token_id=0, pad_token_id=0)
     if arch == "t5":
-        model = T5ForConditionalGeneration(T5Config(vocab_size=v, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, decoder_start_token_id=0, pad_token_id=0))
+        model = T5ForConditionalGeneration(t5)
+    elif arch == "t5-encoder":
+        model = T5EncoderModel(t5)
     else:
         model = BartForConditionalGeneration(BartConfig(vocab_size=v, d_model=32, encoder_layers=2, decoder_layers=3, encoder_attention_heads=4,
                                                         decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64, pad_token_id=0))
@@ -487,6 +492,9 @@ def test_probe_encoder_decoder_models_through_their_encoder(tmp_path, text_data,
     assert main(["probe", str(path), "--data", str(text_data / "data.jsonl"), "--out", str(out), "--range-max", "8", "--pullback-samples", "2"]) == 0
     m = json.loads((out / "metrics.json").read_text())["models"][0]
     assert len(m["layers"]) == 3 and all(r["twonn"] > 0 for r in m["layers"])  # embeddings + the 2 encoder blocks
+    # no pullback (the logits need the decoder): the report says why instead of dropping the section silently
+    assert m["pullback"] is None and ("no output head" if arch == "t5-encoder" else "encoder-decoder") in m["pullback_note"]
+    assert "id='no-pullback'" in (out / "report.html").read_text()
 
 
 def test_token_diagnostics_count_unknown_tokens_and_copies():

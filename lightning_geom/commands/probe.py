@@ -117,5 +117,7 @@ def run(args: argparse.Namespace) -> int:
         )
         if "plateaus" in ph:
             print(f"  {robust_summary(ph)}")
+        if not m.get("pullback") and m.get("pullback_note") and args.pullback_samples:
+            print(f"  no pullback metric: {m['pullback_note']}")
     print(f"report: {files[0]}  ({len(files)} files, {time.perf_counter() - t0:.1f} s)")
     return 0

@@ -100,6 +100,10 @@ def render(report: Any, figs: dict[str, Any]) -> str:
             f"(samples measured: {used}; at most <code>--pullback-samples</code>, within <code>--pullback-share</code> of the probe's time).</p>"
         )
         parts.append(_img(figs, "pullback", "pullback statistics"))
+    missing = [(m["name"], m["pullback_note"]) for m in report.models if not m.get("pullback") and m.get("pullback_note")]
+    if missing:
+        notes = "; ".join(f"{esc(nm)}: {esc(why)}" for nm, why in missing)
+        parts.append(f"<p class='note' id='no-pullback'>No pullback metric for {notes}.</p>")
     parts.append("<h2 id='numbers'>Per-layer numbers</h2>")
     for m in report.models:
         parts.append(f"<h3>{esc(m['name'])}</h3><table><tr><th>layer</th><th>ID</th><th>± err</th><th>n1</th><th>TwoNN</th><th>label overlap</th><th>1-NN retrieval</th><th>overlap next</th><th>note</th></tr>")

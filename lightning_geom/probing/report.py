@@ -263,7 +263,7 @@ def probe_model(
         t0 = time.perf_counter()
         spent = timings["forward_s"] + timings["geometry_s"]
         budget = math.inf if pullback_share >= 1 else spent * pullback_share / max(1e-9, 1.0 - pullback_share)
-        pull, pulled = _pullback(module, data, pullback_samples, dev, budget_s=budget) if pullback_samples else (None, 0)
+        pull, pulled, pull_note = _pullback(module, data, pullback_samples, dev, budget_s=budget) if pullback_samples else (None, 0, "skipped (--pullback-samples 0)")
         timings["pullback_s"] = time.perf_counter() - t0
         token_rec = cloud_rec = None
         if "per_prompt" in wanted:
@@ -294,6 +294,7 @@ def probe_model(
         "best_retrieval_layer": best,
         "pullback": pull,
         "pullback_samples_used": pulled,
+        "pullback_note": pull_note,
         "tokens": token_rec,
         "token_cloud": cloud_rec,
         "timings": timings,
@@ -502,20 +503,25 @@ def _output_size(net: Any) -> int | None:
     return None
 
 
-def _pullback(module: Any, data: Any, n: int, dev: torch.device, *, budget_s: float = math.inf) -> tuple[list[dict[str, Any]] | None, int]:
+def _pullback(
+    module: Any, data: Any, n: int, dev: torch.device, *, budget_s: float = math.inf
+) -> tuple[list[dict[str, Any]] | None, int, str | None]:
     """Mean pullback statistics per layer over the first ``n`` samples, when the model has logits.
 
     Sample by sample (each at its own length: no padding in the Jacobian), stopping before the
     next sample would take the time past ``budget_s`` (one sample is always measured). Returns
-    (one row per layer, samples measured); (None, 0) without an output head.
+    (one row per layer, samples measured, None); without a pullback (None, 0, why not): the report
+    says why the section is missing instead of leaving it out silently.
     """
-    from ..capture import logits_and_hidden, resolve_network
+    from ..capture import NoLogitsError, logits_and_hidden, resolve_network
     from ..geometry.pullback import layer_spectra, spectrum_stats
 
     net = resolve_network(module)
     first = data.batches[0]
     if not isinstance(first, dict):
-        return None, 0
+        return None, 0, "the probe batches are not dicts of tensors (the pullback runs on dict batches)"
+    if getattr(getattr(net, "config", None), "is_encoder_decoder", False):
+        return None, 0, "an encoder-decoder model: its logits need decoder inputs (targets); the layers probed are the encoder's"
     count = min(n, next(iter(first.values())).shape[0])
     t0 = prev = time.perf_counter()
     per_layer: list[dict[str, list[torch.Tensor]]] = []
@@ -543,14 +549,17 @@ def _pullback(module: Any, data: Any, n: int, dev: torch.device, *, budget_s: fl
             last, elapsed, prev = now - prev, now - t0, now
             if elapsed + 1.25 * max(last, elapsed / done) > budget_s:  # the next sample could overrun the budget
                 break
-    except Exception:  # noqa: BLE001 - no output head, or an op without a gradient: no pullback section
+    except Exception as err:  # noqa: BLE001 - no output head, or an op without a gradient: no pullback section
         if not done:
-            return None, 0
+            if isinstance(err, NoLogitsError):
+                return None, 0, f"{type(net).__name__} has no output head (no logits to pull back)"
+            why = (str(err).splitlines() or [""])[0][:200]
+            return None, 0, f"the pullback failed on this model ({type(err).__name__}: {why})"
     rows = []
     for li, acc in enumerate(per_layer):
         stats = {k: torch.cat(v) for k, v in acc.items()}
         rows.append({"index": li, **{k: float(v.mean()) for k, v in stats.items() if torch.isfinite(v).all()}})
-    return rows, done
+    return rows, done, None
 
 
 def probe(models: Any, data: Any, *, names: list[str] | None = None, progress: bool = True, **kwargs: Any) -> GeometryReport:
