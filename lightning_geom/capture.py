@@ -272,7 +272,11 @@ def logits_and_hidden(net: nn.Module, batch: Any, label_key: str | None = "label
     out = net(*args, **kwargs, output_hidden_states=True)
     logits, hidden = getattr(out, "logits", None), getattr(out, "hidden_states", None)
     if logits is None or hidden is None:
-        raise NoLogitsError(f"{type(net).__name__} must return `logits` and `hidden_states`; pass `run_fn(network, batch)`.")
+        what = " and ".join(n for n, v in (("`logits`", logits), ("`hidden_states`", hidden)) if v is None)
+        raise NoLogitsError(
+            f"{type(net).__name__} returns no {what} (a model without an output head has no logits to pull back); "
+            "pass `run_fn(network, batch) -> (logits, hidden_states)`."
+        )
     return logits, hidden
 
 

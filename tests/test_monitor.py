@@ -574,9 +574,12 @@ def test_background_failures_follow_on_error(tmp_path, data, monkeypatch):
 
     monkeypatch.setattr(geo, "profile_geometry", broken)
     mon = _monitor(data, tmp_path, background=True)
-    with pytest.warns(UserWarning, match="skipped step 4: RuntimeError: geometry exploded"):
+    with pytest.warns(UserWarning, match="skipped step 0: RuntimeError: geometry exploded") as caught:
         _trainer(tmp_path, mon).fit(TinyGPT(), loader(data))
     assert mon.history == []
+    # every checkpoint failed the same way: counted in `failures`, warned once
+    assert [f["step"] for f in mon.failures] == [0, 1, 2, 4, 8, 9] and {f["error"] for f in mon.failures} == {"RuntimeError: geometry exploded"}
+    assert sum("geometry exploded" in str(w.message) for w in caught) == 1
     mon = _monitor(data, tmp_path, background=True, on_error="raise")
     with pytest.raises(RuntimeError, match="geometry exploded"):
         _trainer(tmp_path, mon).fit(TinyGPT(), loader(data))

@@ -198,6 +198,7 @@ class MonitorCore:
         self.output_dir = output_dir
         self.history: list[dict[str, Any]] = []
         self.timings: list[dict[str, float]] = []
+        self.failures: list[dict[str, Any]] = []  # {"step", "error"} of every checkpoint skipped (on_error="warn")
         self._phase_times: dict[str, float] = {}
         self._batches: list[Any] | None = None
         self._probe_id: str | None = None
@@ -311,12 +312,20 @@ class MonitorCore:
         return self._record(run, record, cost)
 
     def _failed(self, run: Run, err: Exception) -> None:
+        """A checkpoint that failed: raise (``on_error="raise"``), else one warning per distinct error.
+
+        A structural failure (a model without logits, a probe the model cannot take) comes back at
+        every checkpoint: the first occurrence warns, the repeats are only counted in ``failures``."""
         if self.on_error == "raise":
             raise err
-        self._warn(
-            f"{type(self).__name__} skipped step {run.step}: {type(err).__name__}: {err}. "
-            "Training goes on; pass `on_error='raise'` to debug."
-        )
+        text = f"{type(err).__name__}: {str(err).rstrip('. ')}"
+        seen = any(f["error"] == text for f in self.failures)
+        self.failures.append({"step": int(run.step), "error": text})
+        if not seen:
+            self._warn(
+                f"{type(self).__name__} skipped step {run.step}: {text}. Training goes on; the same failure at later "
+                "steps is not repeated here (see `monitor.failures`); pass `on_error='raise'` to debug."
+            )
         return None
 
     def _record(self, run: Run, record: dict[str, Any], cost: dict[str, float]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import io
 import json
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ import torch
 
 from ..analysis import GeometrySettings, finish_profile, layer_errors, profile_geometry
 from ..capture import capture_representations
-from ..geometry import Neighbors, label_overlap, neighborhood_overlap
+from ..geometry import DuplicatePointsWarning, Neighbors, label_overlap, neighborhood_overlap
 from ..tokens import capture_token_cloud, lm_capture_forward
 
 __all__ = ["GeometryReport", "probe_model", "probe"]
@@ -481,7 +482,9 @@ def _token_section(module: Any, data: Any, layers: Any, prompts: int, k: int, sh
             ids = torch.tensor([math.nan if v is None else v for v in rec["per_prompt"]], dtype=torch.float64)
             rec.update(_correlations(ids, kept))
     if shuffle:
-        shuffled, _ = measure([_shuffle_blocks(b, 4, seed=i) for i, b in enumerate(batches)])
+        with warnings.catch_warnings():  # the same tokens reordered: their copies were reported just above
+            warnings.simplefilter("ignore", DuplicatePointsWarning)
+            shuffled, _ = measure([_shuffle_blocks(b, 4, seed=i) for i, b in enumerate(batches)])
         for rec, ctl in zip(per, shuffled):
             rec["token_id_shuffled"] = ctl["token_id"]
             rec["token_id_shuffled_std"] = ctl["token_id_std"]
