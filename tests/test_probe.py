@@ -170,6 +170,10 @@ def test_bad_data(tmp_path, text_model, text_data):
         load_probe_data(str(text_data / "empty.txt"), loaded)
     with pytest.raises(ValueError, match="No such data file"):
         load_probe_data(str(tmp_path / "nope.csv"), loaded)
+    for name in ("latin1.txt", "latin1.csv"):  # another encoding: file, line of the first bad byte, the fix
+        (tmp_path / name).write_bytes("text,label\nthe cat,a\ncaf\xe9 dog,b\n".encode("latin-1"))
+        with pytest.raises(ValueError, match=rf"{name}:3: not UTF-8 text \(byte 0xe9\); save the file as UTF-8"):
+            load_probe_data(str(tmp_path / name), loaded)
     few = load_probe_data(str(text_data / "lines.txt"), loaded, max_samples=5)
     with pytest.raises(ValueError, match="5 samples are too few for k = 10"):
         probe([loaded], few, progress=False)

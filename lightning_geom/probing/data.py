@@ -56,10 +56,24 @@ def _is_missing(v: Any) -> bool:
     return isinstance(v, str) and v.strip().lower() in _MISSING
 
 
+def _read_utf8(path: Path) -> str:
+    """The file's text as UTF-8 (a byte-order mark is not part of the first line); another encoding is a
+    one-line error with the line of the first bad byte and the fix."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{raw[err.start]:02x}); save the file as UTF-8 "
+            f"(e.g. iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8{path.suffix})."
+        ) from None
+
+
 def _rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, record) of a CSV / TSV / JSONL / JSON file; malformed records name file and line."""
     suffix = path.suffix.lower()
-    text = path.read_text(encoding="utf-8-sig")  # a UTF-8 byte-order mark is not part of the first header
+    text = _read_utf8(path)
     if suffix in (".csv", ".tsv"):
         reader = csv.DictReader(text.splitlines(), delimiter="\t" if suffix == ".tsv" else ",")
         rows = []
@@ -95,7 +109,7 @@ def _texts(
     """Texts and raw labels of a data file; every malformed record is an error naming file and line."""
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".tsv", ".jsonl", ".json"):  # one sample per line
-        lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+        lines = [line.strip() for line in _read_utf8(path).splitlines() if line.strip()]
         if not lines:
             raise ValueError(f"{path} is empty: put one text per line.")
         return lines, None
