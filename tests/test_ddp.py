@@ -16,12 +16,18 @@ def _run(out: Path, devices: int, *extra: str) -> list:
     return json.loads(out.read_text())
 
 
+@pytest.fixture(scope="module")
+def single_process(tmp_path_factory) -> dict:
+    """The one-process run both DDP layouts are compared with (run once: each run is a fresh interpreter)."""
+    return _run(tmp_path_factory.mktemp("single") / "single.json", 1)
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo DDP test runs on Linux")
 @pytest.mark.parametrize("split", [False, True], ids=["layers-dealt", "knn-rows-split"])
-def test_ddp_two_cpu_processes_match_one_process(tmp_path, split):
+def test_ddp_two_cpu_processes_match_one_process(tmp_path, split, single_process):
     """Whole layers dealt to the ranks, or (issue 10: clouds too large for one device) every layer's
     kNN rows split over the ranks (knn_split): the same numbers as one process."""
-    single_all = _run(tmp_path / "single.json", 1)
+    single_all = single_process
     ddp_all = _run(tmp_path / "ddp.json", 2, *(["--shard-above", "1"] if split else []))
     single, ddp = single_all["geometry"], ddp_all["geometry"]
     assert [r["step"] for r in ddp] == [r["step"] for r in single] == [0]
