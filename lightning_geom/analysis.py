@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,13 +94,20 @@ def layer_k(n: int, settings: GeometrySettings) -> int:
     return k
 
 
+KnnFn = Callable[[Tensor, int], Neighbors]
+
+
 def layer_geometry(
-    x: Tensor, labels: Tensor | None, settings: GeometrySettings, *, neighbors: Neighbors | None = None
+    x: Tensor, labels: Tensor | None, settings: GeometrySettings, *, neighbors: Neighbors | None = None,
+    knn_fn: KnnFn = knn,
 ) -> tuple[dict[str, Any], Tensor | None]:
     """All per-layer numbers from (N, D) features: a JSON-ready record and the (N, overlap_k) kNN indices.
 
-    ``neighbors``: the layer's kNN with :func:`layer_k` neighbours when already computed (e.g. by
-    the ranks of a process group together); by default ``knn(x, layer_k(N))``.
+    ``neighbors``: the layer's kNN with :func:`layer_k` neighbours when already computed; by default
+    ``knn_fn(x, layer_k(N))``. ``knn_fn``: the kNN every step uses (default :func:`knn`; the
+    monitor passes :func:`~lightning_geom.geometry.knn_split` under DDP, so that each rank computes a
+    share of the rows; every rank must then call this with the same ``x``). A layer with exact copies
+    takes one ``knn_fn`` of its distinct points, expanded to every point.
 
     Raises:
         ValueError: NaN/Inf features, too few samples, labels of the wrong length (from the core).
@@ -109,8 +116,8 @@ def layer_geometry(
     k = layer_k(n, settings)
     copies = find_copies(as_points(x)) if neighbors is None else None
     if copies is not None:  # one kNN, of the distinct locations, serves the ID and (expanded) every point
-        tw, curve, dup, nb = _copies_geometry(x, copies, k, settings)
-    elif (nb := knn(x, k) if neighbors is None else neighbors).all_distinct:
+        tw, curve, dup, nb = _copies_geometry(x, copies, k, settings, knn_fn)
+    elif (nb := knn_fn(x, k) if neighbors is None else neighbors).all_distinct:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", DuplicatePointsWarning)
             tw, curve = id_profile(nb, range_max=settings.range_max)
@@ -143,17 +150,19 @@ def layer_geometry(
     return rec, nb.indices[:, : settings.overlap_k].clone()
 
 
-def _copies_geometry(x: Tensor, copies: Copies, k: int, settings: GeometrySettings) -> tuple[Any, Any, str, Neighbors]:
+def _copies_geometry(
+    x: Tensor, copies: Copies, k: int, settings: GeometrySettings, knn_fn: KnnFn = knn
+) -> tuple[Any, Any, str, Neighbors]:
     """TwoNN, the GRIDE curve and the warning of the distinct locations, and the kNN of every point:
     from one kNN of the M distinct points (``expand_copies``), or a second, full one where an exact
     distance tie between locations leaves the copies' order open."""
     m = int(copies.points.shape[0])
     note = _distinct_note(int(x.shape[0]), m)
-    nb_u = knn(copies.points, min(m - 1, k + 1))
+    nb_u = knn_fn(copies.points, min(m - 1, k + 1))
     tw, curve = id_profile(nb_u, range_max=settings.range_max)
     nb = expand_copies(nb_u, copies, k) if nb_u.k >= k + 1 else None
     if nb is None:
-        nb = knn(x, k)
+        nb = knn_fn(x, k)
     return tw, curve, note, nb
 
 
@@ -183,9 +192,11 @@ def profile_geometry(
     layers: Sequence[int] | None = None,
     on_error: str = "warn",
     neighbors: dict[int, Neighbors] | None = None,
+    knn_fn: KnnFn = knn,
 ) -> list[dict[str, Any]]:
     """Per-layer records for the chosen layers (default all); ``neighbors`` gives precomputed kNNs
-    of some layers (index -> :class:`Neighbors` with :func:`layer_k` neighbours).
+    of some layers (index -> :class:`Neighbors` with :func:`layer_k` neighbours); ``knn_fn`` computes
+    the others (see :func:`layer_geometry`).
 
     With ``on_error="warn"`` a failing layer gets ``error`` set (its cause, one line) and the
     others go on; with ``"raise"`` the first failure propagates with its traceback.
@@ -199,7 +210,7 @@ def profile_geometry(
     out = []
     for li in range(len(features)) if layers is None else layers:
         try:
-            rec, idx = layer_geometry(features[li], labels, settings, neighbors=(neighbors or {}).get(li))
+            rec, idx = layer_geometry(features[li], labels, settings, neighbors=(neighbors or {}).get(li), knn_fn=knn_fn)
         except Exception as err:
             if on_error == "raise":
                 raise

@@ -29,6 +29,8 @@ def main() -> None:
     args = p.parse_args()
     torch.manual_seed(0)
     data = token_data(150)  # 150 = 5 batches of 32 (last one 22): uneven shards across 2 ranks
+    for key in data:  # the last 10 samples copy the first 10: every layer has exact copies (one kNN of its distinct points)
+        data[key][140:] = data[key][:10]
     mon = GeometryMonitor(
         probe=data, num_samples=150, batch_size=32, every_n_steps=100, log_spaced=False, at_fit_end=False, range_max=16, figure_every=0,
         output_dir=str(Path(args.out).parent / "geo"), shard_knn_above=args.shard_above,

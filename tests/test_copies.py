@@ -82,6 +82,28 @@ def test_layer_geometry_with_copies_matches_the_two_knn_path():
     assert rec == ref_rec
 
 
+def test_layer_geometry_takes_every_knn_from_knn_fn():
+    """The kNN of a layer comes from ``knn_fn`` (the monitor's split kNN under DDP): with copies one call,
+    on the distinct points, and the same record as the default."""
+    x = _with_copies(400, 6, 3)
+    labels = torch.arange(x.shape[0]) % 3
+    s = GeometrySettings()
+    calls = []
+
+    def counting(points, k):
+        calls.append((int(points.shape[0]), k))
+        return knn(points, k)
+
+    rec, idx = layer_geometry(x, labels, s, knn_fn=counting)
+    ref_rec, ref_idx = layer_geometry(x, labels, s)
+    assert rec == ref_rec and torch.equal(idx, ref_idx)
+    assert calls == [(find_copies(x).points.shape[0], layer_k(x.shape[0], s) + 1)]
+    calls.clear()
+    y = torch.randn(300, 5, generator=torch.Generator().manual_seed(1))  # no copies: one kNN of every point
+    layer_geometry(y, None, s, knn_fn=counting)
+    assert calls == [(300, layer_k(300, s))]
+
+
 def test_expand_copies_needs_k_plus_one_neighbours():
     x = _with_copies(50, 3, 1)
     copies = find_copies(x)

@@ -34,6 +34,7 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path, split, single_process
     a, b = single[0], ddp[0]
     assert a["n_samples"] == b["n_samples"] == 150
     for la, lb in zip(a["layers"], b["layers"]):
+        assert "10 of 150 points are exact copies" in la["warning"] and la["warning"] == lb["warning"]
         for key in ("id", "twonn", "label_overlap", "overlap_next"):
             if la[key] is None:
                 assert lb[key] is None

@@ -260,23 +260,19 @@ class GeometryCore(MonitorCore):
 
     def _split_layers(self, features: list, labels: Any, settings: GeometrySettings, policy: str) -> list[dict[str, Any]]:
         """Large clouds under DDP: every rank computes a share of each layer's kNN rows
-        (:func:`~lightning_geom.geometry.knn_split`, same answer as one process), then the layers'
-        estimators are dealt round-robin. A layer whose kNN fails is left to ``profile_geometry``'s
-        error handling (the failure is the same on every rank, or raised on every rank)."""
-        from ..analysis import layer_k
+        (:func:`~lightning_geom.geometry.knn_split`, same answer as one process; a layer with exact
+        copies: one split kNN of its distinct points), every rank runs the layer's estimators on
+        them (milliseconds; the same on every rank) and keeps the records of the layers dealt to it
+        round-robin. A failing layer is ``profile_geometry``'s error handling: the features are the
+        same on every rank, so is the failure."""
         from ..geometry import knn_split
 
         rank, world = dist_info()
         mine: list[dict[str, Any]] = []
-        for li, x in enumerate(features):
-            nb = None
-            try:
-                nb = knn_split(x, layer_k(int(x.shape[0]), settings))
-            except Exception:  # noqa: BLE001 - profile_geometry below records (or raises) the cause
-                if policy == "raise":
-                    raise
+        for li in range(len(features)):
+            rec = profile_geometry(features, labels, settings, layers=[li], on_error=policy, knn_fn=knn_split)
             if li % world == rank:
-                mine += profile_geometry(features, labels, settings, layers=[li], on_error=policy, neighbors=None if nb is None else {li: nb})
+                mine += rec
         return mine
 
     def _token_capture(self, run: Run) -> tuple[list[Any], Any, Any]:
