@@ -61,8 +61,10 @@ class GeometrySettings:
             raise ValueError(f"Expected `id_n1` to be 'auto' or a positive integer, but got {self.id_n1!r}.")
         for name in ("range_max", "overlap_k", "label_k"):
             v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"Expected `{name}` to be a positive integer, but got {v!r}.")
+        if self.range_max < 2:  # the scale curve's first pair is (1, 2)
+            raise ValueError(f"Expected `range_max` to be an integer >= 2 (GRIDE's first scale is n1 = 1, n2 = 2), but got {self.range_max}.")
 
 
 def choose_scale(curve: IDScaling, *, tol: float = 0.1) -> int:

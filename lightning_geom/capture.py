@@ -171,7 +171,7 @@ def match_modules(model: nn.Module, patterns: Sequence[str]) -> list[str]:
     """
     names = [n for n, _ in model.named_modules() if n]
     chosen: list[str] = []
-    for pat in patterns:
+    for pat in [patterns] if isinstance(patterns, str) else patterns:  # one pattern as a plain string too
         rx = _glob(pat)
         hits = [n for n in names if rx.match(n)]
         if not hits:

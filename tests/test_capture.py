@@ -57,6 +57,12 @@ def test_hook_capture_by_pattern_and_hooks_removed():
     )
     assert len(reps.sources) == 3
     assert all(not m._forward_hooks for m in module.modules())
+    # one pattern as a plain string is that pattern (not its characters)
+    one = capture_representations(module, [data], layers="transformer.h.*", pooling="last")
+    assert one.sources == ("transformer.h.0", "transformer.h.1", "transformer.h.2")
+    from lightning_geom.callbacks import GeometryMonitor
+
+    assert GeometryMonitor(probe=data, layers="transformer.h.*").layers == ["transformer.h.*"]
 
 
 def test_hooks_removed_even_on_error():

@@ -231,9 +231,16 @@ def test_probe_data_from_a_datamodule_config(tmp_path, demo_checkpoints):
 
 
 def test_probe_fails_loudly_when_every_layer_fails(tmp_path, text_model, text_data):
-    """Issue 13: `--range-max 1` fails every layer; the command must not write an empty report and exit 0."""
-    args = ["probe", str(text_model), "--data", str(text_data / "data.jsonl"), "--out", str(tmp_path / "r"), "--range-max", "1", "--pullback-samples", "0"]
-    with pytest.raises(SystemExit, match="every layer failed.*range_max"):
+    """Issue 13: texts that all map to one vector fail every layer; the command must not write an empty
+    report and exit 0. A `--range-max` below 2 is refused before any work."""
+    same = tmp_path / "same.txt"
+    same.write_text("the cat sat on the mat\n" * 40)
+    args = ["probe", str(text_model), "--data", str(same), "--out", str(tmp_path / "r"), "--pullback-samples", "0"]
+    with pytest.raises(SystemExit, match="every layer failed.*only 1 distinct points among 40"):
+        main(args)
+    assert not (tmp_path / "r" / "report.html").exists()
+    args = ["probe", str(text_model), "--data", str(text_data / "data.jsonl"), "--out", str(tmp_path / "r"), "--range-max", "1"]
+    with pytest.raises(SystemExit, match="range_max` to be an integer >= 2"):
         main(args)
     assert not (tmp_path / "r" / "report.html").exists()
 

@@ -126,7 +126,7 @@ class GeometryCore(MonitorCore):
         if normalize not in (None, "layer_norm"):
             raise ValueError(f"Expected `normalize` to be None or 'layer_norm', but got {normalize!r}.")
         self.settings = GeometrySettings(range_max=range_max, id_n1=id_n1, overlap_k=overlap_k, label_k=label_k)
-        self.layers = list(layers) if layers else None
+        self.layers = [layers] if isinstance(layers, str) else list(layers) if layers else None  # one pattern: a string
         self.pooling = pooling
         self.normalize = normalize
         self.forward_fn = forward_fn
