@@ -585,3 +585,17 @@ def test_lm_probe_shares_its_forward_with_the_pooled_token_cloud(tmp_path, text_
         mb = json.loads((b / "metrics.json").read_text())["models"][0]
         assert mb["token_cloud"]["n_tokens"] == 200
         assert ma["layers"] == mb["layers"] and ma["overlap_matrix"] == mb["overlap_matrix"]
+
+
+def test_report_closes_every_figure_it_draws(tmp_path, text_model, text_data):
+    """pyplot keeps every figure until closed: to_html() and write() leave none open (a leak in notebooks
+    and long-running processes; the suite used to hit matplotlib's 20-figure warning)."""
+    import matplotlib.pyplot as plt
+
+    rep = probe([load_model(text_model)], load_probe_data(str(text_data / "data.jsonl"), load_model(text_model)), range_max=8,
+                pullback_samples=0, progress=False)
+    plt.close("all")
+    rep.to_html()
+    assert plt.get_fignums() == []
+    rep.write(tmp_path / "r")
+    assert plt.get_fignums() == []

@@ -495,7 +495,10 @@ class MonitorCore:
         out = Path(run.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         figs = self._figure_set()
-        run.sink.figures(figs, run.step, self._prefix)
-        for name, fig in figs.items():
-            fig.savefig(out / f"{name}.png")
-            plt.close(fig)
+        try:
+            run.sink.figures(figs, run.step, self._prefix)
+            for name, fig in figs.items():
+                fig.savefig(out / f"{name}.png")
+        finally:  # a logger or a disk that fails must not leave pyplot holding the figures
+            for fig in figs.values():
+                plt.close(fig)

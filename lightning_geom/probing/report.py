@@ -84,27 +84,40 @@ class GeometryReport:
     def to_html(self, path: str | Path | None = None, *, figures: dict[str, Any] | None = None) -> str:
         from .html import render
 
-        text = render(self, figures if figures is not None else self.figures())
+        own = figures is None  # figures drawn here are closed here (pyplot keeps every open figure alive)
+        figs = self.figures() if own else figures
+        try:
+            text = render(self, figs)
+        finally:
+            if own:
+                _close(figs)
         if path is not None:
             Path(path).write_text(text)
         return text
 
     def write(self, out_dir: str | Path) -> list[Path]:
         """report.html, metrics.json, layers.csv (token_prompts.csv with per-prompt token geometry) and the PNG figures under ``out_dir``."""
-        import matplotlib.pyplot as plt
-
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         figs = self.figures()
         written = []
-        for name, fig in figs.items():
-            fig.savefig(out / f"{name}.png")
-            written.append(out / f"{name}.png")
-        self.to_html(out / "report.html", figures=figs)
-        for fig in figs.values():
-            plt.close(fig)
+        try:
+            for name, fig in figs.items():
+                fig.savefig(out / f"{name}.png")
+                written.append(out / f"{name}.png")
+            self.to_html(out / "report.html", figures=figs)
+        finally:
+            _close(figs)
         self.to_json(out / "metrics.json")
         return [out / "report.html", out / "metrics.json", *self.to_csv(out), *written]
+
+
+def _close(figs: dict[str, Any]) -> None:
+    """Close matplotlib figures (pyplot holds each one until closed: a leak in long-running processes)."""
+    import matplotlib.pyplot as plt
+
+    for fig in figs.values():
+        plt.close(fig)
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> Path:
