@@ -227,6 +227,14 @@ class GeometryCore(MonitorCore):
                 "label overlap skipped (labels must be one per sample)."
             )
             labels = None
+        if labels is not None and labels.numel() and bool((labels.reshape(-1) == labels.reshape(-1)[0]).all()):
+            if not getattr(self, "_single_class_warned", False):  # once per run, not per checkpoint
+                self._warn(
+                    f"{type(self).__name__}: every probe sample has the same label; label overlap is left out "
+                    "(it would be 1.0 whatever the model does). Use a probe with several classes."
+                )
+                self._single_class_warned = True
+            labels = None
         rank, world = dist_info()
         # one process raises at the failing layer (its traceback); under DDP every rank raises after the gather
         policy = self.on_error if world == 1 else "warn"
