@@ -160,6 +160,18 @@ def _glob(pattern: str) -> re.Pattern:
     return re.compile("".join(out) + r"\Z")
 
 
+def layer_patterns(layers: str | Sequence[str] | None) -> list[str] | None:
+    """Layer glob patterns as a list: one pattern may come as a plain string; None / empty: None."""
+    if not layers:
+        return None
+    return [layers] if isinstance(layers, str) else list(layers)
+
+
+def is_encoder_decoder(net: nn.Module) -> bool:
+    """A Hugging Face encoder-decoder model (T5, BART, ...): its decoder needs targets to run."""
+    return bool(getattr(getattr(net, "config", None), "is_encoder_decoder", False))
+
+
 def match_modules(model: nn.Module, patterns: Sequence[str]) -> list[str]:
     """Names of the submodules matching any glob pattern, in the model's (depth) order.
 
@@ -171,7 +183,7 @@ def match_modules(model: nn.Module, patterns: Sequence[str]) -> list[str]:
     """
     names = [n for n, _ in model.named_modules() if n]
     chosen: list[str] = []
-    for pat in [patterns] if isinstance(patterns, str) else patterns:  # one pattern as a plain string too
+    for pat in layer_patterns(patterns) or []:
         rx = _glob(pat)
         hits = [n for n in names if rx.match(n)]
         if not hits:
@@ -414,7 +426,7 @@ def _headless(net: nn.Module) -> nn.Module:
     for an encoder-decoder model (T5, BART, ...) its encoder (the decoder needs targets to run)."""
     if not _is_hf(net):
         return net
-    if getattr(getattr(net, "config", None), "is_encoder_decoder", False) and callable(getattr(net, "get_encoder", None)):
+    if is_encoder_decoder(net) and callable(getattr(net, "get_encoder", None)):
         return _EncoderOnly(net.get_encoder())
     base = getattr(net, "base_model", None)
     return base if isinstance(base, nn.Module) and base is not net else net

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .neighbors import Neighbors, knn
 
-__all__ = ["neighborhood_overlap", "label_overlap", "encode_labels"]
+__all__ = ["neighborhood_overlap", "label_overlap", "encode_labels", "single_class"]
 
 
 def _indices(x: Tensor | np.ndarray | Neighbors, k: int, *, name: str) -> Tensor:
@@ -100,6 +100,12 @@ def encode_labels(labels: Sequence | np.ndarray | Tensor, n: int) -> Tensor:
         )
     _, codes = np.unique(arr, return_inverse=True)
     return torch.from_numpy(codes.reshape(-1).astype(np.int64))
+
+
+def single_class(labels: Tensor) -> bool:
+    """Whether every label is the same one (then any label overlap is 1.0, whatever the geometry)."""
+    flat = labels.reshape(-1)
+    return bool(flat.numel()) and bool((flat == flat[0]).all())
 
 
 def label_overlap(

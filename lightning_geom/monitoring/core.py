@@ -490,7 +490,7 @@ class MonitorCore:
 
     def _figures(self, run: Run) -> None:
         """Figures: PNG under the output folder, and to the sink (rank 0). The history files are written by the callers."""
-        import matplotlib.pyplot as plt
+        from ..report.figures import close_figures
 
         out = Path(run.out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -500,5 +500,4 @@ class MonitorCore:
             for name, fig in figs.items():
                 fig.savefig(out / f"{name}.png")
         finally:  # a logger or a disk that fails must not leave pyplot holding the figures
-            for fig in figs.values():
-                plt.close(fig)
+            close_figures(figs)

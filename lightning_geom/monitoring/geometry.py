@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 
 from ..analysis import GeometrySettings, finish_profile, layer_errors, profile_geometry
-from ..capture import capture_representations, right_align
+from ..capture import capture_representations, layer_patterns, right_align
+from ..geometry import single_class
 from ..report.history import metric_key, scalars
 from ..tokens import token_keep_mask
 from .core import MonitorCore, Run, warn_layer_errors
@@ -126,8 +127,9 @@ class GeometryCore(MonitorCore):
         if normalize not in (None, "layer_norm"):
             raise ValueError(f"Expected `normalize` to be None or 'layer_norm', but got {normalize!r}.")
         self.settings = GeometrySettings(range_max=range_max, id_n1=id_n1, overlap_k=overlap_k, label_k=label_k)
-        self.layers = [layers] if isinstance(layers, str) else list(layers) if layers else None  # one pattern: a string
+        self.layers = layer_patterns(layers)
         self.pooling = pooling
+        self._single_class_warned = False
         self.normalize = normalize
         self.forward_fn = forward_fn
         self.model_attr = model_attr
@@ -227,8 +229,8 @@ class GeometryCore(MonitorCore):
                 "label overlap skipped (labels must be one per sample)."
             )
             labels = None
-        if labels is not None and labels.numel() and bool((labels.reshape(-1) == labels.reshape(-1)[0]).all()):
-            if not getattr(self, "_single_class_warned", False):  # once per run, not per checkpoint
+        if labels is not None and single_class(labels):
+            if not self._single_class_warned:  # once per run, not per checkpoint
                 self._warn(
                     f"{type(self).__name__}: every probe sample has the same label; label overlap is left out "
                     "(it would be 1.0 whatever the model does). Use a probe with several classes."

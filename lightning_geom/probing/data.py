@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ..geometry import single_class
 from ..loading import padding_tokenizer
 
 __all__ = ["ProbeData", "load_probe_data"]
@@ -148,7 +149,7 @@ def _texts(
 
 def _single_class(labels: torch.Tensor | None, names: list[str] | None, what: str) -> tuple[torch.Tensor | None, list[str] | None]:
     """Labels of one class say nothing about neighbourhoods: warn and leave the label metrics out."""
-    if labels is not None and labels.numel() and bool((labels == labels[0]).all()):
+    if labels is not None and single_class(labels):
         warnings.warn(
             f"{what}: every sample has the same label ({names[0] if names else int(labels[0])}); label overlap and "
             "retrieval are left out (they would be 1.0 whatever the model does).",

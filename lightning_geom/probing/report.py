@@ -26,6 +26,7 @@ import torch
 from ..analysis import GeometrySettings, finish_profile, layer_errors, profile_geometry
 from ..capture import capture_representations
 from ..geometry import DuplicatePointsWarning, Neighbors, label_overlap, neighborhood_overlap
+from ..report.figures import close_figures
 from ..tokens import capture_token_cloud, lm_capture_forward
 
 __all__ = ["GeometryReport", "probe_model", "probe"]
@@ -90,7 +91,7 @@ class GeometryReport:
             text = render(self, figs)
         finally:
             if own:
-                _close(figs)
+                close_figures(figs)
         if path is not None:
             Path(path).write_text(text)
         return text
@@ -107,17 +108,9 @@ class GeometryReport:
                 written.append(out / f"{name}.png")
             self.to_html(out / "report.html", figures=figs)
         finally:
-            _close(figs)
+            close_figures(figs)
         self.to_json(out / "metrics.json")
         return [out / "report.html", out / "metrics.json", *self.to_csv(out), *written]
-
-
-def _close(figs: dict[str, Any]) -> None:
-    """Close matplotlib figures (pyplot holds each one until closed: a leak in long-running processes)."""
-    import matplotlib.pyplot as plt
-
-    for fig in figs.values():
-        plt.close(fig)
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> Path:
@@ -529,14 +522,14 @@ def _pullback(
     (one row per layer, samples measured, None); without a pullback (None, 0, why not): the report
     says why the section is missing instead of leaving it out silently.
     """
-    from ..capture import NoLogitsError, logits_and_hidden, resolve_network
+    from ..capture import NoLogitsError, is_encoder_decoder, logits_and_hidden, resolve_network
     from ..geometry.pullback import layer_spectra, spectrum_stats
 
     net = resolve_network(module)
     first = data.batches[0]
     if not isinstance(first, dict):
         return None, 0, "the probe batches are not dicts of tensors (the pullback runs on dict batches)"
-    if getattr(getattr(net, "config", None), "is_encoder_decoder", False):
+    if is_encoder_decoder(net):
         return None, 0, "an encoder-decoder model: its logits need decoder inputs (targets); the layers probed are the encoder's"
     count = min(n, next(iter(first.values())).shape[0])
     t0 = prev = time.perf_counter()

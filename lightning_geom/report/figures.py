@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["emergence_figure", "heatmap_figure", "overlap_figure", "spectra_figure", "all_figures"]
+__all__ = ["emergence_figure", "heatmap_figure", "overlap_figure", "spectra_figure", "all_figures", "close_figures"]
 
 
 def _plt():
@@ -16,6 +16,13 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def close_figures(figs: dict[str, Any]) -> None:
+    """Close the figures: pyplot holds every figure until it is closed (a leak in long-running processes)."""
+    plt = _plt()
+    for fig in figs.values():
+        plt.close(fig)
 
 
 def _profile(rec: dict[str, Any], key: str) -> tuple[list[int], list[float]]:
