@@ -87,14 +87,14 @@ class HFSink:
             self.state.global_step = live
             self.logging = False
 
-    def figures(self, figures: dict[str, Any], step: int, prefix: str) -> None:
+    def figures(self, images: dict[str, Any], step: int, prefix: str) -> None:
         tb = self._tb()
         if tb is not None:
-            for name, fig in figures.items():
-                tb.add_figure(f"{prefix}/figures/{name}", fig, global_step=step, close=False)
+            for name, image in images.items():
+                tb.add_image(f"{prefix}/figures/{name}", image, global_step=step, dataformats="HWC")
         wandb = self._wandb()
         if wandb is not None:
-            wandb.log({f"{prefix}/figures/{n}": wandb.Image(f) for n, f in figures.items()}, commit=False)
+            wandb.log({f"{prefix}/figures/{n}": wandb.Image(im) for n, im in images.items()}, commit=False)
 
     def hparams(self, params: dict[str, Any]) -> None:
         tb = self._tb()

@@ -140,6 +140,15 @@ def test_tensorboard_scalars_figures_and_layout(tmp_path, data):
     assert "geometry/id/layer_02" in tags["scalars"]
     assert [e.step for e in acc.Scalars("geometry/id/layer_02")] == [0, 1, 2, 4]
     assert {"geometry/figures/id_profile", "geometry/figures/id_heatmap", "geometry/figures/overlaps"} <= set(tags["images"])
+    # one rendering of each figure goes to the dashboard and to disk: the same pixels
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    shown = np.asarray(Image.open(io.BytesIO(acc.Images("geometry/figures/id_profile")[-1].encoded_image_string)).convert("RGB"))
+    saved = np.asarray(Image.open(tmp_path / "geo" / "id_profile.png").convert("RGB"))
+    assert shown.shape == saved.shape == (420, 700, 3) and np.array_equal(shown, saved)
 
 
 def test_wandb_offline(tmp_path, data, monkeypatch):

@@ -588,8 +588,9 @@ def test_lm_probe_shares_its_forward_with_the_pooled_token_cloud(tmp_path, text_
 
 
 def test_report_closes_every_figure_it_draws(tmp_path, text_model, text_data):
-    """pyplot keeps every figure until closed: to_html() and write() leave none open (a leak in notebooks
-    and long-running processes; the suite used to hit matplotlib's 20-figure warning)."""
+    """pyplot keeps every figure it makes until closed (a leak in notebooks and long-running processes;
+    the suite used to hit matplotlib's 20-figure warning): the figures are made outside pyplot, and
+    to_html() and write() leave none open."""
     import matplotlib.pyplot as plt
 
     rep = probe([load_model(text_model)], load_probe_data(str(text_data / "data.jsonl"), load_model(text_model)), range_max=8,

@@ -36,8 +36,8 @@ class LightningSink:
     def scalars(self, metrics: dict[str, float], step: int) -> None:
         log_scalars(self.loggers, metrics, step=step)
 
-    def figures(self, figures: dict[str, Any], step: int, prefix: str) -> None:
-        log_figures(self.loggers, figures, step, prefix=prefix)
+    def figures(self, images: dict[str, Any], step: int, prefix: str) -> None:
+        log_figures(self.loggers, images, step, prefix=prefix)
 
     def hparams(self, params: dict[str, Any]) -> None:
         for lg in self.loggers:

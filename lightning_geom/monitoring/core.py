@@ -32,7 +32,8 @@ class Sink(Protocol):
 
     def scalars(self, metrics: dict[str, float], step: int) -> None: ...
 
-    def figures(self, figures: dict[str, Any], step: int, prefix: str) -> None: ...
+    def figures(self, images: dict[str, Any], step: int, prefix: str) -> None:
+        """``{name: (H, W, 3) uint8 RGB array}``: each figure drawn once (``report.figures.render``)."""
 
     def hparams(self, params: dict[str, Any]) -> None: ...
 
@@ -489,15 +490,13 @@ class MonitorCore:
         return {}
 
     def _figures(self, run: Run) -> None:
-        """Figures: PNG under the output folder, and to the sink (rank 0). The history files are written by the callers."""
-        from ..report.figures import close_figures
+        """Figures: each drawn once, to the sink and as PNG under the output folder (rank 0). The
+        history files are written by the callers."""
+        from ..report.figures import png_bytes, render_all
 
         out = Path(run.out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        figs = self._figure_set()
-        try:
-            run.sink.figures(figs, run.step, self._prefix)
-            for name, fig in figs.items():
-                fig.savefig(out / f"{name}.png")
-        finally:  # a logger or a disk that fails must not leave pyplot holding the figures
-            close_figures(figs)
+        images = render_all(self._figure_set())
+        run.sink.figures(images, run.step, self._prefix)
+        for name, image in images.items():
+            (out / f"{name}.png").write_bytes(png_bytes(image))

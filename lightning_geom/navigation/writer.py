@@ -31,9 +31,6 @@ def write_trajectories(trajs: list[dict[str, Any]], out: str | Path, *, prefix: 
         if grid is not None:
             png = out / f"{prefix}_{i:03d}.png"
             grid.savefig(png)
-            import matplotlib.pyplot as plt
-
-            plt.close(grid)
             written.append(png)
     if rows:
         table = out / "tokens.csv"
@@ -68,12 +65,9 @@ def _grid(traj: dict[str, Any], image_shape: tuple | None):
         frames.append((rec["step"], rec["pred"], img))
     if not frames:
         return None
-    import matplotlib
+    from ..report.figures import subplots
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(frames), figsize=(1.6 * len(frames), 2.0), dpi=100, squeeze=False)
+    fig, axes = subplots(1, len(frames), figsize=(1.6 * len(frames), 2.0), dpi=100, squeeze=False)
     for ax, (step, pred, img) in zip(axes[0], frames):
         if img.ndim == 3:
             img = (img - np.nanmin(img)) / max(np.nanmax(img) - np.nanmin(img), 1e-12)

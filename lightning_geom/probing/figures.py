@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..report.figures import _plt
+from ..report.figures import colormap, subplots
 
 
 def _nans(values: Any) -> list[float]:
@@ -13,16 +13,14 @@ def _nans(values: Any) -> list[float]:
 
 
 def _colors(n: int):
-    plt = _plt()
-    cmap = plt.get_cmap("viridis")
+    cmap = colormap("viridis")
     return [cmap(0.15 + 0.7 * i / max(n - 1, 1)) for i in range(n)] if n > 1 else ["tab:blue"]
 
 
 def id_profile(report: Any):
-    plt = _plt()
     from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=100)
+    fig, ax = subplots(figsize=(7.5, 4.2), dpi=100)
     for m, c in zip(report.models, _colors(len(report.models))):
         rows = [r for r in m["layers"] if isinstance(r.get("id"), float)]
         xs = [r["index"] for r in rows]
@@ -48,11 +46,10 @@ def id_profile(report: Any):
 
 
 def gride_curves(report: Any):
-    plt = _plt()
     m = report.models[-1]
-    fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=100)
+    fig, ax = subplots(figsize=(7.5, 4.2), dpi=100)
     rows = [r for r in m["layers"] if r.get("gride")]
-    cmap = plt.get_cmap("plasma")
+    cmap = colormap("plasma")
     for r in rows:
         g = r["gride"]
         ax.errorbar(g["scales"], g["dims"], yerr=g["errs"], fmt="-o", ms=3, capsize=2, lw=1, color=cmap(r["index"] / max(len(rows), 1)), label=f"layer {r['index']}")
@@ -73,10 +70,9 @@ def gride_curves(report: Any):
 def overlap_matrix(report: Any):
     import numpy as np
 
-    plt = _plt()
     m = report.models[-1]
     mat = np.array([[np.nan if v is None else v for v in row] for row in m["overlap_matrix"]], dtype=float)
-    fig, ax = plt.subplots(figsize=(5.6, 4.8), dpi=100)
+    fig, ax = subplots(figsize=(5.6, 4.8), dpi=100)
     im = ax.imshow(mat, vmin=0, vmax=1, cmap="viridis", origin="lower")
     fig.colorbar(im, ax=ax, label=f"neighbourhood overlap (k = {report.settings.get('k')})")
     ax.set_xlabel("layer")
@@ -87,8 +83,7 @@ def overlap_matrix(report: Any):
 
 
 def labels_retrieval(report: Any):
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.5, 3.8), dpi=100)
+    fig, ax = subplots(figsize=(7.5, 3.8), dpi=100)
     for m, c in zip(report.models, _colors(len(report.models))):
         rows = [r for r in m["layers"] if isinstance(r.get("label_overlap"), float)]
         ax.plot([r["index"] for r in rows], [r["label_overlap"] for r in rows], "-o", ms=4, color=c, label=f"{m['name']} label overlap")
@@ -104,8 +99,7 @@ def labels_retrieval(report: Any):
 
 
 def pullback(report: Any):
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
+    fig, axes = subplots(1, 2, figsize=(10, 3.6), dpi=100)
     for m, c in zip(report.models, _colors(len(report.models))):
         rows = m.get("pullback") or []
         if not rows:
@@ -125,12 +119,10 @@ def pullback(report: Any):
 
 def id_scale_maps(report: Any):
     """One layer x scale ID map per model (GRIDE at every n1, TwoNN), robust change points dashed."""
-    import matplotlib.pyplot as plt
-
     from ..report.figures import draw_scale_map
 
     n = len(report.models)
-    fig, axes = plt.subplots(1, n, figsize=(min(5.5 * n, 16), 4.6), dpi=100, squeeze=False)
+    fig, axes = subplots(1, n, figsize=(min(5.5 * n, 16), 4.6), dpi=100, squeeze=False)
     for ax, m in zip(axes[0], report.models):
         im = draw_scale_map(ax, m["layers"], m.get("phase"), title=m["name"])
         fig.colorbar(im, ax=ax, label="ID")
@@ -142,8 +134,7 @@ def id_scale_maps(report: Any):
 def token_profile(report: Any):
     """Per-prompt token ID per layer (mean +- std over prompts), the block-shuffled control when
     measured, and the ID of the pooled token cloud (all texts' tokens) when measured."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=100)
+    fig, ax = subplots(figsize=(7.5, 4.2), dpi=100)
     for m, c in zip(report.models, _colors(len(report.models))):
         cloud = m.get("token_cloud")
         if cloud:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..report.history import is_number
-from .report import esc, fig_to_base64
+from .report import esc, png_base64
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1020px;margin:2em auto;color:#222;line-height:1.45}
@@ -39,11 +39,11 @@ def robust_summary(ph: dict) -> str:
     return text + "."
 
 
-def _img(figs: dict, name: str, alt: str) -> str:
-    return f'<figure><img alt="{esc(alt)}" src="data:image/png;base64,{fig_to_base64(figs[name])}"/></figure>' if name in figs else ""
+def _img(pngs: dict[str, bytes], name: str, alt: str) -> str:
+    return f'<figure><img alt="{esc(alt)}" src="data:image/png;base64,{png_base64(pngs[name])}"/></figure>' if name in pngs else ""
 
 
-def render(report: Any, figs: dict[str, Any]) -> str:
+def render(report: Any, pngs: dict[str, bytes]) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>lightning-geom probe report</title><style>{_CSS}</style></head><body>"]
     parts.append("<h1>Geometry report</h1>")
     models = "; ".join(
@@ -74,32 +74,32 @@ def render(report: Any, figs: dict[str, Any]) -> str:
     parts.append("</ul>")
     parts.append("<h2 id='id-profile'>Intrinsic-dimension profile</h2>")
     parts.append("<p class='note'>GRIDE (Denti et al. 2022) at one common stable scale, with its error bar; TwoNN (Facco et al. 2017) dashed. Phases as in Valeriani et al. 2023 (arXiv 2302.00294).</p>")
-    parts.append(_img(figs, "id_profile", "ID profile"))
+    parts.append(_img(pngs, "id_profile", "ID profile"))
     parts.append(
         "<h2 id='scales'>The ID at every scale</h2><p>Rows are layers, columns the GRIDE neighbour rank n1 "
         "(small n1 = small length scale) and TwoNN. A single scale is not the whole story: where the columns "
-        "disagree, read the change points that most scales share (dashed).</p>" + _img(figs, "id_scale_map", "layer x scale ID map")
+        "disagree, read the change points that most scales share (dashed).</p>" + _img(pngs, "id_scale_map", "layer x scale ID map")
     )
-    parts.append("<h2 id='gride'>GRIDE scale curves</h2>" + _img(figs, "gride_curves", "GRIDE scale curves"))
-    if "token_profile" in figs:
+    parts.append("<h2 id='gride'>GRIDE scale curves</h2>" + _img(pngs, "gride_curves", "GRIDE scale curves"))
+    if "token_profile" in pngs:
         parts.append(
             "<h2 id='tokens'>Token geometry</h2><p>Per prompt: each prompt's tokens at a layer form one point cloud "
             "(Viswanathan et al. 2025); the ID of each cloud, averaged over prompts. The dashed line, when present, is "
             "the control with each prompt's tokens shuffled in blocks of 4. The pooled token cloud: the tokens of all texts "
-            "(a seeded subsample) form one cloud per layer.</p>" + _img(figs, "token_profile", "token ID per layer")
+            "(a seeded subsample) form one cloud per layer.</p>" + _img(pngs, "token_profile", "token ID per layer")
         )
         parts.append(_token_cloud_table(report))
     parts.append("<h2 id='overlap'>Neighbourhood overlap between layers</h2><p class='note'>chi_k between every pair of layers (Doimo et al. 2020).</p>")
-    parts.append(_img(figs, "overlap_matrix", "overlap matrix"))
-    parts.append("<h2 id='labels'>Label overlap and retrieval</h2>" + _img(figs, "labels_retrieval", "label overlap and retrieval"))
-    if "pullback" in figs:
+    parts.append(_img(pngs, "overlap_matrix", "overlap matrix"))
+    parts.append("<h2 id='labels'>Label overlap and retrieval</h2>" + _img(pngs, "labels_retrieval", "label overlap and retrieval"))
+    if "pullback" in pngs:
         used = ", ".join(f"{esc(m['name'])}: {m.get('pullback_samples_used', '?')}" for m in report.models if m.get("pullback"))
         parts.append(
             "<h2 id='pullback'>Pullback metric</h2><p class='note'>Fisher metric of the output pulled back to each layer "
             "(Benfenati et al., arXiv 2410.06019), mean over the first samples, each at its own length "
             f"(samples measured: {used}; at most <code>--pullback-samples</code>, within <code>--pullback-share</code> of the probe's time).</p>"
         )
-        parts.append(_img(figs, "pullback", "pullback statistics"))
+        parts.append(_img(pngs, "pullback", "pullback statistics"))
     missing = [(m["name"], m["pullback_note"]) for m in report.models if not m.get("pullback") and m.get("pullback_note")]
     if missing:
         notes = "; ".join(f"{esc(nm)}: {esc(why)}" for nm, why in missing)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import math
 import time
@@ -26,7 +25,6 @@ import torch
 from ..analysis import GeometrySettings, finish_profile, layer_errors, profile_geometry
 from ..capture import capture_representations
 from ..geometry import DuplicatePointsWarning, Neighbors, label_overlap, neighborhood_overlap
-from ..report.figures import close_figures
 from ..tokens import capture_token_cloud, lm_capture_forward
 
 __all__ = ["GeometryReport", "probe_model", "probe"]
@@ -78,20 +76,22 @@ class GeometryReport:
         return paths
 
     def figures(self) -> dict[str, Any]:
+        """``{name: Figure}`` of the report (matplotlib, outside pyplot)."""
         from . import figures
 
         return figures.report_figures(self)
 
-    def to_html(self, path: str | Path | None = None, *, figures: dict[str, Any] | None = None) -> str:
+    def pngs(self) -> dict[str, bytes]:
+        """``{name: PNG bytes}``: every figure drawn once."""
+        from ..report.figures import png_bytes, render
+
+        return {name: png_bytes(render(fig)) for name, fig in self.figures().items()}
+
+    def to_html(self, path: str | Path | None = None, *, pngs: dict[str, bytes] | None = None) -> str:
+        """The self-contained page (``pngs``: the figures already drawn, else drawn here); written to ``path`` if given."""
         from .html import render
 
-        own = figures is None  # figures drawn here are closed here (pyplot keeps every open figure alive)
-        figs = self.figures() if own else figures
-        try:
-            text = render(self, figs)
-        finally:
-            if own:
-                close_figures(figs)
+        text = render(self, self.pngs() if pngs is None else pngs)
         if path is not None:
             Path(path).write_text(text)
         return text
@@ -100,15 +100,12 @@ class GeometryReport:
         """report.html, metrics.json, layers.csv (token_prompts.csv with per-prompt token geometry) and the PNG figures under ``out_dir``."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        figs = self.figures()
+        pngs = self.pngs()
         written = []
-        try:
-            for name, fig in figs.items():
-                fig.savefig(out / f"{name}.png")
-                written.append(out / f"{name}.png")
-            self.to_html(out / "report.html", figures=figs)
-        finally:
-            close_figures(figs)
+        for name, data in pngs.items():
+            (out / f"{name}.png").write_bytes(data)
+            written.append(out / f"{name}.png")
+        self.to_html(out / "report.html", pngs=pngs)
         self.to_json(out / "metrics.json")
         return [out / "report.html", out / "metrics.json", *self.to_csv(out), *written]
 
@@ -149,10 +146,8 @@ def _prompt_table(models: list[dict[str, Any]]) -> tuple[list[list[Any]], list[s
     return rows, header
 
 
-def fig_to_base64(fig: Any) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return base64.b64encode(buf.getvalue()).decode()
+def png_base64(png: bytes) -> str:
+    return base64.b64encode(png).decode()
 
 
 def _overlap_matrix(indices: list[torch.Tensor | None], k: int) -> list[list[float | None]]:

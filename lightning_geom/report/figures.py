@@ -1,4 +1,4 @@
-"""Figures of the monitor's history (matplotlib, Agg): the emergence picture, the layer x step
+"""Figures of the monitor's history (matplotlib, Agg, outside pyplot): the emergence picture, the layer x step
 heatmap, and the overlap profiles. Each function takes the history and returns a Figure."""
 
 from __future__ import annotations
@@ -6,23 +6,59 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["emergence_figure", "heatmap_figure", "overlap_figure", "spectra_figure", "all_figures", "close_figures"]
+__all__ = [
+    "emergence_figure", "heatmap_figure", "overlap_figure", "spectra_figure", "all_figures",
+    "subplots", "render", "render_all", "png_bytes",
+]
 
 
-def _plt():
+def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], dpi: int = 100, **kw: Any) -> tuple[Any, Any]:
+    """``(Figure, axes)`` as ``pyplot.subplots`` gives them, but outside pyplot: nothing global holds
+    the figure (no ``close`` to forget in a long training run) and any one thread may draw it."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=dpi)
+    return fig, fig.subplots(nrows, ncols, **kw)
+
+
+def colormap(name: str) -> Any:
     import matplotlib
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return matplotlib.colormaps[name]
 
 
-def close_figures(figs: dict[str, Any]) -> None:
-    """Close the figures: pyplot holds every figure until it is closed (a leak in long-running processes)."""
-    plt = _plt()
-    for fig in figs.values():
-        plt.close(fig)
+def color_bar(fig: Any, norm: Any, cmap: Any, **kw: Any) -> Any:
+    """A colour bar for ``norm`` / ``cmap`` (lines coloured by step have no image of their own)."""
+    from matplotlib.cm import ScalarMappable
+
+    return fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), **kw)
+
+
+def render(fig: Any) -> Any:
+    """``fig`` drawn once by Agg: an (H, W, 3) uint8 RGB array, for the dashboards and the PNG files alike
+    (``savefig`` and TensorBoard's ``add_figure`` would each draw it again)."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.ascontiguousarray(np.asarray(canvas.buffer_rgba())[..., :3])
+
+
+def png_bytes(image: Any) -> bytes:
+    """An (H, W, 3) uint8 image as PNG bytes."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def render_all(figs: dict[str, Any]) -> dict[str, Any]:
+    """``{name: (H, W, 3) uint8 image}`` of ``{name: Figure}``."""
+    return {name: render(fig) for name, fig in figs.items()}
 
 
 def _profile(rec: dict[str, Any], key: str) -> tuple[list[int], list[float]]:
@@ -37,25 +73,22 @@ def _profile(rec: dict[str, Any], key: str) -> tuple[list[int], list[float]]:
 
 def _step_colors(history: Sequence[dict[str, Any]]):
     import matplotlib.colors as mcolors
-    from matplotlib import cm
 
     steps = [max(r["step"], 0) for r in history]
     norm = mcolors.SymLogNorm(linthresh=1, vmin=0, vmax=max(max(steps), 1))
-    cmap = cm.get_cmap("viridis") if hasattr(cm, "get_cmap") else __import__("matplotlib").colormaps["viridis"]
+    cmap = colormap("viridis")
     return norm, cmap
 
 
 def emergence_figure(history: Sequence[dict[str, Any]], *, key: str = "id", title: str = "Intrinsic dimension profile over training"):
     """The ID profile (layer on x) at every checkpoint, coloured by step: how the profile emerges."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
+    fig, ax = subplots(figsize=(7, 4.2), dpi=100)
     norm, cmap = _step_colors(history)
     for rec in history:
         xs, ys = _profile(rec, key)
         if xs:
             ax.plot(xs, ys, "-o", ms=3, lw=1.4, color=cmap(norm(max(rec["step"], 0))), alpha=0.9)
-    sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
-    fig.colorbar(sm, ax=ax, label="training step")
+    color_bar(fig, norm, cmap, ax=ax, label="training step")
     if history and history[-1].get("phase"):
         ph = history[-1]["phase"]
         xs, ys = _profile(history[-1], key)
@@ -83,7 +116,6 @@ def heatmap_figure(history: Sequence[dict[str, Any]], *, key: str = "id"):
     """Layer x checkpoint heatmap of ``key`` (ID by default)."""
     import numpy as np
 
-    plt = _plt()
     n_layers = max((len(r["layers"]) for r in history), default=0)
     grid = np.full((n_layers, len(history)), np.nan)
     for j, rec in enumerate(history):
@@ -91,7 +123,7 @@ def heatmap_figure(history: Sequence[dict[str, Any]], *, key: str = "id"):
             v = layer.get(key)
             if isinstance(v, (int, float)):
                 grid[layer["index"], j] = v
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
+    fig, ax = subplots(figsize=(7, 4.2), dpi=100)
     im = ax.imshow(grid, aspect="auto", origin="lower", cmap="magma", interpolation="nearest")
     fig.colorbar(im, ax=ax, label=key)
     steps = [r["step"] for r in history]
@@ -129,7 +161,9 @@ def draw_scale_map(ax: Any, layers: Sequence[dict[str, Any]], phase: dict[str, A
     n1 = next((r.get("id_n1") for r in rows if r.get("id_n1") is not None), None)
     if n1 in ranks:
         j = ranks.index(n1)
-        ax.add_patch(_plt().Rectangle((j - 0.5, -0.5), 1, len(layers), fill=False, ec="white", lw=1.5))
+        from matplotlib.patches import Rectangle
+
+        ax.add_patch(Rectangle((j - 0.5, -0.5), 1, len(layers), fill=False, ec="white", lw=1.5))
     for cp in (phase or {}).get("change_points", []):
         ax.axhline(cp - 0.5, color="white", lw=1.2, ls="--")
     ax.set_title(title or "ID at every scale (outlined: the reported scale; dashed: robust change points)", fontsize=9)
@@ -138,8 +172,7 @@ def draw_scale_map(ax: Any, layers: Sequence[dict[str, Any]], phase: dict[str, A
 
 def scale_map_figure(history: Sequence[dict[str, Any]]):
     """The latest checkpoint's layer x scale ID map (issue 11: no single scale is the whole story)."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.6), dpi=100)
+    fig, ax = subplots(figsize=(7, 4.6), dpi=100)
     last = history[-1] if history else {"layers": [], "phase": None, "step": 0}
     im = draw_scale_map(ax, last["layers"], last.get("phase"), title=f"ID at every scale, step {last.get('step', 0)} (outlined: logged scale)")
     fig.colorbar(im, ax=ax, label="intrinsic dimension")
@@ -149,8 +182,8 @@ def scale_map_figure(history: Sequence[dict[str, Any]]):
 
 def overlap_figure(history: Sequence[dict[str, Any]]):
     """Label overlap and overlap with the next layer per layer, at every checkpoint (coloured by step)."""
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=100)
+    fig, axes = subplots(1, 2, figsize=(10, 3.8), dpi=100)
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.14, top=0.92, wspace=0.15)  # the colour bar then takes its share
     norm, cmap = _step_colors(history)
     for ax, key, title in zip(axes, ("label_overlap", "overlap_next"), ("label overlap", "overlap with next layer")):
         for rec in history:
@@ -162,20 +195,19 @@ def overlap_figure(history: Sequence[dict[str, Any]]):
         ax.set_xlabel("layer")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=list(axes), label="training step")
+    color_bar(fig, norm, cmap, ax=list(axes), label="training step")
     return fig
 
 
 def spectra_figure(history: Sequence[dict[str, Any]], *, max_panels: int = 16):
     """Mean pullback-metric spectrum (eigenvalue vs index, log scale) per layer, coloured by step."""
-    plt = _plt()
     n_layers = max((len(r["layers"]) for r in history), default=0)
     layers = list(range(n_layers))
     if n_layers > max_panels:  # evenly spaced layers, always the first and the last
         layers = sorted({round(i * (n_layers - 1) / (max_panels - 1)) for i in range(max_panels)})
     cols = min(4, len(layers)) or 1
     rows = (len(layers) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.5 * rows), dpi=100, squeeze=False, sharey=True)
+    fig, axes = subplots(rows, cols, figsize=(3.2 * cols, 2.5 * rows), dpi=100, squeeze=False, sharey=True)
     norm, cmap = _step_colors(history)
     for ax, li in zip(axes.flat, layers):
         for rec in history:
@@ -190,7 +222,7 @@ def spectra_figure(history: Sequence[dict[str, Any]], *, max_panels: int = 16):
     fig.supxlabel("eigenvalue index")
     fig.supylabel("eigenvalue of g (mean over probe)")
     fig.tight_layout()
-    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=list(axes.flat), label="training step", shrink=0.8)
+    color_bar(fig, norm, cmap, ax=list(axes.flat), label="training step", shrink=0.8)
     return fig
 
 

@@ -37,18 +37,19 @@ def log_scalars(loggers: Sequence[Any], metrics: dict[str, float], step: int) ->
             log.warning("Could not log metrics to %s at step %d: %s: %s", type(lg).__name__, step, type(err).__name__, err)
 
 
-def log_figures(loggers: Sequence[Any], figures: dict[str, Any], step: int, *, prefix: str = "geometry") -> None:
-    """Figures to W&B (``wandb.Image``) and TensorBoard (``add_figure``); CSV has no figures."""
+def log_figures(loggers: Sequence[Any], images: dict[str, Any], step: int, *, prefix: str = "geometry") -> None:
+    """Rendered figures (``{name: (H, W, 3) uint8 array}``) to W&B (``wandb.Image``) and TensorBoard
+    (``add_image``); CSV has no figures."""
     for lg in loggers:
         kind = _kind(lg)
         try:
             if kind == "tensorboard":
-                for name, fig in figures.items():
-                    lg.experiment.add_figure(f"{prefix}/figures/{name}", fig, global_step=step, close=False)
+                for name, image in images.items():
+                    lg.experiment.add_image(f"{prefix}/figures/{name}", image, global_step=step, dataformats="HWC")
             elif kind == "wandb":
                 import wandb
 
-                lg.experiment.log({f"{prefix}/figures/{n}": wandb.Image(f) for n, f in figures.items()} | {"trainer/global_step": step})
+                lg.experiment.log({f"{prefix}/figures/{n}": wandb.Image(im) for n, im in images.items()} | {"trainer/global_step": step})
         except Exception as err:  # noqa: BLE001 - a dashboard hiccup must not stop training
             log.warning("Could not send figures to %s: %s", type(lg).__name__, err)
 
