@@ -222,7 +222,7 @@ class _HFShell(TrainerCallback, ExportableState):
             self.checkpoint(self._make_run(args, state, model))
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if self._pending is not None:  # a background analysis: logged as soon as it is done
+        if self._pending is not None or self._drawing is not None:  # background work: logged / shown as soon as it is done
             self.collect(wait=False)
         if (self.every_n_steps is not None or self.log_spaced) and self.is_due(state.global_step):
             self.checkpoint(self._make_run(args, state, model))

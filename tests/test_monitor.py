@@ -567,6 +567,32 @@ def test_background_analysis_runs_in_a_worker_and_equals_the_synchronous_one(tmp
     assert bg._worker is None and bg._pending is None  # the worker is stopped at the end of fit
 
 
+def test_background_figures_are_drawn_in_the_worker_and_shown_at_their_step(tmp_path, data, monkeypatch):
+    """In the background the figures are drawn beside the training too (the worker thread), then sent
+    to the dashboards with their checkpoint's step and written as PNG; their time is in `timings`."""
+    import threading
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lightning_geom.report import figures as F
+
+    threads = []
+    real = F.render
+    monkeypatch.setattr(F, "render", lambda fig: threads.append(threading.current_thread().name) or real(fig))
+    mon = _monitor(data, tmp_path, background=True, figure_every=2)
+    tb = TensorBoardLogger(tmp_path, name="tb")
+    _trainer(tmp_path, mon, loggers=[tb]).fit(TinyGPT(), loader(data))
+    steps = [r["step"] for r in mon.history]
+    drawn = steps[1::2]  # every second checkpoint, the last one among them
+    assert drawn[-1] == steps[-1] and len(threads) == 4 * len(drawn)  # 4 figures each, none drawn twice
+    assert all("analysis" in name for name in threads)
+    acc = EventAccumulator(tb.log_dir, size_guidance={"images": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Images("geometry/figures/id_profile")] == drawn
+    assert all(t["figures_s"] > 0 for t in mon.timings if t["step"] in drawn)
+    assert (tmp_path / "geo" / "overlaps.png").exists() and mon._drawing is None
+
+
 def test_background_records_reach_checkpoints_and_survive_a_crash(tmp_path, data):
     class Crash(TinyGPT):
         def training_step(self, batch, batch_idx):

@@ -140,7 +140,7 @@ class ProbeMonitor(Callback):
             self._maybe_measure(trainer, pl_module)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
-        if self._pending is not None:  # a background analysis: logged as soon as it is done
+        if self._pending is not None or self._drawing is not None:  # background work: logged / shown as soon as it is done
             self.collect(wait=False)
         if (self.every_n_steps is not None or self.log_spaced) and self.is_due(trainer.global_step):
             self._maybe_measure(trainer, pl_module)

@@ -81,6 +81,16 @@ class _Pending:
     blocking: float
 
 
+@dataclass
+class _Drawing:
+    """Figures being drawn in the worker thread: their checkpoint, the future of ``(images, pngs,
+    seconds)``, and that checkpoint's ``timings`` row (completed when they are shown)."""
+
+    run: Run
+    future: Any
+    timing: dict[str, float]
+
+
 def plain(v: Any) -> Any:
     """A hyperparameter value every logger accepts: numbers, bools and strings as they are, the rest as text."""
     if v is None or isinstance(v, (bool, int, float, str)):
@@ -146,7 +156,8 @@ class MonitorCore:
             forward runs at the checkpoint (the model must not change under it), the analysis of
             the captured features runs beside the next training steps (on a GPU on its own CUDA
             stream), and its record is logged, with its own step, at the first training step after
-            it finishes. ``"auto"`` (default): on when the model trains on a GPU in one process;
+            it finishes. Unless ``False``, the figures are drawn in that worker thread (also on a
+            CPU: they only read the history) and sent at the first training step after they are done. ``"auto"`` (default): on when the model trains on a GPU in one process;
             ``False`` always synchronous; ``True`` also on a CPU (where the analysis then competes
             with training for the cores). Under DDP the analysis has collectives and stays
             synchronous. Saving a checkpoint, the end of fit and a crash wait for it (no record is lost).
@@ -208,13 +219,15 @@ class MonitorCore:
         self._settings_logged = False
         self._layout_done = False
         self._pending: _Pending | None = None  # the analysis running in the worker thread
+        self._drawing: _Drawing | None = None  # figures being drawn there
         self._worker: Any = None  # its ThreadPoolExecutor, made on first use
 
     _can_background = False  # subclasses whose analysis needs only the captured features (not the model) say so
 
     def __getstate__(self) -> dict[str, Any]:  # pickling (DDP spawn, deepcopy): no thread, nothing in flight
         self.collect()
-        return {k: v for k, v in self.__dict__.items() if k != "_stream"} | {"_worker": None, "_pending": None}
+        self._show_figures(wait=True)
+        return {k: v for k, v in self.__dict__.items() if k != "_stream"} | {"_worker": None, "_pending": None, "_drawing": None}
 
     # ----------------------------------------------------------------- schedule
     def is_due(self, step: int) -> bool:
@@ -337,24 +350,30 @@ class MonitorCore:
         and figures are added to both ``timings`` and the blocking time."""
         record = {"step": int(run.step), "epoch": int(run.epoch), **record, "time": cost}
         self.history.append(record)
+        timing = {"step": int(run.step), **cost}
+        self.timings.append(timing)
         if run.rank_zero:
             try:
                 t = time.perf_counter()
                 self._save_history(run)  # complete after every checkpoint, atomically
                 self._log_settings(run)
                 self._publish(run, record)
-                cost["log_s"] = round(time.perf_counter() - t, 6)
+                cost["log_s"] = timing["log_s"] = round(time.perf_counter() - t, 6)
                 if self.figure_every and len(self.history) % self.figure_every == 0:
-                    t = time.perf_counter()
-                    self._figures(run)
                     self._figures_drawn_at = run.step
-                    cost["figures_s"] = round(time.perf_counter() - t, 6)
+                    if self.background is not False:  # drawn beside the training, shown by collect()
+                        self._show_figures(wait=True)  # one drawing in flight at most
+                        self._drawing = _Drawing(run, self._executor().submit(self._draw, list(self.history)), timing)
+                    else:
+                        t = time.perf_counter()
+                        self._figures(run)
+                        cost["figures_s"] = timing["figures_s"] = round(time.perf_counter() - t, 6)
             except Exception as err:
                 if self.on_error == "raise":
                     raise
                 self._warn(f"{type(self).__name__} could not log step {run.step}: {err}")
         after = cost.get("log_s", 0.0) + cost.get("figures_s", 0.0)
-        self.timings.append({"step": int(run.step), **cost, "blocking_s": round(cost["blocking_s"] + after, 6)})
+        timing["blocking_s"] = round(cost["blocking_s"] + after, 6)
         return record
 
     # ----------------------------------------------------------------- the background analysis
@@ -365,16 +384,20 @@ class MonitorCore:
 
     def _submit(self, run: Run, payload: Any, start: float) -> None:
         """The analysis of ``payload`` to the worker thread (after the capture's kernels, on a GPU)."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        if self._worker is None:
-            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{type(self).__name__}-analysis")
         ready = None
         if torch.device(run.device).type == "cuda":
             ready = torch.cuda.Event()
             ready.record(torch.cuda.current_stream(torch.device(run.device)))  # after the capture's kernels, on the training's stream
         # the worker adds its phases to this checkpoint's _phase_times: the next checkpoint resets it only after collect()
-        self._pending = _Pending(run, self._worker.submit(self._work, run, payload, ready), time.perf_counter() - start)
+        self._pending = _Pending(run, self._executor().submit(self._work, run, payload, ready), time.perf_counter() - start)
+
+    def _executor(self) -> Any:
+        """The one worker thread (made on first use) for the background analysis and the figures."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{type(self).__name__}-analysis")
+        return self._worker
 
     def _work(self, run: Run, payload: Any, ready: Any) -> tuple[dict[str, Any], float]:
         """The worker thread: the analysis, on its own CUDA stream after ``ready`` (GPU). Returns (record, seconds)."""
@@ -397,6 +420,7 @@ class MonitorCore:
         """Log the background analysis's record, if one is in flight: waiting for it (``wait=True``:
         checkpoints, state saving, the end of fit) or only if it has finished (every training step).
         Returns the record, or None."""
+        self._show_figures(wait=wait)
         p = self._pending
         if p is None or (not wait and not p.future.done()):
             return None
@@ -458,6 +482,7 @@ class MonitorCore:
         """Training crashed: write the history recorded so far (rank 0), never raise over the crash."""
         try:
             self.collect()  # the analysis in flight still counts
+            self._show_figures(wait=True)  # and so do the figures it drew
         except Exception as err:  # noqa: BLE001 - the user's exception is the one that matters
             self._warn(f"{type(self).__name__} lost its last analysis in the crash: {err}")
         self._stop_worker()
@@ -475,6 +500,7 @@ class MonitorCore:
     def finish(self, run: Run) -> None:
         """End of training: final files and figures (rank 0); figures unless the last checkpoint just drew them."""
         self.collect()
+        self._show_figures(wait=True)  # those of the record just collected, too
         self._stop_worker()
         if run.rank_zero and self.history and getattr(self, "_figures_drawn_at", None) != self.history[-1]["step"]:
             try:
@@ -485,18 +511,46 @@ class MonitorCore:
                     raise
                 self._warn(f"{type(self).__name__} could not write its figures: {err}")
 
-    def _figure_set(self) -> dict[str, Any]:
-        """``{name: Figure}`` of the history so far."""
+    def _figure_set(self, history: list[dict[str, Any]]) -> dict[str, Any]:
+        """``{name: Figure}`` of ``history``."""
         return {}
 
-    def _figures(self, run: Run) -> None:
-        """Figures: each drawn once, to the sink and as PNG under the output folder (rank 0). The
-        history files are written by the callers."""
-        from ..report.figures import png_bytes, render_all
+    def _draw(self, history: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, bytes], float]:
+        """The figures of ``history`` drawn once: ``(images, pngs, seconds)`` (any thread)."""
+        from ..report.figures import draw, png_bytes
 
+        start = time.perf_counter()
+        images = draw(lambda: self._figure_set(history))
+        pngs = {name: png_bytes(image) for name, image in images.items()}
+        return images, pngs, time.perf_counter() - start
+
+    def _show(self, run: Run, images: dict[str, Any], pngs: dict[str, bytes]) -> None:
+        """Drawn figures to the sink and as PNG under the output folder (main thread, rank 0)."""
         out = Path(run.out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        images = render_all(self._figure_set())
         run.sink.figures(images, run.step, self._prefix)
-        for name, image in images.items():
-            (out / f"{name}.png").write_bytes(png_bytes(image))
+        for name, data in pngs.items():
+            (out / f"{name}.png").write_bytes(data)
+
+    def _figures(self, run: Run) -> None:
+        """The figures of the history so far, drawn here and shown (rank 0). The history files are written by the callers."""
+        images, pngs, _ = self._draw(list(self.history))
+        self._show(run, images, pngs)
+
+    def _show_figures(self, *, wait: bool) -> None:
+        """Show the figures drawn in the worker thread, if any: waiting for them, or only if they are done."""
+        d = self._drawing
+        if d is None or (not wait and not d.future.done()):
+            return
+        self._drawing = None
+        t = time.perf_counter()
+        try:
+            images, pngs, seconds = d.future.result()
+            self._show(d.run, images, pngs)
+        except Exception as err:
+            if self.on_error == "raise":
+                raise
+            self._warn(f"{type(self).__name__} could not draw its figures at step {d.run.step}: {err}")
+            return
+        d.timing["figures_s"] = round(seconds, 6)  # drawn beside the training; showing them is what it waited
+        d.timing["blocking_s"] = round(d.timing.get("blocking_s", 0.0) + time.perf_counter() - t, 6)

@@ -346,10 +346,10 @@ class GeometryCore(MonitorCore):
         if charts is not None:
             charts(self.history, ["id", "twonn", "label_overlap", "overlap_next"], self._prefix)
 
-    def _figure_set(self) -> dict[str, Any]:
+    def _figure_set(self, history: list[dict[str, Any]]) -> dict[str, Any]:
         from ..report.figures import all_figures
 
-        return all_figures(self.history)
+        return all_figures(history)
 
 
 def _aligned_ids(batch: dict[str, Any]) -> Tensor:

@@ -53,8 +53,9 @@ class PullbackCore(MonitorCore):
 
     Warning:
         The backward pass through the probe costs about twice the forward; the default probe is
-        small (64 samples) for that reason. It runs synchronously (``background`` does not apply:
-        the Jacobians need the model as it is at the checkpoint).
+        small (64 samples) for that reason. It runs synchronously (``background=True`` does not
+        apply: the Jacobians need the model as it is at the checkpoint); its figures are drawn in a
+        worker thread unless ``background=False``.
     """
 
     _prefix = "pullback"
@@ -178,11 +179,11 @@ class PullbackCore(MonitorCore):
         if charts is not None:
             charts(self.history, ["top", "effective_rank", "stability"], self._prefix)
 
-    def _figure_set(self) -> dict[str, Any]:
+    def _figure_set(self, history: list[dict[str, Any]]) -> dict[str, Any]:
         from ..report.figures import heatmap_figure, spectra_figure
 
         return {
-            "pullback_spectra": spectra_figure(self.history),
-            "pullback_log_det_heatmap": heatmap_figure(self.history, key="log_det"),
-            "pullback_effective_rank_heatmap": heatmap_figure(self.history, key="effective_rank"),
+            "pullback_spectra": spectra_figure(history),
+            "pullback_log_det_heatmap": heatmap_figure(history, key="log_det"),
+            "pullback_effective_rank_heatmap": heatmap_figure(history, key="effective_rank"),
         }

@@ -3,12 +3,13 @@ heatmap, and the overlap profiles. Each function takes the history and returns a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = [
     "emergence_figure", "heatmap_figure", "overlap_figure", "spectra_figure", "all_figures",
-    "subplots", "render", "render_all", "png_bytes",
+    "subplots", "render", "render_all", "draw", "png_bytes",
 ]
 
 
@@ -59,6 +60,16 @@ def png_bytes(image: Any) -> bytes:
 def render_all(figs: dict[str, Any]) -> dict[str, Any]:
     """``{name: (H, W, 3) uint8 image}`` of ``{name: Figure}``."""
     return {name: render(fig) for name, fig in figs.items()}
+
+
+_DRAWING = threading.Lock()
+
+
+def draw(make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``render_all(make())`` under one process-wide lock: matplotlib is not thread-safe, and two
+    monitors may draw in their worker threads at once."""
+    with _DRAWING:
+        return render_all(make())
 
 
 def _profile(rec: dict[str, Any], key: str) -> tuple[list[int], list[float]]:
