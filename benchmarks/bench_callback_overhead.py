@@ -11,7 +11,8 @@ No loggers or checkpoints in either run, so only the monitor differs. ``--accele
 GPU numbers (``--layers 12 --width 256 --probe 1797 --steps 800`` is issue 9's setting).
 
 ``--background auto|on|off`` is GeometryMonitor's ``background`` (auto: the analysis runs in a worker
-thread, on its own CUDA stream, when training is on a GPU). "blocking" is what the training loop
+thread, on its own CUDA stream, when training is on a GPU; the figures are drawn in that thread unless
+off); a comma list (``--background off,auto``) times each against the same run without monitors. "blocking" is what the training loop
 waited per checkpoint (``timings[i]["blocking_s"]``: the capture, plus the analysis when it is not in
 the background, plus logging and figures); the monitor's own share is their sum over the run.
 """
@@ -71,16 +72,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probe", type=int, default=512, help="GeometryMonitor probe digits (the demo's 512)")
     p.add_argument("--monitors", default="geometry,pullback", help="which monitors to time, one run each")
     p.add_argument("--accelerator", default="cpu", help="Lightning accelerator: cpu or gpu")
-    p.add_argument("--background", choices=["auto", "on", "off"], default="auto", help="GeometryMonitor's background analysis")
+    p.add_argument("--background", default="auto", help="GeometryMonitor's background: auto, on or off, or a comma list of them")
     args = p.parse_args(argv)
+    backgrounds = args.background.split(",")
+    if not set(backgrounds) <= {"auto", "on", "off"}:
+        p.error(f"--background: expected auto, on or off (or a comma list of them), got {args.background!r}")
     warnings.filterwarnings("ignore")
     base, _, _, _ = train(args.steps, "", args.layers, args.width, args.out, accelerator=args.accelerator)
     print(f"demo image-GPT: {args.layers} blocks, width {args.width}, {args.steps} steps")
     print(f"without monitors   : {base:8.1f} s")
-    for kind in args.monitors.split(","):
-        wall, n_ck, spent, phases = train(args.steps, kind, args.layers, args.width, args.out, args.probe, args.accelerator, args.background)
+    runs = [(kind, bg) for kind in args.monitors.split(",") for bg in (backgrounds if kind == "geometry" else ["off"])]
+    for kind, bg in runs:
+        wall, n_ck, spent, phases = train(args.steps, kind, args.layers, args.width, args.out, args.probe, args.accelerator, bg)
+        label = f"{kind} ({bg})" if kind == "geometry" and len(backgrounds) > 1 else kind
         print(
-            f"with {kind:<14}: {wall:8.1f} s  ({n_ck} checkpoints, training blocked {spent:.1f} s, {spent / max(n_ck, 1):.2f} s each)"
+            f"with {label:<14}: {wall:8.1f} s  ({n_ck} checkpoints, training blocked {spent:.1f} s, {spent / max(n_ck, 1):.2f} s each)"
             f"  overhead {wall / base - 1:6.1%} of wall time, monitor's own share {spent / base:5.1%}",
             flush=True,
         )

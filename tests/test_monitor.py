@@ -7,7 +7,7 @@ from helpers import TinyGPT, loader, token_data
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 
-from lightning_geom.callbacks import GeometryMonitor
+from lightning_geom.callbacks import GeometryMonitor, PullbackMonitor
 
 
 class RecordingLogger(Logger):
@@ -630,7 +630,6 @@ def test_background_failures_follow_on_error(tmp_path, data, monkeypatch):
 
 
 def test_pullback_refuses_the_background():
-    from lightning_geom.callbacks import PullbackMonitor
 
     with pytest.raises(ValueError, match="cannot run beside training"):
         PullbackMonitor(background=True)
@@ -647,5 +646,10 @@ def test_background_auto_means_single_process_gpu_training(data):
     auto, on, off = (GeometryMonitor(probe=data, background=b) for b in ("auto", True, False))
     assert auto._in_background(run_on("cuda")) and not auto._in_background(run_on("cpu"))
     assert on._in_background(run_on("cpu")) and not off._in_background(run_on("cuda"))
+    # the figures follow the same rule, PullbackMonitor's too (its Jacobians stay synchronous)
+    pull = PullbackMonitor(probe=data)
+    assert pull._draws_in_background(run_on("cuda")) and not pull._in_background(run_on("cuda"))
+    assert not pull._draws_in_background(run_on("cpu")) and not auto._draws_in_background(run_on("cpu"))
+    assert not PullbackMonitor(probe=data, background=False)._draws_in_background(run_on("cuda"))
     with pytest.raises(ValueError, match="background"):
         GeometryMonitor(probe=data, background="yes")

@@ -156,8 +156,8 @@ class MonitorCore:
             forward runs at the checkpoint (the model must not change under it), the analysis of
             the captured features runs beside the next training steps (on a GPU on its own CUDA
             stream), and its record is logged, with its own step, at the first training step after
-            it finishes. Unless ``False``, the figures are drawn in that worker thread (also on a
-            CPU: they only read the history) and sent at the first training step after they are done. ``"auto"`` (default): on when the model trains on a GPU in one process;
+            it finishes; the figures are then drawn in that thread too, and sent at the first
+            training step after they are done. ``"auto"`` (default): on when the model trains on a GPU in one process;
             ``False`` always synchronous; ``True`` also on a CPU (where the analysis then competes
             with training for the cores). Under DDP the analysis has collectives and stays
             synchronous. Saving a checkpoint, the end of fit and a crash wait for it (no record is lost).
@@ -361,7 +361,7 @@ class MonitorCore:
                 cost["log_s"] = timing["log_s"] = round(time.perf_counter() - t, 6)
                 if self.figure_every and len(self.history) % self.figure_every == 0:
                     self._figures_drawn_at = run.step
-                    if self.background is not False:  # drawn beside the training, shown by collect()
+                    if self._draws_in_background(run):  # drawn beside the training, shown by collect()
                         self._show_figures(wait=True)  # one drawing in flight at most
                         self._drawing = _Drawing(run, self._executor().submit(self._draw, list(self.history)), timing)
                     else:
@@ -378,7 +378,13 @@ class MonitorCore:
 
     # ----------------------------------------------------------------- the background analysis
     def _in_background(self, run: Run) -> bool:
-        if not self._can_background or self.background is False or dist_info()[1] > 1:
+        """Whether this checkpoint's analysis runs in the worker thread."""
+        return self._can_background and self._draws_in_background(run)
+
+    def _draws_in_background(self, run: Run) -> bool:
+        """Whether the figures are drawn in the worker thread: ``background`` True, or "auto" on a GPU,
+        in one process (on 2 CPU cores a drawing thread slowed the training more than it saved)."""
+        if self.background is False or dist_info()[1] > 1:
             return False
         return self.background is True or torch.device(run.device).type == "cuda"
 

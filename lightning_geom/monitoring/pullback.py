@@ -55,7 +55,7 @@ class PullbackCore(MonitorCore):
         The backward pass through the probe costs about twice the forward; the default probe is
         small (64 samples) for that reason. It runs synchronously (``background=True`` does not
         apply: the Jacobians need the model as it is at the checkpoint); its figures are drawn in a
-        worker thread unless ``background=False``.
+        worker thread when the training runs on a GPU in one process (``background="auto"``).
     """
 
     _prefix = "pullback"
