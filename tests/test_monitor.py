@@ -630,7 +630,6 @@ def test_background_failures_follow_on_error(tmp_path, data, monkeypatch):
 
 
 def test_pullback_refuses_the_background():
-
     with pytest.raises(ValueError, match="cannot run beside training"):
         PullbackMonitor(background=True)
 

@@ -167,3 +167,23 @@ def test_bad_method():
         pullback_spectrum(lambda x: x, torch.ones(1, 2), method="eigh")
     with pytest.raises(ValueError, match="one of"):
         pullback_spectrum(lambda x: x, torch.ones(1, 2), output="kl")
+
+
+@pytest.mark.parametrize("shape", [(4, 6, 50), (3, 8, 5)])
+def test_spectrum_from_jacobian_equals_the_svd_of_j(shape):
+    """The R-SVD path (m < n: QR of J^T, then an m x m SVD) and the plain one (m >= n) give the
+    singular values of J squared and orthonormal eigenvectors spanning J's row space, also when J
+    is rank-deficient (the Fisher metric's rank <= m - 1)."""
+    from lightning_geom.geometry.pullback import spectrum_from_jacobian
+
+    g = torch.Generator().manual_seed(0)
+    jac = torch.randn(shape, generator=g, dtype=torch.float64)
+    jac[:, -1] = jac[:, 0] - 2 * jac[:, 1]  # one output a combination of two others
+    s = spectrum_from_jacobian(jac, (shape[-1],))
+    ref = torch.linalg.svdvals(jac) ** 2
+    torch.testing.assert_close(s.eigenvalues, ref, rtol=1e-12, atol=1e-12 * float(ref.max()))
+    r = s.eigenvalues.shape[1]
+    torch.testing.assert_close(s.eigenvectors @ s.eigenvectors.transpose(1, 2), torch.eye(r, dtype=torch.float64).expand(shape[0], r, r), atol=1e-12, rtol=0)
+    rank = int(torch.linalg.matrix_rank(jac[0]))
+    _, _, vh = torch.linalg.svd(jac, full_matrices=False)
+    assert float(subspace_overlap(s.eigenvectors[:, :rank], vh[:, :rank]).min()) == pytest.approx(1.0, abs=1e-10)
