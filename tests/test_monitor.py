@@ -652,3 +652,38 @@ def test_background_auto_means_single_process_gpu_training(data):
     assert not PullbackMonitor(probe=data, background=False)._draws_in_background(run_on("cuda"))
     with pytest.raises(ValueError, match="background"):
         GeometryMonitor(probe=data, background="yes")
+
+
+def test_a_failure_that_holds_at_every_checkpoint_is_said_once(tmp_path, data):
+    """A probe too small for k fails every layer at every checkpoint: one warning for the run, and
+    every record still names the failure of each layer; labels of the wrong length likewise."""
+    probe = {"input_ids": data["input_ids"][:5], "attention_mask": data["attention_mask"][:5], "labels": data["labels"][:3]}
+    mon = GeometryMonitor(probe=probe, output_dir=str(tmp_path / "geo"))
+    with pytest.warns(UserWarning) as caught:
+        _trainer(tmp_path, mon, steps=4).fit(TinyGPT(), loader(data))
+    said = [str(w.message) for w in caught if "GeometryMonitor" in str(w.message)]
+    assert len(mon.history) >= 3
+    assert sum("too few for k" in m for m in said) == 1 and sum("3 labels for 5 probe samples" in m for m in said) == 1, said
+    assert all("too few for k" in layer["error"] for r in mon.history for layer in r["layers"])
+
+
+def test_probe_kinds_taken_or_refused_up_front(tmp_path, data):
+    """numpy arrays (and dicts of them) are taken as tensors; a path, a list of texts, texts in a dict and
+    an output_dir that is a file are refused with what to pass instead."""
+    import numpy as np
+
+    from lightning_geom.monitoring.probe import probe_batches, probe_fingerprint
+
+    as_np = {k: v.numpy() for k, v in data.items()}
+    assert probe_fingerprint(probe_batches(as_np, num_samples=64, batch_size=32)) == probe_fingerprint(
+        probe_batches(data, num_samples=64, batch_size=32)
+    )
+    assert probe_batches(np.zeros((10, 4)), num_samples=8, batch_size=4)[0].shape == (4, 4)
+    for bad in (["a text", "another"], "probe.jsonl"):
+        with pytest.raises(TypeError, match="tokenize texts first"):
+            GeometryMonitor(probe=bad)
+    with pytest.raises(TypeError, match="'text' is a list that is not numbers"):
+        probe_batches({"text": ["a", "b"]}, num_samples=2, batch_size=2)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="is a file"):
+        GeometryMonitor(probe=data, output_dir=str(tmp_path / "file"))

@@ -22,7 +22,7 @@ import torch
 
 from ..analysis import layer_errors
 from ..capture import map_tensors
-from .probe import batch_len, dist_info, probe_batches, probe_fingerprint, shard
+from .probe import batch_len, check_probe_kind, dist_info, probe_batches, probe_fingerprint, shard
 
 __all__ = ["Sink", "Run", "MonitorCore", "plain", "warn_layer_errors"]
 
@@ -197,6 +197,9 @@ class MonitorCore:
                 raise ValueError(f"Expected `{name}` to be a positive integer, but got {v!r}.")
         if on_error not in ("warn", "raise"):
             raise ValueError(f"Expected `on_error` to be one of 'warn', 'raise', but got {on_error!r}.")
+        if output_dir is not None and Path(output_dir).exists() and not Path(output_dir).is_dir():
+            raise ValueError(f"Expected `output_dir` to be a folder, but {output_dir} is a file; pass a folder (made if missing).")
+        check_probe_kind(probe)
         self.figure_every = figure_every
         self.probe = probe
         self.num_samples = num_samples
@@ -220,6 +223,7 @@ class MonitorCore:
         self._layout_done = False
         self._pending: _Pending | None = None  # the analysis running in the worker thread
         self._drawing: _Drawing | None = None  # figures being drawn there
+        self._warned: set[str] = set()  # keys of the warnings said once per run
         self._worker: Any = None  # its ThreadPoolExecutor, made on first use
 
     _can_background = False  # subclasses whose analysis needs only the captured features (not the model) say so
@@ -245,8 +249,14 @@ class MonitorCore:
     def _recorded(self, step: int) -> bool:
         return any(r["step"] == step for r in self.history)
 
-    def _warn(self, message: str) -> None:
-        """One warning, on rank 0 (shells may route it through their framework's helper)."""
+    def _warn(self, message: str, *, once: str | None = None) -> None:
+        """One warning, on rank 0 (shells may route it through their framework's helper). With ``once``,
+        only the first time that key comes up in this run: a cause that holds at every checkpoint (a
+        probe too small for k, labels of the wrong length, a full disk) is said once, not at each."""
+        if once is not None:
+            if once in self._warned:
+                return
+            self._warned.add(once)
         _rank_zero_warn(message)
 
     # ----------------------------------------------------------------- state
@@ -371,7 +381,10 @@ class MonitorCore:
             except Exception as err:
                 if self.on_error == "raise":
                     raise
-                self._warn(f"{type(self).__name__} could not log step {run.step}: {err}")
+                self._warn(
+                    f"{type(self).__name__} could not log step {run.step}: {err} (said once; the records are kept in `history`)",
+                    once=f"log: {type(err).__name__}: {err}",
+                )
         after = cost.get("log_s", 0.0) + cost.get("figures_s", 0.0)
         timing["blocking_s"] = round(cost["blocking_s"] + after, 6)
         return record
@@ -556,7 +569,7 @@ class MonitorCore:
         except Exception as err:
             if self.on_error == "raise":
                 raise
-            self._warn(f"{type(self).__name__} could not draw its figures at step {d.run.step}: {err}")
+            self._warn(f"{type(self).__name__} could not draw its figures at step {d.run.step}: {err} (said once)", once=f"draw: {err}")
             return
         d.timing["figures_s"] = round(seconds, 6)  # drawn beside the training; showing them is what it waited
         d.timing["blocking_s"] = round(d.timing.get("blocking_s", 0.0) + time.perf_counter() - t, 6)

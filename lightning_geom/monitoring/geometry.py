@@ -19,7 +19,7 @@ from ..capture import capture_representations, layer_patterns, right_align
 from ..geometry import single_class
 from ..report.history import metric_key, scalars
 from ..tokens import token_keep_mask
-from .core import MonitorCore, Run, warn_layer_errors
+from .core import MonitorCore, Run
 from .probe import (
     all_gather_objects,
     batch_len,
@@ -129,7 +129,6 @@ class GeometryCore(MonitorCore):
         self.settings = GeometrySettings(range_max=range_max, id_n1=id_n1, overlap_k=overlap_k, label_k=label_k)
         self.layers = layer_patterns(layers)
         self.pooling = pooling
-        self._single_class_warned = False
         self.normalize = normalize
         self.forward_fn = forward_fn
         self.model_attr = model_attr
@@ -226,16 +225,16 @@ class GeometryCore(MonitorCore):
         if n_labels and n_labels != features[0].shape[0]:
             self._warn(
                 f"{type(self).__name__}: {n_labels} labels for {features[0].shape[0]} probe samples; "
-                "label overlap skipped (labels must be one per sample)."
+                "label overlap skipped (labels must be one per sample).",
+                once="labels: length",
             )
             labels = None
         if labels is not None and single_class(labels):
-            if not self._single_class_warned:  # once per run, not per checkpoint
-                self._warn(
-                    f"{type(self).__name__}: every probe sample has the same label; label overlap is left out "
-                    "(it would be 1.0 whatever the model does). Use a probe with several classes."
-                )
-                self._single_class_warned = True
+            self._warn(
+                f"{type(self).__name__}: every probe sample has the same label; label overlap is left out "
+                "(it would be 1.0 whatever the model does). Use a probe with several classes.",
+                once="labels: one class",
+            )
             labels = None
         rank, world = dist_info()
         # one process raises at the failing layer (its traceback); under DDP every rank raises after the gather
@@ -254,7 +253,13 @@ class GeometryCore(MonitorCore):
         if self.settings.id_n1 == "auto" and self._locked_n1 is None and used is not None:
             self._locked_n1 = int(used)
         self._timed("geometry", start)
-        warn_layer_errors(type(self).__name__, run.step, layers)
+        bad = layer_errors(layers)
+        if bad:  # each distinct set of failures said once; every record keeps its layers' errors
+            self._warn(
+                f"{type(self).__name__} at step {run.step}: " + "; ".join(bad) + " (said once; later checkpoints with the "
+                "same failures keep them in their records' `error`)",
+                once="layers: " + "; ".join(bad),
+            )
         record = {"n_samples": int(features[0].shape[0]), "id_n1": used, "layers": layers, "phase": phase}
         if self.tokens in ("per_prompt", "both"):
             start = time.perf_counter()
@@ -308,7 +313,10 @@ class GeometryCore(MonitorCore):
         features, lengths, _ = tokens
         layers, dropped = token_geometry(features, lengths, k=self.token_k)
         if dropped:
-            self._warn(f"{type(self).__name__}: {dropped} of {lengths.numel()} prompts have <= {self.token_k} tokens; left out of the per-prompt geometry.")
+            self._warn(
+                f"{type(self).__name__}: {dropped} of {lengths.numel()} prompts have <= {self.token_k} tokens; left out of the per-prompt geometry.",
+                once=f"tokens: {dropped} dropped",
+            )
         return {"layers": layers, "dropped": dropped}
 
     def _cloud_record(self, tokens: tuple[list[Any], Any, Any]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..capture import map_tensors
 from ..geometry.neighbors import available_bytes, gather_rows
 
-__all__ = ["batch_len", "probe_batches", "probe_fingerprint", "dist_info", "all_gather_objects", "gather_parts", "gather_features", "check_feature_memory", "shard"]
+__all__ = ["batch_len", "check_probe_kind", "probe_batches", "probe_fingerprint", "dist_info", "all_gather_objects", "gather_parts", "gather_features", "check_feature_memory", "shard"]
 
 
 def batch_len(batch: Any) -> int:
@@ -29,7 +29,52 @@ def batch_len(batch: Any) -> int:
         for item in batch:
             if isinstance(item, Tensor) and item.ndim > 0:
                 return int(item.shape[0])
-    raise TypeError(f"Cannot tell the size of a batch of type {type(batch).__name__}.")
+    raise TypeError(
+        f"Cannot tell the size of a probe batch of type {type(batch).__name__}: a batch is a tensor, or a dict / "
+        "tuple / list holding tensors with the samples on their first dimension (tokenize texts first)."
+    )
+
+
+def _as_tensors(probe: Any) -> Any:
+    """A numpy array, or a dict whose values are arrays / nested lists of numbers, as tensors; the rest as it is.
+
+    Raises:
+        TypeError: a dict value that is not numbers (texts must be tokenized first).
+    """
+    if isinstance(probe, Tensor):
+        return probe
+    if type(probe).__module__ == "numpy" and hasattr(probe, "shape"):
+        return torch.as_tensor(probe)
+    if isinstance(probe, Mapping):
+        out = {}
+        for key, v in probe.items():
+            if isinstance(v, Tensor) or v is None:
+                out[key] = v
+                continue
+            try:
+                out[key] = torch.as_tensor(v)
+            except (TypeError, ValueError, RuntimeError):
+                raise TypeError(
+                    f"The probe's {key!r} is a {type(v).__name__} that is not numbers; a probe dict holds (N, ...) tensors "
+                    "(tokenize texts first, e.g. tokenizer(texts, padding=True, return_tensors='pt'))."
+                ) from None
+        return out
+    return probe
+
+
+def check_probe_kind(probe: Any) -> None:
+    """Refuse, before training starts, what can never be a probe: a path or text, or a list of texts.
+
+    Raises:
+        TypeError: with what to pass instead.
+    """
+    if isinstance(probe, (str, bytes)) or (isinstance(probe, (list, tuple)) and probe and isinstance(probe[0], (str, bytes))):
+        raise TypeError(
+            "Expected `probe` to be a DataLoader, a Dataset, a dict of tensors or a tensor, but got "
+            f"{'a list of texts' if isinstance(probe, (list, tuple)) else 'a string'}: tokenize texts first "
+            "(tokenizer(texts, padding=True, return_tensors='pt')), or load a data file with "
+            "lightning_geom.probing.data.load_probe_data."
+        )
 
 
 def _slice(batch: Any, a: int, b: int) -> Any:
@@ -44,12 +89,15 @@ def probe_batches(probe: Any, *, num_samples: int, batch_size: int) -> list[Any]
     """The first ``num_samples`` samples of a probe as a list of CPU batches.
 
     Args:
-        probe: a ``DataLoader``, a ``Dataset``, a dict of (N, ...) tensors or an (N, ...) tensor.
+        probe: a ``DataLoader``, a ``Dataset``, a dict of (N, ...) tensors or an (N, ...) tensor
+            (numpy arrays and nested lists of numbers are taken as tensors).
 
     Raises:
         TypeError: any other kind of probe.
         ValueError: an empty probe.
     """
+    check_probe_kind(probe)
+    probe = _as_tensors(probe)
     if isinstance(probe, (Tensor, Mapping)):
         n = min(batch_len(probe), num_samples)
         batches = [_to_cpu(_slice(probe, s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
