@@ -30,7 +30,7 @@ step token_clouds 60 python3 benchmarks/bench_token_clouds.py --device cuda --b 
 step knn_1m 150 python3 benchmarks/bench_knn_memory.py --device cuda --n 1000000 --d 768 --k 64 --budget-mb 16384
 # issue 9: monitor overhead where models train (GeometryMonitor background="auto": the analysis in a worker
 # thread on its own CUDA stream; blocking = what training waited)
-step callback_overhead 150 python3 benchmarks/bench_callback_overhead.py --accelerator gpu --layers 12 --width 256 --probe 1797 --steps 800
+# (geometry in the background and synchronously, and the PullbackMonitor, against one baseline run; the
+# figures are drawn in the worker thread in the background, inline with --background off)
+step callback_overhead 200 python3 benchmarks/bench_callback_overhead.py --accelerator gpu --layers 12 --width 256 --probe 1797 --steps 800 --background auto,off
 step gpt2_overhead 120 python3 benchmarks/bench_gpt2_overhead.py --device cuda --size small --probe 1024 --seq 256 --steps 300 --every 100 --batch 16
-# (last: the background-off comparison; one call's 600 s may cut it, the steps before come back)
-step callback_overhead_sync 90 python3 benchmarks/bench_callback_overhead.py --accelerator gpu --layers 12 --width 256 --probe 1797 --steps 800 --monitors geometry --background off
