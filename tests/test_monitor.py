@@ -678,7 +678,10 @@ def test_probe_kinds_taken_or_refused_up_front(tmp_path, data):
     assert probe_fingerprint(probe_batches(as_np, num_samples=64, batch_size=32)) == probe_fingerprint(
         probe_batches(data, num_samples=64, batch_size=32)
     )
-    assert probe_batches(np.zeros((10, 4)), num_samples=8, batch_size=4)[0].shape == (4, 4)
+    first = probe_batches(np.zeros((10, 4)), num_samples=8, batch_size=4)[0]
+    assert first.shape == (4, 4) and first.dtype == torch.float32  # float64 arrays in torch's default dtype
+    kept = probe_batches({"x": torch.ones(4, 2), "flag": 3, "name": "probe"}, num_samples=4, batch_size=2)[0]
+    assert kept["flag"] == 3 and kept["name"] == "probe"  # other keyword arguments as they are
     for bad in (["a text", "another"], "probe.jsonl"):
         with pytest.raises(TypeError, match="tokenize texts first"):
             GeometryMonitor(probe=bad)

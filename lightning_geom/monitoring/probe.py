@@ -35,31 +35,43 @@ def batch_len(batch: Any) -> int:
     )
 
 
+def _is_array(v: Any) -> bool:
+    return type(v).__module__ == "numpy" and hasattr(v, "shape") and getattr(v, "ndim", 0) > 0
+
+
+def _from_numpy(v: Any) -> Tensor:
+    """A numpy array as a tensor; floating point in torch's default dtype (as ``torch.tensor`` of a list
+    of floats: a float64 array would not go through a float32 model)."""
+    t = torch.as_tensor(v)
+    return t.to(torch.get_default_dtype()) if t.is_floating_point() else t
+
+
 def _as_tensors(probe: Any) -> Any:
-    """A numpy array, or a dict whose values are arrays / nested lists of numbers, as tensors; the rest as it is.
+    """A numpy array, or a dict's numpy arrays and (nested) lists of numbers, as tensors (floating point
+    in torch's default dtype); anything else
+    (tensors, scalars, other values a model takes as keyword arguments) as it is.
 
     Raises:
-        TypeError: a dict value that is not numbers (texts must be tokenized first).
+        TypeError: a dict value that is a list of texts or of mixed things (texts must be tokenized first).
     """
-    if isinstance(probe, Tensor):
+    if _is_array(probe):
+        return _from_numpy(probe)
+    if not isinstance(probe, Mapping):
         return probe
-    if type(probe).__module__ == "numpy" and hasattr(probe, "shape"):
-        return torch.as_tensor(probe)
-    if isinstance(probe, Mapping):
-        out = {}
-        for key, v in probe.items():
-            if isinstance(v, Tensor) or v is None:
-                out[key] = v
-                continue
+    out = {}
+    for key, v in probe.items():
+        if _is_array(v):
+            v = _from_numpy(v)
+        elif isinstance(v, (list, tuple)) and v:
             try:
-                out[key] = torch.as_tensor(v)
+                v = torch.as_tensor(v)
             except (TypeError, ValueError, RuntimeError):
                 raise TypeError(
                     f"The probe's {key!r} is a {type(v).__name__} that is not numbers; a probe dict holds (N, ...) tensors "
                     "(tokenize texts first, e.g. tokenizer(texts, padding=True, return_tensors='pt'))."
                 ) from None
-        return out
-    return probe
+        out[key] = v
+    return out
 
 
 def check_probe_kind(probe: Any) -> None:
