@@ -82,10 +82,10 @@ class GeometryReport:
         return figures.report_figures(self)
 
     def pngs(self) -> dict[str, bytes]:
-        """``{name: PNG bytes}``: every figure drawn once."""
-        from ..report.figures import png_bytes, render
+        """``{name: PNG bytes}``: every figure drawn once (under the drawing lock a monitor's worker thread shares)."""
+        from ..report.figures import draw, png_bytes
 
-        return {name: png_bytes(render(fig)) for name, fig in self.figures().items()}
+        return {name: png_bytes(image) for name, image in draw(self.figures).items()}
 
     def to_html(self, path: str | Path | None = None, *, pngs: dict[str, bytes] | None = None) -> str:
         """The self-contained page (``pngs``: the figures already drawn, else drawn here); written to ``path`` if given."""
