@@ -33,7 +33,7 @@ from transformers.trainer_callback import ExportableState
 from .monitoring.core import Run
 from .monitoring.geometry import GeometryCore
 from .monitoring.pullback import PullbackCore
-from .report.loggers import merge_layout
+from .report.loggers import merge_layout, tensorboard_images, wandb_images
 
 __all__ = ["GeometryCallback", "PullbackCallback", "HFSink"]
 
@@ -90,11 +90,10 @@ class HFSink:
     def figures(self, images: dict[str, Any], step: int, prefix: str) -> None:
         tb = self._tb()
         if tb is not None:
-            for name, image in images.items():
-                tb.add_image(f"{prefix}/figures/{name}", image, global_step=step, dataformats="HWC")
+            tensorboard_images(tb, images, step, prefix)
         wandb = self._wandb()
         if wandb is not None:
-            wandb.log({f"{prefix}/figures/{n}": wandb.Image(im) for n, im in images.items()}, commit=False)
+            wandb.log(wandb_images(images, prefix), commit=False)
 
     def hparams(self, params: dict[str, Any]) -> None:
         tb = self._tb()
@@ -222,8 +221,7 @@ class _HFShell(TrainerCallback, ExportableState):
             self.checkpoint(self._make_run(args, state, model))
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if self._pending is not None or self._drawing is not None:  # background work: logged / shown as soon as it is done
-            self.collect(wait=False)
+        self.collect(wait=False)  # background work (a record, figures): logged / shown as soon as it is done
         if (self.every_n_steps is not None or self.log_spaced) and self.is_due(state.global_step):
             self.checkpoint(self._make_run(args, state, model))
 

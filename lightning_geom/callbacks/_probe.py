@@ -11,7 +11,7 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from ..monitoring.core import Run, warn_layer_errors
+from ..monitoring.core import Run
 from ..monitoring.probe import all_gather_objects, batch_len, dist_info, gather_parts, probe_batches
 from ..report.loggers import (
     add_layout,
@@ -22,7 +22,7 @@ from ..report.loggers import (
     log_table,
 )
 
-__all__ = ["ProbeMonitor", "LightningSink", "probe_batches", "batch_len", "all_gather_objects", "gather_parts", "warn_layer_errors"]
+__all__ = ["ProbeMonitor", "LightningSink", "probe_batches", "batch_len", "all_gather_objects", "gather_parts"]
 
 _dist = dist_info  # the name this module exported before the core split
 
@@ -140,8 +140,7 @@ class ProbeMonitor(Callback):
             self._maybe_measure(trainer, pl_module)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
-        if self._pending is not None or self._drawing is not None:  # background work: logged / shown as soon as it is done
-            self.collect(wait=False)
+        self.collect(wait=False)  # background work (a record, figures): logged / shown as soon as it is done
         if (self.every_n_steps is not None or self.log_spaced) and self.is_due(trainer.global_step):
             self._maybe_measure(trainer, pl_module)
 

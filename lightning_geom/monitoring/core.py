@@ -20,11 +20,10 @@ from typing import Any, Literal, Protocol
 
 import torch
 
-from ..analysis import layer_errors
 from ..capture import map_tensors
 from .probe import batch_len, check_probe_kind, dist_info, probe_batches, probe_fingerprint, shard
 
-__all__ = ["Sink", "Run", "MonitorCore", "plain", "warn_layer_errors"]
+__all__ = ["Sink", "Run", "MonitorCore", "plain"]
 
 
 class Sink(Protocol):
@@ -103,13 +102,6 @@ def plain(v: Any) -> Any:
 def _rank_zero_warn(message: str) -> None:
     if dist_info()[0] == 0:
         warnings.warn(message, UserWarning, stacklevel=3)
-
-
-def warn_layer_errors(owner: str, step: int, layers: list[dict[str, Any]]) -> None:
-    """One warning naming every failed layer and its cause."""
-    bad = layer_errors(layers)
-    if bad:
-        _rank_zero_warn(f"{owner} at step {step}: " + "; ".join(bad))
 
 
 def _free_history_name(out: Path, base: str, history: list[dict[str, Any]], owner: str) -> str:
@@ -343,13 +335,12 @@ class MonitorCore:
         if self.on_error == "raise":
             raise err
         text = f"{type(err).__name__}: {str(err).rstrip('. ')}"
-        seen = any(f["error"] == text for f in self.failures)
         self.failures.append({"step": int(run.step), "error": text})
-        if not seen:
-            self._warn(
-                f"{type(self).__name__} skipped step {run.step}: {text}. Training goes on; the same failure at later "
-                "steps is not repeated here (see `monitor.failures`); pass `on_error='raise'` to debug."
-            )
+        self._warn(
+            f"{type(self).__name__} skipped step {run.step}: {text}. Training goes on; the same failure at later "
+            "steps is not repeated here (see `monitor.failures`); pass `on_error='raise'` to debug.",
+            once=f"skipped: {text}",
+        )
         return None
 
     def _record(self, run: Run, record: dict[str, Any], cost: dict[str, float]) -> dict[str, Any]:
@@ -360,24 +351,21 @@ class MonitorCore:
         and figures are added to both ``timings`` and the blocking time."""
         record = {"step": int(run.step), "epoch": int(run.epoch), **record, "time": cost}
         self.history.append(record)
-        timing = {"step": int(run.step), **cost}
-        self.timings.append(timing)
+        draw_later = False
         if run.rank_zero:
             try:
                 t = time.perf_counter()
                 self._save_history(run)  # complete after every checkpoint, atomically
                 self._log_settings(run)
                 self._publish(run, record)
-                cost["log_s"] = timing["log_s"] = round(time.perf_counter() - t, 6)
+                cost["log_s"] = round(time.perf_counter() - t, 6)
                 if self.figure_every and len(self.history) % self.figure_every == 0:
                     self._figures_drawn_at = run.step
-                    if self._draws_in_background(run):  # drawn beside the training, shown by collect()
-                        self._show_figures(wait=True)  # one drawing in flight at most
-                        self._drawing = _Drawing(run, self._executor().submit(self._draw, list(self.history)), timing)
-                    else:
+                    draw_later = self._draws_in_background(run)
+                    if not draw_later:
                         t = time.perf_counter()
                         self._figures(run)
-                        cost["figures_s"] = timing["figures_s"] = round(time.perf_counter() - t, 6)
+                        cost["figures_s"] = round(time.perf_counter() - t, 6)
             except Exception as err:
                 if self.on_error == "raise":
                     raise
@@ -386,7 +374,11 @@ class MonitorCore:
                     once=f"log: {type(err).__name__}: {err}",
                 )
         after = cost.get("log_s", 0.0) + cost.get("figures_s", 0.0)
-        timing["blocking_s"] = round(cost["blocking_s"] + after, 6)
+        timing = {"step": int(run.step), **cost, "blocking_s": round(cost["blocking_s"] + after, 6)}
+        self.timings.append(timing)
+        if draw_later:  # drawn beside the training, shown by collect(), which completes this timings row
+            self._show_figures(wait=True)  # one drawing in flight at most
+            self._drawing = _Drawing(run, self._executor().submit(self._draw, list(self.history)), timing)
         return record
 
     # ----------------------------------------------------------------- the background analysis

@@ -253,12 +253,12 @@ class GeometryCore(MonitorCore):
         if self.settings.id_n1 == "auto" and self._locked_n1 is None and used is not None:
             self._locked_n1 = int(used)
         self._timed("geometry", start)
-        bad = layer_errors(layers)
+        bad = "; ".join(layer_errors(layers))
         if bad:  # each distinct set of failures said once; every record keeps its layers' errors
             self._warn(
-                f"{type(self).__name__} at step {run.step}: " + "; ".join(bad) + " (said once; later checkpoints with the "
-                "same failures keep them in their records' `error`)",
-                once="layers: " + "; ".join(bad),
+                f"{type(self).__name__} at step {run.step}: {bad} (said once; later checkpoints with the same failures "
+                "keep them in their records' `error`)",
+                once=f"layers: {bad}",
             )
         record = {"n_samples": int(features[0].shape[0]), "id_n1": used, "layers": layers, "phase": phase}
         if self.tokens in ("per_prompt", "both"):

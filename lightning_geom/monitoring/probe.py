@@ -48,8 +48,8 @@ def _from_numpy(v: Any) -> Tensor:
 
 def _as_tensors(probe: Any) -> Any:
     """A numpy array, or a dict's numpy arrays and (nested) lists of numbers, as tensors (floating point
-    in torch's default dtype); anything else
-    (tensors, scalars, other values a model takes as keyword arguments) as it is.
+    in torch's default dtype); anything else (tensors, scalars, other values a model takes as keyword
+    arguments) as it is.
 
     Raises:
         TypeError: a dict value that is a list of texts or of mixed things (texts must be tokenized first).

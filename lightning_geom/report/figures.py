@@ -9,7 +9,7 @@ from typing import Any
 
 __all__ = [
     "emergence_figure", "heatmap_figure", "overlap_figure", "spectra_figure", "all_figures",
-    "subplots", "render", "render_all", "draw", "png_bytes",
+    "subplots", "render", "draw", "png_bytes",
 ]
 
 
@@ -57,19 +57,14 @@ def png_bytes(image: Any) -> bytes:
     return buf.getvalue()
 
 
-def render_all(figs: dict[str, Any]) -> dict[str, Any]:
-    """``{name: (H, W, 3) uint8 image}`` of ``{name: Figure}``."""
-    return {name: render(fig) for name, fig in figs.items()}
-
-
 _DRAWING = threading.Lock()
 
 
 def draw(make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """``render_all(make())`` under one process-wide lock: matplotlib is not thread-safe, and two
-    monitors may draw in their worker threads at once."""
+    """``{name: (H, W, 3) uint8 image}`` of the figures ``make()`` returns, each rendered once, under one
+    process-wide lock: matplotlib is not thread-safe, and two monitors may draw in their worker threads at once."""
     with _DRAWING:
-        return render_all(make())
+        return {name: render(fig) for name, fig in make().items()}
 
 
 def _profile(rec: dict[str, Any], key: str) -> tuple[list[int], list[float]]:

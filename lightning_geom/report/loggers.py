@@ -37,6 +37,19 @@ def log_scalars(loggers: Sequence[Any], metrics: dict[str, float], step: int) ->
             log.warning("Could not log metrics to %s at step %d: %s: %s", type(lg).__name__, step, type(err).__name__, err)
 
 
+def tensorboard_images(writer: Any, images: dict[str, Any], step: int, prefix: str) -> None:
+    """Rendered figures (``{name: (H, W, 3) uint8 array}``) to a TensorBoard ``SummaryWriter``."""
+    for name, image in images.items():
+        writer.add_image(f"{prefix}/figures/{name}", image, global_step=step, dataformats="HWC")
+
+
+def wandb_images(images: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """Rendered figures as ``{"<prefix>/figures/<name>": wandb.Image}`` for a ``log`` call."""
+    import wandb
+
+    return {f"{prefix}/figures/{n}": wandb.Image(im) for n, im in images.items()}
+
+
 def log_figures(loggers: Sequence[Any], images: dict[str, Any], step: int, *, prefix: str = "geometry") -> None:
     """Rendered figures (``{name: (H, W, 3) uint8 array}``) to W&B (``wandb.Image``) and TensorBoard
     (``add_image``); CSV has no figures."""
@@ -44,12 +57,9 @@ def log_figures(loggers: Sequence[Any], images: dict[str, Any], step: int, *, pr
         kind = _kind(lg)
         try:
             if kind == "tensorboard":
-                for name, image in images.items():
-                    lg.experiment.add_image(f"{prefix}/figures/{name}", image, global_step=step, dataformats="HWC")
+                tensorboard_images(lg.experiment, images, step, prefix)
             elif kind == "wandb":
-                import wandb
-
-                lg.experiment.log({f"{prefix}/figures/{n}": wandb.Image(im) for n, im in images.items()} | {"trainer/global_step": step})
+                lg.experiment.log(wandb_images(images, prefix) | {"trainer/global_step": step})
         except Exception as err:  # noqa: BLE001 - a dashboard hiccup must not stop training
             log.warning("Could not send figures to %s: %s", type(lg).__name__, err)
 
