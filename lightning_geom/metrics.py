@@ -15,6 +15,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
 from .geometry import gride, label_overlap, neighborhood_overlap, twonn
+from .geometry.overlap import numeric_label_problem
 
 __all__ = ["IntrinsicDimension", "NeighborhoodOverlap", "LabelOverlap"]
 
@@ -24,6 +25,24 @@ def _check_points(x: Tensor, name: str) -> Tensor:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(f"Expected `{name}` to be a tensor of shape (B, D), but got {shape}.")
     return x.detach().to(torch.float32)
+
+
+def _cat(metric: Metric, state: list[Tensor] | Tensor, name: str) -> Tensor:
+    """The points of every update (and rank), or a one-line error when there are none or widths differ."""
+    if isinstance(state, Tensor):  # already concatenated by the DDP sync
+        return state
+    if not state:
+        raise ValueError(
+            f"{type(metric).__name__}.compute() was called before any update(): "
+            "add points with update(...) first (or reset() only after compute())."
+        )
+    widths = sorted({t.shape[1] for t in state})
+    if len(widths) > 1:
+        raise ValueError(
+            f"{type(metric).__name__}: the updates' `{name}` have different widths D = {widths}; "
+            "every update must describe points of the same representation."
+        )
+    return dim_zero_cat(state)
 
 
 class IntrinsicDimension(Metric):
@@ -70,7 +89,7 @@ class IntrinsicDimension(Metric):
 
     def compute(self) -> Tensor:
         """The estimated ID as a 0-d float tensor."""
-        x = dim_zero_cat(self.points)
+        x = _cat(self, self.points, "x")
         if self.estimator == "twonn":
             est = twonn(x, discard_fraction=self.discard_fraction)
         else:
@@ -113,7 +132,7 @@ class NeighborhoodOverlap(Metric):
     def compute(self) -> Tensor:
         """The overlap as a 0-d float tensor."""
         return torch.tensor(
-            neighborhood_overlap(dim_zero_cat(self.a), dim_zero_cat(self.b), k=self.k), dtype=torch.float64
+            neighborhood_overlap(_cat(self, self.a, "a"), _cat(self, self.b, "b"), k=self.k), dtype=torch.float64
         )
 
 
@@ -146,12 +165,15 @@ class LabelOverlap(Metric):
         labels = torch.as_tensor(labels)
         if labels.ndim != 1 or labels.shape[0] != x.shape[0]:
             raise ValueError(f"Expected `labels` to have shape ({x.shape[0]},), but got {tuple(labels.shape)}.")
+        why = numeric_label_problem(labels)
+        if why is not None:  # casting them to int64 would merge 0.3 and 0.7 into class 0
+            raise ValueError(f"Expected class labels, but {why}.")
         self.points.append(x)
         self.labels.append(labels.to(device=x.device, dtype=torch.int64))
 
     def compute(self) -> Tensor:
         """The label overlap as a 0-d float tensor."""
         return torch.tensor(
-            label_overlap(dim_zero_cat(self.points), dim_zero_cat(self.labels), k=self.k, weighted=self.weighted),
+            label_overlap(_cat(self, self.points, "x"), dim_zero_cat(self.labels), k=self.k, weighted=self.weighted),
             dtype=torch.float64,
         )

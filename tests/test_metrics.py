@@ -41,6 +41,12 @@ def test_metric_states_concatenate_across_ranks():
     assert float(r0.compute()) == pytest.approx(float(whole.compute()))
 
 
+def _two_widths(metric):
+    metric.update(torch.randn(5, 2))
+    metric.update(torch.randn(5, 3))
+    return metric
+
+
 @pytest.mark.parametrize(
     ("call", "match"),
     [
@@ -50,6 +56,9 @@ def test_metric_states_concatenate_across_ranks():
         (lambda: IntrinsicDimension().update(torch.zeros(3)), r"shape \(B, D\)"),
         (lambda: NeighborhoodOverlap().update(torch.zeros(3, 2), torch.zeros(4, 2)), "same batch size"),
         (lambda: LabelOverlap().update(torch.zeros(3, 2), torch.zeros(4)), r"shape \(3,\)"),
+        (lambda: LabelOverlap().update(torch.zeros(3, 2), torch.tensor([0.3, 0.7, 1.2])), "regression targets"),
+        (lambda: IntrinsicDimension().compute(), r"before any update\(\)"),
+        (lambda: _two_widths(IntrinsicDimension()).compute(), r"different widths D = \[2, 3\]"),
     ],
 )
 def test_bad_input(call, match):

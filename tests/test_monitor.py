@@ -220,10 +220,19 @@ def test_wrong_label_length_skips_label_overlap(tmp_path, data):
 def test_single_class_probe_leaves_label_overlap_out_with_one_warning(tmp_path, data):
     one = dict(data, labels=torch.zeros_like(data["labels"]))
     mon = _monitor(one, tmp_path, every_n_steps=2, log_spaced=False, at_fit_end=False)
-    with pytest.warns(UserWarning, match="every probe sample has the same label") as caught:
+    with pytest.warns(UserWarning, match="same label") as caught:
         _trainer(tmp_path, mon, steps=4).fit(TinyGPT(), loader(data))
     assert len(mon.history) == 3 and all(r["layers"][0]["label_overlap"] is None for r in mon.history)
     assert sum("same label" in str(w.message) for w in caught) == 1
+
+
+def test_regression_targets_leave_label_overlap_out_with_one_warning(tmp_path, data):
+    scores = dict(data, labels=torch.rand(data["labels"].shape[0]))  # e.g. similarity scores, not classes
+    mon = _monitor(scores, tmp_path, every_n_steps=2, log_spaced=False, at_fit_end=False)
+    with pytest.warns(UserWarning, match="regression targets") as caught:
+        _trainer(tmp_path, mon, steps=4).fit(TinyGPT(), loader(data))
+    assert all(r["layers"][0]["label_overlap"] is None for r in mon.history)
+    assert sum("regression targets" in str(w.message) for w in caught) == 1
 
 
 def test_on_error_raise(tmp_path, data):

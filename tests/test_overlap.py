@@ -67,3 +67,24 @@ def test_bad_input(call, match):
     a = np.random.default_rng(0).standard_normal((30, 2))
     with pytest.raises(ValueError, match=match):
         call(a)
+
+
+def test_label_problem_names_what_is_wrong_with_the_labels():
+    from lightning_geom.geometry import label_problem
+
+    assert label_problem(torch.tensor([0, 1, 1, 2, 0])) is None
+    assert label_problem(torch.tensor([0.0, 1.0, 1.0, 2.0])) is None  # integral floats are class ids
+    assert "regression targets" in label_problem(torch.tensor([0.5, 1.25, 1.25, 3.0]))
+    assert "NaN" in label_problem(torch.tensor([0.0, float("nan"), 1.0]))
+    assert "same label" in label_problem(torch.zeros(6))
+    assert "of its own" in label_problem(torch.arange(6))
+
+
+def test_label_overlap_refuses_regression_targets():
+    x = torch.randn(40, 3)
+    with pytest.raises(ValueError, match="non-integer numbers"):
+        label_overlap(x, torch.rand(40), k=5)
+    with pytest.raises(ValueError, match="NaN"):
+        label_overlap(x, np.r_[np.zeros(39), np.nan], k=5)
+    ints = torch.randint(0, 3, (40,))
+    assert label_overlap(x, ints.double(), k=5) == label_overlap(x, ints, k=5)

@@ -20,7 +20,7 @@ from .intrinsic_dim import (
     twonn_scaling,
 )
 from .neighbors import Neighbors, as_points, knn, knn_sharded, knn_split
-from .overlap import encode_labels, label_overlap, neighborhood_overlap, single_class
+from .overlap import encode_labels, label_overlap, label_problem, neighborhood_overlap, single_class
 from .phases import PhaseSummary, three_phase
 
 __all__ = [
@@ -54,6 +54,7 @@ __all__ = [
     "knn_sharded",
     "knn_split",
     "label_overlap",
+    "label_problem",
     "neighborhood_overlap",
     "single_class",
     "twonn",

@@ -98,8 +98,52 @@ def encode_labels(labels: Sequence | np.ndarray | Tensor, n: int) -> Tensor:
         raise ValueError(
             f"Expected `labels` to have shape ({n},) (one label per point), but got shape {arr.shape}."
         )
+    if arr.dtype.kind in "fc":
+        why = numeric_label_problem(torch.from_numpy(np.ascontiguousarray(arr)))
+        if why is not None:
+            raise ValueError(f"Expected class labels, but {why}.")
     _, codes = np.unique(arr, return_inverse=True)
     return torch.from_numpy(codes.reshape(-1).astype(np.int64))
+
+
+def numeric_label_problem(flat: Tensor) -> str | None:
+    """Why floating-point labels are not class ids (NaN / Inf, or non-integer values), else None."""
+    if flat.is_complex():
+        return "the labels are complex numbers: pass integer class ids"
+    if not flat.is_floating_point() or flat.numel() == 0:
+        return None
+    bad = ~torch.isfinite(flat)
+    if bool(bad.any()):
+        return f"{int(bad.sum())} of {flat.numel()} labels are NaN or infinite: drop those samples or give them a class"
+    frac = flat != flat.round()
+    if bool(frac.any()):
+        example = float(flat[frac][0])
+        return (
+            f"the labels are non-integer numbers (e.g. {example:g}): regression targets, not classes; "
+            "bin them into classes first (e.g. torch.bucketize) to measure a label overlap"
+        )
+    return None
+
+
+def label_problem(labels: Tensor) -> str | None:
+    """Why these labels cannot give a meaningful label overlap, or None when they can.
+
+    Label overlap counts neighbours of the same class, so it needs class ids shared by several
+    samples: NaN / non-integer values (regression targets), a single class (the overlap is 1.0
+    whatever the geometry) or a class per sample (0.0 whatever the geometry) are refused.
+    """
+    flat = labels.reshape(-1)
+    why = numeric_label_problem(flat)
+    if why is not None:
+        return why
+    if single_class(flat):
+        return "every sample has the same label (the overlap would be 1.0 whatever the model does): use several classes"
+    if flat.numel() > 2 and torch.unique(flat).numel() == flat.numel():
+        return (
+            "every sample has a label of its own (the overlap would be 0.0 whatever the model does; sample ids?): "
+            "labels must be classes shared by several samples"
+        )
+    return None
 
 
 def single_class(labels: Tensor) -> bool:

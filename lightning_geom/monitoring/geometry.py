@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ..analysis import GeometrySettings, finish_profile, layer_errors, profile_geometry
 from ..capture import capture_representations, layer_patterns, right_align
-from ..geometry import single_class
+from ..geometry import label_problem
 from ..report.history import metric_key, scalars
 from ..tokens import token_keep_mask
 from .core import MonitorCore, Run
@@ -229,12 +229,9 @@ class GeometryCore(MonitorCore):
                 once="labels: length",
             )
             labels = None
-        if labels is not None and single_class(labels):
-            self._warn(
-                f"{type(self).__name__}: every probe sample has the same label; label overlap is left out "
-                "(it would be 1.0 whatever the model does). Use a probe with several classes.",
-                once="labels: one class",
-            )
+        problem = label_problem(labels) if labels is not None else None
+        if problem is not None:
+            self._warn(f"{type(self).__name__}: label overlap is left out: {problem}.", once=f"labels: {problem[:24]}")
             labels = None
         rank, world = dist_info()
         # one process raises at the failing layer (its traceback); under DDP every rank raises after the gather

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..geometry import single_class
+from ..geometry import label_problem
 from ..loading import padding_tokenizer
 
 __all__ = ["ProbeData", "load_probe_data"]
@@ -147,14 +147,12 @@ def _texts(
     return texts, (labels if use_labels else None)
 
 
-def _single_class(labels: torch.Tensor | None, names: list[str] | None, what: str) -> tuple[torch.Tensor | None, list[str] | None]:
-    """Labels of one class say nothing about neighbourhoods: warn and leave the label metrics out."""
-    if labels is not None and single_class(labels):
-        warnings.warn(
-            f"{what}: every sample has the same label ({names[0] if names else int(labels[0])}); label overlap and "
-            "retrieval are left out (they would be 1.0 whatever the model does).",
-            stacklevel=3,
-        )
+def _usable_labels(labels: torch.Tensor | None, names: list[str] | None, what: str) -> tuple[torch.Tensor | None, list[str] | None]:
+    """Labels that say nothing about neighbourhoods (one class, a class per sample, regression
+    targets: :func:`~lightning_geom.geometry.label_problem`): warn and leave the label metrics out."""
+    problem = label_problem(labels) if labels is not None else None
+    if problem is not None:
+        warnings.warn(f"{what}: label overlap and retrieval are left out: {problem}.", stacklevel=3)
         return None, None
     return labels, names
 
@@ -198,7 +196,7 @@ def load_probe_data(
     texts = texts[:max_samples]
     labels, names = (None, None)
     if raw is not None:
-        labels, names = _single_class(*_codes(raw[:max_samples]), str(path))
+        labels, names = _usable_labels(*_codes(raw[:max_samples]), str(path))
     tok = padding_tokenizer(loaded.tokenizer)
     batches = []
     for s in range(0, len(texts), batch_size):
@@ -267,7 +265,7 @@ def _image_folder(path: Path, loaded: Any, max_samples: int, batch_size: int, se
     files = [files[i] for i in order]
     images = [Image.open(f).convert("RGB") for f, _ in files]
     labels = torch.tensor([c for _, c in files])
-    labels, classes_kept = _single_class(labels, classes, str(path))
+    labels, classes_kept = _usable_labels(labels, classes, str(path))
     if loaded.image_processor is not None:
         px = loaded.image_processor(images, return_tensors="pt")["pixel_values"]
     else:
@@ -302,7 +300,7 @@ def _datamodule(path: Path, max_samples: int) -> ProbeData:
         if n >= max_samples:
             break
     lab_t = torch.cat(labels) if labels else None
-    lab_t, _ = _single_class(lab_t, None, str(path))
+    lab_t, _ = _usable_labels(lab_t, None, str(path))
     return ProbeData(batches, lab_t, n, f"{data['class_path']} validation set ({n} samples)")
 
 
