@@ -162,9 +162,16 @@ def _glob(pattern: str) -> re.Pattern:
 
 def layer_patterns(layers: str | Sequence[str] | None) -> list[str] | None:
     """Layer glob patterns as a list: one pattern may come as a plain string; None / empty: None."""
-    if not layers:
+    if isinstance(layers, str):
+        return [layers] if layers else None
+    if layers is None:
         return None
-    return [layers] if isinstance(layers, str) else list(layers)
+    if not isinstance(layers, Sequence) or not all(isinstance(p, str) for p in layers):
+        raise TypeError(
+            f"Expected `layers` to be None, a glob pattern or a list of glob patterns of submodule names "
+            f"(e.g. ['blocks.*'] or 'encoder.layer.*'), but got {layers!r}."
+        )
+    return list(layers) or None
 
 
 def is_encoder_decoder(net: nn.Module) -> bool:

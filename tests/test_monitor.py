@@ -699,3 +699,24 @@ def test_probe_kinds_taken_or_refused_up_front(tmp_path, data):
     (tmp_path / "file").write_text("")
     with pytest.raises(ValueError, match="is a file"):
         GeometryMonitor(probe=data, output_dir=str(tmp_path / "file"))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "err", "match"),
+    [
+        ({"probe": 5}, TypeError, "the number 5"),
+        ({"probe": {}}, ValueError, "no keys"),
+        ({"probe": {"input_ids": torch.zeros(10, 4, dtype=torch.long), "attention_mask": torch.ones(9, 4)}}, ValueError, "'attention_mask': 9"),
+        ({"probe": torch.zeros(0, 4)}, ValueError, r"shape \(0, 4\)"),
+        ({"layers": 3}, TypeError, "list of glob patterns"),
+        ({"output_dir": 5}, TypeError, "folder path"),
+    ],
+)
+def test_monitor_arguments_refused_up_front(data, kwargs, err, match):
+    with pytest.raises(err, match=match):
+        GeometryMonitor(**{"probe": data, **kwargs})
+
+
+def test_pullback_position_must_be_an_index(data):
+    with pytest.raises(ValueError, match="integer index"):
+        PullbackMonitor(probe=data, position="middle")

@@ -11,6 +11,7 @@ translate their hooks into a :class:`Run` and call :meth:`MonitorCore.checkpoint
 from __future__ import annotations
 
 import json
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -189,6 +190,8 @@ class MonitorCore:
                 raise ValueError(f"Expected `{name}` to be a positive integer, but got {v!r}.")
         if on_error not in ("warn", "raise"):
             raise ValueError(f"Expected `on_error` to be one of 'warn', 'raise', but got {on_error!r}.")
+        if output_dir is not None and not isinstance(output_dir, (str, os.PathLike)):
+            raise TypeError(f"Expected `output_dir` to be None or a folder path, but got {type(output_dir).__name__} {output_dir!r}.")
         if output_dir is not None and Path(output_dir).exists() and not Path(output_dir).is_dir():
             raise ValueError(f"Expected `output_dir` to be a folder, but {output_dir} is a file; pass a folder (made if missing).")
         check_probe_kind(probe)

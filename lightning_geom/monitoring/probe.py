@@ -74,19 +74,44 @@ def _as_tensors(probe: Any) -> Any:
     return out
 
 
+_PROBE_KINDS = "a DataLoader, a Dataset, a dict of tensors or a tensor"
+
+
 def check_probe_kind(probe: Any) -> None:
-    """Refuse, before training starts, what can never be a probe: a path or text, or a list of texts.
+    """Refuse, before training starts, what can never be a probe: a path or text, a list of texts, a
+    number, an empty tensor or dict, or a dict whose input tensors hold different numbers of samples.
 
     Raises:
-        TypeError: with what to pass instead.
+        TypeError: a kind that is no probe, with what to pass instead.
+        ValueError: an empty probe, or a dict of tensors of different lengths.
     """
     if isinstance(probe, (str, bytes)) or (isinstance(probe, (list, tuple)) and probe and isinstance(probe[0], (str, bytes))):
         raise TypeError(
-            "Expected `probe` to be a DataLoader, a Dataset, a dict of tensors or a tensor, but got "
+            f"Expected `probe` to be {_PROBE_KINDS}, but got "
             f"{'a list of texts' if isinstance(probe, (list, tuple)) else 'a string'}: tokenize texts first "
             "(tokenizer(texts, padding=True, return_tensors='pt')), or load a data file with "
             "lightning_geom.probing.data.load_probe_data."
         )
+    if isinstance(probe, (bool, int, float, complex)):
+        raise TypeError(f"Expected `probe` to be {_PROBE_KINDS}, but got the number {probe!r}; `num_samples=` sets its size.")
+    if isinstance(probe, Tensor) and (probe.ndim == 0 or probe.shape[0] == 0):
+        raise ValueError(f"Expected `probe` to hold samples on its first dimension, but got a tensor of shape {tuple(probe.shape)}.")
+    if isinstance(probe, Mapping):
+        lengths = {
+            key: int(v.shape[0]) for key, v in _as_tensors(probe).items() if isinstance(v, Tensor) and v.ndim > 0
+        }
+        if len(lengths) > 1:  # labels of another length are warned about and left out at the checkpoint
+            lengths = {key: n for key, n in lengths.items() if key not in ("labels", "label")} or lengths
+        if not lengths:
+            raise ValueError(
+                f"Expected the probe dict to hold (N, ...) tensors (e.g. input_ids), but it has {sorted(map(str, probe)) or 'no keys'}."
+            )
+        if len(set(lengths.values())) > 1:
+            raise ValueError(
+                f"Expected every tensor of the probe dict to hold the same number of samples (first dimension), but got {lengths}."
+            )
+        if not min(lengths.values()):
+            raise ValueError(f"Expected the probe to hold samples, but its tensors are empty: {lengths}.")
 
 
 def _slice(batch: Any, a: int, b: int) -> Any:

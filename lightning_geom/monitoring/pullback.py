@@ -86,6 +86,11 @@ class PullbackCore(MonitorCore):
             raise ValueError(f"Expected `output` to be one of {OUTPUT_MAPS}, but got {output!r}.")
         if top_logits is not None and (not isinstance(top_logits, int) or top_logits < 1):
             raise ValueError(f"Expected `top_logits` to be None or a positive integer, but got {top_logits!r}.")
+        if position is not None and (isinstance(position, bool) or not isinstance(position, int)):
+            raise ValueError(f"Expected `position` to be None (the last position) or an integer index, but got {position!r}.")
+        for name, v in (("track_samples", track_samples), ("track_top", track_top)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"Expected `{name}` to be a non-negative integer, but got {v!r}.")
         self.output = output
         self.position = position
         self.top_logits = top_logits
