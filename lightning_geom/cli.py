@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .commands.args import positive_int
+from .commands.args import non_negative_int, positive_int
 
 
 def _cmd_digits(args: argparse.Namespace) -> int:
@@ -21,12 +21,13 @@ def _cmd_digits(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo.run import preset_config, pullback_table, run_demo, summary_table
+    from .demo.run import cost_lines, preset_config, pullback_table, run_demo, summary_table
 
     try:
         cfg = preset_config(
             args.preset, args.world, steps=args.steps, n_layer=args.n_layer, width=args.width,
             every_n_steps=args.every_n_steps, normalize=args.normalize, probe_samples=args.probe_samples,
+            log_spaced=args.log_spaced, figure_every=args.figure_every,
             pullback=args.pullback, report=args.report, out=args.out, wandb=args.wandb, seed=args.seed,
             progress=args.progress, resume=args.resume,
         )
@@ -42,6 +43,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print()
         print(pullback_table(res["pullback"]))
     print(f"\ntrained {cfg.steps} steps in {res['seconds']:.0f} s")
+    print(cost_lines(res["cost"], res["seconds"]))
     print(f"figures and history : {res['out'] / 'geometry'}")
     print(f"TensorBoard         : tensorboard --logdir {res['out'] / 'tensorboard'}")
     print(f"CSV metrics         : {res['csv']}")
@@ -100,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=positive_int, default=None, dest="n_layer", help="transformer blocks (cpu preset: 12)")
     p.add_argument("--width", type=positive_int, default=None, help="residual width (cpu preset: 64)")
     p.add_argument("--every-n-steps", type=positive_int, default=None, help="monitor every n steps after the log-spaced start (cpu preset: 200)")
+    p.add_argument(
+        "--log-spaced", type=non_negative_int, default=None,
+        help="early checkpoints at 0, m, 2m, 4m, ... below --every-n-steps (default 4; 0: none)",
+    )
+    p.add_argument(
+        "--figure-every", type=non_negative_int, default=None,
+        help="dashboard figures every n checkpoints and at the end (default 8; 0: only at the end)",
+    )
     p.add_argument("--normalize", choices=["layer_norm"], default=None, help="read the LayerNorm-ed residual stream")
     p.add_argument("--probe-samples", type=positive_int, default=None, help="samples in the monitor's probe set (cpu preset: 512)")
     p.add_argument("--out", default="demo_output", help="output folder (default demo_output)")

@@ -83,6 +83,9 @@ def test_schedule_keys_and_history(tmp_path, data, background):
         expected |= {"geometry/phase/high_id_onset", "geometry/phase/high_id_height"}
     assert keys == expected
     assert [t["step"] for t in mon.timings] == steps and all(t["total_s"] > 0 for t in mon.timings)
+    cost = mon.cost()  # the run's account: every checkpoint's blocking time and the final figures
+    assert cost["checkpoints"] == len(steps) and cost["figures_s"] >= mon.final_figures_s > 0
+    assert cost["blocking_s"] == pytest.approx(sum(t["blocking_s"] for t in mon.timings) + mon.final_figures_s)
     last = mon.history[-1]
     assert last["n_samples"] == 160 and len(last["layers"]) == 4
     assert all(0 <= layer["label_overlap"] <= 1 for layer in last["layers"])
@@ -285,6 +288,13 @@ def test_schedule_predicate():
     assert [s for s in range(0, 450) if m.is_due(s)] == [0, 1, 2, 4, 8, 16, 32, 64, 100, 200, 300, 400]
     m = GeometryMonitor(every_n_steps=10, log_spaced=False)
     assert [s for s in range(0, 35) if m.is_due(s)] == [0, 10, 20, 30]
+    m = GeometryMonitor(every_n_steps=100, log_spaced=3)  # the doubling from a later first step
+    assert [s for s in range(0, 250) if m.is_due(s)] == [0, 3, 6, 12, 24, 48, 96, 100, 200]
+    m = GeometryMonitor(every_n_steps=None, log_spaced=4)
+    assert [s for s in range(0, 70) if m.is_due(s)] == [0, 4, 8, 16, 32, 64]
+    for bad in (-1, 2.5, "4"):
+        with pytest.raises(ValueError, match="log_spaced"):
+            GeometryMonitor(log_spaced=bad)
 
 
 def test_history_files_are_written_atomically(tmp_path, monkeypatch):

@@ -139,7 +139,9 @@ class MonitorCore:
         batch_size: batch size for a probe given as a Dataset / dict / tensor.
         every_n_steps: measure every n optimizer steps (None: not by steps).
         every_n_epochs: measure at the end of every n-th epoch (None: not by epochs).
-        log_spaced: also measure at steps 0, 1, 2, 4, 8, ... below ``every_n_steps`` (the profile forms early).
+        log_spaced: also measure at steps 0, 1, 2, 4, 8, ... below ``every_n_steps`` (the profile forms
+            early; Pythia's checkpoint schedule); an integer m starts the doubling at m (0, m, 2m, 4m, ...:
+            the first optimizer steps barely move a model out of its initialisation); False: off.
         at_fit_start: measure the untrained model (the first point of the emergence picture).
         at_fit_end: measure at the end of training.
         on_error: ``"warn"`` turns any failure into one warning and training goes on; ``"raise"`` re-raises.
@@ -169,7 +171,7 @@ class MonitorCore:
         batch_size: int = 64,
         every_n_steps: int | None = 200,
         every_n_epochs: int | None = None,
-        log_spaced: bool = True,
+        log_spaced: bool | int = True,
         at_fit_start: bool = True,
         at_fit_end: bool = True,
         on_error: Literal["warn", "raise"] = "warn",
@@ -185,6 +187,8 @@ class MonitorCore:
         for name, v in (("every_n_steps", every_n_steps), ("every_n_epochs", every_n_epochs)):
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise ValueError(f"Expected `{name}` to be None or a positive integer, but got {v!r}.")
+        if not isinstance(log_spaced, int) or log_spaced < 0:  # a bool is an int: True starts at 1
+            raise ValueError(f"Expected `log_spaced` to be True, False or the first step of the doubling (a positive integer), but got {log_spaced!r}.")
         for name, v in (("num_samples", num_samples), ("batch_size", batch_size)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"Expected `{name}` to be a positive integer, but got {v!r}.")
@@ -209,6 +213,7 @@ class MonitorCore:
         self.history: list[dict[str, Any]] = []
         self.timings: list[dict[str, float]] = []
         self.failures: list[dict[str, Any]] = []  # {"step", "error"} of every checkpoint skipped (on_error="warn")
+        self.final_figures_s = 0.0  # the figures drawn by finish() (not a checkpoint's timings row)
         self._phase_times: dict[str, float] = {}
         self._batches: list[Any] | None = None
         self._probe_id: str | None = None
@@ -234,7 +239,8 @@ class MonitorCore:
         if self.every_n_steps is not None and step % self.every_n_steps == 0:
             return True
         if self.log_spaced and (self.every_n_steps is None or step < self.every_n_steps):
-            return step == 0 or (step & (step - 1)) == 0
+            m = int(self.log_spaced)  # True -> 1
+            return step == 0 or (step % m == 0 and ((q := step // m) & (q - 1)) == 0)
         return False
 
     def is_due_epoch(self, epoch: int) -> bool:
@@ -517,13 +523,32 @@ class MonitorCore:
         self._show_figures(wait=True)  # those of the record just collected, too
         self._stop_worker()
         if run.rank_zero and self.history and getattr(self, "_figures_drawn_at", None) != self.history[-1]["step"]:
+            t = time.perf_counter()
             try:
                 self._save_history(run)  # a resumed run that measured nothing new still writes its folder's file
                 self._figures(run)
+                self.final_figures_s = round(time.perf_counter() - t, 6)
             except Exception as err:
                 if self.on_error == "raise":
                     raise
                 self._warn(f"{type(self).__name__} could not write its figures: {err}")
+
+    def cost(self) -> dict[str, float]:
+        """What the monitor cost the training loop in this run (from :attr:`timings`): ``checkpoints``,
+        seconds per phase (``capture_s``, ``geometry_s`` / ``spectra_s``, ``log_s``, ``figures_s``; the
+        final figures drawn at the end of training included) and ``blocking_s``, all the time the
+        training waited for it. Its share of training: ``blocking_s / (wall - blocking_s)``."""
+        out: dict[str, float] = {"checkpoints": float(len(self.timings))}
+        for row in self.timings:
+            for key, v in row.items():
+                if key.endswith("_s") and key != "total_s":
+                    out[key] = out.get(key, 0.0) + float(v)
+        final = float(getattr(self, "final_figures_s", 0.0))
+        if final:
+            out["figures_s"] = out.get("figures_s", 0.0) + final
+            out["blocking_s"] = out.get("blocking_s", 0.0) + final
+        out.setdefault("blocking_s", 0.0)
+        return out
 
     def _figure_set(self, history: list[dict[str, Any]]) -> dict[str, Any]:
         """``{name: Figure}`` of ``history``."""
