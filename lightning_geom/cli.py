@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--figure-every", type=non_negative_int, default=None,
-        help="dashboard figures every n checkpoints and at the end (default 8; 0: only at the end)",
+        help="dashboard figures every n checkpoints and at the end (cpu preset: 0, only at the end; gpu: 5)",
     )
     p.add_argument("--normalize", choices=["layer_norm"], default=None, help="read the LayerNorm-ed residual stream")
     p.add_argument("--probe-samples", type=positive_int, default=None, help="samples in the monitor's probe set (cpu preset: 512)")
