@@ -187,3 +187,65 @@ def test_spectrum_from_jacobian_equals_the_svd_of_j(shape):
     rank = int(torch.linalg.matrix_rank(jac[0]))
     _, _, vh = torch.linalg.svd(jac, full_matrices=False)
     assert float(subspace_overlap(s.eigenvectors[:, :rank], vh[:, :rank]).min()) == pytest.approx(1.0, abs=1e-10)
+
+
+def _image_gpt_reference(output="probs"):
+    from lightning_geom.demo import ImageGPT
+
+    torch.manual_seed(4)
+    model = ImageGPT(n_layer=2, width=16, heads=2).double().eval()
+    pixels = torch.randint(0, 16, (2, 64))
+    return model, pixels, layer_spectra(lambda: _run(model, pixels), output=output, position=-1)
+
+
+def test_layer_spectra_in_planned_direction_batches_equal_one_batch(monkeypatch):
+    """A memory budget that leaves room for one direction at a time: 16 backwards instead of one, same spectra."""
+    import lightning_geom.geometry.pullback as pb
+
+    model, pixels, whole = _image_gpt_reference()
+    b, m = 2, 16  # two samples, 16 grey levels
+    sizes = [64 * 16] * 3  # embeddings + 2 blocks, (T, d) = (64, 16)
+    need = b * m * sum(sizes) * 8 + 2 * b * m * max(sizes) * 8  # the documented Jacobian bytes (float64 model)
+    calls = []
+    real = pb._directions
+    monkeypatch.setattr(pb, "_directions", lambda *a, **kw: calls.append(a[2].shape[0]) or real(*a, **kw))
+    chunked = layer_spectra(lambda: _run(model, pixels), output="probs", position=-1, memory_budget=need)
+    assert calls == [1] * m
+    for a, c in zip(whole, chunked):
+        torch.testing.assert_close(c.eigenvalues, a.eigenvalues, rtol=1e-12, atol=1e-15)
+    calls.clear()
+    layer_spectra(lambda: _run(model, pixels), output="probs", position=-1, memory_budget=1 << 40)
+    assert calls == [m]
+    with pytest.raises(pb.PullbackMemoryError, match=r"top_logits=16.*memory_budget"):
+        layer_spectra(lambda: _run(model, pixels), output="probs", position=-1, memory_budget=need - 1)
+
+
+def test_plan_directions_bounds():
+    from lightning_geom.geometry.pullback import PullbackMemoryError, plan_directions
+
+    assert plan_directions(10, 2, [100, 100], 4, budget=None, device="meta") == 10  # no free-memory reading: all at once
+    assert 1 <= plan_directions(50_000, 1, [4096] * 13, 4, graph_bytes=4 * 256 * 50_000, budget=64 << 30) < 50_000
+    with pytest.raises(PullbackMemoryError, match="50,000 outputs to 13 layers"):
+        plan_directions(50_000, 4, [256 * 768] * 13, 4, budget=8 << 30)
+
+
+def test_top_logits_auto_keeps_a_classifier_head_whole_and_an_lm_head_to_16():
+    model, pixels, whole = _image_gpt_reference("fisher")  # 16 outputs: <= 64, all of them
+    auto = layer_spectra(lambda: _run(model, pixels), output="fisher", position=-1, top_logits="auto")
+    for a, c in zip(whole, auto):
+        torch.testing.assert_close(c.eigenvalues, a.eigenvalues, rtol=1e-12, atol=1e-15)
+    torch.manual_seed(2)
+    cfg = GPT2Config(vocab_size=100, n_embd=16, n_layer=2, n_head=2, n_positions=16)
+    lm = GPT2LMHeadModel(cfg).double().eval()
+    ids = torch.randint(0, 100, (2, 5))
+
+    def run():
+        out = lm(input_ids=ids, output_hidden_states=True)
+        return out.logits, out.hidden_states
+
+    auto = layer_spectra(run, output="fisher", top_logits="auto")
+    top16 = layer_spectra(run, output="fisher", top_logits=16)
+    every = layer_spectra(run, output="fisher")
+    assert auto[0].eigenvalues.shape[1] == 16 and every[0].eigenvalues.shape[1] > 16
+    for a, t in zip(auto, top16):
+        torch.testing.assert_close(a.eigenvalues, t.eigenvalues, rtol=1e-12, atol=1e-15)

@@ -76,7 +76,12 @@ def test_failure_warns_and_training_goes_on(tmp_path):
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"output": "kl"}, "`output` to be one of"), ({"top_logits": 0}, "`top_logits` to be None or a positive integer")],
+    [
+        ({"output": "kl"}, "`output` to be one of"),
+        ({"top_logits": 0}, '`top_logits` to be "auto", None or a positive integer'),
+        ({"top_logits": "all"}, "`top_logits`"),
+        ({"top_logits": True}, "`top_logits`"),
+    ],
 )
 def test_constructor_validates(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -94,3 +99,15 @@ def test_pullback_history_csv_holds_the_pullback_numbers(tmp_path):
     rows = list(csv.DictReader((tmp_path / "pullback_history.csv").open()))
     assert rows[0]["layer"] == "0" and rows[0]["top"] == "2.5" and rows[0]["trace"] == "4.0"
     assert "spectrum" not in rows[0] and "id" not in rows[0]
+
+
+def test_default_pulls_back_16_logits_of_an_lm_head_and_restores_older_checkpoints(tmp_path):
+    """top_logits="auto" (the default): a 100-token vocabulary is pulled back through its top 16 logits
+    (16 nonzero eigenvalues), and a checkpoint written under the former default (None) still restores."""
+    mon = PullbackMonitor(probe=_data(), num_samples=8, every_n_steps=2, log_spaced=False, figure_every=0)
+    _fit(tmp_path, [mon], steps=2, model=TinyGPT(vocab=100))
+    layer0 = mon.history[-1]["layers"][0]
+    assert layer0["numerical_rank"] <= 16 and len(layer0["spectrum"]) == 16  # all 100 logits: rank 30 here
+    older = PullbackMonitor(top_logits=None)
+    assert mon._legacy_state_key == older.state_key != mon.state_key
+    assert PullbackMonitor(top_logits=4)._legacy_state_key == PullbackMonitor  # Lightning's default

@@ -14,3 +14,9 @@ class PullbackMonitor(PullbackCore, ProbeMonitor):
     @property
     def state_key(self) -> str:
         return self._generate_state_key(output=self.output, position=self.position, top_logits=self.top_logits)
+
+    @property
+    def _legacy_state_key(self) -> str | type:  # Lightning looks a state up here when state_key has none
+        if self.top_logits == "auto":  # checkpoints from before "auto" was the default (None then: the same on heads <= 64)
+            return self._generate_state_key(output=self.output, position=self.position, top_logits=None)
+        return super()._legacy_state_key

@@ -48,6 +48,8 @@ __all__ = [
     "token_mass",
     "subspace_overlap",
     "layer_spectra",
+    "plan_directions",
+    "PullbackMemoryError",
 ]
 
 OutputName = Literal["logits", "probs", "fisher"]
@@ -348,40 +350,113 @@ def layer_spectra(
     *,
     output: OutputName | Callable[[Tensor], Tensor] = "logits",
     position: int | None = None,
-    top_logits: int | None = None,
+    top_logits: int | Literal["auto"] | None = None,
+    memory_budget: int | None = None,
 ) -> list[Spectrum]:
     """Spectrum of the output metric pulled back to *every* layer's hidden state, in one pass.
 
     ``run()`` does one forward pass with gradients enabled and returns ``(logits, hidden_states)``,
     the hidden states (B, T, d) being nodes of the graph (e.g. an HF model called with
-    ``output_hidden_states=True``). One batched backward with the m output directions then gives
+    ``output_hidden_states=True``). Batched backwards with the m output directions then give
     J_l = d phi(y) / d h_l for all layers l at once — the Jacobian of "the rest of the network"
     from layer l — and each spectrum is the float64 thin SVD of its J_l.
 
+    ``top_logits``: pull back only each sample's top-k logits (None: all m); ``"auto"``: the top
+    16 where the head has more than 64 outputs (an LM's vocabulary: each output is one backward
+    direction), all of a classifier's.
+
+    Memory is planned (:func:`plan_directions`): the Jacobians (B x m x sum_l n_l) must fit
+    ``memory_budget`` bytes (default: half the device's free memory), and the m directions go through
+    the backward in as few batches as that budget allows (each direction carries its own copy of the
+    graph's gradients: all 30,522 of a full vocabulary at once is what runs a machine out of memory).
+
     Returns:
         One :class:`Spectrum` per hidden state (inputs of shape (T, d)).
+
+    Raises:
+        PullbackMemoryError: the Jacobians alone exceed the budget; the message names the need and the fix
+            (``top_logits``, fewer samples, one ``position``).
     """
     with torch.enable_grad():
         logits, hidden = run()
         hidden = list(hidden)
         phi = output_map(output)
         z = _select(logits, position)
+        if top_logits == "auto":
+            top_logits = AUTO_TOP_LOGITS if z.shape[-1] > AUTO_HEAD_MAX else None
         if top_logits is not None:
             keep = torch.topk(z.detach(), min(top_logits, z.shape[-1]), dim=-1).indices
             y = phi(z).gather(-1, keep) if output in ("probs", "fisher") else phi(z.gather(-1, keep))
         else:
             y = phi(z)  # (B, m)
         b, m = y.shape
+        sizes = [h[0].numel() for h in hidden]
+        chunk = plan_directions(
+            m, b, sizes, hidden[0].element_size() if hidden else 4, graph_bytes=logits.numel() * logits.element_size(),
+            budget=memory_budget, device=y.device,
+        )
+        jacs = [torch.zeros((m, b, n), dtype=h.dtype, device=h.device) for h, n in zip(hidden, sizes)]
         eye = torch.eye(m, dtype=y.dtype, device=y.device).unsqueeze(1).expand(m, b, m)
-        try:
-            grads = torch.autograd.grad(y, hidden, grad_outputs=eye, is_grads_batched=True, allow_unused=True)
-        except RuntimeError:
-            per = [torch.autograd.grad(y, hidden, grad_outputs=eye[j], retain_graph=True, allow_unused=True) for j in range(m)]
-            grads = [None if per[0][li] is None else torch.stack([p[li] for p in per]) for li in range(len(hidden))]
-    out = []
-    for h, g in zip(hidden, grads):
-        if g is None:  # a hidden state the output does not depend on
-            g = torch.zeros((m, *h.shape), dtype=h.dtype, device=h.device)
-        jac = g.reshape(m, b, -1).transpose(0, 1)  # (B, m, n)
-        out.append(spectrum_from_jacobian(jac, h.shape[1:]))
-    return out
+        for c0 in range(0, m, chunk):
+            c1 = min(m, c0 + chunk)
+            grads = _directions(y, hidden, eye[c0:c1], last=c1 == m)
+            for jac, g in zip(jacs, grads):
+                if g is not None:  # None: a hidden state the output does not depend on (zeros)
+                    jac[c0:c1] = g.reshape(c1 - c0, b, -1)
+            del grads
+    return [spectrum_from_jacobian(jac.transpose(0, 1), h.shape[1:]) for h, jac in zip(hidden, jacs)]
+
+
+AUTO_TOP_LOGITS = 16  # top_logits="auto": this many of a large head's logits ...
+AUTO_HEAD_MAX = 64  # ... when it has more outputs than this (a classifier's heads are pulled back whole)
+
+
+class PullbackMemoryError(ValueError):
+    """The Jacobians of a pullback do not fit the memory budget (the message says what would)."""
+
+
+_GRAPH_FACTOR = 16  # a direction's gradients through one block: ~16 hidden-state-sized tensors (q, k, v, MLP, norms ...)
+
+
+def plan_directions(
+    m: int, b: int, sizes: Sequence[int], itemsize: int, *, graph_bytes: int = 0,
+    budget: int | None = None, device: torch.device | str = "cpu",
+) -> int:
+    """Output directions per batched backward of :func:`layer_spectra` (1 <= c <= m).
+
+    Memory: the Jacobians hold B m sum_l n_l values, plus a float64 copy of the largest layer's for its
+    SVD; each direction in flight holds gradients of the size of the output tensor (``graph_bytes``:
+    an LM's B x T x V logits) plus ~16 hidden states per layer (an estimate of a block's internals).
+    ``budget``: bytes (default: half of :func:`~lightning_geom.geometry.neighbors.available_bytes`;
+    unlimited where unknown).
+
+    Raises:
+        PullbackMemoryError: the Jacobians alone exceed the budget.
+    """
+    from .neighbors import available_bytes, format_bytes
+
+    if budget is None:
+        free = available_bytes(torch.device(device))
+        budget = None if free is None else free // 2
+    total = b * m * sum(sizes)
+    need = total * itemsize + 2 * b * m * max(sizes, default=0) * 8
+    per_direction = graph_bytes + _GRAPH_FACTOR * b * sum(sizes) * itemsize
+    if budget is None:
+        return m
+    if need > budget:
+        raise PullbackMemoryError(
+            f"The pullback of {m:,} outputs to {len(sizes)} layers of up to {max(sizes, default=0):,} inputs for "
+            f"{b} samples needs {format_bytes(need)} of Jacobians, more than its budget of {format_bytes(budget)}: "
+            f"keep fewer outputs (top_logits=16 pulls back an LM's 16 top logits), fewer samples, or pass a larger memory_budget."
+        )
+    return max(1, min(m, (budget - need) // max(1, per_direction)))
+
+
+def _directions(y: Tensor, hidden: Sequence[Tensor], eye: Tensor, *, last: bool) -> Sequence[Tensor | None]:
+    """d <u_j, y> / d h_l for the c output directions u_j in ``eye`` (c, B, m): one batched backward, or one
+    backward per direction where an op has no batched rule; the graph is kept unless ``last``."""
+    try:
+        return torch.autograd.grad(y, hidden, grad_outputs=eye, is_grads_batched=True, retain_graph=not last, allow_unused=True)
+    except RuntimeError:
+        per = [torch.autograd.grad(y, hidden, grad_outputs=u, retain_graph=True, allow_unused=True) for u in eye]
+        return [None if per[0][li] is None else torch.stack([p[li] for p in per]) for li in range(len(hidden))]

@@ -43,7 +43,9 @@ class PullbackCore(MonitorCore):
             :class:`~lightning_geom.monitoring.core.MonitorCore`.
         output: ``"logits"`` (G = I), ``"probs"`` or ``"fisher"``.
         position: output position for sequence outputs (default: last).
-        top_logits: restrict a large head (an LM's vocabulary) to its top-k logits at each sample.
+        top_logits: pull back only each sample's top-k logits; ``"auto"`` (default): the top 16 of a
+            head with more than 64 outputs (an LM's vocabulary: all 50,257 of GPT-2's would be 50,257
+            backward directions per checkpoint), all of a classifier's; None: always all.
         run_fn: ``run_fn(network, batch) -> (logits, hidden_states)`` with gradients enabled;
             default calls the network with ``output_hidden_states=True``.
         model_attr: which attribute of the LightningModule is the network.
@@ -66,7 +68,7 @@ class PullbackCore(MonitorCore):
         *,
         output: Literal["logits", "probs", "fisher"] = "logits",
         position: int | None = None,
-        top_logits: int | None = None,
+        top_logits: int | Literal["auto"] | None = "auto",
         run_fn: Callable[[Any, Any], tuple[torch.Tensor, Any]] | None = None,
         model_attr: str | None = None,
         label_key: str | None = "labels",
@@ -84,8 +86,8 @@ class PullbackCore(MonitorCore):
         super().__init__(probe, num_samples=num_samples, batch_size=batch_size, **kwargs)
         if output not in OUTPUT_MAPS:
             raise ValueError(f"Expected `output` to be one of {OUTPUT_MAPS}, but got {output!r}.")
-        if top_logits is not None and (not isinstance(top_logits, int) or top_logits < 1):
-            raise ValueError(f"Expected `top_logits` to be None or a positive integer, but got {top_logits!r}.")
+        if top_logits not in (None, "auto") and (isinstance(top_logits, bool) or not isinstance(top_logits, int) or top_logits < 1):
+            raise ValueError(f'Expected `top_logits` to be "auto", None or a positive integer, but got {top_logits!r}.')
         if position is not None and (isinstance(position, bool) or not isinstance(position, int)):
             raise ValueError(f"Expected `position` to be None (the last position) or an integer index, but got {position!r}.")
         for name, v in (("track_samples", track_samples), ("track_top", track_top)):

@@ -493,20 +493,6 @@ def _token_section(module: Any, data: Any, layers: Any, prompts: int, k: int, sh
     return out
 
 
-def _output_size(net: Any) -> int | None:
-    """Logits per position from the model itself (an LM head's vocabulary, a classifier's labels), without a forward."""
-    try:
-        emb = net.get_output_embeddings() if hasattr(net, "get_output_embeddings") else None
-    except Exception:  # noqa: BLE001 - not implemented by this model
-        emb = None
-    if emb is not None and getattr(emb, "weight", None) is not None:
-        return int(emb.weight.shape[0])
-    cfg = getattr(net, "config", None)
-    if cfg is not None and type(net).__name__.endswith(("ForSequenceClassification", "ForImageClassification")):
-        return int(getattr(cfg, "num_labels", 0)) or None
-    return None
-
-
 def _pullback(
     module: Any, data: Any, n: int, dev: torch.device, *, budget_s: float = math.inf
 ) -> tuple[list[dict[str, Any]] | None, int, str | None]:
@@ -531,18 +517,14 @@ def _pullback(
     per_layer: list[dict[str, list[torch.Tensor]]] = []
     done = 0
     try:
-        n_out = _output_size(net)
         for i in range(count):
             one = {k: v[i : i + 1] for k, v in first.items()}
             if "attention_mask" in one:  # the sample alone, its real tokens only (either padding side)
                 real = one["attention_mask"][0].bool()
                 one = {k: v[:, real] if v.ndim == 2 and v.shape[1] == real.numel() else v for k, v in one.items()}
             one = {k: v.to(dev) for k, v in one.items()}
-            if n_out is None:  # unknown from the config: one forward tells (and whether there is a head at all)
-                with torch.no_grad():
-                    n_out = logits_and_hidden(net, one)[0].shape[-1]
-            top = 16 if n_out > 64 else None
-            spectra = layer_spectra(lambda one=one: logits_and_hidden(net, one), output="fisher", top_logits=top)
+            # an LM's vocabulary: its top 16 logits (each output is one backward direction); a classifier's head whole
+            spectra = layer_spectra(lambda one=one: logits_and_hidden(net, one), output="fisher", top_logits="auto")
             if not per_layer:
                 per_layer = [{} for _ in spectra]
             for acc, sp in zip(per_layer, spectra):
