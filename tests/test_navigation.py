@@ -188,3 +188,46 @@ def test_mlm_decoder_reads_tokens_through_the_head():
     ad.decoder = MLMDecoder(mlm)
     trajs = EquivalenceClassExplorer(adapter=ad, steps=1, record_every=1).walk(batch)
     assert len(trajs[0]["steps"][0]["decoded"]) == 6
+
+
+def _lm(vocab=100, seed=0):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=vocab, n_embd=16, n_layer=2, n_head=2, n_positions=16, attn_implementation="eager")
+    return GPT2LMHeadModel(cfg).double().eval()
+
+
+def test_causal_lm_walks_its_next_token_through_the_top_16_logits():
+    """An LM's head is the next-token logits at each prompt's last real token (right padding here), and
+    its metric sees each prompt's 16 most likely next tokens (100 > 64 outputs: top_logits="auto")."""
+    lm = _lm()
+    batch = {"input_ids": torch.randint(0, 100, (2, 6), generator=torch.Generator().manual_seed(1)),
+             "attention_mask": torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])}
+    with torch.no_grad():  # the oracle: the model's own next-token prediction after each prompt's real tokens
+        ref = [int(lm(input_ids=batch["input_ids"][i : i + 1, :n]).logits[0, -1].argmax()) for i, n in ((0, 4), (1, 6))]
+        top = [lm(input_ids=batch["input_ids"][i : i + 1, :n]).logits[0, -1].topk(16).indices.tolist() for i, n in ((0, 4), (1, 6))]
+    ex = EquivalenceClassExplorer(lm, steps=3, record_every=1, corrector=False)
+    trajs = ex.walk(batch)
+    assert [t["start_pred"] for t in trajs] == ref
+    assert [t["classes"] for t in trajs] == top
+    assert all(len(rec["probs"]) == 16 for t in trajs for rec in t["steps"])
+    assert all(rec["pred"] == t["start_pred"] for t in trajs for rec in t["steps"])  # SiMEC: the same next token
+    assert ex._jacobian(ex.adapter.embed(batch), batch, ex._token_mask(ex.adapter.embed(batch), batch)).shape[1] == 16
+    every = EquivalenceClassExplorer(lm, steps=1, record_every=1, top_logits=None).walk(batch)
+    assert "classes" not in every[0] and len(every[0]["steps"][0]["probs"]) == 100
+
+
+def test_models_without_a_usable_head_are_named():
+    from transformers import GPT2Config, GPT2Model, T5Config, T5Model
+
+    from lightning_geom.capture import NoLogitsError
+
+    base = GPT2Model(GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2, n_positions=16)).eval()
+    with pytest.raises(NoLogitsError, match="GPT2Model has no output head"):
+        EquivalenceClassExplorer(base, steps=1).walk({"input_ids": torch.randint(0, 50, (1, 4))})
+    t5 = T5Model(T5Config(vocab_size=50, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2))
+    with pytest.raises(TypeError, match="T5Model is an encoder-decoder model"):
+        adapter_for(t5)
+    with pytest.raises(ValueError, match="`top_logits`"):
+        EquivalenceClassExplorer(_bert(), top_logits="all")

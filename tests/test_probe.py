@@ -210,6 +210,28 @@ def test_navigate_command_on_a_text_classifier_folder(tmp_path, text_model):
     assert (out / "tokens.csv").exists()
 
 
+def test_navigate_command_on_a_causal_lm_folder(tmp_path):
+    """An LM walks its next token (at the last real position), named by the tokenizer; a base model
+    without a head is a one-line error."""
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=len(WORDS) + 4, n_embd=16, n_layer=2, n_head=2, n_positions=32, attn_implementation="eager")
+    lm, base = GPT2LMHeadModel(cfg).eval(), GPT2Model(cfg)
+    for folder, net in (("lm", lm), ("base", base)):
+        net.save_pretrained(tmp_path / folder)
+        _word_tokenizer().save_pretrained(tmp_path / folder)
+    out = tmp_path / "nav"
+    assert main(["navigate", str(tmp_path / "lm"), "--text", "the cat sat on the mat", "--text", "red dog", "--steps", "2", "--record-every", "1", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    ids = _word_tokenizer()(["the cat sat on the mat"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        expected = int(lm(input_ids=ids).logits[0, -1].argmax())
+    assert summary[0]["start_pred"] == expected and summary[0]["start_token"] == _word_tokenizer().convert_ids_to_tokens(expected)
+    with pytest.raises(SystemExit, match="error: GPT2Model has no output head"):
+        main(["navigate", str(tmp_path / "base"), "--text", "the cat", "--steps", "1", "--out", str(tmp_path / "nav2")])
+
+
 def test_navigate_demo_checkpoint(tmp_path, demo_checkpoints):
     out = tmp_path / "nav"
     assert main(["navigate", str(demo_checkpoints[-1]), "--data", "digits", "--index", "0", "--steps", "2", "--record-every", "1", "--out", str(out)]) == 0

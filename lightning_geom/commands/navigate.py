@@ -61,8 +61,10 @@ def _batch(args: argparse.Namespace, loaded: Any) -> dict[str, torch.Tensor]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..capture import NoLogitsError
     from ..loading import load_model
     from ..navigation import EquivalenceClassExplorer, adapter_for, write_trajectories
+    from ..tokens import is_causal_lm
 
     try:
         loaded = load_model(args.model, module=args.module)
@@ -72,9 +74,13 @@ def run(args: argparse.Namespace) -> int:
     tokens: Any = args.tokens
     if tokens not in ("all", "top_attribution"):
         tokens = [int(t) for t in tokens.split(",")]
+    try:
+        adapter = adapter_for(net, loaded.tokenizer)
+    except TypeError as err:  # a family the explorer cannot navigate: one line, not a traceback
+        raise SystemExit(f"error: {err}") from None
     ex = EquivalenceClassExplorer(
         net,
-        adapter=adapter_for(net, loaded.tokenizer),
+        adapter=adapter,
         mode=args.mode,
         steps=args.steps,
         step_size=args.step_size,
@@ -88,15 +94,22 @@ def run(args: argparse.Namespace) -> int:
     )
     batch = _batch(args, loaded)
     net.eval()
-    trajs = ex.walk(batch)
+    try:
+        trajs = ex.walk(batch)
+    except NoLogitsError as err:  # a base model without a head
+        raise SystemExit(f"error: {err}") from None
     image_shape = (8, 8) if type(net).__name__ == "ImageGPT" else None
     files = write_trajectories(trajs, args.out, image_shape=image_shape)
     summary = [
         {"sample": i, "start_pred": t["start_pred"], "end_pred": t["steps"][-1]["pred"], "distance": t["steps"][-1]["distance"]}
         for i, t in enumerate(trajs)
     ]
+    if is_causal_lm(net) and loaded.tokenizer is not None:  # an LM's classes are its next tokens: name them
+        for s in summary:
+            s["start_token"], s["end_token"] = loaded.tokenizer.convert_ids_to_tokens([s["start_pred"], s["end_pred"]])
     (Path(args.out) / "summary.json").write_text(json.dumps(summary, indent=1))
     for s in summary:
-        print(f"sample {s['sample']}: class {s['start_pred']} -> {s['end_pred']} after moving {s['distance']:.3g}")
+        what = f"next token {s['start_token']!r} -> {s['end_token']!r}" if "start_token" in s else f"class {s['start_pred']} -> {s['end_pred']}"
+        print(f"sample {s['sample']}: {what} after moving {s['distance']:.3g}")
     print(f"wrote {len(files) + 1} files to {args.out}")
     return 0

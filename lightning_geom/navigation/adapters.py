@@ -1,7 +1,8 @@
 """How the explorer reaches a model's input-embedding space: embed a batch, run the rest, decode.
 
 An :class:`Adapter` holds three functions; ``adapter_for(model)`` builds one for Hugging Face text
-classifiers (any model taking ``inputs_embeds``), HF ViT image classifiers and the demo's image-GPT.
+classifiers (any model taking ``inputs_embeds``), HF causal LMs (the next-token logits at each
+prompt's last real position), HF ViT image classifiers and the demo's image-GPT.
 Any other module: build ``Adapter(embed=..., head=..., decoder=...)`` yourself.
 """
 
@@ -11,11 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from .decoders import Decoder, PatchDecoder, TokenDecoder
 
-__all__ = ["Adapter", "adapter_for"]
+__all__ = ["Adapter", "adapter_for", "last_positions"]
 
 
 @dataclass
@@ -25,6 +27,19 @@ class Adapter:
     embed: Callable[[Any], Tensor]
     head: Callable[[Tensor, Any], Tensor]
     decoder: Decoder | None = None
+
+
+def last_positions(mask: Tensor | None, width: int, device: torch.device) -> Tensor:
+    """(B,) index of each row's last real token (the last 1 of ``mask``, either padding side); T - 1 without a mask.
+
+    Example:
+        >>> last_positions(torch.tensor([[1, 1, 0], [0, 1, 1]]), 3, torch.device("cpu")).tolist()
+        [1, 2]
+    """
+    if mask is None:
+        return torch.full((1,), width - 1, device=device)
+    steps = torch.arange(1, width + 1, device=device)
+    return ((mask.to(device) != 0) * steps).argmax(dim=1)
 
 
 def adapter_for(model: nn.Module, tokenizer: Any = None) -> Adapter:
@@ -51,11 +66,28 @@ def adapter_for(model: nn.Module, tokenizer: Any = None) -> Adapter:
             decoder=PatchDecoder(proj.weight, proj.bias, vit.embeddings.position_embeddings[0], size),
         )
     if hasattr(model, "get_input_embeddings") and model.get_input_embeddings() is not None:  # HF text models
+        from ..capture import NoLogitsError, is_encoder_decoder
+        from ..tokens import is_causal_lm
+
+        if is_encoder_decoder(model):
+            raise TypeError(
+                f"{name} is an encoder-decoder model: its logits need decoder inputs. Navigate a classifier "
+                "(...ForSequenceClassification), a causal LM (...ForCausalLM) or build an Adapter for its encoder."
+            )
         emb = model.get_input_embeddings()
+        causal = is_causal_lm(model)
 
         def head(e: Tensor, b: Any) -> Tensor:
             mask = b.get("attention_mask") if isinstance(b, dict) else None
-            return model(inputs_embeds=e, attention_mask=mask).logits
+            logits = getattr(model(inputs_embeds=e, attention_mask=mask), "logits", None)
+            if logits is None:
+                raise NoLogitsError(
+                    f"{name} has no output head (no logits): navigate needs a classifier (...ForSequenceClassification) "
+                    "or a causal LM (...ForCausalLM)."
+                )
+            if causal and logits.ndim == 3:  # (B, T, V): the next token after each prompt's last real position
+                return logits[torch.arange(logits.shape[0], device=logits.device), last_positions(mask, logits.shape[1], logits.device)]
+            return logits
 
         return Adapter(
             embed=lambda b: emb(b["input_ids"] if isinstance(b, dict) else b),

@@ -48,6 +48,10 @@ class EquivalenceClassExplorer(L.LightningModule):
         tokens: ``"all"`` positions, a list of positions, or ``"top_attribution"`` (the
             ``n_attribution`` positions whose embeddings move the predicted log-probability most).
         output: output metric, ``"logits"`` (the authors'), ``"probs"`` or ``"fisher"``.
+        top_logits: the metric on each sample's top-k classes at the start only (fixed for the walk;
+            each class is one Jacobian row). ``"auto"`` (default): the top 16 of a head with more than
+            64 outputs (an LM's vocabulary), all of a classifier's; None: all. Records then carry
+            ``probs`` of those classes (``classes`` in the trajectory) and ``pred`` over all of them.
         record_every: keep a trajectory record (and decode) every n steps (and the last step).
         seed: seed of the random null directions (per batch: reproducible walks).
         progress: show a progress bar over the steps of each walk.
@@ -70,6 +74,7 @@ class EquivalenceClassExplorer(L.LightningModule):
         tokens: str | Sequence[int] = "all",
         n_attribution: int = 1,
         output: Literal["logits", "probs", "fisher"] = "logits",
+        top_logits: int | Literal["auto"] | None = "auto",
         record_every: int = 10,
         seed: int = 0,
         progress: bool = False,
@@ -83,6 +88,8 @@ class EquivalenceClassExplorer(L.LightningModule):
             raise ValueError(f"Expected `steps` to be a positive integer, but got {steps!r}.")
         if isinstance(tokens, str) and tokens not in ("all", "top_attribution"):
             raise ValueError(f"Expected `tokens` to be 'all', 'top_attribution' or a list of positions, but got {tokens!r}.")
+        if top_logits not in (None, "auto") and (isinstance(top_logits, bool) or not isinstance(top_logits, int) or top_logits < 1):
+            raise ValueError(f'Expected `top_logits` to be "auto", None or a positive integer, but got {top_logits!r}.')
         if model is None and adapter is None:
             raise ValueError("Pass `model=` (a known family) or `adapter=Adapter(embed, head, decoder)`.")
         self.model = model
@@ -90,11 +97,34 @@ class EquivalenceClassExplorer(L.LightningModule):
         self.mode, self.steps, self.step_size, self.step_rule = mode, steps, step_size, step_rule
         self.rel_tol, self.corrector, self.tokens, self.n_attribution = rel_tol, corrector, tokens, n_attribution
         self.output, self.record_every, self.seed, self.progress = output, record_every, seed, progress
+        self.top_logits = top_logits
         self._phi = output_map(output)
+        self._keep: Tensor | None = None  # (B, k) classes the walk's metric sees (top_logits), None: all
 
     # ------------------------------------------------------------------ pieces
     def _f(self, batch: Any) -> Any:
-        return lambda e: self._phi(self.adapter.head(e, batch))
+        keep = self._keep
+
+        def f(e: Tensor) -> Tensor:
+            z = self.adapter.head(e, batch)
+            if keep is None:
+                return self._phi(z)
+            if self.output == "logits":
+                return z.gather(-1, keep)
+            return self._phi(z).gather(-1, keep)  # probabilities over all classes, then the kept ones
+
+        return f
+
+    def _classes(self, p0: Tensor) -> Tensor | None:
+        """Each sample's top-k classes at the start (``top_logits``), or None for all of them."""
+        from ..geometry.pullback import AUTO_HEAD_MAX, AUTO_TOP_LOGITS
+
+        k = self.top_logits
+        if k == "auto":
+            k = AUTO_TOP_LOGITS if p0.shape[-1] > AUTO_HEAD_MAX else None
+        if k is None or k >= p0.shape[-1]:
+            return None
+        return p0.topk(int(k), dim=-1).indices
 
     def _jacobian(self, e: Tensor, batch: Any, mask: Tensor) -> Tensor:
         """(B, m, n) Jacobian of phi(head) at e, columns outside the explored tokens zeroed."""
@@ -132,15 +162,25 @@ class EquivalenceClassExplorer(L.LightningModule):
             e0 = self.adapter.embed(batch).detach()
         dtype = e0.dtype
         b = e0.shape[0]
+        with torch.no_grad():
+            p0 = torch.softmax(self.adapter.head(e0, batch), dim=-1)
+        if p0.ndim != 2 or p0.shape[0] != b:
+            raise ValueError(
+                f"The adapter's head gave outputs of shape {tuple(p0.shape)}; the explorer needs (B, classes) = ({b}, m): "
+                "one prediction per sample (an LM: the next-token logits at the last position)."
+            )
+        self._keep = self._classes(p0)
         mask = self._token_mask(e0, batch)
         with torch.no_grad():
             y0 = self._f(batch)(e0)
-            p0 = torch.softmax(self.adapter.head(e0, batch), dim=-1)
         c0 = p0.argmax(dim=-1)
         scale = e0.norm(dim=-1).mean(dim=1)  # (B,) mean embedding-row norm
         e = e0.clone()
         prev: Tensor | None = None
-        trajs = [{"start_pred": int(c0[i]), "mode": self.mode, "steps": []} for i in range(b)]
+        trajs: list[dict[str, Any]] = [{"start_pred": int(c0[i]), "mode": self.mode, "steps": []} for i in range(b)]
+        if self._keep is not None:
+            for i, traj in enumerate(trajs):
+                traj["classes"] = self._keep[i].tolist()
         steps = range(self.steps + 1)
         if self.progress:
             from rich.progress import track
@@ -198,7 +238,9 @@ class EquivalenceClassExplorer(L.LightningModule):
 
     def _record(self, trajs: list, t: int, e: Tensor, e0: Tensor, batch: Any, lam: Tensor, prev: Tensor | None) -> None:
         with torch.no_grad():
-            probs = torch.softmax(self.adapter.head(e, batch), dim=-1).to(torch.float64).cpu()
+            full = torch.softmax(self.adapter.head(e, batch), dim=-1).to(torch.float64)
+        pred = full.argmax(dim=-1).cpu()
+        probs = (full if self._keep is None else full.gather(-1, self._keep)).cpu()  # a large head: the kept classes'
         dist = (e - e0).reshape(e.shape[0], -1).norm(dim=1).cpu()
         decoded = self.adapter.decoder.decode(e) if self.adapter.decoder is not None else [None] * e.shape[0]
         for i, traj in enumerate(trajs):
@@ -206,7 +248,7 @@ class EquivalenceClassExplorer(L.LightningModule):
             traj["steps"].append(
                 {
                     "step": t,
-                    "pred": int(probs[i].argmax()),
+                    "pred": int(pred[i]),
                     "probs": [round(float(p), 6) for p in probs[i]],
                     "distance": float(dist[i]),
                     "lambda_max": float(lam[i, 0]),
