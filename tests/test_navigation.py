@@ -231,3 +231,12 @@ def test_models_without_a_usable_head_are_named():
         adapter_for(t5)
     with pytest.raises(ValueError, match="`top_logits`"):
         EquivalenceClassExplorer(_bert(), top_logits="all")
+
+
+def test_records_name_the_classes_from_id2label():
+    clf = _bert()
+    clf.config.id2label = {0: "neg", 1: "neu", 2: "pos"}
+    trajs = EquivalenceClassExplorer(clf, steps=1, record_every=1).walk(_batch(n=2))
+    names = {0: "neg", 1: "neu", 2: "pos"}
+    assert all(t["start_name"] == names[t["start_pred"]] for t in trajs)
+    assert all(r["pred_name"] == names[r["pred"]] for t in trajs for r in t["steps"])

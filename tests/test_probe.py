@@ -227,7 +227,7 @@ def test_navigate_command_on_a_causal_lm_folder(tmp_path):
     ids = _word_tokenizer()(["the cat sat on the mat"], return_tensors="pt")["input_ids"]
     with torch.no_grad():
         expected = int(lm(input_ids=ids).logits[0, -1].argmax())
-    assert summary[0]["start_pred"] == expected and summary[0]["start_token"] == _word_tokenizer().convert_ids_to_tokens(expected)
+    assert summary[0]["start_pred"] == expected and summary[0]["start_name"] == _word_tokenizer().convert_ids_to_tokens(expected)
     with pytest.raises(SystemExit, match="error: GPT2Model has no output head"):
         main(["navigate", str(tmp_path / "base"), "--text", "the cat", "--steps", "1", "--out", str(tmp_path / "nav2")])
 

@@ -102,14 +102,13 @@ def run(args: argparse.Namespace) -> int:
     files = write_trajectories(trajs, args.out, image_shape=image_shape)
     summary = [
         {"sample": i, "start_pred": t["start_pred"], "end_pred": t["steps"][-1]["pred"], "distance": t["steps"][-1]["distance"]}
+        | ({"start_name": t["start_name"], "end_name": t["steps"][-1]["pred_name"]} if "start_name" in t else {})
         for i, t in enumerate(trajs)
     ]
-    if is_causal_lm(net) and loaded.tokenizer is not None:  # an LM's classes are its next tokens: name them
-        for s in summary:
-            s["start_token"], s["end_token"] = loaded.tokenizer.convert_ids_to_tokens([s["start_pred"], s["end_pred"]])
     (Path(args.out) / "summary.json").write_text(json.dumps(summary, indent=1))
+    what = "next token" if is_causal_lm(net) else "class"
     for s in summary:
-        what = f"next token {s['start_token']!r} -> {s['end_token']!r}" if "start_token" in s else f"class {s['start_pred']} -> {s['end_pred']}"
-        print(f"sample {s['sample']}: {what} after moving {s['distance']:.3g}")
+        moved = f"{s['start_name']!r} -> {s['end_name']!r}" if "start_name" in s else f"{s['start_pred']} -> {s['end_pred']}"
+        print(f"sample {s['sample']}: {what} {moved} after moving {s['distance']:.3g}")
     print(f"wrote {len(files) + 1} files to {args.out}")
     return 0

@@ -8,7 +8,7 @@ Any other module: build ``Adapter(embed=..., head=..., decoder=...)`` yourself.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,11 +22,21 @@ __all__ = ["Adapter", "adapter_for", "last_positions"]
 
 @dataclass
 class Adapter:
-    """embed(batch) -> (B, T, d) explored embeddings; head(emb, batch) -> (B, m) logits; decoder."""
+    """embed(batch) -> (B, T, d) explored embeddings; head(emb, batch) -> (B, m) logits; decoder;
+    class_names(ids) -> names of classes (an LM's next tokens, a classifier's ``id2label``) or None."""
 
     embed: Callable[[Any], Tensor]
     head: Callable[[Tensor, Any], Tensor]
     decoder: Decoder | None = None
+    class_names: Callable[[Sequence[int]], list[str]] | None = None
+
+
+def _label_names(model: nn.Module) -> Callable[[Sequence[int]], list[str]] | None:
+    """A classifier's ``config.id2label`` as a class-name function (None without one)."""
+    table = getattr(getattr(model, "config", None), "id2label", None)
+    if not isinstance(table, dict) or not table:
+        return None
+    return lambda ids: [str(table.get(int(i), table.get(str(int(i)), int(i)))) for i in ids]
 
 
 def last_positions(mask: Tensor | None, width: int, device: torch.device) -> Tensor:
@@ -64,6 +74,7 @@ def adapter_for(model: nn.Module, tokenizer: Any = None) -> Adapter:
             embed=lambda b: vit.embeddings(b["pixel_values"] if isinstance(b, dict) else b),
             head=lambda e, b: model.classifier(vit.layernorm(vit.encoder(e)[0])[:, 0]),
             decoder=PatchDecoder(proj.weight, proj.bias, vit.embeddings.position_embeddings[0], size),
+            class_names=_label_names(model),
         )
     if hasattr(model, "get_input_embeddings") and model.get_input_embeddings() is not None:  # HF text models
         from ..capture import NoLogitsError, is_encoder_decoder
@@ -89,10 +100,15 @@ def adapter_for(model: nn.Module, tokenizer: Any = None) -> Adapter:
                 return logits[torch.arange(logits.shape[0], device=logits.device), last_positions(mask, logits.shape[1], logits.device)]
             return logits
 
+        if causal:  # the classes are next tokens
+            names = None if tokenizer is None else (lambda ids: tokenizer.convert_ids_to_tokens([int(i) for i in ids]))
+        else:
+            names = _label_names(model)
         return Adapter(
             embed=lambda b: emb(b["input_ids"] if isinstance(b, dict) else b),
             head=head,
             decoder=TokenDecoder(emb.weight, tokenizer),
+            class_names=names,
         )
     raise TypeError(
         f"No adapter for {name}: build `Adapter(embed=batch -> (B, T, d), head=(emb, batch) -> (B, m) logits, decoder=...)`."

@@ -56,8 +56,10 @@ class EquivalenceClassExplorer(L.LightningModule):
         seed: seed of the random null directions (per batch: reproducible walks).
         progress: show a progress bar over the steps of each walk.
 
-    ``predict_step`` returns one trajectory per sample: a dict with ``steps`` (a list of records:
-    ``step``, ``pred``, ``probs``, ``distance`` from the start, ``eigenvalue`` used, ``decoded``).
+    ``predict_step`` returns one trajectory per sample: a dict with ``start_pred`` (``start_name``), ``steps``
+    (a list of records: ``step``, ``pred`` (``pred_name`` where the adapter names classes: an LM's
+    next token, a classifier's ``id2label``), ``probs``, ``distance`` from the start, ``eigenvalue``
+    used, ``decoded``) and, with ``top_logits``, the ``classes`` its ``probs`` are of.
     """
 
     def __init__(
@@ -181,6 +183,9 @@ class EquivalenceClassExplorer(L.LightningModule):
         if self._keep is not None:
             for i, traj in enumerate(trajs):
                 traj["classes"] = self._keep[i].tolist()
+        if self.adapter.class_names is not None:
+            for traj, name in zip(trajs, self.adapter.class_names(c0.tolist())):
+                traj["start_name"] = name
         steps = range(self.steps + 1)
         if self.progress:
             from rich.progress import track
@@ -243,6 +248,7 @@ class EquivalenceClassExplorer(L.LightningModule):
         probs = (full if self._keep is None else full.gather(-1, self._keep)).cpu()  # a large head: the kept classes'
         dist = (e - e0).reshape(e.shape[0], -1).norm(dim=1).cpu()
         decoded = self.adapter.decoder.decode(e) if self.adapter.decoder is not None else [None] * e.shape[0]
+        names = self.adapter.class_names(pred.tolist()) if self.adapter.class_names is not None else None
         for i, traj in enumerate(trajs):
             item = decoded[i]
             traj["steps"].append(
@@ -254,6 +260,7 @@ class EquivalenceClassExplorer(L.LightningModule):
                     "lambda_max": float(lam[i, 0]),
                     "eigenvalue": float(lam[i, 0]) if self.mode == "simexp" else 0.0,  # SiMEC moves in ker g
                     "decoded": item.tolist() if isinstance(item, Tensor) else item,
+                    **({} if names is None else {"pred_name": names[i]}),
                 }
             )
 

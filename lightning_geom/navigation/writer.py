@@ -26,7 +26,8 @@ def write_trajectories(trajs: list[dict[str, Any]], out: str | Path, *, prefix: 
         for rec in traj["steps"]:
             dec = rec.get("decoded")
             if isinstance(dec, list) and dec and not isinstance(dec[0], list):
-                rows.append({"sample": i, "step": rec["step"], "pred": rec["pred"], "distance": rec["distance"], "tokens": " ".join(map(str, dec))})
+                name = {"pred_name": rec["pred_name"]} if "pred_name" in rec else {}
+                rows.append({"sample": i, "step": rec["step"], "pred": rec["pred"], **name, "distance": rec["distance"], "tokens": " ".join(map(str, dec))})
         grid = _grid(traj, image_shape)
         if grid is not None:
             png = out / f"{prefix}_{i:03d}.png"
