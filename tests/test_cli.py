@@ -86,7 +86,12 @@ def test_bad_counts_are_usage_errors(argv, capsys):
 
 @pytest.mark.parametrize(
     ("extra", "match", "code"),
-    [(["--index", "5000"], "the digits set has 1797 images", None), (["--step-size", "nan"], "finite number > 0", 2)],
+    [
+        (["--index", "5000"], "the digits set has 1797 images", None),
+        (["--step-size", "nan"], "finite number > 0", 2),
+        (["--tokens", "99"], "Token position 99 is outside the 64 positions", None),
+        (["--tokens", "a,b"], "comma-separated positions", 2),
+    ],
 )
 def test_navigate_bad_inputs(tmp_path, extra, match, code, capsys):
     from lightning_geom.cli import main

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["positive_int", "non_negative_int", "positive_float", "fraction"]
+__all__ = ["positive_int", "non_negative_int", "positive_float", "fraction", "token_positions"]
 
 
 def _int(text: str) -> int:
@@ -47,3 +47,14 @@ def fraction(text: str) -> float:
     if v > 1:
         raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text}")
     return v
+
+
+def token_positions(text: str) -> str | list[int]:
+    """``all``, ``top_attribution`` or comma-separated token positions (integers; negative: from the end)."""
+    if text in ("all", "top_attribution"):
+        return text
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        return [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'all', 'top_attribution' or comma-separated positions like 0,3, got {text!r}") from None

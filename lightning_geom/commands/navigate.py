@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .args import positive_float, positive_int
+from .args import positive_float, positive_int, token_positions
 
 
 def add_parser(sub: Any) -> None:
@@ -26,7 +26,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--step-size", type=positive_float, default=0.01)
     p.add_argument("--step-rule", choices=["fixed", "paper"], default="fixed")
     p.add_argument("--output", choices=["logits", "probs", "fisher"], default="logits")
-    p.add_argument("--tokens", default="all", help="'all', 'top_attribution' or comma-separated positions")
+    p.add_argument("--tokens", type=token_positions, default="all", help="'all', 'top_attribution' or comma-separated positions")
     p.add_argument("--no-corrector", action="store_false", dest="corrector")
     p.add_argument("--record-every", type=positive_int, default=20)
     p.add_argument("--seed", type=int, default=0)
@@ -50,6 +50,9 @@ def _batch(args: argparse.Namespace, loaded: Any) -> dict[str, torch.Tensor]:
         return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
     from PIL import Image
 
+    missing = [f for f in args.image if not Path(f).is_file()]
+    if missing:
+        raise SystemExit(f"error: no such image file: {missing[0]}")
     images = [Image.open(f).convert("RGB") for f in args.image]
     if loaded.image_processor is not None:
         return {"pixel_values": loaded.image_processor(images, return_tensors="pt")["pixel_values"]}
@@ -64,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from ..capture import NoLogitsError
     from ..loading import load_model
     from ..navigation import EquivalenceClassExplorer, adapter_for, write_trajectories
+    from ..navigation.explorer import TokenPositionError
     from ..tokens import is_causal_lm
 
     try:
@@ -72,8 +76,6 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {err}") from None
     net = loaded.module
     tokens: Any = args.tokens
-    if tokens not in ("all", "top_attribution"):
-        tokens = [int(t) for t in tokens.split(",")]
     try:
         adapter = adapter_for(net, loaded.tokenizer)
     except TypeError as err:  # a family the explorer cannot navigate: one line, not a traceback
@@ -96,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     net.eval()
     try:
         trajs = ex.walk(batch)
-    except NoLogitsError as err:  # a base model without a head
+    except (NoLogitsError, TokenPositionError) as err:  # a base model without a head; positions outside the inputs
         raise SystemExit(f"error: {err}") from None
     image_shape = (8, 8) if type(net).__name__ == "ImageGPT" else None
     files = write_trajectories(trajs, args.out, image_shape=image_shape)

@@ -30,7 +30,11 @@ from torch import Tensor, nn
 from ..geometry.pullback import output_map, spectrum_from_jacobian
 from .adapters import Adapter, adapter_for
 
-__all__ = ["EquivalenceClassExplorer"]
+__all__ = ["EquivalenceClassExplorer", "TokenPositionError"]
+
+
+class TokenPositionError(ValueError):
+    """An explored token position outside the batch's inputs."""
 
 
 class EquivalenceClassExplorer(L.LightningModule):
@@ -90,6 +94,10 @@ class EquivalenceClassExplorer(L.LightningModule):
             raise ValueError(f"Expected `steps` to be a positive integer, but got {steps!r}.")
         if isinstance(tokens, str) and tokens not in ("all", "top_attribution"):
             raise ValueError(f"Expected `tokens` to be 'all', 'top_attribution' or a list of positions, but got {tokens!r}.")
+        if not isinstance(tokens, str) and (
+            not isinstance(tokens, Sequence) or not tokens or any(isinstance(p, bool) or not isinstance(p, int) for p in tokens)
+        ):
+            raise ValueError(f"Expected `tokens` to be 'all', 'top_attribution' or a non-empty list of integer positions, but got {tokens!r}.")
         if top_logits not in (None, "auto") and (isinstance(top_logits, bool) or not isinstance(top_logits, int) or top_logits < 1):
             raise ValueError(f'Expected `top_logits` to be "auto", None or a positive integer, but got {top_logits!r}.')
         if model is None and adapter is None:
@@ -149,6 +157,11 @@ class EquivalenceClassExplorer(L.LightningModule):
             top = g.norm(dim=-1).topk(min(self.n_attribution, t), dim=1).indices  # (B, k)
             mask.scatter_(1, top.unsqueeze(-1), 1.0)
         else:
+            outside = [p for p in self.tokens if not -t <= p < t]
+            if outside:
+                raise TokenPositionError(
+                    f"Token position {outside[0]} is outside the {t} positions of this batch (0 .. {t - 1}, or -{t} .. -1 from the end)."
+                )
             mask[:, list(self.tokens)] = 1
         return mask
 
