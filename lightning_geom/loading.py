@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["LoadedModel", "load_model", "padding_tokenizer"]
+__all__ = ["LoadedModel", "load_model", "load_tokenizer", "padding_tokenizer"]
 
 _HF_NEEDS = ("config.json",)
 _WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -100,7 +100,44 @@ def _load_checkpoint(path: Path, module: str | None) -> LoadedModel:
     except (RuntimeError, KeyError, TypeError) as err:
         raise ValueError(f"{path} does not load into {cls.__name__}: {str(err).splitlines()[0][:200]}; is --module right?") from None
     lm.eval()
-    return LoadedModel(module=lm, kind="lightning", source=str(path), lightning_module=lm)
+    return LoadedModel(module=lm, kind="lightning", source=str(path), lightning_module=lm, tokenizer=_module_tokenizer(lm, ckpt))
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "vocab.json")
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """The tokenizer saved in a local folder (``tokenizer.json``, ``vocab.txt``, ...), ready for padded batches.
+
+    Raises:
+        ValueError: no such folder, or no tokenizer files in it (hub names are not downloaded).
+    """
+    p = Path(path)
+    if not p.is_dir() or not any((p / f).exists() for f in _TOKENIZER_FILES):
+        raise ValueError(f"--tokenizer {path}: not a folder with tokenizer files ({', '.join(_TOKENIZER_FILES)}); hub names are not downloaded.")
+    from transformers import AutoTokenizer
+
+    return padding_tokenizer(AutoTokenizer.from_pretrained(p, local_files_only=True))
+
+
+def _module_tokenizer(lm: torch.nn.Module, ckpt: dict) -> Any:
+    """The tokenizer a LightningModule brings, if any: its ``tokenizer`` attribute, else the first local
+    folder with tokenizer files among its hyperparameters' strings and its HF submodels'
+    ``config._name_or_path`` (where ``from_pretrained`` read them). None when there is none."""
+    own = getattr(lm, "tokenizer", None)
+    if callable(own) and hasattr(own, "convert_ids_to_tokens"):
+        return padding_tokenizer(own)
+    hp = ckpt.get("hyper_parameters", {}) or {}
+    places = [v for v in hp.values() if isinstance(v, str)] if isinstance(hp, dict) else []
+    places += [getattr(m.config, "_name_or_path", "") for m in lm.modules() if hasattr(getattr(m, "config", None), "_name_or_path")]
+    for place in places:
+        try:
+            p = Path(place)
+            if place and p.is_dir() and any((p / f).exists() for f in _TOKENIZER_FILES):
+                return load_tokenizer(p)
+        except (OSError, ValueError):  # a string that is no usable path, or files that do not load
+            continue
+    return None
 
 
 def _load_hf(path: Path) -> LoadedModel:

@@ -57,3 +57,20 @@ class TinyGPT(L.LightningModule):
 
 def loader(data: dict[str, torch.Tensor], batch_size: int = 32, shuffle: bool = False) -> DataLoader:
     return DataLoader(DictDataset(data), batch_size=batch_size, shuffle=shuffle)
+
+
+class PretrainedLM(L.LightningModule):
+    """A LightningModule around an HF causal LM read from a local folder (the usual fine-tuning wrapper)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        from transformers import AutoModelForCausalLM
+
+        self.model = AutoModelForCausalLM.from_pretrained(path)
+
+    def training_step(self, batch, batch_idx):
+        return self.model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=1e-3)

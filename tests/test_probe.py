@@ -232,6 +232,37 @@ def test_navigate_command_on_a_causal_lm_folder(tmp_path):
         main(["navigate", str(tmp_path / "base"), "--text", "the cat", "--steps", "1", "--out", str(tmp_path / "nav2")])
 
 
+def test_lightning_checkpoint_brings_the_tokenizer_its_hf_model_was_read_with(tmp_path, text_data):
+    """A checkpoint of a wrapper around an HF LM: the tokenizer comes from the folder its hyperparameters
+    (and the model's config._name_or_path) name; without one there, --tokenizer FOLDER supplies it."""
+    import shutil
+
+    from helpers import PretrainedLM, loader, token_data
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from lightning_geom.loading import load_model
+
+    folder = tmp_path / "lm"
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(WORDS) + 4, n_embd=16, n_layer=2, n_head=2, n_positions=32)).save_pretrained(folder)
+    _word_tokenizer().save_pretrained(folder)
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(PretrainedLM(str(folder)), loader(token_data(16, t=8, vocab=len(WORDS) + 4), batch_size=8))
+    ckpt = tmp_path / "lm.ckpt"
+    trainer.save_checkpoint(ckpt)
+    assert load_model(ckpt, module="helpers.PretrainedLM").tokenizer is not None
+    args = ["probe", str(ckpt), "--module", "helpers.PretrainedLM", "--data", str(text_data / "lines.txt"), "--pullback-samples", "0"]
+    assert main([*args, "--out", str(tmp_path / "r1")]) == 0
+    tok_dir = tmp_path / "tok"
+    tok_dir.mkdir()
+    for f in folder.iterdir():  # the tokenizer moves elsewhere: the checkpoint no longer finds it
+        if "token" in f.name or f.name.startswith("vocab") or f.name.startswith("special"):
+            shutil.move(str(f), tok_dir / f.name)
+    with pytest.raises(SystemExit, match="pass --tokenizer FOLDER"):
+        main([*args, "--out", str(tmp_path / "r2")])
+    assert main([*args, "--tokenizer", str(tok_dir), "--out", str(tmp_path / "r3")]) == 0
+
+
 def test_navigate_demo_checkpoint(tmp_path, demo_checkpoints):
     out = tmp_path / "nav"
     assert main(["navigate", str(demo_checkpoints[-1]), "--data", "digits", "--index", "0", "--steps", "2", "--record-every", "1", "--out", str(out)]) == 0

@@ -21,6 +21,7 @@ def add_parser(sub: Any) -> None:
     src.add_argument("--data", choices=["digits"], help="the bundled digits (for the demo checkpoint)")
     p.add_argument("--index", type=int, nargs="*", default=[0], help="which digits with --data (default 0)")
     p.add_argument("--module", default=None, help="LightningModule class path of a checkpoint")
+    p.add_argument("--tokenizer", default=None, help="a folder with the tokenizer files, for a checkpoint that does not bring its own")
     p.add_argument("--mode", choices=["simec", "simexp"], default="simec")
     p.add_argument("--steps", type=positive_int, default=200)
     p.add_argument("--step-size", type=positive_float, default=0.01)
@@ -45,7 +46,7 @@ def _batch(args: argparse.Namespace, loaded: Any) -> dict[str, torch.Tensor]:
         return {"pixels": x[list(args.index)]}
     if args.text:
         if loaded.tokenizer is None:
-            raise SystemExit(f"error: {loaded.source} has no tokenizer files; --text needs one.")
+            raise SystemExit(f"error: {loaded.source} has no tokenizer; --text needs one: pass --tokenizer FOLDER.")
         enc = loaded.tokenizer(args.text, padding=True, return_tensors="pt")
         return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
     from PIL import Image
@@ -65,13 +66,15 @@ def _batch(args: argparse.Namespace, loaded: Any) -> dict[str, torch.Tensor]:
 
 def run(args: argparse.Namespace) -> int:
     from ..capture import NoLogitsError
-    from ..loading import load_model
+    from ..loading import load_model, load_tokenizer
     from ..navigation import EquivalenceClassExplorer, adapter_for, write_trajectories
     from ..navigation.explorer import TokenPositionError
     from ..tokens import is_causal_lm
 
     try:
         loaded = load_model(args.model, module=args.module)
+        if args.tokenizer:
+            loaded.tokenizer = load_tokenizer(args.tokenizer)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
     net = loaded.module

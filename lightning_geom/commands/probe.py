@@ -15,6 +15,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--data", required=True, help="'digits', a .txt (one text per line), .csv/.jsonl, an image folder (class subfolders), or a datamodule YAML")
     p.add_argument("--out", default="probe_report", help="output folder (default probe_report)")
     p.add_argument("--module", default=None, help="LightningModule class path of the checkpoints")
+    p.add_argument("--tokenizer", default=None, help="a folder with the tokenizer files, for a checkpoints that does not bring its own")
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
     p.add_argument("--drop-unlabeled", action="store_true", help="drop records with an empty / NaN label (counted) instead of failing")
@@ -76,7 +77,7 @@ def check_out_dir(out: str) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..loading import load_model
+    from ..loading import load_model, load_tokenizer
     from ..probing import load_probe_data, probe
     from ..probing.html import robust_summary
 
@@ -86,6 +87,10 @@ def run(args: argparse.Namespace) -> int:
         check_device(args.device)
         check_out_dir(args.out)
         loaded = [load_model(m, module=args.module) for m in args.models]
+        if args.tokenizer:
+            tok = load_tokenizer(args.tokenizer)
+            for item in loaded:
+                item.tokenizer = tok
         data = load_probe_data(
             args.data, loaded[0], text_column=args.text_column, label_column=args.label_column,
             max_samples=args.max_samples, batch_size=args.batch_size, seed=args.seed, drop_unlabeled=args.drop_unlabeled,

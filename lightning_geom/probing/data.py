@@ -191,7 +191,7 @@ def load_probe_data(
     if path.is_dir():
         return _image_folder(path, loaded, max_samples, batch_size, seed)
     if loaded.tokenizer is None:
-        raise ValueError(f"{loaded.source} has no tokenizer, so it cannot read the text file {path}.")
+        raise ValueError(f"{loaded.source} has no tokenizer, so it cannot read the text file {path}: pass --tokenizer FOLDER (the tokenizer files its model was trained with).")
     texts, raw = _texts(path, text_column, label_column, drop_unlabeled=drop_unlabeled)
     texts = texts[:max_samples]
     labels, names = (None, None)
