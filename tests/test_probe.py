@@ -253,6 +253,9 @@ def test_lightning_checkpoint_brings_the_tokenizer_its_hf_model_was_read_with(tm
     assert load_model(ckpt, module="helpers.PretrainedLM").tokenizer is not None
     args = ["probe", str(ckpt), "--module", "helpers.PretrainedLM", "--data", str(text_data / "lines.txt"), "--pullback-samples", "0"]
     assert main([*args, "--out", str(tmp_path / "r1")]) == 0
+    nav = ["navigate", str(ckpt), "--module", "helpers.PretrainedLM", "--text", "the cat sat", "--steps", "1", "--out", str(tmp_path / "n")]
+    assert main(nav) == 0  # the wrapper's HF LM is navigated, its next tokens named
+    assert json.loads((tmp_path / "n" / "summary.json").read_text())[0]["start_name"] in WORDS + ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
     tok_dir = tmp_path / "tok"
     tok_dir.mkdir()
     for f in folder.iterdir():  # the tokenizer moves elsewhere: the checkpoint no longer finds it

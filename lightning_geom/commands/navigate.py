@@ -65,7 +65,7 @@ def _batch(args: argparse.Namespace, loaded: Any) -> dict[str, torch.Tensor]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..capture import NoLogitsError
+    from ..capture import NoLogitsError, resolve_network
     from ..loading import load_model, load_tokenizer
     from ..navigation import EquivalenceClassExplorer, adapter_for, write_trajectories
     from ..navigation.explorer import TokenPositionError
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         for i, t in enumerate(trajs)
     ]
     (Path(args.out) / "summary.json").write_text(json.dumps(summary, indent=1))
-    what = "next token" if is_causal_lm(net) else "class"
+    what = "next token" if is_causal_lm(resolve_network(net)) else "class"
     for s in summary:
         moved = f"{s['start_name']!r} -> {s['end_name']!r}" if "start_name" in s else f"{s['start_pred']} -> {s['end_pred']}"
         print(f"sample {s['sample']}: {what} {moved} after moving {s['distance']:.3g}")

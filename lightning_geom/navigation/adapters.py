@@ -110,6 +110,11 @@ def adapter_for(model: nn.Module, tokenizer: Any = None) -> Adapter:
             decoder=TokenDecoder(emb.weight, tokenizer),
             class_names=names,
         )
+    from ..capture import resolve_network
+
+    inner = resolve_network(model)  # a LightningModule around one HF model: that model's adapter
+    if inner is not model:
+        return adapter_for(inner, tokenizer)
     raise TypeError(
         f"No adapter for {name}: build `Adapter(embed=batch -> (B, T, d), head=(emb, batch) -> (B, m) logits, decoder=...)`."
     )
