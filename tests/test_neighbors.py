@@ -333,3 +333,22 @@ def test_norm_split_certificate_stays_exact_with_no_spare_candidates(kind):
         nb = knn(x, k, **kw)
         np.testing.assert_array_equal(nb.indices.numpy(), idx)
         np.testing.assert_allclose(nb.distances.numpy(), dist, rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize(("dtype", "exp"), [(torch.float64, 700), (torch.float64, -700), (torch.float32, 100), (torch.float32, -100)])
+def test_points_far_outside_float32_range_are_rescaled_exactly(dtype, exp):
+    """float64 data of magnitude 2^700 (or float32 at 2^100) used to overflow the float32 candidate pass
+    (every distance inf: "exact copies") or underflow it (an IndexError); a power-of-two rescale keeps
+    neighbours and distances exactly those of the unscaled points."""
+    from lightning_geom.geometry import knn_batched, twonn
+
+    torch.manual_seed(0)
+    x = torch.randn(200, 5, dtype=dtype)
+    s = 2.0**exp
+    ref, far = knn(x, 4), knn(x * s, 4)
+    assert torch.equal(far.indices, ref.indices)
+    assert torch.equal(far.distances, ref.distances * s)
+    assert twonn(x * s).dim == pytest.approx(twonn(x).dim, rel=1e-12)
+    clouds = torch.stack([x[:100], x[100:]])
+    bref, bfar = knn_batched(clouds, 3), knn_batched(clouds * s, 3)
+    assert torch.equal(bfar.indices, bref.indices) and torch.equal(bfar.distances, bref.distances * s)

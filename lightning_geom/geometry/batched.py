@@ -45,6 +45,7 @@ from .neighbors import (
     no_autocast,
     norm_tiers,
     robust_centre,
+    safe_scale,
     sq_norms,
 )
 
@@ -171,8 +172,10 @@ def knn_batched(
         [[1, 0, 1], [1, 0, -1]]
     """
     x, lengths = _check(x, k, lengths)
+    x, unscale = safe_scale(x, torch.arange(x.shape[1], device=x.device) < lengths.unsqueeze(1))  # exact, see safe_scale
     with no_autocast(x.device):  # autocast would run the candidate GEMMs in half precision
-        return _knn_batched(x, k, lengths, margin, budget_bytes)
+        nb = _knn_batched(x, k, lengths, margin, budget_bytes)
+    return nb if unscale == 1.0 else BatchedNeighbors(nb.distances * unscale, nb.indices, nb.lengths)
 
 
 def _gemm_batched(bias: Tensor, a: Tensor, b: Tensor) -> Tensor:

@@ -237,6 +237,11 @@ def as_points(x: Tensor | np.ndarray, *, name: str = "x") -> Tensor:
         TypeError: if ``x`` is not a tensor or numpy array.
         ValueError: if ``x`` is not 2-d, is empty, or contains NaN / Inf (the message names the rows).
     """
+    return _checked_points(x, name)[0]
+
+
+def _checked_points(x: Tensor | np.ndarray, name: str = "x") -> tuple[Tensor, float]:
+    """:func:`as_points` and the points' largest |coordinate|."""
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(np.ascontiguousarray(x))
     if not isinstance(x, Tensor):
@@ -254,14 +259,16 @@ def as_points(x: Tensor | np.ndarray, *, name: str = "x") -> Tensor:
     return _real_points(x, name)
 
 
-def _real_points(x: Tensor, name: str) -> Tensor:
-    """``x`` detached (geometry is a measurement: no graph), as a real floating tensor, checked finite."""
+def _real_points(x: Tensor, name: str) -> tuple[Tensor, float]:
+    """``x`` detached (geometry is a measurement: no graph), as a real floating tensor, checked finite;
+    and its largest |coordinate| (the finiteness check's by-product, for :func:`safe_scale`)."""
     if x.is_complex():
         raise ValueError(f"Expected `{name}` to be real-valued, but got {x.dtype}. Pass x.real, x.abs() or torch.view_as_real(x).flatten(-2).")
     x = x.detach()
     if not x.is_floating_point():
         x = x.to(torch.float32)
-    if not _all_finite(x):
+    top = _max_abs(x)
+    if not math.isfinite(top):
         bad = ~torch.isfinite(x).all(dim=1)
         rows = torch.nonzero(bad).flatten().tolist()
         shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
@@ -269,13 +276,17 @@ def _real_points(x: Tensor, name: str) -> Tensor:
             f"Expected `{name}` to contain only finite values, but {len(rows)} of {x.shape[0]} rows "
             f"contain NaN or Inf (rows [{shown}])."
         )
-    return x
+    return x, top
+
+
+def _max_abs(x: Tensor) -> float:
+    """max |x| in one pass (one reduction, one host sync): NaN if any entry is NaN, inf if any is infinite."""
+    return float(torch.linalg.vector_norm(x, ord=math.inf)) if x.numel() else 0.0
 
 
 def _all_finite(x: Tensor) -> bool:
-    """Whether every entry is finite, in one pass: a NaN or an infinity makes the sum NaN or infinite; a
-    non-finite sum of finite values (overflow) is settled by the elementwise check."""
-    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
+    """Whether every entry is finite (:func:`_max_abs` is NaN or inf otherwise; it cannot overflow)."""
+    return math.isfinite(_max_abs(x))
 
 
 def _default_block(n: int, device: torch.device) -> int:
@@ -991,7 +1002,7 @@ def knn(
         >>> nb.distances[2].tolist()
         [2.0, 3.0]
     """
-    x = as_points(x)
+    x, top = _checked_points(x)
     n, d = x.shape
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= n - 1:
         raise ValueError(
@@ -999,8 +1010,32 @@ def knn(
         )
     device = x.device
     half = _use_half(candidates, device, n)
+    x, unscale = safe_scale(x, top=top)
     with no_autocast(device):  # autocast would run the candidate GEMMs in half precision
-        return _knn(x, k, block_size=block_size, margin=margin, memory_budget=memory_budget, rows=_rows, half=half)
+        nb = _knn(x, k, block_size=block_size, margin=margin, memory_budget=memory_budget, rows=_rows, half=half)
+    return nb if unscale == 1.0 else Neighbors(nb.distances * unscale, nb.indices)
+
+
+_SAFE_EXP = 40  # points whose largest |coordinate| lies outside [2^-40, 2^40] are rescaled by a power of two
+
+
+def safe_scale(x: Tensor, valid: Tensor | None = None, *, top: float | None = None) -> tuple[Tensor, float]:
+    """``x`` times a power of two that brings its largest |coordinate| near 1 when it lies outside
+    [2^-40, 2^40], and the factor to multiply distances by afterwards (1.0 when untouched).
+
+    The float32 candidate pass squares the points (float32 overflows past ~2^64 per coordinate and
+    underflows below ~2^-63), and the float64 recompute sums squares too (float64 data of magnitude
+    1e200 or 1e-200); a power of two scales every coordinate and distance exactly, so the neighbours
+    and their float64 distances are those of the unscaled points. ``valid``: (B, N) real rows of
+    padded clouds (padding may hold anything). ``top``: max |x| when already known.
+    """
+    if top is None:
+        top = _max_abs(x if valid is None else torch.where(valid.unsqueeze(-1), x, 0))
+    if top == 0.0 or 2.0**-_SAFE_EXP <= top <= 2.0**_SAFE_EXP:
+        return x, 1.0
+    e = math.frexp(top)[1]  # top = m 2^e, 0.5 <= m < 1
+    wide = x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)
+    return wide * 2.0**-e, 2.0**e
 
 
 def _knn(
