@@ -240,3 +240,20 @@ def test_records_name_the_classes_from_id2label():
     names = {0: "neg", 1: "neu", 2: "pos"}
     assert all(t["start_name"] == names[t["start_pred"]] for t in trajs)
     assert all(r["pred_name"] == names[r["pred"]] for t in trajs for r in t["steps"])
+
+
+def test_image_models_without_an_adapter_are_refused_not_misread():
+    """A convolutional classifier (get_input_embeddings not implemented) and a vision encoder whose
+    'input embeddings' are a patch convolution are not token models: the TypeError says how to adapt."""
+    from transformers import (
+        CLIPVisionConfig,
+        CLIPVisionModel,
+        ConvNextConfig,
+        ConvNextForImageClassification,
+    )
+
+    conv = ConvNextForImageClassification(ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, num_labels=3))
+    clip = CLIPVisionModel(CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8))
+    for model in (conv, clip):
+        with pytest.raises(TypeError, match="build `Adapter"):
+            adapter_for(model)

@@ -52,6 +52,16 @@ def last_positions(mask: Tensor | None, width: int, device: torch.device) -> Ten
     return ((mask.to(device) != 0) * steps).argmax(dim=1)
 
 
+def _token_embeddings(model: nn.Module) -> nn.Embedding | None:
+    """The model's token embedding table (``get_input_embeddings()``), or None: no such method, not
+    implemented (convolutional image models), or not a token table (a vision model's patch convolution)."""
+    try:
+        emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    except NotImplementedError:
+        return None
+    return emb if isinstance(emb, nn.Embedding) else None
+
+
 def adapter_for(model: nn.Module, tokenizer: Any = None) -> Adapter:
     """An adapter for a known model family.
 
@@ -76,7 +86,8 @@ def adapter_for(model: nn.Module, tokenizer: Any = None) -> Adapter:
             decoder=PatchDecoder(proj.weight, proj.bias, vit.embeddings.position_embeddings[0], size),
             class_names=_label_names(model),
         )
-    if hasattr(model, "get_input_embeddings") and model.get_input_embeddings() is not None:  # HF text models
+    emb = _token_embeddings(model)
+    if emb is not None:  # HF text models
         from ..capture import NoLogitsError, is_encoder_decoder
         from ..tokens import is_causal_lm
 
@@ -85,7 +96,6 @@ def adapter_for(model: nn.Module, tokenizer: Any = None) -> Adapter:
                 f"{name} is an encoder-decoder model: its logits need decoder inputs. Navigate a classifier "
                 "(...ForSequenceClassification), a causal LM (...ForCausalLM) or build an Adapter for its encoder."
             )
-        emb = model.get_input_embeddings()
         causal = is_causal_lm(model)
 
         def head(e: Tensor, b: Any) -> Tensor:
