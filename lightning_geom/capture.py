@@ -40,6 +40,8 @@ __all__ = [
     "layer_name",
     "map_tensors",
     "logits_and_hidden",
+    "last_positions",
+    "batch_last_positions",
 ]
 
 Pooling = Literal["mean", "last", "first", "tokens"] | Callable[[Tensor, Tensor | None], Tensor]
@@ -172,6 +174,28 @@ def layer_patterns(layers: str | Sequence[str] | None) -> list[str] | None:
             f"(e.g. ['blocks.*'] or 'encoder.layer.*'), but got {layers!r}."
         )
     return list(layers) or None
+
+
+def last_positions(mask: Tensor | None, width: int, device: torch.device) -> Tensor:
+    """(B,) index of each row's last real token (the last 1 of ``mask``, either padding side); T - 1 without a mask.
+
+    Example:
+        >>> last_positions(torch.tensor([[1, 1, 0], [0, 1, 1]]), 3, torch.device("cpu")).tolist()
+        [1, 2]
+    """
+    if mask is None:
+        return torch.full((1,), width - 1, device=device)
+    steps = torch.arange(1, width + 1, device=device)
+    return ((mask.to(device) != 0) * steps).argmax(dim=1)
+
+
+def batch_last_positions(batch: Any) -> Tensor | None:
+    """(B,) last real token of each row of a dict batch with a padded ``attention_mask`` (some row has a 0
+    in it), else None: the last position is every row's own."""
+    mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
+    if not isinstance(mask, Tensor) or mask.ndim != 2 or bool((mask != 0).all()):
+        return None
+    return last_positions(mask, mask.shape[1], mask.device)
 
 
 def is_encoder_decoder(net: nn.Module) -> bool:

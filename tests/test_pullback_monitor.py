@@ -111,3 +111,19 @@ def test_default_pulls_back_16_logits_of_an_lm_head_and_restores_older_checkpoin
     older = PullbackMonitor(top_logits=None)
     assert mon._legacy_state_key == older.state_key != mon.state_key
     assert PullbackMonitor(top_logits=4)._legacy_state_key == PullbackMonitor  # Lightning's default
+
+
+def test_a_right_padded_probe_is_read_at_each_samples_last_real_token(tmp_path):
+    """Three padding columns appended to every probe sequence change nothing: the default position is
+    each sample's last real token (it used to be the last column, a padding position)."""
+    plain = _data()
+    padded = {k: v for k, v in plain.items()}
+    padded["input_ids"] = torch.cat([plain["input_ids"], torch.zeros(len(plain["input_ids"]), 3, dtype=plain["input_ids"].dtype)], dim=1)
+    padded["attention_mask"] = torch.cat([plain["attention_mask"], torch.zeros(len(plain["attention_mask"]), 3, dtype=plain["attention_mask"].dtype)], dim=1)
+    tops = []
+    for probe in (plain, padded):
+        mon = PullbackMonitor(probe=probe, num_samples=8, top_logits=6, every_n_steps=2, log_spaced=False, at_fit_end=False, figure_every=0)
+        torch.manual_seed(0)
+        _fit(tmp_path, [mon], steps=1, model=TinyGPT())
+        tops.append([layer["top"] for layer in mon.history[0]["layers"]])
+    assert tops[1] == pytest.approx(tops[0], rel=1e-4)

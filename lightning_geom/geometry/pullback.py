@@ -92,9 +92,12 @@ def output_map(output: OutputName | Callable[[Tensor], Tensor]) -> Callable[[Ten
     raise ValueError(f"Expected `output` to be one of {OUTPUT_MAPS} or a callable, but got {output!r}.")
 
 
-def _select(y: Tensor, position: int | None) -> Tensor:
-    """(B, T, m) -> (B, m) at ``position`` (sequence outputs); (B, m) passes through."""
+def _select(y: Tensor, position: int | Tensor | None) -> Tensor:
+    """(B, T, m) -> (B, m) at ``position`` (sequence outputs: the last by default; a (B,) tensor: each
+    row's own, e.g. its last real token in a padded batch); (B, m) passes through."""
     if y.ndim == 3:
+        if isinstance(position, Tensor):
+            return y[torch.arange(y.shape[0], device=y.device), position.to(y.device)]
         return y[:, -1 if position is None else position]
     if y.ndim != 2:
         raise ValueError(f"Expected model outputs of shape (B, m) or (B, T, m), but got {tuple(y.shape)}.")
@@ -349,7 +352,7 @@ def layer_spectra(
     run: Callable[[], tuple[Tensor, Sequence[Tensor]]],
     *,
     output: OutputName | Callable[[Tensor], Tensor] = "logits",
-    position: int | None = None,
+    position: int | Tensor | None = None,
     top_logits: int | Literal["auto"] | None = None,
     memory_budget: int | None = None,
 ) -> list[Spectrum]:
@@ -361,6 +364,8 @@ def layer_spectra(
     J_l = d phi(y) / d h_l for all layers l at once — the Jacobian of "the rest of the network"
     from layer l — and each spectrum is the float64 thin SVD of its J_l.
 
+    ``position``: the output position of sequence outputs (default the last; a (B,) tensor: one per
+    sample, such as each one's last real token in a right-padded batch).
     ``top_logits``: pull back only each sample's top-k logits (None: all m); ``"auto"``: the top
     16 where the head has more than 64 outputs (an LM's vocabulary: each output is one backward
     direction), all of a classifier's.

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import torch
 
-from ..capture import _to_device, logits_and_hidden, resolve_network
+from ..capture import _to_device, batch_last_positions, logits_and_hidden, resolve_network
 from ..geometry.pullback import OUTPUT_MAPS, layer_spectra, spectrum_stats, subspace_overlap
 from ..report.history import is_number, metric_key
 from .core import MonitorCore, Run
@@ -42,7 +42,8 @@ class PullbackCore(MonitorCore):
             log_spaced, at_fit_start, at_fit_end, on_error, output_dir, figure_every: see
             :class:`~lightning_geom.monitoring.core.MonitorCore`.
         output: ``"logits"`` (G = I), ``"probs"`` or ``"fisher"``.
-        position: output position for sequence outputs (default: last).
+        position: output position for sequence outputs (default: each sample's last real token, read
+            from a dict batch's ``attention_mask``; the last position without one).
         top_logits: pull back only each sample's top-k logits; ``"auto"`` (default): the top 16 of a
             head with more than 64 outputs (an LM's vocabulary: all 50,257 of GPT-2's would be 50,257
             backward directions per checkpoint), all of a classifier's; None: always all.
@@ -118,8 +119,10 @@ class PullbackCore(MonitorCore):
         try:
             for bid, batch in self._shard(self._probe(run)):
                 batch = _to_device(batch, run.device)
+                # default position: each sample's last *real* token (a padded probe's last column is padding)
+                position = self.position if self.position is not None else batch_last_positions(batch)
                 spectra = layer_spectra(
-                    lambda batch=batch: self._run(net, batch), output=self.output, position=self.position, top_logits=self.top_logits
+                    lambda batch=batch: self._run(net, batch), output=self.output, position=position, top_logits=self.top_logits
                 )
                 stats = [{k: v.cpu() for k, v in spectrum_stats(s).items()} for s in spectra]
                 mean_spec = [s.eigenvalues.mean(dim=0)[:32].cpu() for s in spectra]

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .decoders import Decoder, PatchDecoder, TokenDecoder
 
-__all__ = ["Adapter", "adapter_for", "last_positions"]
+__all__ = ["Adapter", "adapter_for"]
 
 
 @dataclass
@@ -37,19 +37,6 @@ def _label_names(model: nn.Module) -> Callable[[Sequence[int]], list[str]] | Non
     if not isinstance(table, dict) or not table:
         return None
     return lambda ids: [str(table.get(int(i), table.get(str(int(i)), int(i)))) for i in ids]
-
-
-def last_positions(mask: Tensor | None, width: int, device: torch.device) -> Tensor:
-    """(B,) index of each row's last real token (the last 1 of ``mask``, either padding side); T - 1 without a mask.
-
-    Example:
-        >>> last_positions(torch.tensor([[1, 1, 0], [0, 1, 1]]), 3, torch.device("cpu")).tolist()
-        [1, 2]
-    """
-    if mask is None:
-        return torch.full((1,), width - 1, device=device)
-    steps = torch.arange(1, width + 1, device=device)
-    return ((mask.to(device) != 0) * steps).argmax(dim=1)
 
 
 def _token_embeddings(model: nn.Module) -> nn.Embedding | None:
@@ -88,7 +75,7 @@ def adapter_for(model: nn.Module, tokenizer: Any = None) -> Adapter:
         )
     emb = _token_embeddings(model)
     if emb is not None:  # HF text models
-        from ..capture import NoLogitsError, is_encoder_decoder
+        from ..capture import NoLogitsError, is_encoder_decoder, last_positions
         from ..tokens import is_causal_lm
 
         if is_encoder_decoder(model):
