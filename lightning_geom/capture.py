@@ -136,8 +136,7 @@ def pool(h: Tensor, attention_mask: Tensor | None = None, how: Pooling = "mean")
     if how == "last":
         if mask is None:
             return h[:, -1]
-        last = h.shape[1] - 1 - mask.flip(1).argmax(dim=1)  # (B,) the last real token, whichever side is padded
-        return h[torch.arange(h.shape[0], device=h.device), last]
+        return h[torch.arange(h.shape[0], device=h.device), last_positions(mask, h.shape[1], h.device)]
     raise ValueError(f"Expected `pooling` to be one of 'mean', 'last', 'first', 'tokens' or a callable, but got {how!r}.")
 
 
