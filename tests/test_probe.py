@@ -656,3 +656,24 @@ def test_report_closes_every_figure_it_draws(tmp_path, text_model, text_data):
     assert plt.get_fignums() == []
     rep.write(tmp_path / "r")
     assert plt.get_fignums() == []
+
+
+def test_csv_cells_keep_their_newlines_and_semicolon_files_are_read(tmp_path):
+    """Quoted cells may hold newlines (and U+2028), which the reader used to split and glue back without
+    them; a header without commas but with ';' (a spreadsheet export) names the delimiter."""
+    import csv as csv_module
+
+    from lightning_geom.probing.data import _texts
+
+    texts = ["first line\nsecond line", "a\u2028b, with a comma", "plain"]
+    comma = tmp_path / "multi.csv"
+    with comma.open("w", newline="", encoding="utf-8") as fh:
+        w = csv_module.writer(fh)
+        w.writerow(["text", "label"])
+        w.writerows([[t, i % 2] for i, t in enumerate(texts)])
+    got, labels = _texts(comma, "text", "label")
+    assert got == texts and [str(v) for v in labels] == ["0", "1", "0"]
+    semi = tmp_path / "semi.csv"
+    semi.write_text("text;label\nthe cat, the dog;animal\nred;colour\n", encoding="utf-8")
+    got, labels = _texts(semi, "text", "label")
+    assert got == ["the cat, the dog", "red"] and [str(v) for v in labels] == ["animal", "colour"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import importlib
+import io
 import json
 import warnings
 from collections.abc import Sequence
@@ -71,12 +72,23 @@ def _read_utf8(path: Path) -> str:
         ) from None
 
 
+def _delimiter(text: str) -> str:
+    """A .csv file's delimiter, read off its header line: ``,`` unless the header has none and has a
+    ``;`` (spreadsheets in many locales), a tab or a ``|``."""
+    header = text.split("\n", 1)[0]
+    if "," in header:
+        return ","
+    return next((c for c in (";", "\t", "|") if c in header), ",")
+
+
 def _rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, record) of a CSV / TSV / JSONL / JSON file; malformed records name file and line."""
     suffix = path.suffix.lower()
     text = _read_utf8(path)
     if suffix in (".csv", ".tsv"):
-        reader = csv.DictReader(text.splitlines(), delimiter="\t" if suffix == ".tsv" else ",")
+        # a StringIO, not splitlines(): quoted cells may hold newlines (and splitlines() also splits at
+        # \x0b, \x1c, \u2028 ... inside a text)
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else _delimiter(text))
         rows = []
         for row in reader:
             if None in row:  # more cells than header columns
