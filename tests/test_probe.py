@@ -677,3 +677,17 @@ def test_csv_cells_keep_their_newlines_and_semicolon_files_are_read(tmp_path):
     semi.write_text("text;label\nthe cat, the dog;animal\nred;colour\n", encoding="utf-8")
     got, labels = _texts(semi, "text", "label")
     assert got == ["the cat, the dog", "red"] and [str(v) for v in labels] == ["animal", "colour"]
+
+
+def test_one_text_per_line_means_newlines_only(tmp_path):
+    """A U+2028 or a form feed inside a line of a .txt / .jsonl file stays inside its text."""
+    import json as json_module
+
+    from lightning_geom.probing.data import _texts
+
+    txt = tmp_path / "lines.txt"
+    txt.write_text("one\u2028still one\r\ntwo\x0ctwo\n\nthree\n", encoding="utf-8")
+    assert _texts(txt, "text", None)[0] == ["one\u2028still one", "two\x0ctwo", "three"]
+    jl = tmp_path / "rows.jsonl"
+    jl.write_text("\n".join(json_module.dumps({"text": t}, ensure_ascii=False) for t in ["a\u2028b", "c"]), encoding="utf-8")
+    assert _texts(jl, "text", None)[0] == ["a\u2028b", "c"]

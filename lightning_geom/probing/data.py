@@ -10,6 +10,7 @@ import csv
 import importlib
 import io
 import json
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -72,6 +73,12 @@ def _read_utf8(path: Path) -> str:
         ) from None
 
 
+def _lines(text: str) -> list[str]:
+    """Lines split at \\n, \\r\\n or \\r only: ``str.splitlines`` also splits at U+2028, \\x0b, \\x1c ...,
+    which may sit inside one text (one text per line must stay one sample)."""
+    return re.split(r"\r\n|\n|\r", text)
+
+
 def _delimiter(text: str) -> str:
     """A .csv file's delimiter, read off its header line: ``,`` unless the header has none and has a
     ``;`` (spreadsheets in many locales), a tab or a ``|``."""
@@ -103,7 +110,7 @@ def _rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
         out = list(enumerate(records, start=1))
     else:  # JSON lines
         out = []
-        for no, line in enumerate(text.splitlines(), start=1):
+        for no, line in enumerate(_lines(text), start=1):
             if not line.strip():
                 continue
             try:
@@ -122,7 +129,7 @@ def _texts(
     """Texts and raw labels of a data file; every malformed record is an error naming file and line."""
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".tsv", ".jsonl", ".json"):  # one sample per line
-        lines = [line.strip() for line in _read_utf8(path).splitlines() if line.strip()]
+        lines = [line.strip() for line in _lines(_read_utf8(path)) if line.strip()]
         if not lines:
             raise ValueError(f"{path} is empty: put one text per line.")
         return lines, None
