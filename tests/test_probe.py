@@ -691,3 +691,27 @@ def test_one_text_per_line_means_newlines_only(tmp_path):
     jl = tmp_path / "rows.jsonl"
     jl.write_text("\n".join(json_module.dumps({"text": t}, ensure_ascii=False) for t in ["a\u2028b", "c"]), encoding="utf-8")
     assert _texts(jl, "text", None)[0] == ["a\u2028b", "c"]
+
+
+def test_images_16_bit_scaled_and_unreadable_files_left_out(tmp_path):
+    """A 16-bit PNG is scaled by 65535 (PIL's convert("RGB") clips it to white), and a corrupt file in an
+    image folder is warned about and left out instead of ending the probe."""
+    from PIL import Image
+
+    from lightning_geom.loading import LoadedModel
+    from lightning_geom.probing.data import load_rgb
+
+    rng = np.random.default_rng(0)
+    deep = (rng.random((6, 5)) * 65535).astype(np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    got = np.asarray(load_rgb(tmp_path / "deep.png"))
+    assert got.shape == (6, 5, 3) and np.abs(got[..., 0].astype(float) - deep / 65535 * 255).max() <= 0.5
+    for cls in ("a", "b"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray((rng.random((8, 8, 3)) * 255).astype(np.uint8)).save(tmp_path / "imgs" / cls / f"{i}.png")
+    (tmp_path / "imgs" / "b" / "broken.png").write_bytes(b"\x89PNG not really")
+    loaded = LoadedModel(module=torch.nn.Identity(), kind="module", source="identity")
+    with pytest.warns(UserWarning, match=r"1 image file\(s\) could not be read.*b/broken.png"):
+        data = load_probe_data(str(tmp_path / "imgs"), loaded)
+    assert data.n == 6 and data.labels.tolist().count(1) == 3

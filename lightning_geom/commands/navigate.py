@@ -49,12 +49,15 @@ def _batch(args: argparse.Namespace, loaded: Any) -> dict[str, torch.Tensor]:
             raise SystemExit(f"error: {loaded.source} has no tokenizer; --text needs one: pass --tokenizer FOLDER.")
         enc = loaded.tokenizer(args.text, padding=True, return_tensors="pt")
         return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-    from PIL import Image
+    from ..probing.data import load_rgb
 
     missing = [f for f in args.image if not Path(f).is_file()]
     if missing:
         raise SystemExit(f"error: no such image file: {missing[0]}")
-    images = [Image.open(f).convert("RGB") for f in args.image]
+    try:
+        images = [load_rgb(f) for f in args.image]
+    except OSError as err:
+        raise SystemExit(f"error: not a readable image: {err}") from None
     if loaded.image_processor is not None:
         return {"pixel_values": loaded.image_processor(images, return_tensors="pt")["pixel_values"]}
     size = loaded.module.config.image_size

@@ -270,9 +270,31 @@ def _check_tokens(batches: list[dict[str, torch.Tensor]], tok: Any, what: str) -
         )
 
 
-def _image_folder(path: Path, loaded: Any, max_samples: int, batch_size: int, seed: int) -> ProbeData:
+def load_rgb(path: str | Path) -> Any:
+    """An image file as an 8-bit RGB ``PIL.Image``. 16-bit and 32-bit integer images (a 16-bit PNG
+    opens as mode ``I;16``) are scaled to 0-255 by their type's range (PIL's own ``convert("RGB")``
+    clips them: a 16-bit image becomes white), float images (``F``) by [0, 1] or their maximum.
+
+    Raises:
+        OSError: not a readable image (``PIL.UnidentifiedImageError``, a truncated file).
+    """
+    import numpy as np
     from PIL import Image
 
+    with Image.open(path) as im:
+        im.load()
+        if im.mode.startswith("I") or im.mode == "F":
+            arr = np.asarray(im, dtype=np.float64)
+            top = float(arr.max()) if arr.size else 0.0
+            if im.mode == "F":
+                scale = 1.0 if top <= 1.0 else top
+            else:
+                scale = 65535.0 if top <= 65535 else top  # I;16 (or I holding 16-bit values); wider: its maximum
+            return Image.fromarray(np.clip(arr / max(scale, 1e-300) * 255.0, 0, 255).round().astype(np.uint8)).convert("RGB")
+        return im.convert("RGB")
+
+
+def _image_folder(path: Path, loaded: Any, max_samples: int, batch_size: int, seed: int) -> ProbeData:
     classes = sorted(d.name for d in path.iterdir() if d.is_dir())
     if not classes:
         raise ValueError(f"{path} has no class subfolders: put the images in {path}/<class>/<image>.")
@@ -280,9 +302,25 @@ def _image_folder(path: Path, loaded: Any, max_samples: int, batch_size: int, se
     if not files:
         raise ValueError(f"{path} has class folders but no images ({', '.join(sorted(IMAGE_EXT))}).")
     g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(files), generator=g)[:max_samples].tolist()
-    files = [files[i] for i in order]
-    images = [Image.open(f).convert("RGB") for f, _ in files]
+    order = torch.randperm(len(files), generator=g).tolist()
+    images, kept, bad = [], [], []
+    for i in order:  # in the seeded order until max_samples readable ones: an unreadable file is skipped, not fatal
+        if len(kept) == max_samples:
+            break
+        f, ci = files[i]
+        try:
+            images.append(load_rgb(f))
+            kept.append((f, ci))
+        except (OSError, ValueError) as err:  # PIL: UnidentifiedImageError (an OSError), truncated files
+            bad.append(f"{f.relative_to(path)} ({str(err).splitlines()[0][:80]})")
+    if bad:
+        warnings.warn(
+            f"{path}: {len(bad)} image file(s) could not be read and were left out: {'; '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}.",
+            stacklevel=3,
+        )
+    if not kept:
+        raise ValueError(f"{path}: none of its {len(files)} image files could be read ({bad[0]}).")
+    files = kept
     labels = torch.tensor([c for _, c in files])
     labels, classes_kept = _usable_labels(labels, classes, str(path))
     if loaded.image_processor is not None:
