@@ -715,3 +715,18 @@ def test_images_16_bit_scaled_and_unreadable_files_left_out(tmp_path):
     with pytest.warns(UserWarning, match=r"1 image file\(s\) could not be read.*b/broken.png"):
         data = load_probe_data(str(tmp_path / "imgs"), loaded)
     assert data.n == 6 and data.labels.tolist().count(1) == 3
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "match"),
+    [
+        ("data:\n  class_path: nosuch.Module\n", r"dm.yaml: class_path 'nosuch.Module': cannot import 'nosuch'"),
+        ("data:\n  class_path: lightning_geom.demo.DigitsDataModule\n  init_args:\n    nosucharg: 3\n", "init_args do not fit DigitsDataModule"),
+        ("data: [1, 2\n", r"dm.yaml:2: not valid YAML"),
+        ("data:\n  class_path: lightning_geom.demo.DigitsDataModule\n", r"does not run on .*\(pixels.*Is --data the kind of input"),
+    ],
+)
+def test_datamodule_yaml_and_model_data_mismatch_errors(tmp_path, text_model, yaml_text, match):
+    (tmp_path / "dm.yaml").write_text(yaml_text)
+    with pytest.raises(SystemExit, match=match):
+        main(["probe", str(text_model), "--data", str(tmp_path / "dm.yaml"), "--out", str(tmp_path / "r"), "--pullback-samples", "0"])

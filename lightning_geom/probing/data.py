@@ -209,6 +209,8 @@ def load_probe_data(
         return _datamodule(path, max_samples)
     if path.is_dir():
         return _image_folder(path, loaded, max_samples, batch_size, seed)
+    if loaded.tokenizer is None and (loaded.image_processor is not None or loaded.kind == "hf-image"):
+        raise ValueError(f"{loaded.source} is an image model, and {path} is text: pass an image folder (<class>/<image>) as --data.")
     if loaded.tokenizer is None:
         raise ValueError(f"{loaded.source} has no tokenizer, so it cannot read the text file {path}: pass --tokenizer FOLDER (the tokenizer files its model was trained with).")
     texts, raw = _texts(path, text_column, label_column, drop_unlabeled=drop_unlabeled)
@@ -336,12 +338,28 @@ def _image_folder(path: Path, loaded: Any, max_samples: int, batch_size: int, se
 def _datamodule(path: Path, max_samples: int) -> ProbeData:
     import yaml
 
-    cfg = yaml.safe_load(path.read_text())
-    data = cfg.get("data", cfg)
-    if "class_path" not in data:
+    try:
+        cfg = yaml.safe_load(_read_utf8(path))
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f":{where.line + 1}" if where is not None else ""
+        raise ValueError(f"{path}{line}: not valid YAML ({getattr(err, 'problem', None) or err}).") from None
+    data = cfg.get("data", cfg) if isinstance(cfg, dict) else None
+    if not isinstance(data, dict) or not isinstance(data.get("class_path"), str):
         raise ValueError(f"{path} needs `data: {{class_path: ..., init_args: ...}}` (a LightningDataModule).")
     mod, _, name = data["class_path"].rpartition(".")
-    dm = getattr(importlib.import_module(mod), name)(**(data.get("init_args") or {}))
+    try:
+        cls = getattr(importlib.import_module(mod), name) if mod else None
+    except ImportError as err:
+        raise ValueError(f"{path}: class_path {data['class_path']!r}: cannot import {mod!r} ({err}); is the package installed and on the path?") from None
+    except AttributeError:
+        raise ValueError(f"{path}: class_path {data['class_path']!r}: {mod!r} has no attribute {name!r}.") from None
+    if cls is None:
+        raise ValueError(f"{path}: class_path {data['class_path']!r} is not a dotted path like 'package.module.DataModule'.")
+    try:
+        dm = cls(**(data.get("init_args") or {}))
+    except TypeError as err:
+        raise ValueError(f"{path}: init_args do not fit {name}: {err}.") from None
     dm.setup("validate")
     batches, labels, n = [], [], 0
     for b in dm.val_dataloader():

@@ -230,7 +230,16 @@ def probe_model(
             feats = [[f] for f in shared.pooled]
             sources = shared.sources
         for batch in [] if share else data.batches:
-            reps = capture_representations(module, [batch], layers=layers, pooling=pooling, device=dev)
+            try:
+                reps = capture_representations(module, [batch], layers=layers, pooling=pooling, device=dev)
+            except (TypeError, ValueError, KeyError, IndexError) as err:
+                if feats:  # the first batch ran: not a mismatch of model and data
+                    raise
+                keys = ", ".join(map(str, batch)) if isinstance(batch, dict) else type(batch).__name__
+                raise ValueError(
+                    f"{name} does not run on {data.description}'s batches ({keys}): {type(err).__name__}: "
+                    f"{(str(err).splitlines() or [''])[0][:200]}. Is --data the kind of input this model takes?"
+                ) from err
             if not feats:
                 feats = [[] for _ in reps.features]
                 sources = reps.sources
