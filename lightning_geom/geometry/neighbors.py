@@ -318,10 +318,12 @@ def _panel_recompute_bytes(n: int, block: int) -> int:
 
 
 def available_bytes(device: torch.device) -> int | None:
-    """Free memory on ``device`` (CUDA: ``mem_get_info``; CPU: the OS's available pages), or None if unknown."""
+    """Free memory on ``device`` (CUDA: ``mem_get_info`` plus what PyTorch's caching allocator holds but no
+    tensor uses, which this process's next allocations reuse; CPU: the OS's available pages), or None if unknown."""
     try:
         if device.type == "cuda":
-            return int(torch.cuda.mem_get_info(device)[0])
+            cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+            return int(torch.cuda.mem_get_info(device)[0]) + max(0, int(cached))
         if device.type == "cpu":
             meminfo = Path("/proc/meminfo")
             if meminfo.is_file():  # Linux: MemAvailable counts the reclaimable page cache, MemFree does not
