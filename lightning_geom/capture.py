@@ -41,6 +41,7 @@ __all__ = [
     "map_tensors",
     "logits_and_hidden",
     "last_positions",
+    "take_last",
     "batch_last_positions",
 ]
 
@@ -134,9 +135,7 @@ def pool(h: Tensor, attention_mask: Tensor | None = None, how: Pooling = "mean")
             return h.mean(dim=1)
         return (h * mask.unsqueeze(-1)).sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp_min(1.0)
     if how == "last":
-        if mask is None:
-            return h[:, -1]
-        return h[torch.arange(h.shape[0], device=h.device), last_positions(mask, h.shape[1], h.device)]
+        return take_last(h, mask)
     raise ValueError(f"Expected `pooling` to be one of 'mean', 'last', 'first', 'tokens' or a callable, but got {how!r}.")
 
 
@@ -175,17 +174,22 @@ def layer_patterns(layers: str | Sequence[str] | None) -> list[str] | None:
     return list(layers) or None
 
 
-def last_positions(mask: Tensor | None, width: int, device: torch.device) -> Tensor:
-    """(B,) index of each row's last real token (the last 1 of ``mask``, either padding side); T - 1 without a mask.
+def last_positions(mask: Tensor) -> Tensor:
+    """(B,) index of each row's last real token: the last nonzero of the (B, T) ``mask``, either padding side.
 
     Example:
-        >>> last_positions(torch.tensor([[1, 1, 0], [0, 1, 1]]), 3, torch.device("cpu")).tolist()
+        >>> last_positions(torch.tensor([[1, 1, 0], [0, 1, 1]])).tolist()
         [1, 2]
     """
+    steps = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+    return ((mask != 0) * steps).argmax(dim=1)
+
+
+def take_last(t: Tensor, mask: Tensor | None) -> Tensor:
+    """(B, T, ...) -> (B, ...) at each row's last real token (:func:`last_positions`); the last column without a mask."""
     if mask is None:
-        return torch.full((1,), width - 1, device=device)
-    steps = torch.arange(1, width + 1, device=device)
-    return ((mask.to(device) != 0) * steps).argmax(dim=1)
+        return t[:, -1]
+    return t[torch.arange(t.shape[0], device=t.device), last_positions(mask.to(t.device))]
 
 
 def batch_last_positions(batch: Any) -> Tensor | None:
@@ -194,7 +198,7 @@ def batch_last_positions(batch: Any) -> Tensor | None:
     mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
     if not isinstance(mask, Tensor) or mask.ndim != 2 or bool((mask != 0).all()):
         return None
-    return last_positions(mask, mask.shape[1], mask.device)
+    return last_positions(mask)
 
 
 def is_encoder_decoder(net: nn.Module) -> bool:

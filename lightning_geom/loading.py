@@ -48,16 +48,23 @@ def padding_tokenizer(tok: Any) -> Any:
     return tok
 
 
-def _import(path: str) -> Any:
+def import_class(path: str, where: str) -> Any:
+    """The object a dotted ``package.module.Name`` path names; a bad path, a module that does not import
+    or a missing name is a one-line ValueError starting with ``where`` (the option or file that gave it)."""
     mod, _, name = path.rpartition(".")
     if not mod:
-        raise ValueError(f"Expected a class path like 'package.module.Class', but got {path!r}.")
+        raise ValueError(f"{where}: expected a class path like 'package.module.Class', but got {path!r}.")
     try:
-        cls = getattr(importlib.import_module(mod), name)
+        return getattr(importlib.import_module(mod), name)
     except ImportError as err:
-        raise ValueError(f"--module {path}: cannot import {mod!r} ({err}); is the package installed and on the path?") from None
+        raise ValueError(f"{where}: cannot import {mod!r} ({err}); is the package installed and on the path?") from None
     except AttributeError:
-        raise ValueError(f"--module {path}: {mod!r} has no attribute {name!r}.") from None
+        raise ValueError(f"{where}: {mod!r} has no attribute {name!r}.") from None
+
+
+def _import(path: str) -> Any:
+    cls = import_class(path, f"--module {path}")
+    name = path.rpartition(".")[2]
     if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module) and hasattr(cls, "load_from_checkpoint")):
         raise ValueError(f"--module {path}: {name!r} is not a LightningModule class.")
     return cls
@@ -106,6 +113,11 @@ def _load_checkpoint(path: Path, module: str | None) -> LoadedModel:
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "vocab.json")
 
 
+def _has_tokenizer(folder: Path) -> bool:
+    """Whether ``folder`` is a directory holding tokenizer files."""
+    return folder.is_dir() and any((folder / f).exists() for f in _TOKENIZER_FILES)
+
+
 def load_tokenizer(path: str | Path) -> Any:
     """The tokenizer saved in a local folder (``tokenizer.json``, ``vocab.txt``, ...), ready for padded batches.
 
@@ -113,7 +125,7 @@ def load_tokenizer(path: str | Path) -> Any:
         ValueError: no such folder, or no tokenizer files in it (hub names are not downloaded).
     """
     p = Path(path)
-    if not p.is_dir() or not any((p / f).exists() for f in _TOKENIZER_FILES):
+    if not _has_tokenizer(p):
         raise ValueError(f"--tokenizer {path}: not a folder with tokenizer files ({', '.join(_TOKENIZER_FILES)}); hub names are not downloaded.")
     from transformers import AutoTokenizer
 
@@ -132,9 +144,8 @@ def _module_tokenizer(lm: torch.nn.Module, ckpt: dict) -> Any:
     places += [getattr(m.config, "_name_or_path", "") for m in lm.modules() if hasattr(getattr(m, "config", None), "_name_or_path")]
     for place in places:
         try:
-            p = Path(place)
-            if place and p.is_dir() and any((p / f).exists() for f in _TOKENIZER_FILES):
-                return load_tokenizer(p)
+            if place and _has_tokenizer(Path(place)):
+                return load_tokenizer(place)
         except (OSError, ValueError):  # a string that is no usable path, or files that do not load
             continue
     return None
@@ -169,10 +180,8 @@ def _load_hf(path: Path) -> LoadedModel:
     model = cls.from_pretrained(path, local_files_only=True)
     model.eval()
     tok = proc = None
-    if any((path / f).exists() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "vocab.json")):
-        from transformers import AutoTokenizer
-
-        tok = padding_tokenizer(AutoTokenizer.from_pretrained(path, local_files_only=True))
+    if _has_tokenizer(path):
+        tok = load_tokenizer(path)
         if kind == "hf":
             kind = "hf-text"
     if (path / "preprocessor_config.json").exists():

@@ -51,11 +51,10 @@ def _batch(args: argparse.Namespace, loaded: Any) -> dict[str, torch.Tensor]:
         return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
     from ..probing.data import load_rgb
 
-    missing = [f for f in args.image if not Path(f).is_file()]
-    if missing:
-        raise SystemExit(f"error: no such image file: {missing[0]}")
     try:
         images = [load_rgb(f) for f in args.image]
+    except FileNotFoundError as err:
+        raise SystemExit(f"error: no such image file: {err.filename}") from None
     except OSError as err:
         raise SystemExit(f"error: not a readable image: {err}") from None
     if loaded.image_processor is not None:

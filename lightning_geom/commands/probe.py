@@ -15,7 +15,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--data", required=True, help="'digits', a .txt (one text per line), .csv/.jsonl, an image folder (class subfolders), or a datamodule YAML")
     p.add_argument("--out", default="probe_report", help="output folder (default probe_report)")
     p.add_argument("--module", default=None, help="LightningModule class path of the checkpoints")
-    p.add_argument("--tokenizer", default=None, help="a folder with the tokenizer files, for a checkpoints that does not bring its own")
+    p.add_argument("--tokenizer", default=None, help="a folder with the tokenizer files, for checkpoints that do not bring their own")
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
     p.add_argument("--drop-unlabeled", action="store_true", help="drop records with an empty / NaN label (counted) instead of failing")

@@ -35,9 +35,9 @@ from .intrinsic_dim import (
 from .neighbors import (
     _CPU_RECOMPUTE_BYTES,
     _GRAM_CACHE_BYTES,
-    _all_finite,
     _default_margin,
     _exact_distances,
+    _max_abs,
     _top,
     _uncertified,
     exact_candidates,
@@ -117,8 +117,8 @@ def _check(x: Tensor | np.ndarray, k: int, lengths: Tensor | None) -> tuple[Tens
             "Drop the short clouds, or lower k."
         )
     valid = None if lo == n else torch.arange(n, device=x.device) < lengths.unsqueeze(1)
-    finite = _all_finite(x) if valid is None else _all_finite(x[valid])
-    if not finite:  # (unpadded: no masked copy of the clouds)
+    top = _max_abs(x) if valid is None else _max_abs(x[valid])  # (unpadded: no masked copy of the clouds)
+    if not math.isfinite(top):
         bad = ~torch.isfinite(x).all(dim=2)
         if valid is not None:
             bad &= valid
@@ -127,7 +127,7 @@ def _check(x: Tensor | np.ndarray, k: int, lengths: Tensor | None) -> tuple[Tens
             f"Expected finite values in the real (unpadded) points, but clouds {clouds[:10]}"
             f"{', ...' if len(clouds) > 10 else ''} contain NaN or Inf. Drop those clouds (or fix the model's overflow)."
         )
-    return x, lengths
+    return x, lengths, top
 
 
 def knn_batched(
@@ -171,8 +171,8 @@ def knn_batched(
         >>> nb.indices[..., 0].tolist()
         [[1, 0, 1], [1, 0, -1]]
     """
-    x, lengths = _check(x, k, lengths)
-    x, unscale = safe_scale(x, torch.arange(x.shape[1], device=x.device) < lengths.unsqueeze(1))  # exact, see safe_scale
+    x, lengths, top = _check(x, k, lengths)
+    x, unscale = safe_scale(x, top)  # exact, see safe_scale
     with no_autocast(x.device):  # autocast would run the candidate GEMMs in half precision
         nb = _knn_batched(x, k, lengths, margin, budget_bytes)
     return nb if unscale == 1.0 else BatchedNeighbors(nb.distances * unscale, nb.indices, nb.lengths)

@@ -1012,7 +1012,7 @@ def knn(
         )
     device = x.device
     half = _use_half(candidates, device, n)
-    x, unscale = safe_scale(x, top=top)
+    x, unscale = safe_scale(x, top)
     with no_autocast(device):  # autocast would run the candidate GEMMs in half precision
         nb = _knn(x, k, block_size=block_size, margin=margin, memory_budget=memory_budget, rows=_rows, half=half)
     return nb if unscale == 1.0 else Neighbors(nb.distances * unscale, nb.indices)
@@ -1021,18 +1021,16 @@ def knn(
 _SAFE_EXP = 40  # points whose largest |coordinate| lies outside [2^-40, 2^40] are rescaled by a power of two
 
 
-def safe_scale(x: Tensor, valid: Tensor | None = None, *, top: float | None = None) -> tuple[Tensor, float]:
+def safe_scale(x: Tensor, top: float) -> tuple[Tensor, float]:
     """``x`` times a power of two that brings its largest |coordinate| near 1 when it lies outside
     [2^-40, 2^40], and the factor to multiply distances by afterwards (1.0 when untouched).
 
     The float32 candidate pass squares the points (float32 overflows past ~2^64 per coordinate and
     underflows below ~2^-63), and the float64 recompute sums squares too (float64 data of magnitude
     1e200 or 1e-200); a power of two scales every coordinate and distance exactly, so the neighbours
-    and their float64 distances are those of the unscaled points. ``valid``: (B, N) real rows of
-    padded clouds (padding may hold anything). ``top``: max |x| when already known.
+    and their float64 distances are those of the unscaled points. ``top``: max |x| over the real
+    points (the finiteness check's :func:`_max_abs`).
     """
-    if top is None:
-        top = _max_abs(x if valid is None else torch.where(valid.unsqueeze(-1), x, 0))
     if top == 0.0 or 2.0**-_SAFE_EXP <= top <= 2.0**_SAFE_EXP:
         return x, 1.0
     e = math.frexp(top)[1]  # top = m 2^e, 0.5 <= m < 1

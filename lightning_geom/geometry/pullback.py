@@ -50,6 +50,8 @@ __all__ = [
     "layer_spectra",
     "plan_directions",
     "PullbackMemoryError",
+    "check_top_logits",
+    "resolve_top_logits",
 ]
 
 OutputName = Literal["logits", "probs", "fisher"]
@@ -387,8 +389,7 @@ def layer_spectra(
         hidden = list(hidden)
         phi = output_map(output)
         z = _select(logits, position)
-        if top_logits == "auto":
-            top_logits = AUTO_TOP_LOGITS if z.shape[-1] > AUTO_HEAD_MAX else None
+        top_logits = resolve_top_logits(top_logits, z.shape[-1])
         if top_logits is not None:
             keep = torch.topk(z.detach(), min(top_logits, z.shape[-1]), dim=-1).indices
             y = phi(z).gather(-1, keep) if output in ("probs", "fisher") else phi(z.gather(-1, keep))
@@ -414,6 +415,20 @@ def layer_spectra(
 
 AUTO_TOP_LOGITS = 16  # top_logits="auto": this many of a large head's logits ...
 AUTO_HEAD_MAX = 64  # ... when it has more outputs than this (a classifier's heads are pulled back whole)
+
+
+def check_top_logits(value: object) -> None:
+    """Refuse a ``top_logits`` that is not ``"auto"``, None or a positive integer (one line)."""
+    if value not in (None, "auto") and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f'Expected `top_logits` to be "auto", None or a positive integer, but got {value!r}.')
+
+
+def resolve_top_logits(value: int | Literal["auto"] | None, m: int) -> int | None:
+    """How many of a head's ``m`` outputs to keep: ``"auto"``: 16 of more than 64 (an LM's vocabulary),
+    all (None) of fewer; an integer or None: as given."""
+    if value == "auto":
+        return AUTO_TOP_LOGITS if m > AUTO_HEAD_MAX else None
+    return value
 
 
 class PullbackMemoryError(ValueError):

@@ -13,7 +13,13 @@ from typing import Any, Literal
 import torch
 
 from ..capture import _to_device, batch_last_positions, logits_and_hidden, resolve_network
-from ..geometry.pullback import OUTPUT_MAPS, layer_spectra, spectrum_stats, subspace_overlap
+from ..geometry.pullback import (
+    OUTPUT_MAPS,
+    check_top_logits,
+    layer_spectra,
+    spectrum_stats,
+    subspace_overlap,
+)
 from ..report.history import is_number, metric_key
 from .core import MonitorCore, Run
 from .probe import gather_parts
@@ -87,8 +93,7 @@ class PullbackCore(MonitorCore):
         super().__init__(probe, num_samples=num_samples, batch_size=batch_size, **kwargs)
         if output not in OUTPUT_MAPS:
             raise ValueError(f"Expected `output` to be one of {OUTPUT_MAPS}, but got {output!r}.")
-        if top_logits not in (None, "auto") and (isinstance(top_logits, bool) or not isinstance(top_logits, int) or top_logits < 1):
-            raise ValueError(f'Expected `top_logits` to be "auto", None or a positive integer, but got {top_logits!r}.')
+        check_top_logits(top_logits)
         if position is not None and (isinstance(position, bool) or not isinstance(position, int)):
             raise ValueError(f"Expected `position` to be None (the last position) or an integer index, but got {position!r}.")
         for name, v in (("track_samples", track_samples), ("track_top", track_top)):

@@ -12,7 +12,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from .decoders import Decoder, PatchDecoder, TokenDecoder
@@ -75,7 +74,7 @@ def adapter_for(model: nn.Module, tokenizer: Any = None) -> Adapter:
         )
     emb = _token_embeddings(model)
     if emb is not None:  # HF text models
-        from ..capture import NoLogitsError, is_encoder_decoder, last_positions
+        from ..capture import NoLogitsError, is_encoder_decoder, take_last
         from ..tokens import is_causal_lm
 
         if is_encoder_decoder(model):
@@ -94,7 +93,7 @@ def adapter_for(model: nn.Module, tokenizer: Any = None) -> Adapter:
                     "or a causal LM (...ForCausalLM)."
                 )
             if causal and logits.ndim == 3:  # (B, T, V): the next token after each prompt's last real position
-                return logits[torch.arange(logits.shape[0], device=logits.device), last_positions(mask, logits.shape[1], logits.device)]
+                return take_last(logits, mask)
             return logits
 
         if causal:  # the classes are next tokens

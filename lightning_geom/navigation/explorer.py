@@ -27,7 +27,12 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from ..geometry.pullback import output_map, spectrum_from_jacobian
+from ..geometry.pullback import (
+    check_top_logits,
+    output_map,
+    resolve_top_logits,
+    spectrum_from_jacobian,
+)
 from .adapters import Adapter, adapter_for
 
 __all__ = ["EquivalenceClassExplorer", "TokenPositionError"]
@@ -98,8 +103,7 @@ class EquivalenceClassExplorer(L.LightningModule):
             not isinstance(tokens, Sequence) or not tokens or any(isinstance(p, bool) or not isinstance(p, int) for p in tokens)
         ):
             raise ValueError(f"Expected `tokens` to be 'all', 'top_attribution' or a non-empty list of integer positions, but got {tokens!r}.")
-        if top_logits not in (None, "auto") and (isinstance(top_logits, bool) or not isinstance(top_logits, int) or top_logits < 1):
-            raise ValueError(f'Expected `top_logits` to be "auto", None or a positive integer, but got {top_logits!r}.')
+        check_top_logits(top_logits)
         if model is None and adapter is None:
             raise ValueError("Pass `model=` (a known family) or `adapter=Adapter(embed, head, decoder)`.")
         self.model = model
@@ -113,28 +117,16 @@ class EquivalenceClassExplorer(L.LightningModule):
 
     # ------------------------------------------------------------------ pieces
     def _f(self, batch: Any) -> Any:
+        return lambda e: self._metric_outputs(self.adapter.head(e, batch))
+
+    def _metric_outputs(self, z: Tensor) -> Tensor:
+        """phi of the head's logits (B, m), restricted to the walk's classes when ``top_logits`` keeps some."""
         keep = self._keep
-
-        def f(e: Tensor) -> Tensor:
-            z = self.adapter.head(e, batch)
-            if keep is None:
-                return self._phi(z)
-            if self.output == "logits":
-                return z.gather(-1, keep)
-            return self._phi(z).gather(-1, keep)  # probabilities over all classes, then the kept ones
-
-        return f
-
-    def _classes(self, p0: Tensor) -> Tensor | None:
-        """Each sample's top-k classes at the start (``top_logits``), or None for all of them."""
-        from ..geometry.pullback import AUTO_HEAD_MAX, AUTO_TOP_LOGITS
-
-        k = self.top_logits
-        if k == "auto":
-            k = AUTO_TOP_LOGITS if p0.shape[-1] > AUTO_HEAD_MAX else None
-        if k is None or k >= p0.shape[-1]:
-            return None
-        return p0.topk(int(k), dim=-1).indices
+        if keep is None:
+            return self._phi(z)
+        if self.output == "logits":
+            return z.gather(-1, keep)
+        return self._phi(z).gather(-1, keep)  # probabilities over all classes, then the kept ones
 
     def _jacobian(self, e: Tensor, batch: Any, mask: Tensor) -> Tensor:
         """(B, m, n) Jacobian of phi(head) at e, columns outside the explored tokens zeroed."""
@@ -178,17 +170,17 @@ class EquivalenceClassExplorer(L.LightningModule):
         dtype = e0.dtype
         b = e0.shape[0]
         with torch.no_grad():
-            p0 = torch.softmax(self.adapter.head(e0, batch), dim=-1)
-        if p0.ndim != 2 or p0.shape[0] != b:
+            z0 = self.adapter.head(e0, batch)
+        if z0.ndim != 2 or z0.shape[0] != b:
             raise ValueError(
-                f"The adapter's head gave outputs of shape {tuple(p0.shape)}; the explorer needs (B, classes) = ({b}, m): "
+                f"The adapter's head gave outputs of shape {tuple(z0.shape)}; the explorer needs (B, classes) = ({b}, m): "
                 "one prediction per sample (an LM: the next-token logits at the last position)."
             )
-        self._keep = self._classes(p0)
+        top = resolve_top_logits(self.top_logits, z0.shape[-1])  # each sample's top classes at the start, fixed
+        self._keep = None if top is None or top >= z0.shape[-1] else z0.topk(top, dim=-1).indices
         mask = self._token_mask(e0, batch)
-        with torch.no_grad():
-            y0 = self._f(batch)(e0)
-        c0 = p0.argmax(dim=-1)
+        y0 = self._metric_outputs(z0)
+        c0 = z0.argmax(dim=-1)
         scale = e0.norm(dim=-1).mean(dim=1)  # (B,) mean embedding-row norm
         e = e0.clone()
         prev: Tensor | None = None

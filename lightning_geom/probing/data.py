@@ -7,7 +7,6 @@ Errors are one line that says what to fix.
 from __future__ import annotations
 
 import csv
-import importlib
 import io
 import json
 import re
@@ -20,7 +19,7 @@ from typing import Any
 import torch
 
 from ..geometry import label_problem
-from ..loading import padding_tokenizer
+from ..loading import import_class, padding_tokenizer
 
 __all__ = ["ProbeData", "load_probe_data"]
 
@@ -347,15 +346,8 @@ def _datamodule(path: Path, max_samples: int) -> ProbeData:
     data = cfg.get("data", cfg) if isinstance(cfg, dict) else None
     if not isinstance(data, dict) or not isinstance(data.get("class_path"), str):
         raise ValueError(f"{path} needs `data: {{class_path: ..., init_args: ...}}` (a LightningDataModule).")
-    mod, _, name = data["class_path"].rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(mod), name) if mod else None
-    except ImportError as err:
-        raise ValueError(f"{path}: class_path {data['class_path']!r}: cannot import {mod!r} ({err}); is the package installed and on the path?") from None
-    except AttributeError:
-        raise ValueError(f"{path}: class_path {data['class_path']!r}: {mod!r} has no attribute {name!r}.") from None
-    if cls is None:
-        raise ValueError(f"{path}: class_path {data['class_path']!r} is not a dotted path like 'package.module.DataModule'.")
+    cls = import_class(data["class_path"], f"{path}: class_path {data['class_path']!r}")
+    name = data["class_path"].rpartition(".")[2]
     try:
         dm = cls(**(data.get("init_args") or {}))
     except TypeError as err:
