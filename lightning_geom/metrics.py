@@ -7,6 +7,7 @@ API (:mod:`lightning_geom.geometry`).
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Literal
 
 import torch
@@ -15,6 +16,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
 from .geometry import gride, label_overlap, neighborhood_overlap, twonn
+from .geometry.args import positive_int
 from .geometry.overlap import numeric_label_problem
 
 __all__ = ["IntrinsicDimension", "NeighborhoodOverlap", "LabelOverlap"]
@@ -79,8 +81,10 @@ class IntrinsicDimension(Metric):
         if estimator not in ("twonn", "gride"):
             raise ValueError(f"Expected `estimator` to be one of 'twonn', 'gride', but got {estimator!r}.")
         self.estimator = estimator
-        self.n1 = n1
-        self.discard_fraction = discard_fraction
+        self.n1 = positive_int(n1, "n1")
+        if isinstance(discard_fraction, bool) or not isinstance(discard_fraction, numbers.Real) or not 0.0 < discard_fraction < 1.0:
+            raise ValueError(f"Expected `discard_fraction` to be a number in (0, 1), but got {discard_fraction!r}.")
+        self.discard_fraction = float(discard_fraction)
         self.add_state("points", default=[], dist_reduce_fx="cat")
 
     def update(self, x: Tensor) -> None:
@@ -115,9 +119,7 @@ class NeighborhoodOverlap(Metric):
 
     def __init__(self, k: int = 30, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f"Expected `k` to be a positive integer, but got {k!r}.")
-        self.k = k
+        self.k = positive_int(k, "k")
         self.add_state("a", default=[], dist_reduce_fx="cat")
         self.add_state("b", default=[], dist_reduce_fx="cat")
 
@@ -152,9 +154,7 @@ class LabelOverlap(Metric):
 
     def __init__(self, k: int = 10, *, weighted: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f"Expected `k` to be a positive integer, but got {k!r}.")
-        self.k = k
+        self.k = positive_int(k, "k")
         self.weighted = weighted
         self.add_state("points", default=[], dist_reduce_fx="cat")
         self.add_state("labels", default=[], dist_reduce_fx="cat")

@@ -3,7 +3,7 @@ import pytest
 import torch
 from scipy.spatial.distance import cdist
 
-from lightning_geom.geometry import Neighbors, knn
+from lightning_geom.geometry import Neighbors, gride, gride_scaling, knn, label_overlap, twonn
 
 
 def _brute(x: np.ndarray, k: int):
@@ -352,3 +352,27 @@ def test_points_far_outside_float32_range_are_rescaled_exactly(dtype, exp):
     clouds = torch.stack([x[:100], x[100:]])
     bref, bfar = knn_batched(clouds, 3), knn_batched(clouds * s, 3)
     assert torch.equal(bfar.indices, bref.indices) and torch.equal(bfar.distances, bref.distances * s)
+
+
+def test_integer_arguments_as_users_pass_them():
+    """numpy and 0-d tensor integers are counts (k from an array's shape); floats, bools, a negative
+    margin or a zero block size get one line naming the argument."""
+    x = torch.randn(40, 5, generator=torch.Generator().manual_seed(0))
+    ref = knn(x, 4)
+    for k in (np.int64(4), torch.tensor(4)):
+        nb = knn(x, k)
+        assert torch.equal(nb.indices, ref.indices) and nb.k == 4
+    assert label_overlap(ref, np.arange(40) % 3, k=np.int32(3)) == label_overlap(ref, np.arange(40) % 3, k=3)
+    assert gride(x, n1=np.int64(2)).dim == gride(x, n1=2).dim
+    assert gride_scaling(x, range_max=np.int64(8)).dims == gride_scaling(x, range_max=8).dims
+    for bad in (2.0, True, torch.tensor(2.0)):
+        with pytest.raises(ValueError, match="Expected `k` to be an integer"):
+            knn(x, bad)
+    with pytest.raises(ValueError, match="`margin` to be an integer >= 0"):
+        knn(x, 3, margin=-1)
+    with pytest.raises(ValueError, match="`block_size` to be a positive integer"):
+        knn(x, 3, block_size=0)
+    with pytest.raises(ValueError, match="`range_max` to be an integer"):
+        gride_scaling(x, range_max=8.5)
+    with pytest.raises(ValueError, match="discard_fraction"):
+        twonn(x, discard_fraction="0.1")

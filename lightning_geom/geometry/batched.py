@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .args import as_int
 from .intrinsic_dim import (
     DuplicatePointsWarning,
     _gride_solve,
@@ -109,13 +110,15 @@ def _check(x: Tensor | np.ndarray, k: int, lengths: Tensor | None) -> tuple[Tens
     lo, hi = lengths.min().item(), lengths.max().item()
     if hi > n:
         raise ValueError(f"Expected every length <= N = {n}, but the largest is {hi}.")
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= lo - 1:
-        short = torch.nonzero(lengths <= (k if isinstance(k, int) else 1)).flatten().tolist()
+    k_int = as_int(k)
+    if k_int is None or not 1 <= k_int <= lo - 1:
+        short = torch.nonzero(lengths <= (k_int if k_int is not None else 1)).flatten().tolist()
         which = f" (clouds {short[:10]}{', ...' if len(short) > 10 else ''} have <= k points)" if short else ""
         raise ValueError(
             f"Expected `k` to be an integer in [1, shortest cloud - 1] = [1, {lo - 1}], but got {k!r}{which}. "
             "Drop the short clouds, or lower k."
         )
+    k = k_int
     valid = None if lo == n else torch.arange(n, device=x.device) < lengths.unsqueeze(1)
     top = _max_abs(x) if valid is None else _max_abs(x[valid])  # (unpadded: no masked copy of the clouds)
     if not math.isfinite(top):

@@ -12,6 +12,7 @@ them (with a tiny epsilon distance), which biases TwoNN and collapses GRIDE towa
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .args import as_int
 from .neighbors import Neighbors, as_points, knn
 
 __all__ = [
@@ -241,8 +243,8 @@ def twonn(
     """
     if method not in ("fit", "mle"):
         raise ValueError(f"Expected `method` to be one of 'fit', 'mle', but got {method!r}.")
-    if not 0.0 <= discard_fraction < 1.0:
-        raise ValueError(f"Expected `discard_fraction` in [0, 1), but got {discard_fraction}.")
+    if isinstance(discard_fraction, bool) or not isinstance(discard_fraction, numbers.Real) or not 0.0 <= discard_fraction < 1.0:
+        raise ValueError(f"Expected `discard_fraction` in [0, 1), but got {discard_fraction!r}.")
     if method == "fit" and discard_fraction == 0.0:
         raise ValueError(
             "`discard_fraction=0` makes the fit's last point -log(1 - N/N) infinite; "
@@ -516,10 +518,11 @@ def gride(x: Tensor | np.ndarray | Neighbors, *, n1: int = 1, n2: int | None = N
         >>> round(gride(z @ torch.randn(4, 16, generator=g, dtype=torch.float64), n1=4, n2=8).dim)
         4
     """
-    if n2 is None and isinstance(n1, int):
-        n2 = 2 * n1
-    if not (isinstance(n1, int) and isinstance(n2, int) and 1 <= n1 < n2):
+    i1 = as_int(n1)
+    i2 = (None if i1 is None else 2 * i1) if n2 is None else as_int(n2)
+    if i1 is None or i2 is None or not 1 <= i1 < i2:
         raise ValueError(f"Expected integer ranks 1 <= n1 < n2, but got n1={n1!r}, n2={n2!r}.")
+    n1, n2 = i1, i2
     return _gride_estimates(x, [(n1, n2)], what=f"GRIDE (n1={n1}, n2={n2})")[0]
 
 
@@ -530,7 +533,10 @@ def gride_pairs(top: int) -> list[tuple[int, int]]:
 
 def gride_max_rank(n_points: int, range_max: int = 64) -> int:
     """Largest neighbour rank :func:`gride_scaling` uses: the largest power of 2 <= min(range_max, N - 1)."""
-    top = min(int(range_max), int(n_points) - 1)
+    r = as_int(range_max)
+    if r is None:
+        raise ValueError(f"Expected `range_max` to be an integer >= 2, but got {range_max!r}.")
+    top = min(r, int(n_points) - 1)
     if top < 2:
         raise ValueError(f"GRIDE scaling needs range_max >= 2 and N >= 3 points, but got range_max={range_max}, N={n_points}.")
     return 2 ** int(math.log2(top))

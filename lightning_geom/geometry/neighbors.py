@@ -42,6 +42,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .args import as_int, positive_int
+
 __all__ = ["Neighbors", "knn", "knn_sharded", "knn_split", "as_points", "matmul_unit"]
 
 _F32_EPS = float(torch.finfo(torch.float32).eps)
@@ -1006,10 +1008,14 @@ def knn(
     """
     x, top = _checked_points(x)
     n, d = x.shape
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= n - 1:
+    k_int = as_int(k)
+    if k_int is None or not 1 <= k_int <= n - 1:
         raise ValueError(
             f"Expected `k` to be an integer in [1, N - 1] = [1, {n - 1}] for N = {n} points, but got {k!r}."
         )
+    k = k_int
+    block_size = None if block_size is None else positive_int(block_size, "block_size")
+    margin = None if margin is None else positive_int(margin, "margin", low=0)
     device = x.device
     half = _use_half(candidates, device, n)
     x, unscale = safe_scale(x, top)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .args import positive_int
 from .neighbors import Neighbors, knn
 
 __all__ = ["neighborhood_overlap", "label_overlap", "encode_labels", "single_class"]
@@ -19,8 +20,7 @@ __all__ = ["neighborhood_overlap", "label_overlap", "encode_labels", "single_cla
 
 def _indices(x: Tensor | np.ndarray | Neighbors, k: int, *, name: str) -> Tensor:
     """(N, k) neighbour indices from points or a ``Neighbors``."""
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"Expected `k` to be a positive integer, but got {k!r}.")
+    k = positive_int(k, "k")
     if isinstance(x, Neighbors):
         if x.k < k:
             raise ValueError(
