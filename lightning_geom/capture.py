@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .diagnose import explain_forward_error
+
 __all__ = [
     "NoLogitsError",
     "Representations",
@@ -221,11 +223,29 @@ def match_modules(model: nn.Module, patterns: Sequence[str]) -> list[str]:
         rx = _glob(pat)
         hits = [n for n in names if rx.match(n)]
         if not hits:
-            shown = ", ".join(n for n in names if n.count(".") <= 2)[:400]
-            raise ValueError(f"Layer pattern {pat!r} matches no submodule. Some that exist: {shown}")
+            raise ValueError(f"Layer pattern {pat!r} matches no submodule. Some that exist: {_layer_hint(names)}")
         chosen.extend(h for h in hits if h not in chosen)
     order = {n: i for i, n in enumerate(names)}
     return sorted(chosen, key=order.__getitem__)
+
+
+def _layer_hint(names: Sequence[str]) -> str:
+    """What to match instead: the patterns of the repeated blocks (``encoder.layer.*``: 12 modules) and the
+    top-level submodules, whole names only."""
+    blocks: dict[str, int] = {}
+    for n in names:
+        head, _, last = n.rpartition(".")
+        if last.isdigit():
+            key = f"{head}.*" if head else "*"
+            blocks[key] = blocks.get(key, 0) + 1
+    top = [n for n in names if "." not in n]
+    parts = []
+    if blocks:
+        ranked = sorted(blocks.items(), key=lambda kv: -kv[1])[:4]
+        parts.append("the repeated blocks " + ", ".join(f"{p!r} ({c} modules)" for p, c in ranked))
+    if top:
+        parts.append(f"the top-level {', '.join(top[:12])}{', ...' if len(top) > 12 else ''}")
+    return ("; ".join(parts) or "none (the model has no submodules)") + "."
 
 
 @contextmanager
@@ -304,6 +324,18 @@ def map_tensors(obj: Any, fn: Callable[[Tensor], Any]) -> Any:
     return obj
 
 
+@contextmanager
+def _explained(net: nn.Module, batch: Any) -> Iterator[None]:
+    """Re-raise a forward's opaque embedding index error as the one line :mod:`..diagnose` finds."""
+    try:
+        yield
+    except (IndexError, RuntimeError) as err:
+        better = explain_forward_error(net, batch, err)
+        if better is None:
+            raise
+        raise better from err
+
+
 class NoLogitsError(ValueError):
     """The network's output has no ``logits`` or no ``hidden_states`` (a base model without a head)."""
 
@@ -315,7 +347,8 @@ def logits_and_hidden(net: nn.Module, batch: Any, label_key: str | None = "label
         NoLogitsError: the output has no ``logits`` or no ``hidden_states``.
     """
     args, kwargs, _ = split_batch(batch, label_key)
-    out = net(*args, **kwargs, output_hidden_states=True)
+    with _explained(net, batch):
+        out = net(*args, **kwargs, output_hidden_states=True)
     logits, hidden = getattr(out, "logits", None), getattr(out, "hidden_states", None)
     if logits is None or hidden is None:
         what = " and ".join(n for n, v in (("`logits`", logits), ("`hidden_states`", hidden)) if v is None)
@@ -400,7 +433,7 @@ def capture_representations(
                 args, kwargs, lab = split_batch(batch, label_key)
                 mask = kwargs.get("attention_mask") if isinstance(kwargs, dict) else None
                 ctx = autocast() if autocast is not None else _null()
-                with ctx:
+                with ctx, _explained(net, batch):
                     if hooked is not None:
                         with hook_modules(net, hooked) as store:
                             forward_fn(net, batch) if forward_fn else net(*args, **kwargs)

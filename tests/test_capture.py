@@ -203,3 +203,22 @@ def test_pooling_of_left_padded_rows_equals_right_padded(how):
     assert torch.allclose(pool(right, mask_r, how), pool(left, mask_l, how))
     want = torch.stack([r.mean(0) if how == "mean" else r[-1] if how == "last" else r[0] for r in real])
     assert torch.allclose(pool(left, mask_l, how), want)
+
+
+def test_pattern_hint_names_the_repeated_blocks():
+    with pytest.raises(ValueError, match=r"Some that exist: the repeated blocks 'model\.transformer\.h\.\*' \(2 modules\)"):
+        match_modules(TinyGPT(n_layer=2), ["h.*"])
+
+
+@pytest.mark.parametrize(
+    ("ids", "match"),
+    [
+        (torch.full((4, 6), 500), r"token ids span \[500, 500\], but GPT2LMHeadModel's embedding has 64 rows"),
+        (torch.full((4, 6), -100), r"token ids span \[-100, -100\]"),
+        (torch.zeros(4, 6), r"token ids are float32 \(4, 6\), but GPT2LMHeadModel starts with an embedding of 64 tokens"),
+    ],
+)
+def test_bad_token_ids_are_named_not_an_index_error(ids, match):
+    """An embedding's "index out of range in self" becomes one line: the ids' range against the vocabulary."""
+    with pytest.raises(ValueError, match=match):
+        capture_representations(TinyGPT(), [ids])

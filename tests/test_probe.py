@@ -174,6 +174,8 @@ def test_bad_data(tmp_path, text_model, text_data):
         (tmp_path / name).write_bytes("text,label\nthe cat,a\ncaf\xe9 dog,b\n".encode("latin-1"))
         with pytest.raises(ValueError, match=rf"{name}:3: not UTF-8 text \(byte 0xe9\); save the file as UTF-8"):
             load_probe_data(str(tmp_path / name), loaded)
+    with pytest.raises(ValueError, match="plain text .* --label-column 'topic' has nothing to name"):
+        load_probe_data(str(text_data / "lines.txt"), loaded, label_column="topic")
     few = load_probe_data(str(text_data / "lines.txt"), loaded, max_samples=5)
     with pytest.raises(ValueError, match="5 samples are too few for k = 10"):
         probe([loaded], few, progress=False)
@@ -730,3 +732,14 @@ def test_datamodule_yaml_and_model_data_mismatch_errors(tmp_path, text_model, ya
     (tmp_path / "dm.yaml").write_text(yaml_text)
     with pytest.raises(SystemExit, match=match):
         main(["probe", str(text_model), "--data", str(tmp_path / "dm.yaml"), "--out", str(tmp_path / "r"), "--pullback-samples", "0"])
+
+
+def test_layer_pattern_matching_nothing_names_the_blocks(text_model, text_data):
+    """A --layers pattern that matches nothing is its own error (not a model / data mismatch), and says
+    which patterns would match: the repeated blocks and the top-level submodules."""
+    loaded = load_model(text_model)
+    data = load_probe_data(str(text_data / "lines.txt"), loaded, max_samples=40)
+    with pytest.raises(ValueError) as info:
+        probe([loaded], data, layers=["layer.*"], progress=False)
+    msg = str(info.value)
+    assert "matches no submodule" in msg and "'bert.encoder.layer.*' (" in msg and "does not run" not in msg

@@ -249,3 +249,15 @@ def test_top_logits_auto_keeps_a_classifier_head_whole_and_an_lm_head_to_16():
     assert auto[0].eigenvalues.shape[1] == 16 and every[0].eigenvalues.shape[1] > 16
     for a, t in zip(auto, top16):
         torch.testing.assert_close(a.eigenvalues, t.eigenvalues, rtol=1e-12, atol=1e-15)
+
+
+def test_position_outside_the_output_is_one_line():
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=16, n_layer=1, n_head=2, n_positions=16)).eval()
+    ids = torch.randint(0, 64, (2, 5))
+
+    def run():
+        out = model(input_ids=ids, output_hidden_states=True)
+        return out.logits, out.hidden_states
+
+    with pytest.raises(ValueError, match=r"Expected `position` in \[-5, 4\] \(the output has 5 positions\), but got 9"):
+        layer_spectra(run, position=9, top_logits=4)

@@ -98,8 +98,14 @@ def _select(y: Tensor, position: int | Tensor | None) -> Tensor:
     """(B, T, m) -> (B, m) at ``position`` (sequence outputs: the last by default; a (B,) tensor: each
     row's own, e.g. its last real token in a padded batch); (B, m) passes through."""
     if y.ndim == 3:
+        t = y.shape[1]
         if isinstance(position, Tensor):
             return y[torch.arange(y.shape[0], device=y.device), position.to(y.device)]
+        if position is not None and not -t <= position < t:
+            raise ValueError(
+                f"Expected `position` in [-{t}, {t - 1}] (the output has {t} positions), but got {position}; "
+                "pass None for each sample's last (real) token."
+            )
         return y[:, -1 if position is None else position]
     if y.ndim != 2:
         raise ValueError(f"Expected model outputs of shape (B, m) or (B, T, m), but got {tuple(y.shape)}.")

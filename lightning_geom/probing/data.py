@@ -128,6 +128,12 @@ def _texts(
     """Texts and raw labels of a data file; every malformed record is an error naming file and line."""
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".tsv", ".jsonl", ".json"):  # one sample per line
+        for flag, v, default in (("--text-column", text_column, "text"), ("--label-column", label_column, "label")):
+            if v not in (None, default):
+                raise ValueError(
+                    f"{path} is plain text (one text per line, no columns), so {flag} {v!r} has nothing to name: "
+                    "put texts and labels in a .csv, .tsv or .jsonl file."
+                )
         lines = [line.strip() for line in _lines(_read_utf8(path)) if line.strip()]
         if not lines:
             raise ValueError(f"{path} is empty: put one text per line.")

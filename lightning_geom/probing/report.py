@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ..analysis import GeometrySettings, finish_profile, layer_errors, profile_geometry
-from ..capture import capture_representations
+from ..capture import capture_representations, match_modules, resolve_network
 from ..geometry import DuplicatePointsWarning, Neighbors, label_overlap, neighborhood_overlap
 from ..tokens import capture_token_cloud, lm_capture_forward
 
@@ -212,6 +212,8 @@ def probe_model(
     module.to(dev)
     settings = GeometrySettings(range_max=range_max, overlap_k=k, label_k=k)
     wanted = token_modes(tokens)
+    if layers:  # a pattern that matches nothing is the --layers' fault, not a model / data mismatch
+        match_modules(resolve_network(module), layers)
     drop = () if keep_special_tokens else getattr(loaded.tokenizer, "all_special_ids", ()) or ()
     # a causal LM with the pooled token cloud: one forward gives the cloud, its losses and the
     # sequence features (TokenCloud.pooled, equal to the capture's), instead of two forwards

@@ -1,0 +1,72 @@
+"""Why a model did not run on a probe: the token-id checks behind a forward's opaque IndexError.
+
+An embedding lookup fails deep inside a model with "index out of range in self" (CPU) or a device
+assert (CUDA) when a probe was tokenized with another tokenizer, holds label values (-100), or is
+a float tensor. :func:`token_id_problem` reads the probe's token ids against the model's input
+embedding and says which of these it is, in one line; the capture and the pullback call it only
+after a forward failed, so a model that remaps its ids is never second-guessed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["token_id_problem", "explain_forward_error"]
+
+
+def _input_embedding(net: nn.Module) -> nn.Embedding | None:
+    """The token embedding: Hugging Face's ``get_input_embeddings()``, else the first ``nn.Embedding``."""
+    get = getattr(net, "get_input_embeddings", None)
+    if callable(get):
+        try:
+            emb = get()
+        except (NotImplementedError, AttributeError):
+            emb = None
+        if isinstance(emb, nn.Embedding):
+            return emb
+    return next((m for m in net.modules() if isinstance(m, nn.Embedding)), None)
+
+
+def _token_ids(batch: Any) -> Tensor | None:
+    """The batch's token ids: a dict's ``input_ids``, else the (first) tensor fed positionally."""
+    if isinstance(batch, Mapping):
+        ids = batch.get("input_ids")
+    elif isinstance(batch, (tuple, list)) and batch:
+        ids = batch[0]
+    else:
+        ids = batch
+    return ids if isinstance(ids, Tensor) and ids.ndim >= 1 and ids.numel() else None
+
+
+def token_id_problem(net: nn.Module, batch: Any) -> str | None:
+    """One line naming what is wrong with ``batch``'s token ids for ``net``'s input embedding, or None."""
+    emb = _input_embedding(net)
+    ids = _token_ids(batch)
+    if emb is None or ids is None:
+        return None
+    name, n = type(net).__name__, int(emb.num_embeddings)
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        return (
+            f"the probe's token ids are {str(ids.dtype).removeprefix('torch.')} {tuple(ids.shape)}, but {name} starts with an "
+            f"embedding of {n} tokens: pass integer token ids (the model tokenizer's input_ids, int64)."
+        )
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= n:
+        return (
+            f"the probe's token ids span [{lo}, {hi}], but {name}'s embedding has {n} rows (ids 0 to {n - 1}): "
+            "tokenize the probe with the model's own tokenizer (and keep label values such as -100 out of input_ids)."
+        )
+    return None
+
+
+def explain_forward_error(net: nn.Module, batch: Any, err: BaseException) -> ValueError | None:
+    """A one-line ValueError for a forward that failed on bad token ids (an embedding's index error), else None."""
+    text = str(err).lower()
+    if not isinstance(err, (IndexError, RuntimeError)) or not ("index" in text or "indices" in text):
+        return None
+    problem = token_id_problem(net, batch)
+    return ValueError(problem[0].upper() + problem[1:]) if problem else None
