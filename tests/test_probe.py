@@ -743,3 +743,20 @@ def test_layer_pattern_matching_nothing_names_the_blocks(text_model, text_data):
         probe([loaded], data, layers=["layer.*"], progress=False)
     msg = str(info.value)
     assert "matches no submodule" in msg and "'bert.encoder.layer.*' (" in msg and "does not run" not in msg
+
+
+@pytest.mark.parametrize(
+    ("which", "extra", "match"),
+    [
+        ("text", ["--data", "digits"], "reads texts, not the inputs of --data digits: pass --text"),
+        ("text", ["--text", " "], "--text number 1 is empty"),
+        ("text", ["--text", "a cat", "--index", "2"], "--index picks digits of --data digits"),
+        ("demo", ["--text", "a cat"], "reads the digit images, not the inputs of --text: pass --data digits"),
+    ],
+)
+def test_navigate_inputs_of_the_wrong_kind_are_one_line(tmp_path, text_model, demo_ckpt, which, extra, match):
+    model = str(text_model if which == "text" else demo_ckpt)
+    with pytest.raises(SystemExit) as info:
+        main(["navigate", model, *extra, "--steps", "2", "--out", str(tmp_path / "nav")])
+    msg = str(info.value.code)
+    assert msg.startswith("error: ") and "\n" not in msg and match in msg, msg

@@ -19,7 +19,7 @@ def add_parser(sub: Any) -> None:
     src.add_argument("--text", action="append", help="an input sentence (repeat for more)")
     src.add_argument("--image", action="append", help="an image file (repeat for more)")
     src.add_argument("--data", choices=["digits"], help="the bundled digits (for the demo checkpoint)")
-    p.add_argument("--index", type=int, nargs="*", default=[0], help="which digits with --data (default 0)")
+    p.add_argument("--index", type=int, nargs="+", default=None, help="which digits with --data (default 0)")
     p.add_argument("--module", default=None, help="LightningModule class path of a checkpoint")
     p.add_argument("--tokenizer", default=None, help="a folder with the tokenizer files, for a checkpoint that does not bring its own")
     p.add_argument("--mode", choices=["simec", "simexp"], default="simec")
@@ -35,15 +35,51 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
+def _inputs_kind(loaded: Any) -> str | None:
+    """What the model reads: "digits" (the demo's ImageGPT), "image", "text", or None (a model we cannot tell)."""
+    from ..capture import resolve_network
+
+    net = resolve_network(loaded.module)
+    if type(net).__name__ == "ImageGPT":
+        return "digits"
+    if loaded.kind == "hf-image" or loaded.image_processor is not None:
+        return "image"
+    if loaded.kind == "hf-text":
+        return "text"
+    cfg = getattr(net, "config", None)  # a LightningModule around a Hugging Face model
+    if cfg is None:
+        return None
+    return "image" if hasattr(cfg, "image_size") and not hasattr(cfg, "vocab_size") else "text"
+
+
+def _check_source(args: argparse.Namespace, loaded: Any) -> None:
+    """One line when the inputs given are not the kind the model reads (or --index without --data)."""
+    if args.index is not None and args.data is None:
+        raise SystemExit("error: --index picks digits of --data digits; with --text / --image every input given is walked.")
+    given = "digits" if args.data else "text" if args.text else "image"
+    wants = _inputs_kind(loaded)
+    flag = {"digits": "--data digits", "text": "--text", "image": "--image"}
+    if wants is not None and given != wants:
+        raise SystemExit(
+            f"error: {loaded.source} reads {'the digit images' if wants == 'digits' else wants + 's'}, "
+            f"not the inputs of {flag[given]}: pass {flag[wants]}."
+        )
+    empty = [i for i, t in enumerate(args.text or []) if not t.strip()]
+    if empty:
+        raise SystemExit(f"error: --text number {empty[0] + 1} is empty: give the sentence to start the walk from.")
+
+
 def _batch(args: argparse.Namespace, loaded: Any) -> dict[str, torch.Tensor]:
+    _check_source(args, loaded)
     if args.data == "digits":
         from ..demo.data import digits_sequences
 
         x, _ = digits_sequences()
-        bad = [i for i in args.index if not -len(x) <= i < len(x)]
+        index = [0] if args.index is None else args.index
+        bad = [i for i in index if not -len(x) <= i < len(x)]
         if bad:
             raise SystemExit(f"error: --index {bad[0]}: the digits set has {len(x)} images (0 .. {len(x) - 1}).")
-        return {"pixels": x[list(args.index)]}
+        return {"pixels": x[list(index)]}
     if args.text:
         if loaded.tokenizer is None:
             raise SystemExit(f"error: {loaded.source} has no tokenizer; --text needs one: pass --tokenizer FOLDER.")
