@@ -229,6 +229,30 @@ def match_modules(model: nn.Module, patterns: Sequence[str]) -> list[str]:
     return sorted(chosen, key=order.__getitem__)
 
 
+def takes_hidden_states(net: nn.Module) -> bool:
+    """Whether ``net``'s forward can return ``hidden_states``: a Hugging Face model, or a forward with an
+    ``output_hidden_states`` parameter (or ``**kwargs``, which may pass it on to a model inside)."""
+    if _is_hf(net):
+        return True
+    try:
+        params = inspect.signature(net.forward).parameters
+    except (TypeError, ValueError):
+        return True
+    return "output_hidden_states" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def repeated_blocks(net: nn.Module) -> list[str]:
+    """The largest family of sibling submodules named 0, 1, 2, ... (a plain PyTorch transformer's blocks,
+    e.g. ``blocks.0 .. blocks.11``), in depth order; the first such family on a tie; [] when there is none."""
+    families: dict[str, list[str]] = {}
+    for name, _ in net.named_modules():
+        head, _, last = name.rpartition(".")
+        if last.isdigit():
+            families.setdefault(head, []).append(name)
+    best = max(families.values(), key=len, default=[])  # max keeps the first of equal lengths
+    return best if len(best) >= 2 else []
+
+
 def _layer_hint(names: Sequence[str]) -> str:
     """What to match instead: the patterns of the repeated blocks (``encoder.layer.*``: 12 modules) and the
     top-level submodules, whole names only."""
@@ -249,19 +273,23 @@ def _layer_hint(names: Sequence[str]) -> str:
 
 
 @contextmanager
-def hook_modules(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, list[Tensor]]]:
-    """Forward hooks on the named submodules; yields ``{name: [detached output per call]}``.
+def hook_modules(model: nn.Module, names: Sequence[str], *, detach: bool = True) -> Iterator[dict[str, list[Tensor]]]:
+    """Forward hooks on the named submodules; yields ``{name: [output per call]}``, detached unless
+    ``detach=False`` (the pullback differentiates the logits with respect to them).
 
     Hooks are removed in ``finally``, whatever happens inside the block.
     """
     modules = dict(model.named_modules())
     store: dict[str, list[Tensor]] = {n: [] for n in names}
     handles = []
+
+    def keep(out: Any) -> Tensor:
+        t = _first_tensor(out)
+        return t.detach() if detach else t
+
     try:
         for n in names:
-            handles.append(
-                modules[n].register_forward_hook(lambda _m, _i, out, n=n: store[n].append(_first_tensor(out).detach()))
-            )
+            handles.append(modules[n].register_forward_hook(lambda _m, _i, out, n=n: store[n].append(keep(out))))
         yield store
     finally:
         for h in handles:
@@ -347,9 +375,19 @@ def logits_and_hidden(net: nn.Module, batch: Any, label_key: str | None = "label
         NoLogitsError: the output has no ``logits`` or no ``hidden_states``.
     """
     args, kwargs, _ = split_batch(batch, label_key)
+    blocks = [] if takes_hidden_states(net) else repeated_blocks(net)
+    if blocks:  # a plain PyTorch network: its output is the logits, its blocks' outputs the hidden states
+        with _explained(net, batch), hook_modules(net, blocks, detach=False) as store:
+            out = net(*args, **kwargs)
+        logits = out if isinstance(out, Tensor) else getattr(out, "logits", None)
+        return _checked_logits(net, logits, tuple(store[n][-1] for n in blocks))
     with _explained(net, batch):
         out = net(*args, **kwargs, output_hidden_states=True)
-    logits, hidden = getattr(out, "logits", None), getattr(out, "hidden_states", None)
+    return _checked_logits(net, getattr(out, "logits", None), getattr(out, "hidden_states", None))
+
+
+def _checked_logits(net: nn.Module, logits: Tensor | None, hidden: Any) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """``(logits, hidden_states)``, or the NoLogitsError that names which is missing and the fix."""
     if logits is None or hidden is None:
         what = " and ".join(n for n, v in (("`logits`", logits), ("`hidden_states`", hidden)) if v is None)
         raise NoLogitsError(
@@ -418,6 +456,13 @@ def capture_representations(
         device = p.device if p is not None else torch.device("cpu")
     device = torch.device(device)
     hooked = match_modules(net, layers) if layers else None
+    if hooked is None and forward_fn is None and not takes_hidden_states(net):
+        hooked = repeated_blocks(net)  # a plain PyTorch network: its blocks
+        if not hooked:
+            raise ValueError(
+                f"{type(net).__name__}.forward takes no `output_hidden_states` and the network has no repeated blocks "
+                f"(children named 0, 1, 2, ...): pass `layers=[...]` (glob patterns of submodule names). Some that exist: {_layer_hint([n for n, _ in net.named_modules() if n])}"
+            )
     runner = _headless(net) if hooked is None and forward_fn is None else net
     keep = device if feature_device is None else torch.device(feature_device)
     feats: list[list[Tensor]] = []
@@ -447,7 +492,8 @@ def capture_representations(
                         if states is None:
                             raise ValueError(
                                 f"{type(net).__name__} returned no `hidden_states`; pass `layers=[...]` "
-                                "(glob patterns of submodule names) to capture with hooks."
+                                "(glob patterns of submodule names) to capture with hooks. Some that exist: "
+                                + _layer_hint([n for n, _ in net.named_modules() if n])
                             )
                         sources = tuple(f"hidden_states[{i}]" for i in range(len(states)))
                 pooled = [pool(_normalize(_channels_last(h), normalize), mask, pooling).float().to(keep) for h in states]

@@ -730,3 +730,100 @@ def test_monitor_arguments_refused_up_front(data, kwargs, err, match):
 def test_pullback_position_must_be_an_index(data):
     with pytest.raises(ValueError, match="integer index"):
         PullbackMonitor(probe=data, position="middle")
+
+
+class PlainBlocks(L.LightningModule):
+    """A plain PyTorch transformer (no Hugging Face, no ``output_hidden_states``): blocks in a ModuleList."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = torch.nn.Linear(6, 16)
+        self.blocks = torch.nn.ModuleList(
+            [torch.nn.TransformerEncoderLayer(16, 2, 32, batch_first=True, dropout=0.0) for _ in range(3)]
+        )
+        self.head = torch.nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = self.emb(x)
+        for block in self.blocks:
+            h = block(h)
+        return self.head(h.mean(1))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.nn.functional.cross_entropy(self(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        pass
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+
+def _plain_data(n=192):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 5, 6, generator=g)
+    return x, (x[:, 0, 0] > 0).long() + (x[:, 1, 1] > 0).long()
+
+
+@pytest.mark.parametrize("how", ["tuple", "fit_val_loader"])
+def test_plain_pytorch_blocks_with_an_inputs_labels_tuple_or_the_fits_val_loader(tmp_path, how):
+    """What a user of a plain PyTorch model writes: the monitor finds the repeated blocks itself, an
+    (inputs, labels) tuple is one probe (not two batches), and without `probe=` the validation loader
+    given to fit() is the probe from the first checkpoint on (before the validation loop loaded it)."""
+    import warnings
+
+    x, y = _plain_data()
+    ds = torch.utils.data.TensorDataset(x, y)
+    train = torch.utils.data.DataLoader(ds, batch_size=32)
+    val = torch.utils.data.DataLoader(ds, batch_size=64)
+    mon = GeometryMonitor(
+        probe=(x, y) if how == "tuple" else None, every_n_steps=4, range_max=8, figure_every=0,
+        label_k=5, output_dir=str(tmp_path / "geo"),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # a skipped checkpoint warns: none may
+        warnings.filterwarnings("ignore", message=".*(workers|enable_nested_tensor|log_every_n_steps).*")
+        trainer = L.Trainer(
+            max_steps=8, callbacks=[mon], logger=False, default_root_dir=tmp_path, enable_progress_bar=False,
+            enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0, limit_val_batches=1,
+        )
+        trainer.fit(PlainBlocks(), train, val)
+    assert not mon.failures and [r["step"] for r in mon.history][0] == 0
+    layers = mon.history[-1]["layers"]
+    assert len(layers) == 3 and all(r["n_points"] == 192 for r in layers)
+    assert all(0.0 <= r["label_overlap"] <= 1.0 for r in layers)  # the tuple's / loader's labels were read
+
+
+def test_a_network_without_hidden_states_or_blocks_names_the_fix():
+    from lightning_geom.capture import capture_representations
+
+    net = torch.nn.Sequential()
+    net.add_module("inp", torch.nn.Linear(4, 4))
+    net.add_module("out", torch.nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"no repeated blocks .* pass `layers=\[...\]`.*Some that exist: the top-level inp, out"):
+        capture_representations(net, [torch.zeros(8, 4)])
+
+
+def test_pullback_of_a_plain_pytorch_network_through_its_blocks(tmp_path):
+    """PullbackMonitor on a network whose forward returns logits only: the blocks' outputs are the hidden
+    states, and each block's spectrum equals the one of differentiating the rest of the network by hand."""
+    from lightning_geom.capture import logits_and_hidden
+    from lightning_geom.geometry.pullback import layer_spectra, pullback_spectrum
+
+    torch.manual_seed(0)
+    net = PlainBlocks().double().eval()
+    x, y = _plain_data(4)
+    spectra = layer_spectra(lambda: logits_and_hidden(net, (x.double(), y)), output="probs")
+    assert len(spectra) == 3
+    with torch.no_grad():
+        h = net.blocks[0](net.emb(x.double()))
+    ref = pullback_spectrum(lambda z: net.head(net.blocks[2](net.blocks[1](z)).mean(1)), h, output="probs")
+    torch.testing.assert_close(spectra[0].eigenvalues, ref.eigenvalues, rtol=1e-7, atol=1e-12)
+
+    mon = PullbackMonitor(probe=(x, y), num_samples=4, every_n_steps=4, figure_every=0, output_dir=str(tmp_path / "pb"))
+    train = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*_plain_data()), batch_size=32)
+    L.Trainer(max_steps=4, callbacks=[mon], logger=False, default_root_dir=tmp_path, enable_progress_bar=False,
+              enable_model_summary=False, enable_checkpointing=False).fit(PlainBlocks(), train)
+    last = mon.history[-1]
+    assert not mon.failures and last["step"] == 4 and len(last["layers"]) == 3

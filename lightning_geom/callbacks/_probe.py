@@ -69,6 +69,38 @@ def _csv_steps(path: Path, prefix: str) -> set[int]:
     return {int(float(r["step"])) for r in rows if r.get("step") and any(k.startswith(prefix) and v not in ("", None) for k, v in r.items() if k)}
 
 
+def validation_loader(trainer: Trainer, pl_module: LightningModule) -> Any:
+    """The fit's (first) validation DataLoader, wherever it was given: ``trainer.fit(model, train, val)``
+    (before the validation loop has loaded it, too), a datamodule's or the module's ``val_dataloader``;
+    None when there is none."""
+    def first(loaders: Any) -> Any:
+        if isinstance(loaders, (list, tuple)):
+            return loaders[0] if loaders else None
+        if isinstance(loaders, dict):
+            return next(iter(loaders.values()), None)
+        return loaders
+
+    loaded = trainer.val_dataloaders  # set once the validation loop has run
+    if loaded is not None:
+        return first(loaded)
+    source = getattr(getattr(getattr(trainer.fit_loop, "epoch_loop", None), "val_loop", None), "_data_source", None)
+    try:  # what fit() was given, not yet loaded (Lightning's _DataLoaderSource; private, hence guarded)
+        if source is not None and source.is_defined():
+            return first(source.dataloader())
+    except Exception:  # noqa: BLE001 - a private API that moved, or a val_dataloader() that fails: try the hooks
+        pass
+    for owner in (getattr(trainer, "datamodule", None), pl_module):
+        if owner is None:
+            continue
+        try:
+            loaders = owner.val_dataloader()
+        except Exception:  # noqa: BLE001 - not implemented: try the next source
+            continue
+        if loaders is not None:
+            return first(loaders)
+    return None
+
+
 class ProbeMonitor(Callback):
     """Lightning hooks for a monitor core (mixed in first: ``class GeometryMonitor(GeometryCore, ProbeMonitor)``).
 
@@ -79,17 +111,8 @@ class ProbeMonitor(Callback):
 
     def _make_run(self, trainer: Trainer, pl_module: LightningModule) -> Run:
         """This moment of training, as the core sees it."""
-        sources = [getattr(trainer, "datamodule", None), pl_module]
-
         def fallback() -> Any:
-            for source in sources:
-                if source is None:
-                    continue
-                try:
-                    return source.val_dataloader()
-                except Exception:  # noqa: BLE001 - not implemented: try the next source
-                    continue
-            return None
+            return validation_loader(trainer, pl_module)
 
         return Run(
             step=int(trainer.global_step),

@@ -133,8 +133,10 @@ class MonitorCore:
     """A fixed probe set measured on a schedule, with history as state (framework-free).
 
     Args:
-        probe: DataLoader, Dataset, dict of tensors or tensor; None takes the first ``num_samples``
-            of the run's fallback (the validation / evaluation set).
+        probe: DataLoader, Dataset, dict of tensors, ``(inputs, labels)`` tuple of tensors (one set of
+            N samples, as a ``TensorDataset`` takes them) or tensor; None takes the first ``num_samples``
+            of the run's fallback (the validation / evaluation set: under Lightning the one given to
+            ``fit``, or a datamodule's / the module's ``val_dataloader``).
         num_samples: probe size.
         batch_size: batch size for a probe given as a Dataset / dict / tensor.
         every_n_steps: measure every n optimizer steps (None: not by steps).

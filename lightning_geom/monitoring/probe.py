@@ -74,7 +74,21 @@ def _as_tensors(probe: Any) -> Any:
     return out
 
 
-_PROBE_KINDS = "a DataLoader, a Dataset, a dict of tensors or a tensor"
+_PROBE_KINDS = "a DataLoader, a Dataset, a dict of tensors, an (inputs, labels) tuple of tensors or a tensor"
+
+
+def is_sample_tuple(probe: Any) -> bool:
+    """An ``(inputs, labels, ...)`` tuple of tensors or arrays holding the same N samples (as a
+    ``TensorDataset`` takes them): one batch, not a sequence of batches. A list of tensors is the
+    latter unless its items differ in dtype or shape beyond N (inputs beside labels)."""
+    if not isinstance(probe, (tuple, list)) or not 2 <= len(probe) <= 4:
+        return False
+    items = [_from_numpy(v) if _is_array(v) else v for v in probe]
+    if not all(isinstance(v, Tensor) and v.ndim > 0 for v in items):
+        return False
+    if len({int(v.shape[0]) for v in items}) != 1:
+        return False
+    return isinstance(probe, tuple) or len({(v.dtype, tuple(v.shape[1:])) for v in items}) > 1
 
 
 def check_probe_kind(probe: Any) -> None:
@@ -135,7 +149,9 @@ def probe_batches(probe: Any, *, num_samples: int, batch_size: int) -> list[Any]
     """
     check_probe_kind(probe)
     probe = _as_tensors(probe)
-    if isinstance(probe, (Tensor, Mapping)):
+    if is_sample_tuple(probe):
+        probe = tuple(_from_numpy(v) if _is_array(v) else v for v in probe)
+    if isinstance(probe, (Tensor, Mapping)) or is_sample_tuple(probe):
         n = min(batch_len(probe), num_samples)
         batches = [_to_cpu(_slice(probe, s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
     else:
