@@ -80,7 +80,7 @@ _PROBE_KINDS = "a DataLoader, a Dataset, a dict of tensors, an (inputs, labels) 
 def is_sample_tuple(probe: Any) -> bool:
     """An ``(inputs, labels, ...)`` tuple of tensors or arrays holding the same N samples (as a
     ``TensorDataset`` takes them): one batch, not a sequence of batches. A list of tensors is the
-    latter unless its items differ in dtype or shape beyond N (inputs beside labels)."""
+    latter (batches of token ids, say) unless its items differ in dtype (float inputs beside integer labels)."""
     if not isinstance(probe, (tuple, list)) or not 2 <= len(probe) <= 4:
         return False
     items = [_from_numpy(v) if _is_array(v) else v for v in probe]
@@ -88,7 +88,7 @@ def is_sample_tuple(probe: Any) -> bool:
         return False
     if len({int(v.shape[0]) for v in items}) != 1:
         return False
-    return isinstance(probe, tuple) or len({(v.dtype, tuple(v.shape[1:])) for v in items}) > 1
+    return isinstance(probe, tuple) or len({v.dtype for v in items}) > 1
 
 
 def check_probe_kind(probe: Any) -> None:
