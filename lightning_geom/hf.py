@@ -185,7 +185,7 @@ class _HFShell(TrainerCallback, ExportableState):
                     pass
             return torch.utils.data.DataLoader(ds, batch_size=self.batch_size, shuffle=False, collate_fn=trainer.data_collator)
 
-        out = Path(self.output_dir) if self.output_dir else Path(args.output_dir) / "geometry"
+        out = Path(self.output_dir) if self.output_dir else Path(args.output_dir) / (self.name or "geometry")
         return Run(
             step=int(state.global_step),
             epoch=int(state.epoch or 0),

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -195,6 +196,37 @@ def test_two_monitors_have_distinct_state_keys(data):
     a = GeometryMonitor(probe=data, every_n_steps=4)
     b = GeometryMonitor(probe=data, every_n_steps=4, normalize="layer_norm")
     assert a.state_key != b.state_key
+
+
+def test_two_named_monitors_of_one_kind_log_save_and_resume_apart(tmp_path, data):
+    """A train and a validation probe: each monitor's `name` prefixes its keys, names its folder and its
+    checkpoint state; an unnamed monitor keeps the state key older checkpoints hold."""
+    other = token_data(160, seed=1)
+    assert "name" not in GeometryMonitor(probe=data).state_key
+    with pytest.raises(ValueError, match="Expected `name`"):
+        GeometryMonitor(probe=data, name="a/b")
+
+    def pair():
+        return [
+            GeometryMonitor(probe=data, num_samples=160, every_n_steps=4, range_max=16, figure_every=0, name="train_geo"),
+            GeometryMonitor(probe=other, num_samples=160, every_n_steps=4, range_max=16, figure_every=0, name="val_geo"),
+        ]
+
+    first, ck = pair(), ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True, every_n_train_steps=4)
+    logger = CSVLogger(tmp_path, name="csv")
+    trainer = _trainer(tmp_path, first[0], steps=4, callbacks=[first[1], ck], enable_checkpointing=True, loggers=logger)
+    trainer.fit(TinyGPT(), loader(data))
+    assert [r["step"] for r in first[0].history] == [r["step"] for r in first[1].history] == [0, 1, 2, 4]
+    assert first[0].history[-1]["layers"][1]["id"] != first[1].history[-1]["layers"][1]["id"]  # two probes
+    header = (Path(logger.log_dir) / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"train_geo/id/layer_01", "val_geo/id/layer_01"} <= set(header)
+    assert not any(k.startswith("geometry/") for k in header)
+    for name in ("train_geo", "val_geo"):
+        assert (Path(logger.log_dir) / name / f"{name}_history.json").is_file()
+    second = pair()
+    _trainer(tmp_path, second[0], steps=8, callbacks=[second[1]]).fit(TinyGPT(), loader(data), ckpt_path=str(tmp_path / "ck" / "last.ckpt"))
+    assert [r["step"] for r in second[0].history] == [r["step"] for r in second[1].history] == [0, 1, 2, 4, 8]
+    assert second[1].history[3] == first[1].history[3]  # each restored its own state
 
 
 def test_nan_layer_warns_names_layer_and_training_goes_on(tmp_path, data):

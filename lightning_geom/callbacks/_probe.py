@@ -120,7 +120,7 @@ class ProbeMonitor(Callback):
             module=pl_module,
             device=pl_module.device,
             rank_zero=bool(trainer.is_global_zero),
-            out_dir=Path(default_output_dir(trainer, self.output_dir, sub="geometry")),
+            out_dir=Path(default_output_dir(trainer, self.output_dir, sub=self.name or "geometry")),
             sink=LightningSink(trainer),
             autocast=getattr(getattr(trainer, "precision_plugin", None), "forward_context", None),
             fallback_probe=fallback,

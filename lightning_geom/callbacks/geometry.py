@@ -20,4 +20,5 @@ class GeometryMonitor(GeometryCore, ProbeMonitor):
             every_n_steps=self.every_n_steps,
             every_n_epochs=self.every_n_epochs,
             tokens=self.tokens,
+            **({"name": self.name} if self.name is not None else {}),  # unnamed: the key older checkpoints hold
         )

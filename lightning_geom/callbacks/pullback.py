@@ -13,7 +13,8 @@ class PullbackMonitor(PullbackCore, ProbeMonitor):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(output=self.output, position=self.position, top_logits=self.top_logits)
+        named = {"name": self.name} if self.name is not None else {}  # unnamed: the key older checkpoints hold
+        return self._generate_state_key(output=self.output, position=self.position, top_logits=self.top_logits, **named)
 
     @property
     def _legacy_state_key(self) -> str | type:  # Lightning looks a state up here when state_key has none

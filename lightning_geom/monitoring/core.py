@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import warnings
 from collections.abc import Callable
@@ -158,6 +159,9 @@ class MonitorCore:
             ``False`` always synchronous; ``True`` also on a CPU (where the analysis then competes
             with training for the cores). Under DDP the analysis has collectives and stays
             synchronous. Saving a checkpoint, the end of fit and a crash wait for it (no record is lost).
+        name: prefix of the logged keys (``name/id/layer_NN`` instead of ``geometry/...``) and the
+            output sub-folder, for two monitors of one kind in one run (a train and a validation
+            probe, say); each needs its own name (Lightning keeps their states apart by it).
 
     Raises:
         ValueError: bad schedule values or ``on_error``.
@@ -180,7 +184,16 @@ class MonitorCore:
         output_dir: str | None = None,
         figure_every: int = 5,
         background: bool | Literal["auto"] = "auto",
+        name: str | None = None,
     ) -> None:
+        if name is not None and (not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name)):
+            raise ValueError(
+                f"Expected `name` to be None or a word of letters, digits, '_', '-', '.' (it prefixes the logged keys "
+                f"and names the output folder), but got {name!r}."
+            )
+        self.name = name
+        if name is not None:
+            self._prefix = name
         if background not in (True, False, "auto"):
             raise ValueError(f"Expected `background` to be True, False or 'auto', but got {background!r}.")
         self.background = background
