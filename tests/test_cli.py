@@ -71,6 +71,16 @@ def test_demo_resume_without_a_checkpoint_is_one_line(tmp_path):
         main(["demo", "--steps", "4", "--out", str(tmp_path / "x"), "--resume", "--no-report", "--no-pullback"])
 
 
+def test_demo_bad_sizes_and_out_are_one_line(tmp_path):
+    from lightning_geom.cli import main
+
+    with pytest.raises(SystemExit, match=r"error: --width 7: the residual width must be a multiple of the 4 attention heads"):
+        main(["demo", "--width", "7", "--out", str(tmp_path / "x")])
+    (tmp_path / "f").write_text("")
+    with pytest.raises(SystemExit, match=r"error: --out .*f is a file; pass a folder"):
+        main(["demo", "--out", str(tmp_path / "f")])
+
+
 @pytest.mark.parametrize(
     "argv",
     [["demo", "--steps", "0"], ["probe", "m", "--data", "digits", "--max-samples", "-5"], ["probe", "m", "--data", "digits", "--batch-size", "0"]],

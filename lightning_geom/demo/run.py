@@ -75,7 +75,15 @@ def preset_config(preset: str, world: str, **overrides: Any) -> DemoConfig:
 
         if not torch.cuda.is_available():
             raise ValueError("--preset gpu: no CUDA device here; use --preset cpu (the default) on this machine.")
-    return DemoConfig(**values)
+    cfg = DemoConfig(**values)
+    if cfg.width % cfg.heads:
+        raise ValueError(
+            f"--width {cfg.width}: the residual width must be a multiple of the {cfg.heads} attention heads "
+            f"(e.g. --width {max(cfg.heads, cfg.width // cfg.heads * cfg.heads)})."
+        )
+    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        raise ValueError(f"--out {cfg.out} is a file; pass a folder (it is made if missing).")
+    return cfg
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
