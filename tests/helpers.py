@@ -74,3 +74,37 @@ class PretrainedLM(L.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+
+class PlainBlocks(L.LightningModule):
+    """A plain PyTorch transformer (no Hugging Face, no ``output_hidden_states``): blocks in a ModuleList."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = torch.nn.Linear(6, 16)
+        self.blocks = torch.nn.ModuleList(
+            [torch.nn.TransformerEncoderLayer(16, 2, 32, batch_first=True, dropout=0.0) for _ in range(3)]
+        )
+        self.head = torch.nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = self.emb(x)
+        for block in self.blocks:
+            h = block(h)
+        return self.head(h.mean(1))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.nn.functional.cross_entropy(self(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        pass
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+
+def plain_data(n=192):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 5, 6, generator=g)
+    return x, (x[:, 0, 0] > 0).long() + (x[:, 1, 1] > 0).long()

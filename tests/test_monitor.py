@@ -4,7 +4,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from helpers import TinyGPT, loader, token_data
+from helpers import PlainBlocks, TinyGPT, loader, plain_data, token_data
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 
@@ -764,40 +764,6 @@ def test_pullback_position_must_be_an_index(data):
         PullbackMonitor(probe=data, position="middle")
 
 
-class PlainBlocks(L.LightningModule):
-    """A plain PyTorch transformer (no Hugging Face, no ``output_hidden_states``): blocks in a ModuleList."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.emb = torch.nn.Linear(6, 16)
-        self.blocks = torch.nn.ModuleList(
-            [torch.nn.TransformerEncoderLayer(16, 2, 32, batch_first=True, dropout=0.0) for _ in range(3)]
-        )
-        self.head = torch.nn.Linear(16, 3)
-
-    def forward(self, x):
-        h = self.emb(x)
-        for block in self.blocks:
-            h = block(h)
-        return self.head(h.mean(1))
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return torch.nn.functional.cross_entropy(self(x), y)
-
-    def validation_step(self, batch, batch_idx):
-        pass
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=1e-3)
-
-
-def _plain_data(n=192):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, 5, 6, generator=g)
-    return x, (x[:, 0, 0] > 0).long() + (x[:, 1, 1] > 0).long()
-
-
 @pytest.mark.parametrize("how", ["tuple", "fit_val_loader"])
 def test_plain_pytorch_blocks_with_an_inputs_labels_tuple_or_the_fits_val_loader(tmp_path, how):
     """What a user of a plain PyTorch model writes: the monitor finds the repeated blocks itself, an
@@ -805,7 +771,7 @@ def test_plain_pytorch_blocks_with_an_inputs_labels_tuple_or_the_fits_val_loader
     given to fit() is the probe from the first checkpoint on (before the validation loop loaded it)."""
     import warnings
 
-    x, y = _plain_data()
+    x, y = plain_data()
     ds = torch.utils.data.TensorDataset(x, y)
     train = torch.utils.data.DataLoader(ds, batch_size=32)
     val = torch.utils.data.DataLoader(ds, batch_size=64)
@@ -845,7 +811,7 @@ def test_pullback_of_a_plain_pytorch_network_through_its_blocks(tmp_path):
 
     torch.manual_seed(0)
     net = PlainBlocks().double().eval()
-    x, y = _plain_data(4)
+    x, y = plain_data(4)
     spectra = layer_spectra(lambda: logits_and_hidden(net, (x.double(), y)), output="probs")
     assert len(spectra) == 3
     with torch.no_grad():
@@ -854,7 +820,7 @@ def test_pullback_of_a_plain_pytorch_network_through_its_blocks(tmp_path):
     torch.testing.assert_close(spectra[0].eigenvalues, ref.eigenvalues, rtol=1e-7, atol=1e-12)
 
     mon = PullbackMonitor(probe=(x, y), num_samples=4, every_n_steps=4, figure_every=0, output_dir=str(tmp_path / "pb"))
-    train = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*_plain_data()), batch_size=32)
+    train = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*plain_data()), batch_size=32)
     L.Trainer(max_steps=4, callbacks=[mon], logger=False, default_root_dir=tmp_path, enable_progress_bar=False,
               enable_model_summary=False, enable_checkpointing=False).fit(PlainBlocks(), train)
     last = mon.history[-1]

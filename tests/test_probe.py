@@ -760,3 +760,20 @@ def test_navigate_inputs_of_the_wrong_kind_are_one_line(tmp_path, text_model, de
         main(["navigate", model, *extra, "--steps", "2", "--out", str(tmp_path / "nav")])
     msg = str(info.value.code)
     assert msg.startswith("error: ") and "\n" not in msg and match in msg, msg
+
+
+def test_python_probe_of_data_in_memory(tmp_path):
+    """probe() takes what the monitors take: an (inputs, labels) tuple for a plain PyTorch network (its
+    blocks found by capture), a dict of token ids for a Hugging Face model; the labels are read."""
+    from helpers import PlainBlocks, TinyGPT, plain_data, token_data
+
+    x, y = plain_data()
+    rep = probe(PlainBlocks().eval(), (x, y), progress=False, pullback_samples=1, range_max=8)
+    layers = rep.models[0]["layers"]
+    assert len(layers) == 3 and all(r.get("label_overlap") is not None for r in layers)
+    assert "in memory (192 samples)" in rep.data
+    data = token_data(96)
+    rep = probe(TinyGPT().model, {"input_ids": data["input_ids"], "attention_mask": data["attention_mask"]}, progress=False, pullback_samples=0, range_max=8)
+    assert len(rep.models[0]["layers"]) == 4
+    rep.write(tmp_path / "rep")
+    assert (tmp_path / "rep" / "report.html").is_file()

@@ -181,6 +181,25 @@ def _usable_labels(labels: torch.Tensor | None, names: list[str] | None, what: s
     return labels, names
 
 
+def probe_data_of(obj: Any, *, max_samples: int = 2000, batch_size: int = 32) -> ProbeData:
+    """In-memory probe data, as the monitors take it: a DataLoader, a Dataset, a dict of (N, ...) tensors,
+    an ``(inputs, labels)`` tuple of tensors or a tensor (the first ``max_samples`` samples). Labels from
+    a dict's ``labels`` or a tuple's second item (class labels per sample; others are left out, warned).
+    """
+    from ..capture import split_batch
+    from ..monitoring.probe import batch_len, probe_batches
+
+    batches = probe_batches(obj, num_samples=max_samples, batch_size=batch_size)
+    labels = [split_batch(b)[2] for b in batches]
+    lab = None
+    if all(isinstance(v, torch.Tensor) and v.ndim == 1 for v in labels):
+        lab = torch.cat(labels)
+    n = sum(batch_len(b) for b in batches)
+    what = f"{type(obj).__name__} in memory ({n} samples)"
+    lab, _ = _usable_labels(lab, None, what)
+    return ProbeData(batches, lab, n, what)
+
+
 def load_probe_data(
     spec: str,
     loaded: Any,

@@ -13,6 +13,7 @@ import base64
 import html
 import json
 import math
+import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -564,7 +565,9 @@ def probe(models: Any, data: Any, *, names: list[str] | None = None, progress: b
 
     Args:
         models: a :class:`~lightning_geom.loading.LoadedModel`, an ``nn.Module``, a path, or a list of them.
-        data: a :class:`~.data.ProbeData`, or a spec string (``digits``, a file, a folder).
+        data: a :class:`~.data.ProbeData`, a spec string (``digits``, a file, a folder), or data in
+            memory as the monitors take it (:func:`~.data.probe_data_of`: a DataLoader, Dataset, dict of
+            tensors, ``(inputs, labels)`` tuple or tensor).
         names: display names (default: file names).
         **kwargs: :func:`probe_model` options (layers, pooling, k, range_max, pullback_samples, device,
             tokens, token_prompts, token_k, shuffle_control, max_tokens, keep_special_tokens, seed).
@@ -573,7 +576,7 @@ def probe(models: Any, data: Any, *, names: list[str] | None = None, progress: b
         :class:`GeometryReport`.
     """
     from ..loading import LoadedModel, load_model
-    from .data import ProbeData, load_probe_data
+    from .data import ProbeData, load_probe_data, probe_data_of
 
     items = models if isinstance(models, (list, tuple)) else [models]
     loaded = []
@@ -584,8 +587,10 @@ def probe(models: Any, data: Any, *, names: list[str] | None = None, progress: b
             loaded.append(LoadedModel(module=m, kind="module", source=type(m).__name__))
         else:
             loaded.append(load_model(m))
-    if not isinstance(data, ProbeData):
+    if isinstance(data, (str, os.PathLike)):
         data = load_probe_data(str(data), loaded[0])
+    elif not isinstance(data, ProbeData):  # tensors, a dict, an (inputs, labels) tuple, a Dataset or DataLoader
+        data = probe_data_of(data)
     token_modes(kwargs.get("tokens"))  # a bad name fails before any forward pass
     mt = kwargs.get("max_tokens", 10_000)
     if isinstance(mt, bool) or not isinstance(mt, int) or mt < 3:
