@@ -26,13 +26,14 @@ def main() -> None:
     p.add_argument("out")
     p.add_argument("--devices", type=int, default=1)
     p.add_argument("--shard-above", type=int, default=None, help="GeometryMonitor(shard_knn_above=...)")
+    p.add_argument("--val-probe", action="store_true", help="no probe=: the validation loader given to fit() is the probe")
     args = p.parse_args()
     torch.manual_seed(0)
     data = token_data(150)  # 150 = 5 batches of 32 (last one 22): uneven shards across 2 ranks
     for key in data:  # the last 10 samples copy the first 10: every layer has exact copies (one kNN of its distinct points)
         data[key][140:] = data[key][:10]
     mon = GeometryMonitor(
-        probe=data, num_samples=150, batch_size=32, every_n_steps=100, log_spaced=False, at_fit_end=False, range_max=16, figure_every=0,
+        probe=None if args.val_probe else data, num_samples=150, batch_size=32, every_n_steps=100, log_spaced=False, at_fit_end=False, range_max=16, figure_every=0,
         output_dir=str(Path(args.out).parent / "geo"), shard_knn_above=args.shard_above,
     )
     pb = PullbackMonitor(
@@ -51,7 +52,7 @@ def main() -> None:
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )
-    trainer.fit(TinyGPT(), loader(data))
+    trainer.fit(TinyGPT(), loader(data), val_dataloaders=loader(data) if args.val_probe else None)
     if trainer.is_global_zero:
         Path(args.out).write_text(json.dumps({"geometry": mon.history, "pullback": pb.history}))
 

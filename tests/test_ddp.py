@@ -23,12 +23,13 @@ def single_process(tmp_path_factory) -> dict:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo DDP test runs on Linux")
-@pytest.mark.parametrize("split", [False, True], ids=["layers-dealt", "knn-rows-split"])
+@pytest.mark.parametrize("split", [False, True, "val-probe"], ids=["layers-dealt", "knn-rows-split", "fit-val-loader"])
 def test_ddp_two_cpu_processes_match_one_process(tmp_path, split, single_process):
     """Whole layers dealt to the ranks, or (issue 10: clouds too large for one device) every layer's
     kNN rows split over the ranks (knn_split): the same numbers as one process."""
     single_all = single_process
-    ddp_all = _run(tmp_path / "ddp.json", 2, *(["--shard-above", "1"] if split else []))
+    extra = {False: [], True: ["--shard-above", "1"], "val-probe": ["--val-probe"]}[split]
+    ddp_all = _run(tmp_path / "ddp.json", 2, *extra)  # val-probe: each rank reads the loader as given, not its shard
     single, ddp = single_all["geometry"], ddp_all["geometry"]
     assert [r["step"] for r in ddp] == [r["step"] for r in single] == [0]
     a, b = single[0], ddp[0]

@@ -70,9 +70,12 @@ def _csv_steps(path: Path, prefix: str) -> set[int]:
 
 
 def validation_loader(trainer: Trainer, pl_module: LightningModule) -> Any:
-    """The fit's (first) validation DataLoader, wherever it was given: ``trainer.fit(model, train, val)``
-    (before the validation loop has loaded it, too), a datamodule's or the module's ``val_dataloader``;
-    None when there is none."""
+    """The fit's (first) validation DataLoader as it was given: ``trainer.fit(model, train, val)``, a
+    datamodule's or the module's ``val_dataloader``; None when there is none.
+
+    The loader as given, not ``trainer.val_dataloaders``: under DDP Lightning re-wraps that one with a
+    distributed sampler (each rank would read another probe), and it exists only once validation ran.
+    """
     def first(loaders: Any) -> Any:
         if isinstance(loaders, (list, tuple)):
             return loaders[0] if loaders else None
@@ -80,11 +83,8 @@ def validation_loader(trainer: Trainer, pl_module: LightningModule) -> Any:
             return next(iter(loaders.values()), None)
         return loaders
 
-    loaded = trainer.val_dataloaders  # set once the validation loop has run
-    if loaded is not None:
-        return first(loaded)
     source = getattr(getattr(getattr(trainer.fit_loop, "epoch_loop", None), "val_loop", None), "_data_source", None)
-    try:  # what fit() was given, not yet loaded (Lightning's _DataLoaderSource; private, hence guarded)
+    try:  # Lightning's _DataLoaderSource resolves fit()'s argument, the datamodule's and the module's hook (private: guarded)
         if source is not None and source.is_defined():
             return first(source.dataloader())
     except Exception:  # noqa: BLE001 - a private API that moved, or a val_dataloader() that fails: try the hooks
@@ -98,7 +98,7 @@ def validation_loader(trainer: Trainer, pl_module: LightningModule) -> Any:
             continue
         if loaders is not None:
             return first(loaders)
-    return None
+    return first(trainer.val_dataloaders) if trainer.world_size == 1 else None
 
 
 class ProbeMonitor(Callback):
