@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -174,6 +175,31 @@ def layer_patterns(layers: str | Sequence[str] | None) -> list[str] | None:
             f"(e.g. ['blocks.*'] or 'encoder.layer.*'), but got {layers!r}."
         )
     return list(layers) or None
+
+
+def state_mask(net: nn.Module, mask: Tensor, t: int) -> Tensor | None:
+    """The (B, t) mask of hidden states with ``t`` positions: the batch's ``attention_mask`` when it is per
+    token; an audio model's per-sample mask turned into its frames' (Hugging Face's
+    ``_get_feature_vector_attention_mask``: wav2vec2, HuBERT, WavLM, ...); else None (every position
+    real), with a warning when some row was padded (its padding frames then enter the pooling)."""
+    if mask.ndim != 2 or mask.shape[1] == t:
+        return mask
+    for m in (net, getattr(net, "base_model", None)):
+        frames = getattr(m, "_get_feature_vector_attention_mask", None)
+        if callable(frames):
+            try:
+                out = frames(t, mask)
+            except Exception:  # noqa: BLE001 - another signature: fall through
+                continue
+            if isinstance(out, Tensor) and tuple(out.shape) == (mask.shape[0], t):
+                return out
+    if not bool((mask != 0).all()):
+        warnings.warn(
+            f"The attention_mask has {mask.shape[1]} positions but {type(net).__name__}'s hidden states have {t}, and "
+            "the model does not say how they map: padded positions are pooled as if real. Pass `pooling=` a "
+            "callable (h, mask) -> (B, D), or probe unpadded batches.", UserWarning, stacklevel=4,
+        )
+    return None
 
 
 def last_positions(mask: Tensor) -> Tensor:
@@ -496,7 +522,10 @@ def capture_representations(
                                 + _layer_hint([n for n, _ in net.named_modules() if n])
                             )
                         sources = tuple(f"hidden_states[{i}]" for i in range(len(states)))
-                pooled = [pool(_normalize(_channels_last(h), normalize), mask, pooling).float().to(keep) for h in states]
+                states = [_channels_last(h) for h in states]
+                if mask is not None and states and states[0].ndim == 3:
+                    mask = state_mask(net, mask, states[0].shape[1])
+                pooled = [pool(_normalize(h, normalize), mask, pooling).float().to(keep) for h in states]
                 if pooling == "tokens" and mask is not None and mask.shape[:2] == pooled[0].shape[:2]:
                     pooled, mask = right_align(pooled, mask)  # per-prompt clouds are (lengths)-prefixes
                 if not feats:

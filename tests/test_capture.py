@@ -222,3 +222,28 @@ def test_bad_token_ids_are_named_not_an_index_error(ids, match):
     """An embedding's "index out of range in self" becomes one line: the ids' range against the vocabulary."""
     with pytest.raises(ValueError, match=match):
         capture_representations(TinyGPT(), [ids])
+
+
+def test_audio_models_pool_over_their_real_frames():
+    """wav2vec2's attention_mask counts waveform samples, its hidden states frames: the frames' mask
+    comes from the model, so a padded clip's mean is over its real frames only."""
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    torch.manual_seed(0)
+    cfg = Wav2Vec2Config(
+        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, conv_dim=(8, 8),
+        conv_stride=(5, 4), conv_kernel=(10, 4), num_feat_extract_layers=2, num_conv_pos_embeddings=8,
+        num_conv_pos_embedding_groups=2, feat_extract_norm="layer", do_stable_layer_norm=True,
+    )
+    net = Wav2Vec2Model(cfg).eval()
+    x = torch.randn(4, 2000)
+    mask = torch.ones(4, 2000, dtype=torch.long)
+    mask[1, 1200:] = 0
+    reps = capture_representations(net, [{"input_values": x, "attention_mask": mask}], pooling="mean")
+    with torch.no_grad():
+        h = net(input_values=x, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+    frames = net._get_feature_vector_attention_mask(h.shape[1], mask)
+    n = int(frames[1].sum())
+    assert 0 < n < h.shape[1]
+    torch.testing.assert_close(reps.features[-1][1], h[1, :n].mean(0))
+    torch.testing.assert_close(reps.features[-1][0], h[0].mean(0))
