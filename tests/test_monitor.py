@@ -825,3 +825,37 @@ def test_pullback_of_a_plain_pytorch_network_through_its_blocks(tmp_path):
               enable_model_summary=False, enable_checkpointing=False).fit(PlainBlocks(), train)
     last = mon.history[-1]
     assert not mon.failures and last["step"] == 4 and len(last["layers"]) == 3
+
+
+class RowDataset:
+    """What a Hugging Face ``datasets.Dataset`` of tokenized texts looks like to us: map-style, one dict
+    row at a time, token ids of different lengths, a text column beside them."""
+
+    def __init__(self, n=96):
+        g = torch.Generator().manual_seed(0)
+        self.rows = [
+            {"text": f"sample {i}", "input_ids": torch.randint(0, 64, (int(torch.randint(4, 12, (1,), generator=g)),), generator=g).tolist(), "label": i % 3}
+            for i in range(n)
+        ]
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.rows[i]
+
+
+def test_a_dataset_of_tokenized_rows_is_padded_into_batches(tmp_path):
+    from lightning_geom.monitoring.probe import probe_batches
+
+    ds = RowDataset()
+    batches = probe_batches(ds, num_samples=80, batch_size=32)
+    assert [b["input_ids"].shape[0] for b in batches] == [32, 32, 16]
+    first = batches[0]
+    lengths = [len(r["input_ids"]) for r in ds.rows[:32]]
+    assert first["attention_mask"].sum(1).tolist() == lengths and "text" not in first
+    assert first["label"].tolist() == [i % 3 for i in range(32)]
+    mon = GeometryMonitor(probe=ds, num_samples=96, every_n_steps=4, range_max=16, figure_every=0, output_dir=str(tmp_path / "geo"))
+    _trainer(tmp_path, mon, steps=4).fit(TinyGPT(), loader(token_data(64)))
+    assert not mon.failures and mon.history[-1]["n_samples"] == 96
+    assert mon.history[-1]["layers"][1]["label_overlap"] is not None

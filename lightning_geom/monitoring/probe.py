@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..capture import map_tensors
 from ..geometry.neighbors import available_bytes, gather_rows
+from .collate import is_row_dataset, pad_collate, row_batches
 
 __all__ = ["batch_len", "check_probe_kind", "probe_batches", "probe_fingerprint", "dist_info", "all_gather_objects", "gather_parts", "gather_features", "check_feature_memory", "shard"]
 
@@ -140,14 +141,19 @@ def probe_batches(probe: Any, *, num_samples: int, batch_size: int) -> list[Any]
     """The first ``num_samples`` samples of a probe as a list of CPU batches.
 
     Args:
-        probe: a ``DataLoader``, a ``Dataset``, a dict of (N, ...) tensors or an (N, ...) tensor
-            (numpy arrays and nested lists of numbers are taken as tensors).
+        probe: a ``DataLoader``, a ``Dataset`` (torch's, or a Hugging Face ``datasets.Dataset`` of
+            tokenized rows: padded by :func:`~.collate.pad_collate`), a dict of (N, ...) tensors, an
+            ``(inputs, labels)`` tuple or an (N, ...) tensor (numpy arrays and nested lists of numbers
+            are taken as tensors).
 
     Raises:
         TypeError: any other kind of probe.
         ValueError: an empty probe.
     """
     check_probe_kind(probe)
+    if is_row_dataset(probe):  # a Hugging Face datasets.Dataset: tokenized rows, padded here
+        batches = row_batches(probe, num_samples=num_samples, batch_size=batch_size)
+        return [_to_cpu(b) for b in batches]
     probe = _as_tensors(probe)
     if is_sample_tuple(probe):
         probe = tuple(_from_numpy(v) if _is_array(v) else v for v in probe)
@@ -155,8 +161,8 @@ def probe_batches(probe: Any, *, num_samples: int, batch_size: int) -> list[Any]
         n = min(batch_len(probe), num_samples)
         batches = [_to_cpu(_slice(probe, s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
     else:
-        if isinstance(probe, Dataset):
-            probe = DataLoader(probe, batch_size=batch_size, shuffle=False)
+        if isinstance(probe, Dataset):  # rows of different lengths are padded (pad_collate; else torch's default)
+            probe = DataLoader(probe, batch_size=batch_size, shuffle=False, collate_fn=pad_collate)
         if not isinstance(probe, Iterable):
             raise TypeError(
                 "Expected `probe` to be a DataLoader, a Dataset, a dict of tensors or a tensor, "
