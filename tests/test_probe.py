@@ -772,6 +772,7 @@ def test_python_probe_of_data_in_memory(tmp_path):
     layers = rep.models[0]["layers"]
     assert len(layers) == 3 and all(r.get("label_overlap") is not None for r in layers)
     assert "in memory (192 samples)" in rep.data
+    assert rep.models[0]["pullback_note"] is None and len(rep.models[0]["pullback"]) == 3  # tuple batches too
     data = token_data(96)
     rep = probe(TinyGPT().model, {"input_ids": data["input_ids"], "attention_mask": data["attention_mask"]}, progress=False, pullback_samples=0, range_max=8)
     assert len(rep.models[0]["layers"]) == 4

@@ -515,26 +515,25 @@ def _pullback(
     (one row per layer, samples measured, None); without a pullback (None, 0, why not): the report
     says why the section is missing instead of leaving it out silently.
     """
-    from ..capture import NoLogitsError, is_encoder_decoder, logits_and_hidden, resolve_network
+    from ..capture import NoLogitsError, is_encoder_decoder, logits_and_hidden, map_tensors, resolve_network
     from ..geometry.pullback import layer_spectra, spectrum_stats
+    from ..monitoring.probe import batch_len
 
     net = resolve_network(module)
     first = data.batches[0]
-    if not isinstance(first, dict):
-        return None, 0, "the probe batches are not dicts of tensors (the pullback runs on dict batches)"
     if is_encoder_decoder(net):
         return None, 0, "an encoder-decoder model: its logits need decoder inputs (targets); the layers probed are the encoder's"
-    count = min(n, next(iter(first.values())).shape[0])
+    count = min(n, batch_len(first))
     t0 = prev = time.perf_counter()
     per_layer: list[dict[str, list[torch.Tensor]]] = []
     done = 0
     try:
         for i in range(count):
-            one = {k: v[i : i + 1] for k, v in first.items()}
-            if "attention_mask" in one:  # the sample alone, its real tokens only (either padding side)
+            one = map_tensors(first, lambda v, i=i: v[i : i + 1] if v.ndim else v)  # dict, tuple or tensor batches
+            if isinstance(one, dict) and "attention_mask" in one:  # the sample alone, its real tokens only (either padding side)
                 real = one["attention_mask"][0].bool()
                 one = {k: v[:, real] if v.ndim == 2 and v.shape[1] == real.numel() else v for k, v in one.items()}
-            one = {k: v.to(dev) for k, v in one.items()}
+            one = map_tensors(one, lambda v: v.to(dev))
             # an LM's vocabulary: its top 16 logits (each output is one backward direction); a classifier's head whole
             spectra = layer_spectra(lambda one=one: logits_and_hidden(net, one), output="fisher", top_logits="auto")
             if not per_layer:
