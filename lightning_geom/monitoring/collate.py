@@ -74,8 +74,9 @@ def pad_collate(rows: Sequence[Any]) -> Any:
 
 
 def is_row_dataset(obj: Any) -> bool:
-    """A map-style dataset of dict rows that is not a torch ``Dataset`` (a Hugging Face ``datasets.Dataset``)."""
-    if isinstance(obj, (Tensor, Mapping, str, bytes, DataLoader, torch.utils.data.Dataset)):
+    """A map-style dataset of dict rows that is not a torch ``Dataset`` (a Hugging Face ``datasets.Dataset``);
+    a Python list or tuple is a sequence of batches, never rows."""
+    if isinstance(obj, (Tensor, Mapping, str, bytes, list, tuple, DataLoader, torch.utils.data.Dataset)):
         return False
     if not (hasattr(obj, "__getitem__") and hasattr(obj, "__len__")):
         return False

@@ -515,7 +515,13 @@ def _pullback(
     (one row per layer, samples measured, None); without a pullback (None, 0, why not): the report
     says why the section is missing instead of leaving it out silently.
     """
-    from ..capture import NoLogitsError, is_encoder_decoder, logits_and_hidden, map_tensors, resolve_network
+    from ..capture import (
+        NoLogitsError,
+        is_encoder_decoder,
+        logits_and_hidden,
+        map_tensors,
+        resolve_network,
+    )
     from ..geometry.pullback import layer_spectra, spectrum_stats
     from ..monitoring.probe import batch_len
 
