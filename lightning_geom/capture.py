@@ -268,15 +268,20 @@ def takes_hidden_states(net: nn.Module) -> bool:
 
 
 def repeated_blocks(net: nn.Module) -> list[str]:
-    """The largest family of sibling submodules named 0, 1, 2, ... (a plain PyTorch transformer's blocks,
-    e.g. ``blocks.0 .. blocks.11``), in depth order; the first such family on a tie; [] when there is none."""
-    families: dict[str, list[str]] = {}
-    for name, _ in net.named_modules():
+    """The family of sibling submodules named 0, 1, 2, ... that holds the most parameters (a plain PyTorch
+    transformer's blocks, e.g. ``blocks.0 .. blocks.11``, not the heads inside one of them), in depth
+    order; the first such family on a tie; [] when there is none of two or more."""
+    families: dict[str, list[tuple[str, nn.Module]]] = {}
+    for name, mod in net.named_modules():
         head, _, last = name.rpartition(".")
         if last.isdigit():
-            families.setdefault(head, []).append(name)
-    best = max(families.values(), key=len, default=[])  # max keeps the first of equal lengths
-    return best if len(best) >= 2 else []
+            families.setdefault(head, []).append((name, mod))
+
+    def weight(members: list[tuple[str, nn.Module]]) -> tuple[int, int]:
+        return sum(p.numel() for _, m in members for p in m.parameters()), len(members)
+
+    best = max((f for f in families.values() if len(f) >= 2), key=weight, default=[])  # max keeps the first of equals
+    return [name for name, _ in best]
 
 
 def _layer_hint(names: Sequence[str]) -> str:

@@ -247,3 +247,19 @@ def test_audio_models_pool_over_their_real_frames():
     assert 0 < n < h.shape[1]
     torch.testing.assert_close(reps.features[-1][1], h[1, :n].mean(0))
     torch.testing.assert_close(reps.features[-1][0], h[0].mean(0))
+
+
+def test_repeated_blocks_are_the_family_that_holds_the_weights():
+    """Four blocks of 12 heads each: the blocks (most parameters), not the 12 heads of block 0."""
+    from lightning_geom.capture import repeated_blocks
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.heads = nn.ModuleList(nn.Linear(8, 2) for _ in range(12))
+            self.mlp = nn.Linear(24, 8)
+
+    net = nn.Module()
+    net.blocks = nn.ModuleList(Block() for _ in range(4))
+    assert repeated_blocks(net) == [f"blocks.{i}" for i in range(4)]
+    assert repeated_blocks(nn.Linear(2, 2)) == []

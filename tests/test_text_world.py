@@ -83,5 +83,7 @@ def test_presets_cpu_is_the_default_and_gpu_needs_cuda(monkeypatch):
     with pytest.raises(SystemExit, match="error: --preset gpu: no CUDA device"):
         main(["demo", "--preset", "gpu", "--world", "text", "--out", "/nonexistent/never-written"])
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    gpu = preset_config("gpu", "text", width=256)
-    assert (gpu.n_layer, gpu.width, gpu.precision, gpu.accelerator) == (12, 256, "bf16-mixed", "gpu")
+    gpu = preset_config("gpu", "text", width=192)
+    assert (gpu.n_layer, gpu.width, gpu.precision, gpu.accelerator) == (12, 192, "bf16-mixed", "gpu")
+    with pytest.raises(ValueError, match="--width 256: the residual width must be a multiple of the 6 attention heads"):
+        preset_config("gpu", "text", width=256)  # the text preset's 6 heads (it would fail inside the model)
