@@ -63,7 +63,7 @@ def text_data(tmp_path_factory):
 
 def test_probe_hf_text_folder_end_to_end(tmp_path, text_model, text_data, capsys):
     out = tmp_path / "rep"
-    assert main(["probe", str(text_model), "--data", str(text_data / "data.jsonl"), "--out", str(out), "--range-max", "16", "--pullback-samples", "8"]) == 0
+    assert main(["probe", str(text_model), "--data", str(text_data / "data.jsonl"), "--out", str(out), "--range-max", "16", "--pullback-samples", "8", "--no-progress"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     m = metrics["models"][0]
     assert len(m["layers"]) == 4 and m["n_samples"] == 120

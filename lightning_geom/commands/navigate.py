@@ -32,6 +32,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--record-every", type=positive_int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="navigation_output")
+    p.add_argument("--no-progress", action="store_false", dest="progress", help="hide the progress bar (logs, CI)")
     p.set_defaults(func=run)
 
 
@@ -133,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         corrector=args.corrector,
         record_every=args.record_every,
         seed=args.seed,
-        progress=True,
+        progress=args.progress,
     )
     batch = _batch(args, loaded)
     net.eval()

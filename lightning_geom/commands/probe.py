@@ -36,6 +36,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--shuffle-control", action="store_true", help="with --tokens per-prompt: also on the prompts shuffled in blocks of 4 tokens")
     p.add_argument("--max-tokens", type=positive_int, default=10_000, help="with --tokens pooled: a seeded subsample of at most this many tokens (default 10,000)")
     p.add_argument("--keep-special-tokens", action="store_true", help="with --tokens pooled: keep [CLS] / [SEP] / BOS / EOS tokens (default: left out, their states are outliers)")
+    p.add_argument("--no-progress", action="store_false", dest="progress", help="hide the progress bars (logs, CI)")
     p.add_argument("--debug", action="store_true", help="show the full traceback of a failure")
     p.set_defaults(func=run)
 
@@ -100,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
             pullback_samples=args.pullback_samples, pullback_share=args.pullback_share, device=args.device,
             tokens=args.tokens, token_prompts=args.token_prompts, token_k=args.token_k, shuffle_control=args.shuffle_control,
             max_tokens=args.max_tokens, keep_special_tokens=args.keep_special_tokens, seed=args.seed,
+            progress=args.progress,
         )
     except (FileNotFoundError, ValueError, MemoryError) as err:
         if args.debug:
