@@ -51,14 +51,14 @@ def token_id_problem(net: nn.Module, batch: Any) -> str | None:
     name, n = type(net).__name__, int(emb.num_embeddings)
     if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
         return (
-            f"the probe's token ids are {str(ids.dtype).removeprefix('torch.')} {tuple(ids.shape)}, but {name} starts with an "
+            f"the token ids are {str(ids.dtype).removeprefix('torch.')} {tuple(ids.shape)}, but {name} starts with an "
             f"embedding of {n} tokens: pass integer token ids (the model tokenizer's input_ids, int64)."
         )
     lo, hi = int(ids.min()), int(ids.max())
     if lo < 0 or hi >= n:
         return (
-            f"the probe's token ids span [{lo}, {hi}], but {name}'s embedding has {n} rows (ids 0 to {n - 1}): "
-            "tokenize the probe with the model's own tokenizer (and keep label values such as -100 out of input_ids)."
+            f"the token ids span [{lo}, {hi}], but {name}'s embedding has {n} rows (ids 0 to {n - 1}): "
+            "tokenize the inputs with the model's own tokenizer (and keep label values such as -100 out of input_ids)."
         )
     return None
 

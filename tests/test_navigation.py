@@ -257,3 +257,20 @@ def test_image_models_without_an_adapter_are_refused_not_misread():
     for model in (conv, clip):
         with pytest.raises(TypeError, match="build `Adapter"):
             adapter_for(model)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "ids", "match"),
+    [
+        ({"step_size": -0.1}, None, r"`step_size` to be a finite number > 0"),
+        ({"record_every": 0}, None, r"`record_every` to be an integer >= 1"),
+        ({}, torch.full((2, 5), 300), r"token ids span \[300, 300\], but GPT2LMHeadModel's embedding has 100 rows"),
+        ({}, torch.zeros(2, 5), r"token ids are float32 \(2, 5\)"),
+        ({}, torch.arange(5), r"embeddings are \(B, tokens, d\) with B >= 1, but got \(5, 16\).*ids\[None\]"),
+        ({}, torch.zeros(0, 5, dtype=torch.long), r"with B >= 1, but got \(0, 5, 16\)"),
+    ],
+)
+def test_bad_settings_and_inputs_are_one_line(kwargs, ids, match):
+    model = _lm()
+    with pytest.raises(ValueError, match=match):
+        EquivalenceClassExplorer(model, steps=2, **kwargs).walk({"input_ids": torch.randint(0, 100, (2, 5)) if ids is None else ids})
