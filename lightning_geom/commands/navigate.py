@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     net.eval()
     try:
         trajs = ex.walk(batch)
-    except (NoLogitsError, TokenPositionError) as err:  # a base model without a head; positions outside the inputs
+    except (NoLogitsError, TokenPositionError, ValueError) as err:  # no head; positions outside the inputs; bad token ids
         raise SystemExit(f"error: {err}") from None
     image_shape = (8, 8) if type(net).__name__ == "ImageGPT" else None
     files = write_trajectories(trajs, args.out, image_shape=image_shape)
