@@ -154,3 +154,16 @@ def test_clouds_with_copies_equal_the_single_cloud_estimators():
         torch.testing.assert_close(est["gride"][c], torch.tensor(curve.dims, dtype=torch.float64), rtol=1e-9, atol=0)
         torch.testing.assert_close(est["scales"][c], torch.tensor(curve.scales, dtype=torch.float64), rtol=1e-12, atol=0)
         assert float(est["twonn"][c]) == pytest.approx(tw.dim, rel=1e-9)
+
+
+def test_batched_estimators_take_the_clouds_themselves():
+    """id_batched / overlap_batched on (B, N, D) clouds equal them on the clouds' knn_batched; other kinds
+    are one line, not an AttributeError."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 40, 5, generator=g, dtype=torch.float64)
+    a, b = id_batched(x, range_max=16), id_batched(knn_batched(x, 16), range_max=16)
+    assert torch.equal(a["gride"], b["gride"]) and torch.equal(a["twonn"], b["twonn"])
+    y = x @ torch.randn(5, 5, generator=g, dtype=torch.float64)
+    assert torch.equal(overlap_batched(x, y, k=4), overlap_batched(knn_batched(x, 4), knn_batched(y, 4), k=4))
+    with pytest.raises(TypeError, match="BatchedNeighbors of knn_batched"):
+        id_batched([1, 2])

@@ -307,7 +307,16 @@ def spread_clouds(sub: dict[str, Tensor], good: Tensor, b: int) -> dict[str, Ten
     return full
 
 
-def id_batched(nb: BatchedNeighbors, *, range_max: int = 64, discard_fraction: float = 0.1) -> dict[str, Tensor]:
+def _as_batched(nb: BatchedNeighbors | Tensor | np.ndarray, k: int, name: str) -> BatchedNeighbors:
+    """``nb`` itself, or the :func:`knn_batched` of (B, N, D) clouds with the ``k`` neighbours the caller needs."""
+    if isinstance(nb, BatchedNeighbors):
+        return nb
+    if isinstance(nb, (Tensor, np.ndarray)):
+        return knn_batched(nb, k)
+    raise TypeError(f"Expected `{name}` to be the BatchedNeighbors of knn_batched(x, k) or (B, N, D) clouds, but got {type(nb).__name__}.")
+
+
+def id_batched(nb: BatchedNeighbors | Tensor, *, range_max: int = 64, discard_fraction: float = 0.1) -> dict[str, Tensor]:
     """TwoNN and the GRIDE scale curve of every cloud, as tensors (one solve for all clouds and scales).
 
     The same numbers as ``twonn`` / ``gride_scaling`` / ``id_profile`` on each cloud's own kNN,
@@ -324,6 +333,9 @@ def id_batched(nb: BatchedNeighbors, *, range_max: int = 64, discard_fraction: f
         ``{"twonn": (B,), "gride": (B, S), "gride_err": (B, S), "scales": (B, S), "ranks": (S,)}``
         with GRIDE at n1 = 1, 2, 4, ... up to ``range_max / 2`` (the rank range of the shortest cloud).
     """
+    if not isinstance(nb, BatchedNeighbors):  # clouds: the kNN that GRIDE's ranks need (knn_batched checks the shape)
+        n_pts = int(nb.shape[1]) if isinstance(nb, (Tensor, np.ndarray)) and nb.ndim == 3 else 0
+        nb = _as_batched(nb, gride_max_rank(n_pts, range_max) if n_pts >= 3 else 1, "nb")
     b, n, k = nb.indices.shape
     top = gride_max_rank(int(nb.lengths.min()), range_max)
     if nb.k < top:
@@ -403,11 +415,14 @@ def id_batched(nb: BatchedNeighbors, *, range_max: int = 64, discard_fraction: f
     }
 
 
-def overlap_batched(a: BatchedNeighbors, b: BatchedNeighbors, *, k: int = 10) -> Tensor:
+def overlap_batched(a: BatchedNeighbors | Tensor, b: BatchedNeighbors | Tensor, *, k: int = 10) -> Tensor:
     r"""Neighbourhood overlap :math:`\chi_k` of two representations of the same clouds, per cloud: (B,).
 
     .. math:: \chi_k^{(b)} = \frac{1}{n_b} \sum_{i < n_b} \frac{1}{k} |\mathcal{N}^a_k(b, i) \cap \mathcal{N}^b_k(b, i)|
+
+    ``a`` and ``b``: the :func:`knn_batched` of each representation, or the (B, N, D) clouds themselves.
     """
+    a, b = _as_batched(a, k, "a"), _as_batched(b, k, "b")
     if a.indices.shape[:2] != b.indices.shape[:2] or not torch.equal(a.lengths, b.lengths):
         raise ValueError("Expected the two neighbour sets to describe the same clouds (shapes and lengths).")
     if not 1 <= k <= min(a.k, b.k):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -65,7 +66,7 @@ def _key_plan(d: int, element_size: int, device: str) -> tuple[Tensor, Tensor]:
     return cols.to(device), w.to(device)
 
 
-def find_copies(x: Tensor) -> Copies | None:
+def find_copies(x: Tensor | np.ndarray) -> Copies | None:
     """The distinct rows of ``x`` (N, D) when some rows are exact copies of others, else None.
 
     A cheap screen first (:func:`row_keys` and a sort of N keys): rows with distinct keys are
@@ -73,6 +74,10 @@ def find_copies(x: Tensor) -> Copies | None:
     rows (~10 % of a kNN at N = 2,000, D = 768). Repeated keys go to ``torch.unique(dim=0)``, which
     decides.
     """
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, Tensor) or x.ndim != 2:
+        raise ValueError(f"Expected `x` to be (N, D) points, but got {type(x).__name__} of shape {tuple(getattr(x, 'shape', ()))}.")
     n = int(x.shape[0])
     if int(torch.unique(row_keys(x)).numel()) == n:
         return None
