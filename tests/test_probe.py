@@ -778,3 +778,21 @@ def test_python_probe_of_data_in_memory(tmp_path):
     assert len(rep.models[0]["layers"]) == 4
     rep.write(tmp_path / "rep")
     assert (tmp_path / "rep" / "report.html").is_file()
+
+
+def test_a_folder_of_checkpoints_is_its_checkpoints_in_step_order(tmp_path):
+    from lightning_geom.commands.probe import expand_checkpoint_folders
+
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    for name in ("s-step=10.ckpt", "s-step=9.ckpt", "last.ckpt", "s-step=100.ckpt"):
+        (ck / name).write_text("")
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text("{}")
+    (hf / "x.ckpt").write_text("")
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "last.ckpt").write_text("")
+    got = expand_checkpoint_folders([str(ck), str(hf), str(one), "other.ckpt"])
+    assert got == [str(ck / "s-step=9.ckpt"), str(ck / "s-step=10.ckpt"), str(ck / "s-step=100.ckpt"), str(hf), str(one / "last.ckpt"), "other.ckpt"]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import re
 import time
+from pathlib import Path
 from typing import Any
 
 from .args import fraction, non_negative_int, positive_int
@@ -11,7 +13,7 @@ from .args import fraction, non_negative_int, positive_int
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("probe", help="Write a geometry report (HTML + JSON + CSV + PNG) for checkpoints or HF model folders.")
-    p.add_argument("models", nargs="+", help="Lightning checkpoints (.ckpt) or Hugging Face model folders (several: one run's checkpoints)")
+    p.add_argument("models", nargs="+", help="Lightning checkpoints (.ckpt; a folder of them: its checkpoints in step order) or Hugging Face model folders (several: one run's checkpoints)")
     p.add_argument("--data", required=True, help="'digits', a .txt (one text per line), .csv/.jsonl, an image folder (class subfolders), or a datamodule YAML")
     p.add_argument("--out", default="probe_report", help="output folder (default probe_report)")
     p.add_argument("--module", default=None, help="LightningModule class path of the checkpoints")
@@ -75,6 +77,29 @@ def check_out_dir(out: str) -> None:
         raise ValueError(f"--out {out}: cannot write there ({err.strerror or err}); choose another --out.") from None
 
 
+def _step_of(path: Path) -> tuple[int, str]:
+    """Sort key of a checkpoint file: the N of ``step=N`` (or ``epoch=N``) in its name, then the name."""
+    m = re.search(r"step=(\d+)", path.name) or re.search(r"epoch=(\d+)", path.name)
+    return (int(m.group(1)) if m else -1, path.name)
+
+
+def expand_checkpoint_folders(models: list[str]) -> list[str]:
+    """Each folder of Lightning checkpoints (``*.ckpt``, no ``config.json``: a ``ModelCheckpoint`` dirpath)
+    as its checkpoints in step order, ``last.ckpt`` left out when others are there (it repeats one of
+    them); other paths as they are."""
+    out: list[str] = []
+    for m in models:
+        p = Path(m)
+        ckpts = sorted(p.glob("*.ckpt"), key=_step_of) if p.is_dir() and not (p / "config.json").exists() else []
+        if len(ckpts) > 1:
+            ckpts = [c for c in ckpts if c.name != "last.ckpt"] or ckpts
+        if ckpts:
+            out.extend(str(c) for c in ckpts)
+        else:
+            out.append(m)
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -87,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         check_device(args.device)
         check_out_dir(args.out)
-        loaded = [load_model(m, module=args.module) for m in args.models]
+        loaded = [load_model(m, module=args.module) for m in expand_checkpoint_folders(args.models)]
         if args.tokenizer:
             tok = load_tokenizer(args.tokenizer)
             for item in loaded:
