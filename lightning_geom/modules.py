@@ -1,0 +1,186 @@
+"""Which submodules of a model are its layers: the network inside a LightningModule, glob patterns over
+submodule names, a plain network's repeated blocks, and the forward hooks that read them.
+
+Framework glue below :mod:`.capture` (which reads representations through these) and above the
+geometry core; nothing here runs a forward pass.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from torch import Tensor, nn
+
+__all__ = [
+    "hook_modules",
+    "is_encoder_decoder",
+    "layer_patterns",
+    "match_modules",
+    "repeated_blocks",
+    "resolve_network",
+    "takes_hidden_states",
+]
+
+
+def _first_tensor(out: Any) -> Tensor:
+    """The hidden state in a module's output: the tensor itself, or the first tensor of a tuple / ModelOutput."""
+    if isinstance(out, Tensor):
+        return out
+    if isinstance(out, Mapping):
+        out = tuple(out.values())
+    if isinstance(out, (tuple, list)):
+        for item in out:
+            if isinstance(item, Tensor):
+                return item
+    raise TypeError(f"Cannot find a tensor in a module output of type {type(out).__name__}.")
+
+
+def _glob(pattern: str) -> re.Pattern:
+    """``*`` matches within one dotted name part, ``**`` across parts, ``?`` one character."""
+    out = []
+    for tok in re.split(r"(\*\*|\*|\?)", pattern):
+        out.append({"**": ".*", "*": "[^.]*", "?": "[^.]"}.get(tok, re.escape(tok)))
+    return re.compile("".join(out) + r"\Z")
+
+
+def layer_patterns(layers: str | Sequence[str] | None) -> list[str] | None:
+    """Layer glob patterns as a list: one pattern may come as a plain string; None / empty: None."""
+    if isinstance(layers, str):
+        return [layers] if layers else None
+    if layers is None:
+        return None
+    if not isinstance(layers, Sequence) or not all(isinstance(p, str) for p in layers):
+        raise TypeError(
+            f"Expected `layers` to be None, a glob pattern or a list of glob patterns of submodule names "
+            f"(e.g. ['blocks.*'] or 'encoder.layer.*'), but got {layers!r}."
+        )
+    return list(layers) or None
+
+
+def is_encoder_decoder(net: nn.Module) -> bool:
+    """A Hugging Face encoder-decoder model (T5, BART, ...): its decoder needs targets to run."""
+    return bool(getattr(getattr(net, "config", None), "is_encoder_decoder", False))
+
+
+def match_modules(model: nn.Module, patterns: Sequence[str]) -> list[str]:
+    """Names of the submodules matching any glob pattern, in the model's (depth) order.
+
+    Names are relative to the network (see :func:`resolve_network`); ``*`` stays within one dotted
+    part (``transformer.h.*`` is the blocks, not their children), ``**`` crosses parts.
+
+    Raises:
+        ValueError: a pattern matches nothing (the message lists module names that exist).
+    """
+    names = [n for n, _ in model.named_modules() if n]
+    chosen: list[str] = []
+    for pat in layer_patterns(patterns) or []:
+        rx = _glob(pat)
+        hits = [n for n in names if rx.match(n)]
+        if not hits:
+            raise ValueError(f"Layer pattern {pat!r} matches no submodule. Some that exist: {_layer_hint(names)}")
+        chosen.extend(h for h in hits if h not in chosen)
+    order = {n: i for i, n in enumerate(names)}
+    return sorted(chosen, key=order.__getitem__)
+
+
+def takes_hidden_states(net: nn.Module) -> bool:
+    """Whether ``net``'s forward can return ``hidden_states``: a Hugging Face model, or a forward with an
+    ``output_hidden_states`` parameter (or ``**kwargs``, which may pass it on to a model inside)."""
+    if _is_hf(net):
+        return True
+    try:
+        params = inspect.signature(net.forward).parameters
+    except (TypeError, ValueError):
+        return True
+    return "output_hidden_states" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def repeated_blocks(net: nn.Module) -> list[str]:
+    """The family of sibling submodules named 0, 1, 2, ... that holds the most parameters (a plain PyTorch
+    transformer's blocks, e.g. ``blocks.0 .. blocks.11``, not the heads inside one of them), in depth
+    order; the first such family on a tie; [] when there is none of two or more."""
+    families: dict[str, list[tuple[str, nn.Module]]] = {}
+    for name, mod in net.named_modules():
+        head, _, last = name.rpartition(".")
+        if last.isdigit():
+            families.setdefault(head, []).append((name, mod))
+
+    def weight(members: list[tuple[str, nn.Module]]) -> tuple[int, int]:
+        return sum(p.numel() for _, m in members for p in m.parameters()), len(members)
+
+    best = max((f for f in families.values() if len(f) >= 2), key=weight, default=[])  # max keeps the first of equals
+    return [name for name, _ in best]
+
+
+def _layer_hint(names: Sequence[str]) -> str:
+    """What to match instead: the patterns of the repeated blocks (``encoder.layer.*``: 12 modules) and the
+    top-level submodules, whole names only."""
+    blocks: dict[str, int] = {}
+    for n in names:
+        head, _, last = n.rpartition(".")
+        if last.isdigit():
+            key = f"{head}.*" if head else "*"
+            blocks[key] = blocks.get(key, 0) + 1
+    top = [n for n in names if "." not in n]
+    parts = []
+    if blocks:
+        ranked = sorted(blocks.items(), key=lambda kv: -kv[1])[:4]
+        parts.append("the repeated blocks " + ", ".join(f"{p!r} ({c} modules)" for p, c in ranked))
+    if top:
+        parts.append(f"the top-level {', '.join(top[:12])}{', ...' if len(top) > 12 else ''}")
+    return ("; ".join(parts) or "none (the model has no submodules)") + "."
+
+
+@contextmanager
+def hook_modules(model: nn.Module, names: Sequence[str], *, detach: bool = True) -> Iterator[dict[str, list[Tensor]]]:
+    """Forward hooks on the named submodules; yields ``{name: [output per call]}``, detached unless
+    ``detach=False`` (the pullback differentiates the logits with respect to them).
+
+    Hooks are removed in ``finally``, whatever happens inside the block.
+    """
+    modules = dict(model.named_modules())
+    store: dict[str, list[Tensor]] = {n: [] for n in names}
+    handles = []
+
+    def keep(out: Any) -> Tensor:
+        t = _first_tensor(out)
+        return t.detach() if detach else t
+
+    try:
+        for n in names:
+            handles.append(modules[n].register_forward_hook(lambda _m, _i, out, n=n: store[n].append(keep(out))))
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def resolve_network(module: nn.Module, model_attr: str | None = None) -> nn.Module:
+    """The network to probe inside a LightningModule.
+
+    ``model_attr`` names it (dotted path; ``""`` is the module itself); a Hugging Face model is its
+    own network; otherwise, if the module has exactly one child that is a
+    Hugging Face ``PreTrainedModel``, that one; otherwise the module itself.
+
+    Raises:
+        AttributeError: ``model_attr`` does not exist.
+    """
+    if model_attr is not None:  # "" is the module itself
+        net: Any = module
+        for part in (p for p in model_attr.split(".") if p):
+            if not hasattr(net, part):
+                raise AttributeError(f"`model_attr={model_attr!r}`: {type(net).__name__} has no attribute {part!r}.")
+            net = getattr(net, part)
+        return net
+    if _is_hf(module):  # a Hugging Face model itself (its heads included)
+        return module
+    hf = [c for c in module.children() if _is_hf(c)]
+    return hf[0] if len(hf) == 1 else module
+
+
+def _is_hf(m: nn.Module) -> bool:
+    return any(c.__name__ == "PreTrainedModel" for c in type(m).__mro__)
