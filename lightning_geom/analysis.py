@@ -32,6 +32,7 @@ from .geometry import (
     robust_change_points,
     three_phase,
 )
+from .geometry.args import as_int
 
 __all__ = [
     "GeometrySettings", "choose_scale", "layer_geometry", "profile_geometry", "finish_profile", "profile_phases", "layer_errors",
@@ -57,7 +58,11 @@ class GeometrySettings:
     label_k: int = 10
 
     def __post_init__(self) -> None:
-        if not (self.id_n1 == "auto" or (isinstance(self.id_n1, int) and self.id_n1 >= 1)):
+        for name in ("range_max", "id_n1", "overlap_k", "label_k"):  # numpy / 0-d tensor integers as ints
+            v = getattr(self, name)
+            if not isinstance(v, (bool, str)) and as_int(v) is not None:
+                object.__setattr__(self, name, as_int(v))
+        if not (self.id_n1 == "auto" or (isinstance(self.id_n1, int) and not isinstance(self.id_n1, bool) and self.id_n1 >= 1)):
             raise ValueError(f"Expected `id_n1` to be 'auto' or a positive integer, but got {self.id_n1!r}.")
         for name in ("range_max", "overlap_k", "label_k"):
             v = getattr(self, name)

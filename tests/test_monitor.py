@@ -859,3 +859,15 @@ def test_a_dataset_of_tokenized_rows_is_padded_into_batches(tmp_path):
     _trainer(tmp_path, mon, steps=4).fit(TinyGPT(), loader(token_data(64)))
     assert not mon.failures and mon.history[-1]["n_samples"] == 96
     assert mon.history[-1]["layers"][1]["label_overlap"] is not None
+
+
+def test_counts_as_users_pass_them(data):
+    """numpy integers (from a config or an array's shape) are counts; bools and floats are not."""
+    import numpy as np
+
+    mon = GeometryMonitor(probe=data, every_n_steps=np.int64(50), num_samples=np.int32(100), range_max=np.int64(16), token_k=np.int64(4))
+    assert (mon.every_n_steps, mon.num_samples, mon.settings.range_max, mon.token_k) == (50, 100, 16, 4)
+    assert all(type(v) is int for v in (mon.every_n_steps, mon.num_samples, mon.settings.range_max, mon.token_k))
+    for bad in ({"every_n_steps": True}, {"num_samples": 10.0}, {"figure_every": -1}, {"max_tokens": 8}):
+        with pytest.raises(ValueError, match=f"`{next(iter(bad))}`"):
+            GeometryMonitor(probe=data, **bad)

@@ -23,6 +23,7 @@ from typing import Any, Literal, Protocol
 import torch
 
 from ..capture import map_tensors
+from ..geometry.args import as_int
 from .probe import batch_len, check_probe_kind, dist_info, probe_batches, probe_fingerprint, shard
 
 __all__ = ["Sink", "Run", "MonitorCore", "plain"]
@@ -99,6 +100,15 @@ def plain(v: Any) -> Any:
     if callable(v):
         return getattr(v, "__name__", type(v).__name__)
     return str(v)
+
+
+def _count(value: Any, arg: str, low: int, also: str = "") -> int:
+    """``value`` as an int >= ``low`` (numpy and 0-d tensor integers too; no bools), else a ValueError naming ``arg``."""
+    v = None if isinstance(value, bool) else as_int(value)
+    if v is None or v < low:
+        what = {0: "a non-negative integer", 1: "a positive integer"}.get(low, f"an integer >= {low}")
+        raise ValueError(f"Expected `{arg}` to be {also}{what}, but got {value!r}.")
+    return v
 
 
 def _rank_zero_warn(message: str) -> None:
@@ -197,16 +207,15 @@ class MonitorCore:
         if background not in (True, False, "auto"):
             raise ValueError(f"Expected `background` to be True, False or 'auto', but got {background!r}.")
         self.background = background
-        if not isinstance(figure_every, int) or figure_every < 0:
-            raise ValueError(f"Expected `figure_every` to be a non-negative integer, but got {figure_every!r}.")
-        for name, v in (("every_n_steps", every_n_steps), ("every_n_epochs", every_n_epochs)):
-            if v is not None and (not isinstance(v, int) or v < 1):
-                raise ValueError(f"Expected `{name}` to be None or a positive integer, but got {v!r}.")
-        if not isinstance(log_spaced, int) or log_spaced < 0:  # a bool is an int: True starts at 1
+        figure_every = _count(figure_every, "figure_every", 0)
+        every_n_steps = None if every_n_steps is None else _count(every_n_steps, "every_n_steps", 1, "None or ")
+        every_n_epochs = None if every_n_epochs is None else _count(every_n_epochs, "every_n_epochs", 1, "None or ")
+        if isinstance(log_spaced, bool):  # True starts the doubling at 1, False turns it off
+            log_spaced = int(log_spaced)
+        elif as_int(log_spaced) is None or as_int(log_spaced) < 0:
             raise ValueError(f"Expected `log_spaced` to be True, False or the first step of the doubling (a positive integer), but got {log_spaced!r}.")
-        for name, v in (("num_samples", num_samples), ("batch_size", batch_size)):
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"Expected `{name}` to be a positive integer, but got {v!r}.")
+        log_spaced = int(log_spaced)
+        num_samples, batch_size = _count(num_samples, "num_samples", 1), _count(batch_size, "batch_size", 1)
         if on_error not in ("warn", "raise"):
             raise ValueError(f"Expected `on_error` to be one of 'warn', 'raise', but got {on_error!r}.")
         if output_dir is not None and not isinstance(output_dir, (str, os.PathLike)):

@@ -19,7 +19,7 @@ from ..capture import capture_representations, layer_patterns, right_align
 from ..geometry import label_problem
 from ..report.history import metric_key, scalars
 from ..tokens import token_keep_mask
-from .core import MonitorCore, Run
+from .core import MonitorCore, Run, _count
 from .probe import (
     all_gather_objects,
     batch_len,
@@ -112,19 +112,13 @@ class GeometryCore(MonitorCore):
         **kwargs: Any,
     ) -> None:
         super().__init__(probe, **kwargs)
-        if shard_knn_above is not None and (not isinstance(shard_knn_above, int) or shard_knn_above < 1):
-            raise ValueError(f"Expected `shard_knn_above` to be a positive number of points or None, but got {shard_knn_above!r}.")
-        self.shard_knn_above = shard_knn_above
+        self.shard_knn_above = None if shard_knn_above is None else _count(shard_knn_above, "shard_knn_above", 1, "None or ")
         if tokens not in (None, "per_prompt", "pooled", "both"):
             raise ValueError(f"Expected `tokens` to be None, 'per_prompt', 'pooled' or 'both', but got {tokens!r}.")
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 16:
-            raise ValueError(f"Expected `max_tokens` to be an integer >= 16, but got {max_tokens!r}.")
-        self.max_tokens = max_tokens
+        self.max_tokens = _count(max_tokens, "max_tokens", 16)
         self.drop_token_ids = sorted({int(i) for i in drop_token_ids})
-        for name, v in (("token_prompts", token_prompts), ("token_k", token_k)):
-            if not isinstance(v, int) or v < 2:
-                raise ValueError(f"Expected `{name}` to be an integer >= 2, but got {v!r}.")
-        self.tokens, self.token_prompts, self.token_k = tokens, token_prompts, token_k
+        self.tokens = tokens
+        self.token_prompts, self.token_k = _count(token_prompts, "token_prompts", 2), _count(token_k, "token_k", 2)
         if not (callable(pooling) or pooling in ("mean", "last", "first")):
             raise ValueError(f"Expected `pooling` to be one of 'mean', 'last', 'first' or a callable, but got {pooling!r}.")
         if normalize not in (None, "layer_norm"):
