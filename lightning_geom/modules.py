@@ -23,6 +23,7 @@ __all__ = [
     "repeated_blocks",
     "resolve_network",
     "takes_hidden_states",
+    "unwrap",
 ]
 
 
@@ -175,11 +176,27 @@ def resolve_network(module: nn.Module, model_attr: str | None = None) -> nn.Modu
             if not hasattr(net, part):
                 raise AttributeError(f"`model_attr={model_attr!r}`: {type(net).__name__} has no attribute {part!r}.")
             net = getattr(net, part)
-        return net
+        return unwrap(net)
+    module = unwrap(module)
     if _is_hf(module):  # a Hugging Face model itself (its heads included)
         return module
-    hf = [c for c in module.children() if _is_hf(c)]
+    hf = [unwrap(c) for c in module.children() if _is_hf(unwrap(c))]
     return hf[0] if len(hf) == 1 else module
+
+
+def unwrap(m: nn.Module) -> nn.Module:
+    """The model inside a wrapper that does not change what its layers compute: ``torch.compile``'s
+    ``OptimizedModule`` (``_orig_mod``: the same parameters, run eagerly here) and PEFT's ``PeftModel``
+    (``get_base_model()``: the adapters live inside it)."""
+    for _ in range(8):  # wrappers of wrappers, bounded
+        inner = getattr(m, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            get = getattr(m, "get_base_model", None)
+            inner = get() if callable(get) and type(m).__name__.startswith("Peft") else None
+        if not isinstance(inner, nn.Module) or inner is m:
+            return m
+        m = inner
+    return m
 
 
 def _is_hf(m: nn.Module) -> bool:

@@ -263,3 +263,27 @@ def test_repeated_blocks_are_the_family_that_holds_the_weights():
     net.blocks = nn.ModuleList(Block() for _ in range(4))
     assert repeated_blocks(net) == [f"blocks.{i}" for i in range(4)]
     assert repeated_blocks(nn.Linear(2, 2)) == []
+
+
+def test_compiled_and_peft_wrapped_models_are_probed_through_the_model_inside():
+    """torch.compile's OptimizedModule (or PEFT's PeftModel) around the HF model inside a LightningModule:
+    the network is the model inside, read eagerly (nothing is compiled here)."""
+    from lightning_geom.capture import resolve_network
+
+    lm = TinyGPT()
+    inner = lm.model
+    lm.model = torch.compile(inner)
+    assert resolve_network(lm) is inner
+
+    class PeftModel(nn.Module):  # the shape of peft's wrapper: adapters live inside the base model
+        def __init__(self, base):
+            super().__init__()
+            self.base_model = base
+
+        def get_base_model(self):
+            return self.base_model
+
+    lm.model = PeftModel(inner)
+    assert resolve_network(lm) is inner
+    reps = capture_representations(lm, [token_data(8)["input_ids"]])
+    assert len(reps.features) == 4
