@@ -871,3 +871,18 @@ def test_counts_as_users_pass_them(data):
     for bad in ({"every_n_steps": True}, {"num_samples": 10.0}, {"figure_every": -1}, {"max_tokens": 8}):
         with pytest.raises(ValueError, match=f"`{next(iter(bad))}`"):
             GeometryMonitor(probe=data, **bad)
+
+
+def test_class_names_as_probe_labels_are_coded():
+    """{"input_ids": ..., "labels": ["pos", "neg", ...]}: class names become codes (sorted names), texts
+    under an input key are still refused with the fix."""
+    import numpy as np
+
+    from lightning_geom.monitoring.probe import probe_batches
+
+    d = token_data(10)
+    for labels in (["pos", "neg"] * 5, np.array(["pos", "neg"] * 5)):
+        batches = probe_batches({"input_ids": d["input_ids"], "labels": labels}, num_samples=10, batch_size=4)
+        assert torch.cat([b["labels"] for b in batches]).tolist() == [1, 0] * 5
+    with pytest.raises(TypeError, match="tokenize texts first"):
+        probe_batches({"input_ids": ["a b"] * 10}, num_samples=10, batch_size=4)

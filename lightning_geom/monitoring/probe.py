@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from ..capture import map_tensors
+from ..capture import LABEL_KEYS, map_tensors
 from ..geometry.neighbors import available_bytes, gather_rows
 from .collate import is_row_dataset, pad_collate, row_batches
 
@@ -61,7 +61,10 @@ def _as_tensors(probe: Any) -> Any:
         return probe
     out = {}
     for key, v in probe.items():
-        if _is_array(v):
+        if key in LABEL_KEYS and _is_text_list(v):  # class names: their codes in sorted-name order
+            names = sorted({str(x) for x in v})
+            v = torch.tensor([names.index(str(x)) for x in v])
+        elif _is_array(v):
             v = _from_numpy(v)
         elif isinstance(v, (list, tuple)) and v:
             try:
@@ -73,6 +76,13 @@ def _as_tensors(probe: Any) -> Any:
                 ) from None
         out[key] = v
     return out
+
+
+def _is_text_list(v: Any) -> bool:
+    """A list / tuple / numpy array of strings (class names, say)."""
+    if _is_array(v):
+        return v.dtype.kind in "USO" and v.ndim == 1 and all(isinstance(x, str) for x in v.tolist())
+    return isinstance(v, (list, tuple)) and bool(v) and all(isinstance(x, str) for x in v)
 
 
 _PROBE_KINDS = "a DataLoader, a Dataset, a dict of tensors, an (inputs, labels) tuple of tensors or a tensor"
