@@ -21,7 +21,7 @@ from ..geometry.pullback import (
     subspace_overlap,
 )
 from ..report.history import is_number, metric_key
-from .core import MonitorCore, Run
+from .core import MonitorCore, Run, _count
 from .probe import gather_parts
 
 __all__ = ["PullbackCore", "PULLBACK_STATS"]
@@ -96,9 +96,7 @@ class PullbackCore(MonitorCore):
         check_top_logits(top_logits)
         if position is not None and (isinstance(position, bool) or not isinstance(position, int)):
             raise ValueError(f"Expected `position` to be None (the last position) or an integer index, but got {position!r}.")
-        for name, v in (("track_samples", track_samples), ("track_top", track_top)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"Expected `{name}` to be a non-negative integer, but got {v!r}.")
+        track_samples, track_top = _count(track_samples, "track_samples", 0), _count(track_top, "track_top", 0)
         self.output = output
         self.position = position
         self.top_logits = top_logits
