@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .diagnose import explain_forward_error
+from .diagnose import explained
 from .modules import (  # noqa: F401 - used here, and capture's public names since before the split (modules.py)
     _first_tensor,
     _is_hf,
@@ -236,18 +236,6 @@ def map_tensors(obj: Any, fn: Callable[[Tensor], Any]) -> Any:
     return obj
 
 
-@contextmanager
-def _explained(net: nn.Module, batch: Any) -> Iterator[None]:
-    """Re-raise a forward's opaque embedding index error as the one line :mod:`..diagnose` finds."""
-    try:
-        yield
-    except (IndexError, RuntimeError) as err:
-        better = explain_forward_error(net, batch, err)
-        if better is None:
-            raise
-        raise better from err
-
-
 class NoLogitsError(ValueError):
     """The network's output has no ``logits`` or no ``hidden_states`` (a base model without a head)."""
 
@@ -261,11 +249,11 @@ def logits_and_hidden(net: nn.Module, batch: Any, label_key: str | None = "label
     args, kwargs, _ = split_batch(batch, label_key)
     blocks = [] if takes_hidden_states(net) else repeated_blocks(net)
     if blocks:  # a plain PyTorch network: its output is the logits, its blocks' outputs the hidden states
-        with _explained(net, batch), hook_modules(net, blocks, detach=False) as store:
+        with explained(net, batch), hook_modules(net, blocks, detach=False) as store:
             out = net(*args, **kwargs)
         logits = out if isinstance(out, Tensor) else getattr(out, "logits", None)
         return _checked_logits(net, logits, tuple(store[n][-1] for n in blocks))
-    with _explained(net, batch):
+    with explained(net, batch):
         out = net(*args, **kwargs, output_hidden_states=True)
     return _checked_logits(net, getattr(out, "logits", None), getattr(out, "hidden_states", None))
 
@@ -362,7 +350,7 @@ def capture_representations(
                 args, kwargs, lab = split_batch(batch, label_key)
                 mask = kwargs.get("attention_mask") if isinstance(kwargs, dict) else None
                 ctx = autocast() if autocast is not None else _null()
-                with ctx, _explained(net, batch):
+                with ctx, explained(net, batch):
                     if hooked is not None:
                         with hook_modules(net, hooked) as store:
                             forward_fn(net, batch) if forward_fn else net(*args, **kwargs)

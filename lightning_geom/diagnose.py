@@ -9,13 +9,14 @@ after a forward failed, so a model that remaps its ids is never second-guessed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["token_id_problem", "explain_forward_error"]
+__all__ = ["token_id_problem", "explain_forward_error", "explained"]
 
 
 def _input_embedding(net: nn.Module) -> nn.Embedding | None:
@@ -70,3 +71,16 @@ def explain_forward_error(net: nn.Module, batch: Any, err: BaseException) -> Val
         return None
     problem = token_id_problem(net, batch)
     return ValueError(problem[0].upper() + problem[1:]) if problem else None
+
+
+@contextmanager
+def explained(net: nn.Module | None, batch: Any) -> Iterator[None]:
+    """Around a forward of ``net`` on ``batch``: an embedding's opaque index error re-raised as the one
+    line :func:`explain_forward_error` finds; other errors (or no ``net``) pass as they are."""
+    try:
+        yield
+    except (IndexError, RuntimeError) as err:
+        better = explain_forward_error(net, batch, err) if net is not None else None
+        if better is None:
+            raise
+        raise better from err

@@ -12,7 +12,9 @@ import operator
 import numpy as np
 import torch
 
-__all__ = ["as_int", "positive_int"]
+__all__ = ["NON_NEGATIVE", "as_int", "positive_int"]
+
+NON_NEGATIVE = "a non-negative integer"  # positive_int(..., low=0, what=NON_NEGATIVE): the monitors' wording
 
 
 def as_int(value: object) -> int | None:
@@ -34,10 +36,12 @@ def as_int(value: object) -> int | None:
         return None
 
 
-def positive_int(value: object, name: str, *, low: int = 1) -> int:
-    """``value`` as an int >= ``low``, else a ValueError that names ``name`` and what it got."""
+def positive_int(value: object, name: str, *, low: int = 1, what: str | None = None, also: str = "") -> int:
+    """``value`` as an int >= ``low``, else a ValueError that names ``name`` and what it got: "Expected
+    `name` to be {also}{what}" (``what`` defaults to "a positive integer" / "an integer >= low";
+    ``also``: the other values allowed, e.g. "None or ")."""
     v = as_int(value)
     if v is None or v < low:
-        what = "a positive integer" if low == 1 else f"an integer >= {low}"
-        raise ValueError(f"Expected `{name}` to be {what}, but got {value!r}.")
+        what = what or ("a positive integer" if low == 1 else f"an integer >= {low}")
+        raise ValueError(f"Expected `{name}` to be {also}{what}, but got {value!r}.")
     return v

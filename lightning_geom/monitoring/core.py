@@ -23,7 +23,7 @@ from typing import Any, Literal, Protocol
 import torch
 
 from ..capture import map_tensors
-from ..geometry.args import as_int
+from ..geometry.args import NON_NEGATIVE, positive_int
 from .probe import batch_len, check_probe_kind, dist_info, probe_batches, probe_fingerprint, shard
 
 __all__ = ["Sink", "Run", "MonitorCore", "plain"]
@@ -100,15 +100,6 @@ def plain(v: Any) -> Any:
     if callable(v):
         return getattr(v, "__name__", type(v).__name__)
     return str(v)
-
-
-def _count(value: Any, arg: str, low: int, also: str = "") -> int:
-    """``value`` as an int >= ``low`` (numpy and 0-d tensor integers too; no bools), else a ValueError naming ``arg``."""
-    v = None if isinstance(value, bool) else as_int(value)
-    if v is None or v < low:
-        what = {0: "a non-negative integer", 1: "a positive integer"}.get(low, f"an integer >= {low}")
-        raise ValueError(f"Expected `{arg}` to be {also}{what}, but got {value!r}.")
-    return v
 
 
 def _rank_zero_warn(message: str) -> None:
@@ -207,15 +198,13 @@ class MonitorCore:
         if background not in (True, False, "auto"):
             raise ValueError(f"Expected `background` to be True, False or 'auto', but got {background!r}.")
         self.background = background
-        figure_every = _count(figure_every, "figure_every", 0)
-        every_n_steps = None if every_n_steps is None else _count(every_n_steps, "every_n_steps", 1, "None or ")
-        every_n_epochs = None if every_n_epochs is None else _count(every_n_epochs, "every_n_epochs", 1, "None or ")
-        if isinstance(log_spaced, bool):  # True starts the doubling at 1, False turns it off
-            log_spaced = int(log_spaced)
-        elif as_int(log_spaced) is None or as_int(log_spaced) < 0:
-            raise ValueError(f"Expected `log_spaced` to be True, False or the first step of the doubling (a positive integer), but got {log_spaced!r}.")
-        log_spaced = int(log_spaced)
-        num_samples, batch_size = _count(num_samples, "num_samples", 1), _count(batch_size, "batch_size", 1)
+        figure_every = positive_int(figure_every, "figure_every", low=0, what=NON_NEGATIVE)
+        every_n_steps = None if every_n_steps is None else positive_int(every_n_steps, "every_n_steps", also="None or ")
+        every_n_epochs = None if every_n_epochs is None else positive_int(every_n_epochs, "every_n_epochs", also="None or ")
+        log_spaced = int(log_spaced) if isinstance(log_spaced, bool) else positive_int(  # True starts the doubling at 1
+            log_spaced, "log_spaced", low=0, what="True, False or the first step of the doubling (a positive integer)"
+        )
+        num_samples, batch_size = positive_int(num_samples, "num_samples"), positive_int(batch_size, "batch_size")
         if on_error not in ("warn", "raise"):
             raise ValueError(f"Expected `on_error` to be one of 'warn', 'raise', but got {on_error!r}.")
         if output_dir is not None and not isinstance(output_dir, (str, os.PathLike)):

@@ -17,9 +17,10 @@ from torch import Tensor
 from ..analysis import GeometrySettings, finish_profile, layer_errors, profile_geometry
 from ..capture import capture_representations, layer_patterns, right_align
 from ..geometry import label_problem
+from ..geometry.args import positive_int
 from ..report.history import metric_key, scalars
 from ..tokens import token_keep_mask
-from .core import MonitorCore, Run, _count
+from .core import MonitorCore, Run
 from .probe import (
     all_gather_objects,
     batch_len,
@@ -112,13 +113,13 @@ class GeometryCore(MonitorCore):
         **kwargs: Any,
     ) -> None:
         super().__init__(probe, **kwargs)
-        self.shard_knn_above = None if shard_knn_above is None else _count(shard_knn_above, "shard_knn_above", 1, "None or ")
+        self.shard_knn_above = None if shard_knn_above is None else positive_int(shard_knn_above, "shard_knn_above", also="None or ")
         if tokens not in (None, "per_prompt", "pooled", "both"):
             raise ValueError(f"Expected `tokens` to be None, 'per_prompt', 'pooled' or 'both', but got {tokens!r}.")
-        self.max_tokens = _count(max_tokens, "max_tokens", 16)
+        self.max_tokens = positive_int(max_tokens, "max_tokens", low=16)
         self.drop_token_ids = sorted({int(i) for i in drop_token_ids})
         self.tokens = tokens
-        self.token_prompts, self.token_k = _count(token_prompts, "token_prompts", 2), _count(token_k, "token_k", 2)
+        self.token_prompts, self.token_k = positive_int(token_prompts, "token_prompts", low=2), positive_int(token_k, "token_k", low=2)
         if not (callable(pooling) or pooling in ("mean", "last", "first")):
             raise ValueError(f"Expected `pooling` to be one of 'mean', 'last', 'first' or a callable, but got {pooling!r}.")
         if normalize not in (None, "layer_norm"):

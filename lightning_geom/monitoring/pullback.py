@@ -13,6 +13,7 @@ from typing import Any, Literal
 import torch
 
 from ..capture import _to_device, batch_last_positions, logits_and_hidden, resolve_network
+from ..geometry.args import NON_NEGATIVE, positive_int
 from ..geometry.pullback import (
     OUTPUT_MAPS,
     check_top_logits,
@@ -21,7 +22,7 @@ from ..geometry.pullback import (
     subspace_overlap,
 )
 from ..report.history import is_number, metric_key
-from .core import MonitorCore, Run, _count
+from .core import MonitorCore, Run
 from .probe import gather_parts
 
 __all__ = ["PullbackCore", "PULLBACK_STATS"]
@@ -96,7 +97,9 @@ class PullbackCore(MonitorCore):
         check_top_logits(top_logits)
         if position is not None and (isinstance(position, bool) or not isinstance(position, int)):
             raise ValueError(f"Expected `position` to be None (the last position) or an integer index, but got {position!r}.")
-        track_samples, track_top = _count(track_samples, "track_samples", 0), _count(track_top, "track_top", 0)
+        track_samples, track_top = (
+            positive_int(v, name, low=0, what=NON_NEGATIVE) for name, v in (("track_samples", track_samples), ("track_top", track_top))
+        )
         self.output = output
         self.position = position
         self.top_logits = top_logits

@@ -20,17 +20,17 @@ Driven by ``Trainer.predict``: devices, precision and batching come from Lightni
 
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 
-from ..diagnose import explain_forward_error
+from ..diagnose import explained
+from ..geometry.args import positive_int
 from ..geometry.pullback import (
     check_top_logits,
     output_map,
@@ -104,9 +104,10 @@ class EquivalenceClassExplorer(L.LightningModule):
         for name, v in (("step_size", step_size), ("rel_tol", rel_tol)):
             if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v <= 0:
                 raise ValueError(f"Expected `{name}` to be a finite number > 0, but got {v!r}.")
-        for name, v, low in (("record_every", record_every, 1), ("n_attribution", n_attribution, 1), ("seed", seed, 0)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(f"Expected `{name}` to be an integer >= {low}, but got {v!r}.")
+        record_every, n_attribution, seed = (
+            positive_int(v, name, low=low, what=f"an integer >= {low}")
+            for name, v, low in (("record_every", record_every, 1), ("n_attribution", n_attribution, 1), ("seed", seed, 0))
+        )
         if isinstance(tokens, str) and tokens not in ("all", "top_attribution"):
             raise ValueError(f"Expected `tokens` to be 'all', 'top_attribution' or a list of positions, but got {tokens!r}.")
         if not isinstance(tokens, str) and (
@@ -126,17 +127,6 @@ class EquivalenceClassExplorer(L.LightningModule):
         self._keep: Tensor | None = None  # (B, k) classes the walk's metric sees (top_logits), None: all
 
     # ------------------------------------------------------------------ pieces
-    @contextlib.contextmanager
-    def _explained(self, batch: Any) -> Iterator[None]:
-        """A model's opaque embedding index error on bad token ids, as the one line :mod:`...diagnose` finds."""
-        try:
-            yield
-        except (IndexError, RuntimeError) as err:
-            better = explain_forward_error(self.model, batch, err) if self.model is not None else None
-            if better is None:
-                raise
-            raise better from err
-
     def _f(self, batch: Any) -> Any:
         return lambda e: self._metric_outputs(self.adapter.head(e, batch))
 
@@ -186,7 +176,7 @@ class EquivalenceClassExplorer(L.LightningModule):
     def walk(self, batch: Any, batch_idx: int = 0) -> list[dict[str, Any]]:
         """Walk every sample of ``batch``; returns one trajectory dict per sample."""
         gen = torch.Generator(device="cpu").manual_seed(self.seed + batch_idx)
-        with torch.no_grad(), self._explained(batch):
+        with torch.no_grad(), explained(self.model, batch):
             e0 = self.adapter.embed(batch).detach()
         dtype = e0.dtype
         b = e0.shape[0]
@@ -195,7 +185,7 @@ class EquivalenceClassExplorer(L.LightningModule):
                 f"Expected a batch of samples whose embeddings are (B, tokens, d) with B >= 1, but got {tuple(e0.shape)}: "
                 "pass (B, T) token ids (a single prompt as ids[None]) or (B, C, H, W) images."
             )
-        with torch.no_grad(), self._explained(batch):
+        with torch.no_grad(), explained(self.model, batch):
             z0 = self.adapter.head(e0, batch)
         if z0.ndim != 2 or z0.shape[0] != b:
             raise ValueError(
