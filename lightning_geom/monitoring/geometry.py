@@ -50,7 +50,7 @@ class GeometryCore(MonitorCore):
             at_fit_end, on_error, output_dir, figure_every: see :class:`~lightning_geom.monitoring.core.MonitorCore`.
         layers: glob patterns of submodules to hook; None uses the model's ``hidden_states`` (a Hugging
             Face model, or a forward with an ``output_hidden_states`` argument), else the outputs of its
-            repeated blocks (the largest family of children named 0, 1, 2, ...: ``blocks.*`` of a plain
+            repeated blocks (the family of children named 0, 1, 2, ... holding the most parameters: ``blocks.*`` of a plain
             PyTorch transformer; :func:`~lightning_geom.capture.repeated_blocks`).
         pooling: ``"mean"``, ``"last"``, ``"first"`` or a callable (see :func:`~lightning_geom.capture.pool`).
         normalize: ``"layer_norm"`` to read the LayerNorm-ed residual stream.
