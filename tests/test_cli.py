@@ -32,6 +32,22 @@ def test_geometry_import_is_light():
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
+def test_top_level_names_resolve_lazily():
+    """`from lightning_geom import GeometryMonitor` works, and only the name asked for pulls its framework in."""
+    code = (
+        "import sys, lightning_geom as g;"
+        "assert 'lightning' not in sys.modules and set(g.__all__) <= set(dir(g));"
+        "from lightning_geom import knn, twonn, GeometryMonitor, GeometryCallback, EquivalenceClassExplorer, probe;"
+        "from lightning_geom.callbacks import GeometryMonitor as M; assert M is GeometryMonitor;"
+        "[getattr(g, n) for n in g.__all__]"
+    )
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        import lightning_geom
+
+        lightning_geom.Nope  # noqa: B018
+
+
 def test_monitor_core_imports_no_training_framework():
     """Issue 12: the monitor core is framework-free; Lightning and the HF Trainer are only in the shells."""
     code = (

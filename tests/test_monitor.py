@@ -192,6 +192,18 @@ def test_resume_continues_without_gaps_or_duplicates(tmp_path, data):
     assert mon2.state_key in torch.load(tmp_path / "ck" / "last.ckpt", weights_only=False)["callbacks"]
 
 
+def test_resume_after_a_mid_epoch_stop_keeps_one_history_file(tmp_path, data, recwarn):
+    """A fit stopped by max_steps mid-epoch records its last step with the epoch counter advanced; the
+    resumed fit measures that step again in the old epoch: the same record, not another run's file."""
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True, every_n_train_steps=3)
+    _trainer(tmp_path, _monitor(data, tmp_path), steps=3, callbacks=[ckpt], enable_checkpointing=True).fit(TinyGPT(), loader(data))
+    mon2 = _monitor(data, tmp_path)
+    _trainer(tmp_path, mon2, steps=6).fit(TinyGPT(), loader(data), ckpt_path=str(tmp_path / "ck" / "last.ckpt"))
+    assert [r["step"] for r in mon2.history] == [0, 1, 2, 3, 4, 6]
+    assert sorted(p.name for p in (tmp_path / "geo").glob("*.json")) == ["geometry_history.json"]
+    assert not [w for w in recwarn if "holds records this run does not" in str(w.message)]
+
+
 def test_two_monitors_have_distinct_state_keys(data):
     a = GeometryMonitor(probe=data, every_n_steps=4)
     b = GeometryMonitor(probe=data, every_n_steps=4, normalize="layer_norm")

@@ -108,17 +108,21 @@ def _rank_zero_warn(message: str) -> None:
 
 
 def _free_history_name(out: Path, base: str, history: list[dict[str, Any]], owner: str) -> str:
-    """``base`` unless its JSON holds records (steps) that ``history`` lacks; then ``base.1``, ``base.2``, ..."""
-    ours = {(r.get("step"), r.get("epoch")) for r in history}
+    """``base`` unless its JSON holds records (steps) that ``history`` lacks; then ``base.1``, ``base.2``, ...
+
+    Records are matched by step alone: a history never holds two records of one step, and the epoch of
+    one step can read differently across a resume (a fit stopped by ``max_steps`` mid-epoch ends with
+    the epoch counter already advanced; the resumed fit measures that step again in the old epoch)."""
+    ours = {r.get("step") for r in history}
     name, i = base, 0
     while True:
         path = Path(out) / f"{name}.json"
         if not path.exists():
             break
         try:
-            theirs = {(r.get("step"), r.get("epoch")) for r in json.loads(path.read_text())}
+            theirs = {r.get("step") for r in json.loads(path.read_text())}
         except (OSError, ValueError, AttributeError, TypeError):
-            theirs = {("unreadable", None)}
+            theirs = {"unreadable"}
         if theirs <= ours:
             break
         i += 1
