@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -22,6 +23,7 @@ __all__ = [
     "match_modules",
     "repeated_blocks",
     "resolve_network",
+    "restore_output_recording",
     "takes_hidden_states",
     "unwrap",
 ]
@@ -167,6 +169,9 @@ def resolve_network(module: nn.Module, model_attr: str | None = None) -> nn.Modu
     own network; otherwise, if the module has exactly one child that is a
     Hugging Face ``PreTrainedModel``, that one; otherwise the module itself.
 
+    The network's Hugging Face models are made ready to return their hidden states
+    (:func:`restore_output_recording`).
+
     Raises:
         AttributeError: ``model_attr`` does not exist.
     """
@@ -176,12 +181,38 @@ def resolve_network(module: nn.Module, model_attr: str | None = None) -> nn.Modu
             if not hasattr(net, part):
                 raise AttributeError(f"`model_attr={model_attr!r}`: {type(net).__name__} has no attribute {part!r}.")
             net = getattr(net, part)
-        return unwrap(net)
-    module = unwrap(module)
-    if _is_hf(module):  # a Hugging Face model itself (its heads included)
-        return module
-    hf = [unwrap(c) for c in module.children() if _is_hf(unwrap(c))]
-    return hf[0] if len(hf) == 1 else module
+        net = unwrap(net)
+    else:
+        module = unwrap(module)
+        hf = [unwrap(c) for c in module.children() if _is_hf(unwrap(c))]
+        net = module if _is_hf(module) or len(hf) != 1 else hf[0]  # an HF model itself (heads included), its one HF child, or itself
+    restore_output_recording(net)
+    return net
+
+
+def restore_output_recording(net: nn.Module) -> None:
+    """Register the outputs each Hugging Face model in ``net`` can record, where this process lacks them.
+
+    transformers 5 collects ``hidden_states`` (and attentions) through hooks driven by a process-wide
+    registry that a model's ``__init__`` fills. A model unpickled in a fresh process never ran its
+    ``__init__`` there (``strategy="ddp_spawn"``, a ``torch.load`` of a whole pickled model), so
+    ``output_hidden_states=True`` silently returned none. A model that already ran a forward there
+    marked its hooks installed with nothing to record; the mark is cleared so that they are installed
+    at the next forward. Nothing happens with older transformers, or when the registry knows the class.
+    """
+    if "transformers" not in sys.modules:  # no Hugging Face model can be in the network
+        return
+    try:
+        # private (transformers >= 5): guarded
+        from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
+    except ImportError:
+        return
+    for m in net.modules():
+        flags = getattr(m, "_can_record_outputs", None)
+        if flags and _is_hf(m) and not _CAN_RECORD_REGISTRY.get(m):
+            _CAN_RECORD_REGISTRY[m] = flags
+            if getattr(m, "_output_capturing_hooks_installed", False):  # installed while the registry lacked it: none
+                m._output_capturing_hooks_installed = False
 
 
 def unwrap(m: nn.Module) -> nn.Module:

@@ -287,3 +287,22 @@ def test_compiled_and_peft_wrapped_models_are_probed_through_the_model_inside():
     assert resolve_network(lm) is inner
     reps = capture_representations(lm, [token_data(8)["input_ids"]])
     assert len(reps.features) == 4
+
+
+def test_a_model_unpickled_in_a_fresh_process_still_returns_its_hidden_states():
+    """transformers 5 records hidden states through a process-wide registry filled by each model's
+    ``__init__``; a model unpickled in a new process (Lightning's ``ddp_spawn``) is not in it and
+    silently returned none: every checkpoint of a ``ddp_spawn`` fit failed. Emptied here in-process."""
+    reg = pytest.importorskip("transformers.utils.output_capturing")._CAN_RECORD_REGISTRY
+    module = TinyGPT()
+    saved = {k: dict.__getitem__(reg, k) for k in list(reg) if "GPT2" in k}
+    try:
+        for key in saved:
+            dict.__delitem__(reg, key)  # the fresh process's registry: no GPT-2 class in it
+        ids = token_data(8, 6)["input_ids"]
+        assert module.model(input_ids=ids, output_hidden_states=True).hidden_states is None  # a training step first
+        reps = capture_representations(module, [token_data(8, 6)])
+        assert len(reps.features) == 4  # embeddings + 3 blocks, as in the process that built the model
+        assert module.model(input_ids=ids, output_hidden_states=True).hidden_states is not None
+    finally:
+        dict.update(reg, saved)
