@@ -1,5 +1,5 @@
-"""Load what a user points a command at: a Lightning checkpoint, a Hugging Face model folder, or a
-GGUF file (or a folder holding one) on disk.
+"""Load what a user points a command at: a Lightning checkpoint, a pickled torch module, a Hugging
+Face model folder, or a GGUF file (or a folder holding one) on disk.
 
 Nothing is ever downloaded: a hub name is refused with a message that says to pass a folder.
 GGUF files (llama.cpp's format) are read through transformers' GGUF support: the weights are
@@ -27,7 +27,7 @@ class LoadedModel:
     """A model ready for probing: the network, its tokenizer / image processor, and what it is."""
 
     module: nn.Module
-    kind: str  # "lightning" | "hf-text" | "hf-image" | "hf"
+    kind: str  # "lightning" | "torch" | "hf-text" | "hf-image" | "hf"
     source: str
     tokenizer: Any = None
     image_processor: Any = None
@@ -70,8 +70,9 @@ def _import(path: str) -> Any:
     return cls
 
 
-def _read_checkpoint(path: Path) -> dict:
-    """``torch.load`` of a Lightning checkpoint, with a one-line error for a truncated or foreign file."""
+def _read_checkpoint(path: Path) -> dict | nn.Module:
+    """``torch.load`` of a Lightning checkpoint or of a whole pickled module (``torch.save(model, path)``),
+    with a one-line error for a truncated or foreign file and for bare weights (a ``state_dict``)."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - zip / pickle / EOF errors all mean the same to the user
@@ -79,13 +80,24 @@ def _read_checkpoint(path: Path) -> dict:
             f"{path} is not a readable checkpoint (truncated, still being written, or not a .ckpt): "
             f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
         ) from None
+    if isinstance(ckpt, nn.Module):
+        return ckpt
+    if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        raise ValueError(
+            f"{path} holds bare weights (a state_dict), which cannot rebuild a model without its code: save a "
+            "Lightning checkpoint (trainer.save_checkpoint), a Hugging Face folder (model.save_pretrained) or "
+            "the whole module (torch.save(model, path))."
+        )
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict' inside).")
+        raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict' inside) nor a pickled torch module.")
     return ckpt
 
 
 def _load_checkpoint(path: Path, module: str | None) -> LoadedModel:
     ckpt = _read_checkpoint(path)
+    if isinstance(ckpt, nn.Module):  # torch.save(model, path): the module itself (its class must import here)
+        ckpt.eval()
+        return LoadedModel(module=ckpt, kind="torch", source=str(path), tokenizer=_module_tokenizer(ckpt, {}))
     if module:
         cls = _import(module)
     else:
@@ -241,8 +253,9 @@ def _load_gguf(path: Path) -> LoadedModel:
 
 
 def load_model(path: str | Path, *, module: str | None = None) -> LoadedModel:
-    """A Lightning checkpoint (``.ckpt``), a Hugging Face model folder, or a GGUF file / a folder
-    holding one (loaded as a causal LM, dequantised, with the tokenizer from the same file).
+    """A Lightning checkpoint (``.ckpt``), a whole pickled torch module (``torch.save(model, path)``),
+    a Hugging Face model folder, or a GGUF file / a folder holding one (loaded as a causal LM,
+    dequantised, with the tokenizer from the same file).
 
     Raises:
         FileNotFoundError: the path does not exist (a hub name is refused here too).

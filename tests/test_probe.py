@@ -796,3 +796,23 @@ def test_a_folder_of_checkpoints_is_its_checkpoints_in_step_order(tmp_path):
     (one / "last.ckpt").write_text("")
     got = expand_checkpoint_folders([str(ck), str(hf), str(one), "other.ckpt"])
     assert got == [str(ck / "s-step=9.ckpt"), str(ck / "s-step=10.ckpt"), str(ck / "s-step=100.ckpt"), str(hf), str(one / "last.ckpt"), "other.ckpt"]
+
+
+def test_a_whole_pickled_module_is_probed_and_bare_weights_are_one_line(tmp_path, demo_checkpoints):
+    """`torch.save(model, "model.pt")` is how many users keep a model: probed as the module itself.
+    A bare state_dict cannot rebuild a model: one line naming the three formats that can."""
+    from lightning_geom.demo import ImageGPT
+
+    lm = ImageGPT.load_from_checkpoint(str(demo_checkpoints[-1]), map_location="cpu")
+    torch.save(lm, tmp_path / "model.pt")
+    out = tmp_path / "rep"
+    assert main(["probe", str(tmp_path / "model.pt"), "--data", "digits", "--max-samples", "200", "--out", str(out), "--pullback-samples", "0", "--no-progress"]) == 0
+    got = json.loads((out / "metrics.json").read_text())["models"][0]
+    ckpt_out = tmp_path / "rep_ckpt"
+    assert main(["probe", str(demo_checkpoints[-1]), "--data", "digits", "--max-samples", "200", "--out", str(ckpt_out), "--pullback-samples", "0", "--no-progress"]) == 0
+    want = json.loads((ckpt_out / "metrics.json").read_text())["models"][0]
+    assert [la["id"] for la in got["layers"]] == [la["id"] for la in want["layers"]]  # the same model, the same numbers
+    torch.save(lm.state_dict(), tmp_path / "weights.pt")
+    with pytest.raises(SystemExit, match=r"bare weights \(a state_dict\).*torch.save\(model, path\)") as err:
+        main(["probe", str(tmp_path / "weights.pt"), "--data", "digits"])
+    assert len(str(err.value).splitlines()) == 1
