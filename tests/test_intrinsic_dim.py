@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from lightning_geom.geometry import (
     DuplicatePointsWarning,
+    find_copies,
     gride,
     gride_max_rank,
     gride_scaling,
@@ -189,3 +190,28 @@ def test_a_knn_with_duplicates_uses_every_stored_neighbour():
         assert tw.dim == pytest.approx(twonn(x).dim, rel=1e-9) and tw.dim == pytest.approx(twonn(nb).dim, rel=1e-12)
         for n1, d in zip(curve.ranks, curve.dims):
             assert d == pytest.approx(gride(x, n1=n1).dim, rel=1e-6)
+
+
+@pytest.mark.parametrize("fn", ["knn", "twonn", "gride", "gride_scaling", "id_profile", "label_overlap", "neighborhood_overlap", "find_copies"])
+@pytest.mark.parametrize("bad", ["list", "none", "meta"])
+def test_every_public_function_names_an_input_that_is_no_points(fn, bad):
+    """Each entry point checks its points the same way: a list or None is a TypeError / ValueError naming
+    what it expects (gride_scaling and the overlaps read `.shape` first: AttributeError), a meta tensor
+    one line (was `Tensor.item() cannot be called on meta tensors`)."""
+    from lightning_geom import geometry as G
+
+    x = {"list": [[0.0, 1.0]] * 20, "none": None, "meta": torch.empty(20, 3, device="meta")}[bad]
+    call = {
+        "knn": lambda: G.knn(x, 3), "twonn": lambda: G.twonn(x), "gride": lambda: G.gride(x),
+        "gride_scaling": lambda: G.gride_scaling(x, range_max=4), "id_profile": lambda: G.id_profile(x, range_max=4),
+        "label_overlap": lambda: G.label_overlap(x, [0, 1] * 10, k=3), "neighborhood_overlap": lambda: G.neighborhood_overlap(x, x, k=3),
+        "find_copies": lambda: G.find_copies(x),
+    }[fn]
+    with pytest.raises((TypeError, ValueError), match="meta tensor" if bad == "meta" else "(N, D)|Tensor or numpy"):
+        call()
+
+
+def test_find_copies_reads_integer_points_as_floats():
+    x = torch.tensor([[1, 2], [3, 4], [1, 2]])
+    c = find_copies(x)
+    assert c is not None and c.points.tolist() == [[1.0, 2.0], [3.0, 4.0]] and c.inverse.tolist() == [0, 1, 0]

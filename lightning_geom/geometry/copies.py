@@ -72,12 +72,19 @@ def find_copies(x: Tensor | np.ndarray) -> Copies | None:
     A cheap screen first (:func:`row_keys` and a sort of N keys): rows with distinct keys are
     distinct, so a cloud without copies (the usual case) skips the lexicographic ``unique`` of the
     rows (~10 % of a kNN at N = 2,000, D = 768). Repeated keys go to ``torch.unique(dim=0)``, which
-    decides.
+    decides. Integer and bool points are compared as float32 (as :func:`~.neighbors.as_points` reads them).
+
+    Raises:
+        ValueError: not (N, D) with D >= 1, complex, or a meta tensor.
     """
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
-    if not isinstance(x, Tensor) or x.ndim != 2:
+    if not isinstance(x, Tensor) or x.ndim != 2 or x.shape[1] == 0:
         raise ValueError(f"Expected `x` to be (N, D) points, but got {type(x).__name__} of shape {tuple(getattr(x, 'shape', ()))}.")
+    if x.is_complex() or x.is_meta:
+        raise ValueError(f"Expected `x` to be real-valued points, but got a {'meta tensor (no values)' if x.is_meta else x.dtype}.")
+    if not x.is_floating_point():
+        x = x.to(torch.float32)
     n = int(x.shape[0])
     if int(torch.unique(row_keys(x)).numel()) == n:
         return None

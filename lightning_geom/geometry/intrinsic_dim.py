@@ -563,6 +563,8 @@ def gride_scaling(x: Tensor | np.ndarray | Neighbors, *, range_max: int = 64) ->
         >>> s.ranks
         (1, 2, 4, 8)
     """
+    if not isinstance(x, Neighbors):
+        x = as_points(x)
     n = x.n_points if isinstance(x, Neighbors) else int(x.shape[0])
     pairs = gride_pairs(gride_max_rank(n, range_max))
     rows = _gride_estimates(x, pairs, what=f"GRIDE scaling (range_max={range_max})")

@@ -258,6 +258,8 @@ def _checked_points(x: Tensor | np.ndarray, name: str = "x") -> tuple[Tensor, fl
         )
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"Expected `{name}` to be non-empty, but got shape {tuple(x.shape)}.")
+    if x.is_meta:
+        raise ValueError(f"`{name}` is a meta tensor (a shape without values): load or materialise the model's weights before measuring it.")
     return _real_points(x, name)
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .args import positive_int
-from .neighbors import Neighbors, knn
+from .neighbors import Neighbors, as_points, knn
 
 __all__ = ["neighborhood_overlap", "label_overlap", "encode_labels", "single_class"]
 
@@ -28,6 +28,7 @@ def _indices(x: Tensor | np.ndarray | Neighbors, k: int, *, name: str) -> Tensor
                 f"Compute them with `knn(x, k={k})`."
             )
         return x.indices[:, :k]
+    x = as_points(x, name=name)
     n = int(x.shape[0])
     if n <= k:
         raise ValueError(f"Expected more than k = {k} points in `{name}`, but got N = {n}. Lower `k`.")
