@@ -195,6 +195,32 @@ def test_python_api(text_model, text_data):
     assert "<html>" in rep.to_html() and json.loads(rep.to_json())["models"][0]["n_samples"] == 120
 
 
+def test_python_probe_of_texts_in_memory_with_a_tokenizer(text_model, text_data):
+    """A model and its tokenizer in a notebook: `probe(model, texts, tokenizer=tok)` (or `(texts, labels)`)
+    gives the numbers the file gives; a model without one says to pass `tokenizer=`."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    import lightning_geom
+
+    rows = [json.loads(line) for line in (text_data / "data.jsonl").read_text().splitlines()]
+    texts, labels = [r["text"] for r in rows], [r["label"] for r in rows]
+    model = AutoModelForSequenceClassification.from_pretrained(text_model)
+    tok = AutoTokenizer.from_pretrained(text_model)
+    opts = dict(range_max=8, pullback_samples=0, progress=False)
+    mem = json.loads(lightning_geom.probe(model, (texts, labels), tokenizer=tok, **opts).to_json())["models"][0]
+    disk = json.loads(lightning_geom.probe(str(text_model), str(text_data / "data.jsonl"), **opts).to_json())["models"][0]
+    assert mem["n_samples"] == 120 and [la["label_overlap"] for la in mem["layers"]] == [la["label_overlap"] for la in disk["layers"]]
+    assert [la["id"] for la in mem["layers"]] == pytest.approx([la["id"] for la in disk["layers"]], rel=1e-6)
+    unlabelled = json.loads(lightning_geom.probe(model, texts, tokenizer=str(text_model), **opts).to_json())["models"][0]
+    assert "label_overlap" not in unlabelled["layers"][0] or unlabelled["layers"][0]["label_overlap"] is None
+    with pytest.raises(ValueError, match="pass `tokenizer=`"):
+        lightning_geom.probe(model, texts, **opts)
+    with pytest.raises(ValueError, match="3 labels for 120 texts"):
+        lightning_geom.probe(model, (texts, labels[:3]), tokenizer=tok, **opts)
+    with pytest.raises(ValueError, match="text number 1 is empty"):
+        lightning_geom.probe(model, ["a b", " "], tokenizer=tok, **opts)
+
+
 def test_cli_help_lists_every_command():
     out = subprocess.run([sys.executable, "-m", "lightning_geom.cli", "--help"], capture_output=True, text=True).stdout
     for cmd in ("demo", "probe", "navigate", "fit", "digits"):

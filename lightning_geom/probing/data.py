@@ -238,17 +238,46 @@ def load_probe_data(
     if loaded.tokenizer is None:
         raise ValueError(f"{loaded.source} has no tokenizer, so it cannot read the text file {path}: pass --tokenizer FOLDER (the tokenizer files its model was trained with).")
     texts, raw = _texts(path, text_column, label_column, drop_unlabeled=drop_unlabeled)
+    return text_probe_data(texts, raw, loaded.tokenizer, max_samples=max_samples, batch_size=batch_size, what=str(path), name=path.name, source=loaded.source)
+
+
+def text_probe_data(
+    texts: Sequence[str],
+    labels: Sequence[Any] | None,
+    tokenizer: Any,
+    *,
+    max_samples: int = 2000,
+    batch_size: int = 32,
+    what: str = "texts",
+    name: str = "texts in memory",
+    source: str = "the model",
+) -> ProbeData:
+    """Texts (and optional class labels, any hashable values: coded in sorted-name order) tokenized into
+    padded batches (right padding, at most 128 tokens each): the first ``max_samples``. ``what`` names
+    the texts in messages, ``name`` in the report, ``source`` the tokenizer's model.
+
+    Raises:
+        ValueError: no texts, a text that is not a string or is empty, labels of another length.
+    """
+    texts = list(texts)
+    if not texts:
+        raise ValueError(f"{what}: no texts to probe.")
+    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()), None)
+    if bad is not None:
+        raise ValueError(f"{what}: text number {bad} is {'empty' if isinstance(texts[bad], str) else 'a ' + type(texts[bad]).__name__ + ', not a string'}.")
+    if labels is not None and len(labels) != len(texts):
+        raise ValueError(f"{what}: {len(labels)} labels for {len(texts)} texts: give one label per text.")
     texts = texts[:max_samples]
-    labels, names = (None, None)
-    if raw is not None:
-        labels, names = _usable_labels(*_codes(raw[:max_samples]), str(path))
-    tok = padding_tokenizer(loaded.tokenizer)
+    codes, names = (None, None)
+    if labels is not None:
+        codes, names = _usable_labels(*_codes(list(labels)[:max_samples]), what)
+    tok = padding_tokenizer(tokenizer)
     batches = []
     for s in range(0, len(texts), batch_size):
         enc = tok(texts[s : s + batch_size], padding=True, truncation=True, max_length=128, return_tensors="pt")
         batches.append({k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")})
-    _check_tokens(batches, tok, f"{path} with {loaded.source}'s tokenizer")
-    return ProbeData(batches, labels, len(texts), f"{path.name} ({len(texts)} texts)", names)
+    _check_tokens(batches, tok, f"{what} with {source}'s tokenizer")
+    return ProbeData(batches, codes, len(texts), f"{name} ({len(texts)} texts)", names)
 
 
 _UNKNOWN_SHARE = 0.5  # warn when more of the real tokens than this are the tokenizer's unknown token

@@ -565,15 +565,20 @@ def _pullback(
     return rows, done, None
 
 
-def probe(models: Any, data: Any, *, names: list[str] | None = None, progress: bool = True, **kwargs: Any) -> GeometryReport:
+def probe(
+    models: Any, data: Any, *, names: list[str] | None = None, tokenizer: Any = None, progress: bool = True, **kwargs: Any
+) -> GeometryReport:
     """Probe one model or several (e.g. checkpoints of one run) on the same data.
 
     Args:
         models: a :class:`~lightning_geom.loading.LoadedModel`, an ``nn.Module``, a path, or a list of them.
-        data: a :class:`~.data.ProbeData`, a spec string (``digits``, a file, a folder), or data in
-            memory as the monitors take it (:func:`~.data.probe_data_of`: a DataLoader, Dataset, dict of
-            tensors, ``(inputs, labels)`` tuple or tensor).
+        data: a :class:`~.data.ProbeData`, a spec string (``digits``, a file, a folder), a list of texts,
+            a ``(texts, labels)`` pair, or data in memory as the monitors take it
+            (:func:`~.data.probe_data_of`: a DataLoader, Dataset, dict of tensors, ``(inputs, labels)``
+            tuple of tensors or a tensor).
         names: display names (default: file names).
+        tokenizer: a Hugging Face tokenizer (or a folder holding one) for models that bring none (an
+            ``nn.Module`` in memory): it reads text data (a file, a list of texts).
         **kwargs: :func:`probe_model` options (layers, pooling, k, range_max, pullback_samples, device,
             tokens, token_prompts, token_k, shuffle_control, max_tokens, keep_special_tokens, seed).
 
@@ -581,7 +586,7 @@ def probe(models: Any, data: Any, *, names: list[str] | None = None, progress: b
         :class:`GeometryReport`.
     """
     from ..loading import LoadedModel, load_model
-    from .data import ProbeData, load_probe_data, probe_data_of
+    from .data import ProbeData, load_probe_data, probe_data_of, text_probe_data
 
     items = models if isinstance(models, (list, tuple)) else [models]
     loaded = []
@@ -592,7 +597,18 @@ def probe(models: Any, data: Any, *, names: list[str] | None = None, progress: b
             loaded.append(LoadedModel(module=m, kind="module", source=type(m).__name__))
         else:
             loaded.append(load_model(m))
-    if isinstance(data, (str, os.PathLike)):
+    if tokenizer is not None:
+        from ..loading import load_tokenizer, padding_tokenizer
+
+        tok = load_tokenizer(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) else padding_tokenizer(tokenizer)
+        for item in loaded:
+            item.tokenizer = item.tokenizer or tok
+    texts = _texts_in_memory(data)
+    if texts is not None:
+        if loaded[0].tokenizer is None:
+            raise ValueError(f"{loaded[0].source} has no tokenizer to read the texts with: pass `tokenizer=` (the one the model was trained with).")
+        data = text_probe_data(*texts, loaded[0].tokenizer, source=loaded[0].source)
+    elif isinstance(data, (str, os.PathLike)):
         data = load_probe_data(str(data), loaded[0])
     elif not isinstance(data, ProbeData):  # tensors, a dict, an (inputs, labels) tuple, a Dataset or DataLoader
         data = probe_data_of(data)
@@ -625,6 +641,19 @@ def probe(models: Any, data: Any, *, names: list[str] | None = None, progress: b
     settings["lightning_geom"] = __version__
     settings["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
     return GeometryReport(models=reports, settings=settings, data=data.description, timings={m["name"]: m["timings"] for m in reports})
+
+
+def _texts_in_memory(data: Any) -> tuple[list[str], Any] | None:
+    """(texts, labels or None) when ``data`` is a list of texts or a ``(texts, labels)`` pair, else None."""
+    def is_texts(v: Any) -> bool:
+        return isinstance(v, (list, tuple)) and len(v) > 0 and all(isinstance(t, str) for t in v)
+
+    if is_texts(data):
+        return list(data), None
+    if isinstance(data, tuple) and len(data) == 2 and is_texts(data[0]) and not isinstance(data[1], (str, bytes)):
+        labels = data[1].tolist() if hasattr(data[1], "tolist") else list(data[1])
+        return list(data[0]), labels
+    return None
 
 
 def _checkpoint_step(loaded: Any) -> int | None:
