@@ -40,6 +40,7 @@ from .modules import (  # noqa: F401 - used here, and capture's public names sin
     is_encoder_decoder,
     layer_patterns,
     match_modules,
+    no_attention_fastpath,
     repeated_blocks,
     resolve_network,
     takes_hidden_states,
@@ -344,7 +345,7 @@ def capture_representations(
     was_training = module.training
     module.eval()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), no_attention_fastpath():
             for batch in batches:
                 batch = _to_device(batch, device)
                 args, kwargs, lab = split_batch(batch, label_key)

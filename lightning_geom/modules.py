@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "is_encoder_decoder",
     "layer_patterns",
     "match_modules",
+    "no_attention_fastpath",
     "repeated_blocks",
     "resolve_network",
     "restore_output_recording",
@@ -30,9 +32,10 @@ __all__ = [
 
 
 def _first_tensor(out: Any) -> Tensor:
-    """The hidden state in a module's output: the tensor itself, or the first tensor of a tuple / ModelOutput."""
+    """The hidden state in a module's output: the tensor itself, or the first tensor of a tuple / ModelOutput
+    (a nested tensor comes back padded with zeros)."""
     if isinstance(out, Tensor):
-        return out
+        return out.to_padded_tensor(0.0) if out.is_nested else out
     if isinstance(out, Mapping):
         out = tuple(out.values())
     if isinstance(out, (tuple, list)):
@@ -136,6 +139,28 @@ def _layer_hint(names: Sequence[str]) -> str:
     if top:
         parts.append(f"the top-level {', '.join(top[:12])}{', ...' if len(top) > 12 else ''}")
     return ("; ".join(parts) or "none (the model has no submodules)") + "."
+
+
+@contextmanager
+def no_attention_fastpath() -> Iterator[None]:
+    """PyTorch's own attention modules without their inference fast path, for the duration.
+
+    Without gradients ``nn.TransformerEncoder`` given a ``src_key_padding_mask`` turns its input into
+    a nested tensor: each block's output is then a nested tensor (no positions a hook can pool), and
+    the fused kernels differ from the training path's. Off, every block computes as in training (the
+    pullback's path too). Process-wide flag, restored on exit; Hugging Face models never use it.
+    """
+    mha = getattr(torch.backends, "mha", None)
+    get, put = getattr(mha, "get_fastpath_enabled", None), getattr(mha, "set_fastpath_enabled", None)
+    if get is None or put is None:
+        yield
+        return
+    was = get()
+    put(False)
+    try:
+        yield
+    finally:
+        put(was)
 
 
 @contextmanager

@@ -306,3 +306,31 @@ def test_a_model_unpickled_in_a_fresh_process_still_returns_its_hidden_states():
         assert module.model(input_ids=ids, output_hidden_states=True).hidden_states is not None
     finally:
         dict.update(reg, saved)
+
+
+def test_torch_transformer_encoder_with_a_padding_mask_is_read_like_in_training():
+    """`nn.TransformerEncoder` given a `src_key_padding_mask` without gradients (the capture) turned its
+    input into a nested tensor: every block's output was nested and pooling failed. The capture now runs
+    PyTorch's attention without that fast path: each block's states equal those with gradients on."""
+
+    class Enc(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = nn.Linear(6, 16)
+            layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True, dropout=0.0)
+            self.enc = nn.TransformerEncoder(layer, num_layers=2)
+
+        def forward(self, x):
+            return self.enc(self.inp(x), src_key_padding_mask=x.abs().sum(-1) == 0).mean(1)
+
+    torch.manual_seed(0)
+    net = Enc().eval()
+    x = torch.randn(12, 7, 6)
+    x[::2, 5:] = 0  # half the samples padded
+    reps = capture_representations(net, [(x, torch.zeros(12, dtype=torch.long))], pooling="mean")
+    assert reps.sources == ("enc.layers.0", "enc.layers.1")
+    with hook_modules(net, list(reps.sources)) as store:  # the reference: gradients on, no fast path
+        net(x)
+    for got, name in zip(reps.features, reps.sources):
+        assert torch.allclose(got, store[name][-1].mean(1), atol=1e-5)
+    assert torch.backends.mha.get_fastpath_enabled()  # the flag is restored
