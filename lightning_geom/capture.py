@@ -36,6 +36,7 @@ from .modules import (  # noqa: F401 - used here, and capture's public names sin
     _first_tensor,
     _is_hf,
     _layer_hint,
+    forward_call,
     hook_modules,
     is_encoder_decoder,
     layer_patterns,
@@ -247,7 +248,7 @@ def logits_and_hidden(net: nn.Module, batch: Any, label_key: str | None = "label
     Raises:
         NoLogitsError: the output has no ``logits`` or no ``hidden_states``.
     """
-    args, kwargs, _ = split_batch(batch, label_key)
+    args, kwargs = forward_call(net, batch, *split_batch(batch, label_key)[:2])
     blocks = [] if takes_hidden_states(net) else repeated_blocks(net)
     if blocks:  # a plain PyTorch network: its output is the logits, its blocks' outputs the hidden states
         with explained(net, batch), hook_modules(net, blocks, detach=False) as store:
@@ -350,6 +351,7 @@ def capture_representations(
                 batch = _to_device(batch, device)
                 args, kwargs, lab = split_batch(batch, label_key)
                 mask = kwargs.get("attention_mask") if isinstance(kwargs, dict) else None
+                args, kwargs = forward_call(net, batch, args, kwargs)
                 ctx = autocast() if autocast is not None else _null()
                 with ctx, explained(net, batch):
                     if hooked is not None:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 __all__ = [
     "hook_modules",
     "is_encoder_decoder",
+    "forward_call",
     "layer_patterns",
     "match_modules",
     "no_attention_fastpath",
@@ -91,6 +92,25 @@ def match_modules(model: nn.Module, patterns: Sequence[str]) -> list[str]:
         chosen.extend(h for h in hits if h not in chosen)
     order = {n: i for i, n in enumerate(names)}
     return sorted(chosen, key=order.__getitem__)
+
+
+def forward_call(net: nn.Module, batch: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """The (args, kwargs) to call ``net`` with: as :func:`~.capture.split_batch` split a dict batch
+    (its keys as keyword arguments), unless ``net.forward`` takes one argument and the keys name none
+    of its parameters: then the whole dict is that argument (a ``forward(batch)`` that reads the dict).
+    """
+    if args or not kwargs or not isinstance(batch, Mapping):
+        return args, kwargs
+    try:
+        params = inspect.signature(net.forward).parameters
+    except (TypeError, ValueError):
+        return args, kwargs
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()) or set(kwargs) & set(params):
+        return args, kwargs
+    positional = [p for p in params.values() if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    if positional and sum(p.default is inspect.Parameter.empty for p in positional) <= 1:
+        return (batch,), {}
+    return args, kwargs
 
 
 def takes_hidden_states(net: nn.Module) -> bool:

@@ -334,3 +334,36 @@ def test_torch_transformer_encoder_with_a_padding_mask_is_read_like_in_training(
     for got, name in zip(reps.features, reps.sources):
         assert torch.allclose(got, store[name][-1].mean(1), atol=1e-5)
     assert torch.backends.mha.get_fastpath_enabled()  # the flag is restored
+
+
+def test_a_forward_that_takes_the_batch_dict_gets_the_batch_dict():
+    """`forward(self, batch)` reading `batch["input_ids"]` itself (a common LightningModule style) was
+    called as `forward(input_ids=..., ...)`: a TypeError at every checkpoint. Capture and pullback
+    now pass such a forward the dict (labels included, as training does)."""
+    from lightning_geom.capture import logits_and_hidden
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, 8)
+            self.blocks = nn.ModuleList([nn.Linear(8, 8) for _ in range(3)])
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, batch):
+            h = self.emb(batch["input_ids"])
+            for b in self.blocks:
+                h = torch.tanh(b(h))
+            return self.head(h.mean(1))
+
+    torch.manual_seed(0)
+    net = M()
+    batch = {"input_ids": torch.randint(0, 10, (20, 5)), "labels": torch.randint(0, 2, (20,))}
+    reps = capture_representations(net, [batch])
+    assert reps.sources == ("blocks.0", "blocks.1", "blocks.2") and torch.equal(reps.labels, batch["labels"])
+    h = net.emb(batch["input_ids"])
+    for b, got in zip(net.blocks, reps.features):
+        out = b(h)  # a block's output (the tanh is outside it)
+        assert torch.allclose(got, out.mean(1), atol=1e-6)
+        h = torch.tanh(out)
+    logits, hidden = logits_and_hidden(net, batch)
+    assert logits.shape == (20, 2) and len(hidden) == 3
