@@ -201,17 +201,31 @@ def take_last(t: Tensor, mask: Tensor | None) -> Tensor:
 
 
 def batch_last_positions(batch: Any) -> Tensor | None:
-    """(B,) last real token of each row of a dict batch with a padded ``attention_mask`` (some row has a 0
-    in it), else None: the last position is every row's own."""
-    mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
+    """(B,) last real token of each row of a batch with a padded ``attention_mask`` (a dict's, or an
+    (ids, mask, labels) tuple's: :func:`split_batch`) in which some row has a 0, else None: the last
+    position is every row's own."""
+    mask = split_batch(batch)[1].get("attention_mask") if isinstance(batch, (Mapping, tuple, list)) and batch else None
     if not isinstance(mask, Tensor) or mask.ndim != 2 or bool((mask != 0).all()):
         return None
     return last_positions(mask)
 
 
+def _is_mask_of(m: Any, x: Any) -> bool:
+    """Whether ``m`` is an attention mask for the (B, T) token ids ``x``: same shape, bool or 0 / 1 integers."""
+    if not (isinstance(m, Tensor) and isinstance(x, Tensor) and m.ndim == 2 and m.shape == x.shape):
+        return False
+    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:  # not token ids
+        return False
+    if m.dtype == torch.bool:
+        return True
+    return not m.is_floating_point() and not m.is_complex() and bool(((m == 0) | (m == 1)).all())
+
+
 def split_batch(batch: Any, label_key: str | None = "labels") -> tuple[tuple, dict, Tensor | None]:
     """(args, kwargs, labels) of a batch: a dict goes in as keyword arguments (label keys removed),
-    a tensor positionally, a (inputs, labels, ...) tuple as its first item with the second as labels.
+    a tensor positionally, a (inputs, labels, ...) tuple as its first item with the second as labels;
+    an (input_ids, attention_mask, labels, ...) tuple (``TensorDataset(ids, mask, labels)``: a 0 / 1
+    second item shaped like the first) passes its mask as ``attention_mask`` and its third item as labels.
     """
     if isinstance(batch, Mapping):
         keys = {label_key} if label_key else set()
@@ -222,6 +236,8 @@ def split_batch(batch: Any, label_key: str | None = "labels") -> tuple[tuple, di
     if isinstance(batch, Tensor):
         return (batch,), {}, None
     if isinstance(batch, (tuple, list)) and batch:
+        if len(batch) > 2 and _is_mask_of(batch[1], batch[0]):
+            return (batch[0],), {"attention_mask": batch[1]}, batch[2] if isinstance(batch[2], Tensor) else None
         labels = batch[1] if len(batch) > 1 and isinstance(batch[1], Tensor) else None
         return (batch[0],), {}, labels
     raise TypeError(f"Cannot feed a batch of type {type(batch).__name__}; pass `forward_fn(module, batch)`.")

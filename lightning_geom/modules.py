@@ -95,15 +95,25 @@ def match_modules(model: nn.Module, patterns: Sequence[str]) -> list[str]:
 
 
 def forward_call(net: nn.Module, batch: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    """The (args, kwargs) to call ``net`` with: as :func:`~.capture.split_batch` split a dict batch
-    (its keys as keyword arguments), unless ``net.forward`` takes one argument and the keys name none
-    of its parameters: then the whole dict is that argument (a ``forward(batch)`` that reads the dict).
+    """The (args, kwargs) to call ``net`` with: as :func:`~.capture.split_batch` split the batch, unless
+    ``net.forward`` does not take them so. A dict batch whose keys name none of the parameters of a
+    one-argument forward is that argument (a ``forward(batch)`` that reads the dict); the
+    ``attention_mask`` of an (ids, mask, labels) tuple goes second to a forward without such a keyword
+    (``forward(x, mask)``), or is left out of a one-argument forward (the capture still pools with it).
     """
-    if args or not kwargs or not isinstance(batch, Mapping):
+    if not kwargs:
         return args, kwargs
     try:
         params = inspect.signature(net.forward).parameters
     except (TypeError, ValueError):
+        return args, kwargs
+    if args:  # (ids, mask, labels) tuples: a forward without an `attention_mask` keyword takes it second, if at all
+        if "attention_mask" in kwargs and "attention_mask" not in params and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            positional = [p for p in params.values() if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+            rest = {k: v for k, v in kwargs.items() if k != "attention_mask"}
+            return ((*args, kwargs["attention_mask"]) if len(positional) > len(args) else args), rest
+        return args, kwargs
+    if not isinstance(batch, Mapping):
         return args, kwargs
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()) or set(kwargs) & set(params):
         return args, kwargs

@@ -367,3 +367,35 @@ def test_a_forward_that_takes_the_batch_dict_gets_the_batch_dict():
         h = torch.tanh(out)
     logits, hidden = logits_and_hidden(net, batch)
     assert logits.shape == (20, 2) and len(hidden) == 3
+
+
+def test_an_ids_mask_labels_tuple_is_read_as_ids_mask_and_labels():
+    """`TensorDataset(input_ids, attention_mask, labels)` batches: the mask was taken for the labels and
+    the ids ran unmasked (padding pooled, no label overlap). Now as the dict {ids, mask, labels} is read."""
+    from lightning_geom.capture import batch_last_positions
+
+    module = TinyGPT()
+    d = token_data(24, 8)
+    as_dict = capture_representations(module, [d])
+    as_tuple = capture_representations(module, [(d["input_ids"], d["attention_mask"], d["labels"])])
+    assert torch.equal(as_tuple.labels, d["labels"])
+    for a, b in zip(as_dict.features, as_tuple.features):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert torch.equal(batch_last_positions((d["input_ids"], d["attention_mask"], d["labels"])), batch_last_positions(d))
+    x, y = torch.randn(24, 8), torch.randint(0, 2, (24, 8))  # a (B, T) second item that is no mask stays labels
+    assert split_batch((x, y, y))[1] == {}
+
+    class TwoArgs(nn.Module):  # forward(x, mask): the mask goes second
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(64, 8)
+            self.blocks = nn.ModuleList([nn.Linear(8, 8) for _ in range(2)])
+
+        def forward(self, x, mask):
+            h = self.emb(x) * mask[..., None]
+            for b in self.blocks:
+                h = b(h)
+            return h
+
+    reps = capture_representations(TwoArgs(), [(d["input_ids"], d["attention_mask"], d["labels"])])
+    assert len(reps.features) == 2 and torch.equal(reps.labels, d["labels"])
