@@ -4,7 +4,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from helpers import PlainBlocks, TinyGPT, loader, plain_data, token_data
+from helpers import DictDataset, PlainBlocks, TinyGPT, loader, plain_data, token_data
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 
@@ -307,6 +307,21 @@ def test_probe_defaults_to_val_loader(tmp_path, data):
     mon = GeometryMonitor(num_samples=120, every_n_steps=2, log_spaced=False, at_fit_end=False, range_max=8, figure_every=0, output_dir=str(tmp_path))
     _trainer(tmp_path, mon, steps=2, limit_val_batches=1).fit(WithVal(), loader(data))
     assert mon.history[0]["n_samples"] == 120
+
+
+def test_a_shuffling_probe_loader_is_read_in_dataset_order():
+    """A `shuffle=True` loader (a validation loader, or the probe given) gave another probe after each
+    resume (the random state differs): the history was dropped as 'another probe'. Read in order now."""
+    from lightning_geom.monitoring.probe import probe_batches, probe_fingerprint
+
+    data = token_data(64)
+    shuffled = torch.utils.data.DataLoader(DictDataset(data), batch_size=16, shuffle=True)
+    torch.manual_seed(1)
+    first = probe_batches(shuffled, num_samples=40, batch_size=8)
+    torch.manual_seed(2)
+    again = probe_batches(shuffled, num_samples=40, batch_size=8)
+    assert probe_fingerprint(first) == probe_fingerprint(again)
+    assert torch.equal(torch.cat([b["input_ids"] for b in first]), data["input_ids"][:40])
 
 
 @pytest.mark.parametrize(

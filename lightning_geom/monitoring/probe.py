@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from ..capture import LABEL_KEYS, map_tensors
 from ..geometry.neighbors import available_bytes, gather_rows
@@ -154,7 +154,8 @@ def probe_batches(probe: Any, *, num_samples: int, batch_size: int) -> list[Any]
         probe: a ``DataLoader``, a ``Dataset`` (torch's, or a Hugging Face ``datasets.Dataset`` of
             tokenized rows: padded by :func:`~.collate.pad_collate`), a dict of (N, ...) tensors, an
             ``(inputs, labels)`` tuple or an (N, ...) tensor (numpy arrays and nested lists of numbers
-            are taken as tensors).
+            are taken as tensors). A shuffling DataLoader is read in dataset order: the same probe
+            at every checkpoint and after a resume.
 
     Raises:
         TypeError: any other kind of probe.
@@ -173,6 +174,7 @@ def probe_batches(probe: Any, *, num_samples: int, batch_size: int) -> list[Any]
     else:
         if isinstance(probe, Dataset):  # rows of different lengths are padded (pad_collate; else torch's default)
             probe = DataLoader(probe, batch_size=batch_size, shuffle=False, collate_fn=pad_collate)
+        probe = _in_order(probe)
         if not isinstance(probe, Iterable):
             raise TypeError(
                 "Expected `probe` to be a DataLoader, a Dataset, a dict of tensors or a tensor, "
@@ -188,6 +190,14 @@ def probe_batches(probe: Any, *, num_samples: int, batch_size: int) -> list[Any]
     if not batches or sum(batch_len(b) for b in batches) == 0:
         raise ValueError("The probe set is empty: pass `probe=` with at least a few hundred samples.")
     return batches
+
+
+def _in_order(loader: Any) -> Any:
+    """A shuffling DataLoader (``shuffle=True``: a ``RandomSampler``) read in dataset order instead: the
+    probe is "the first N samples", the same whatever the random state (a resumed run's included)."""
+    if not isinstance(loader, DataLoader) or not isinstance(loader.sampler, RandomSampler) or loader.batch_size is None:
+        return loader
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=False, collate_fn=loader.collate_fn, num_workers=0)
 
 
 def dist_info() -> tuple[int, int]:
