@@ -407,32 +407,5 @@ def _datamodule(path: Path, max_samples: int) -> ProbeData:
     except TypeError as err:
         raise ValueError(f"{path}: init_args do not fit {name}: {err}.") from None
     dm.setup("validate")
-    batches, labels, n = [], [], 0
-    for b in dm.val_dataloader():
-        size = _batch_size_of(b)
-        if n + size > max_samples:  # the last batch is cut to max_samples
-            b = _cut(b, max_samples - n)
-            size = max_samples - n
-        batches.append(b)
-        lab = b.get("labels") if isinstance(b, dict) else (b[1] if isinstance(b, (tuple, list)) and len(b) > 1 else None)
-        if lab is not None:
-            labels.append(lab)
-        n += size
-        if n >= max_samples:
-            break
-    lab_t = torch.cat(labels) if labels else None
-    lab_t, _ = _usable_labels(lab_t, None, str(path))
-    return ProbeData(batches, lab_t, n, f"{data['class_path']} validation set ({n} samples)")
-
-
-def _batch_size_of(b: Any) -> int:
-    first = next(iter(b.values())) if isinstance(b, dict) else (b[0] if isinstance(b, (tuple, list)) else b)
-    return len(first)
-
-
-def _cut(b: Any, m: int) -> Any:
-    if isinstance(b, dict):
-        return {k: v[:m] for k, v in b.items()}
-    if isinstance(b, (tuple, list)):
-        return type(b)(v[:m] for v in b)
-    return b[:m]
+    got = probe_data_of(dm.val_dataloader(), max_samples=max_samples)  # in order, labels as the monitors read them
+    return ProbeData(got.batches, got.labels, got.n, f"{data['class_path']} validation set ({got.n} samples)")
