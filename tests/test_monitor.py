@@ -322,6 +322,8 @@ def test_a_shuffling_probe_loader_is_read_in_dataset_order():
     again = probe_batches(shuffled, num_samples=40, batch_size=8)
     assert probe_fingerprint(first) == probe_fingerprint(again)
     assert torch.equal(torch.cat([b["input_ids"] for b in first]), data["input_ids"][:40])
+    subset = torch.utils.data.DataLoader(DictDataset(data), batch_size=16, sampler=torch.utils.data.SubsetRandomSampler([5, 3, 9, 7]))
+    assert torch.equal(torch.cat([b["input_ids"] for b in probe_batches(subset, num_samples=40, batch_size=8)]), data["input_ids"][[5, 3, 9, 7]])
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset, SubsetRandomSampler
 
 from ..capture import LABEL_KEYS, map_tensors
 from ..geometry.neighbors import available_bytes, gather_rows
@@ -193,11 +193,19 @@ def probe_batches(probe: Any, *, num_samples: int, batch_size: int) -> list[Any]
 
 
 def _in_order(loader: Any) -> Any:
-    """A shuffling DataLoader (``shuffle=True``: a ``RandomSampler``) read in dataset order instead: the
-    probe is "the first N samples", the same whatever the random state (a resumed run's included)."""
-    if not isinstance(loader, DataLoader) or not isinstance(loader.sampler, RandomSampler) or loader.batch_size is None:
+    """A shuffling DataLoader (``shuffle=True``: a ``RandomSampler``; a ``SubsetRandomSampler``'s subset)
+    read in dataset order instead: the probe is "the first N samples", the same whatever the random
+    state (a resumed run's included)."""
+    if not isinstance(loader, DataLoader) or loader.batch_size is None:
         return loader
-    return DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=False, collate_fn=loader.collate_fn, num_workers=0)
+    sampler = loader.sampler
+    if isinstance(sampler, SubsetRandomSampler):
+        dataset: Any = Subset(loader.dataset, [int(i) for i in sampler.indices])
+    elif isinstance(sampler, RandomSampler) and not sampler.replacement:
+        dataset = loader.dataset
+    else:
+        return loader
+    return DataLoader(dataset, batch_size=loader.batch_size, shuffle=False, collate_fn=loader.collate_fn, num_workers=0)
 
 
 def dist_info() -> tuple[int, int]:
