@@ -211,14 +211,20 @@ def batch_last_positions(batch: Any) -> Tensor | None:
 
 
 def _is_mask_of(m: Any, x: Any) -> bool:
-    """Whether ``m`` is an attention mask for the (B, T) token ids ``x``: same shape, bool or 0 / 1 integers."""
-    if not (isinstance(m, Tensor) and isinstance(x, Tensor) and m.ndim == 2 and m.shape == x.shape):
+    """Whether ``m`` is an attention mask for the (B, T) token ids ``x``: same shape, bool or 0 / 1 integers,
+    and every row a padding mask: its ones one block at the start (right padding) or at the end (left
+    padding). Token type ids (all 0 for one sentence; 0, then 1, then padding for a pair) are not."""
+    if not (isinstance(m, Tensor) and isinstance(x, Tensor) and m.ndim == 2 and m.shape == x.shape and m.numel()):
         return False
-    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:  # not token ids
+    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool or m.is_floating_point() or m.is_complex():
+        return False  # not token ids / not a 0-1 mask
+    if m.dtype != torch.bool and not bool(((m == 0) | (m == 1)).all()):
         return False
-    if m.dtype == torch.bool:
-        return True
-    return not m.is_floating_point() and not m.is_complex() and bool(((m == 0) | (m == 1)).all())
+    ones = m.bool()
+    count = ones.sum(dim=1, keepdim=True)
+    at = torch.arange(m.shape[1], device=m.device)[None, :]
+    right, left = at < count, at >= m.shape[1] - count
+    return bool(((count > 0).squeeze(1) & ((ones == right).all(dim=1) | (ones == left).all(dim=1))).all())
 
 
 def split_batch(batch: Any, label_key: str | None = "labels") -> tuple[tuple, dict, Tensor | None]:

@@ -384,6 +384,12 @@ def test_an_ids_mask_labels_tuple_is_read_as_ids_mask_and_labels():
     assert torch.equal(batch_last_positions((d["input_ids"], d["attention_mask"], d["labels"])), batch_last_positions(d))
     x, y = torch.randn(24, 8), torch.randint(0, 2, (24, 8))  # a (B, T) second item that is no mask stays labels
     assert split_batch((x, y, y))[1] == {}
+    ids = d["input_ids"]
+    pair_types = (torch.arange(8)[None, :] >= 3).long() * d["attention_mask"]  # token type ids of sentence pairs
+    for not_a_mask in (torch.zeros_like(ids), pair_types, torch.randint(0, 2, ids.shape)):
+        assert split_batch((ids, not_a_mask, d["labels"]))[1] == {}
+    left = torch.flip(d["attention_mask"], dims=[1])  # left padding is a mask too
+    assert torch.equal(split_batch((ids, left, d["labels"]))[1]["attention_mask"], left)
 
     class TwoArgs(nn.Module):  # forward(x, mask): the mask goes second
         def __init__(self):
