@@ -104,6 +104,16 @@ def layer_k(n: int, settings: GeometrySettings) -> int:
 KnnFn = Callable[[Tensor, int], Neighbors]
 
 
+def _finite_features(x: Tensor) -> Tensor:
+    """:func:`as_points` of a layer's features; NaN / Inf features get the likely cause added."""
+    try:
+        return as_points(x, name="features")
+    except ValueError as err:
+        if "finite" not in str(err):
+            raise
+        raise ValueError(f"{err} The model's outputs are not finite here: has training diverged (a NaN loss), or overflowed in float16?") from None
+
+
 def layer_geometry(
     x: Tensor, labels: Tensor | None, settings: GeometrySettings, *, neighbors: Neighbors | None = None,
     knn_fn: KnnFn = knn,
@@ -121,7 +131,7 @@ def layer_geometry(
     """
     n = int(x.shape[0])
     k = layer_k(n, settings)
-    copies = find_copies(as_points(x)) if neighbors is None else None
+    copies = find_copies(_finite_features(x)) if neighbors is None else None
     if copies is not None:  # one kNN, of the distinct locations, serves the ID and (expanded) every point
         tw, curve, dup, nb = _copies_geometry(x, copies, k, settings, knn_fn)
     elif (nb := knn_fn(x, k) if neighbors is None else neighbors).all_distinct:

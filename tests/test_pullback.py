@@ -261,3 +261,13 @@ def test_position_outside_the_output_is_one_line():
 
     with pytest.raises(ValueError, match=r"Expected `position` in \[-5, 4\] \(the output has 5 positions\), but got 9"):
         layer_spectra(run, position=9, top_logits=4)
+
+
+def test_a_non_finite_jacobian_is_named_not_a_lapack_failure():
+    """A diverged model (NaN weights after a float16 step) gave LAPACK's 'failed to converge'."""
+    from lightning_geom.geometry.pullback import spectrum_from_jacobian
+
+    jac = torch.randn(2, 3, 8, dtype=torch.float64)
+    jac[1, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="Jacobian holds NaN or Inf.*diverged"):
+        spectrum_from_jacobian(jac, (8,))

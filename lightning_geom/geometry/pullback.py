@@ -162,8 +162,16 @@ def spectrum_from_jacobian(jac: Tensor, input_shape: Sequence[int]) -> Spectrum:
     (Chan's R-SVD): J^T = Q R, R = W S Z^T, so J = Z S (Q W)^T; eigenvalues S^2, eigenvectors the
     rows of (Q W)^T. Backward stable like the SVD of J itself, and 3x faster on batches of
     (16, 4096) Jacobians (one Householder QR and an m x m SVD instead of a bidiagonalisation of J).
+
+    Raises:
+        ValueError: a NaN / Inf entry in J (LAPACK's own error would only say it failed to converge).
     """
     j = jac.to(torch.float64)
+    if not bool(torch.isfinite(j).all()):
+        raise ValueError(
+            "The Jacobian holds NaN or Inf: the model's outputs or this hidden state are not finite here "
+            "(has training diverged, a NaN loss, or overflowed in float16?)."
+        )
     shape = tuple(int(v) for v in input_shape)
     if j.shape[-2] >= j.shape[-1]:
         _, s, vh = torch.linalg.svd(j, full_matrices=False)  # s (B, r), vh (B, r, n)
