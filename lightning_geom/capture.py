@@ -20,7 +20,6 @@ Features come back as float32 (N, D) per layer, on the CPU.
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -37,6 +36,7 @@ from .modules import (  # noqa: F401 - used here, and capture's public names sin
     _is_hf,
     _layer_hint,
     forward_call,
+    forward_signature,
     hook_modules,
     is_encoder_decoder,
     layer_patterns,
@@ -451,9 +451,9 @@ class _EncoderOnly(nn.Module):
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()
         self.encoder = encoder
-        params = inspect.signature(encoder.forward).parameters
-        self._any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        self._names = set(params)
+        sig = forward_signature(encoder)
+        self._any = sig is None or sig.any_keyword
+        self._names = set() if sig is None else set(sig.names)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if not self._any:

@@ -12,6 +12,7 @@ import re
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,7 +21,9 @@ from torch import Tensor, nn
 __all__ = [
     "hook_modules",
     "is_encoder_decoder",
+    "ForwardSignature",
     "forward_call",
+    "forward_signature",
     "layer_patterns",
     "match_modules",
     "no_attention_fastpath",
@@ -94,6 +97,30 @@ def match_modules(model: nn.Module, patterns: Sequence[str]) -> list[str]:
     return sorted(chosen, key=order.__getitem__)
 
 
+@dataclass(frozen=True)
+class ForwardSignature:
+    """What a module's ``forward`` takes: its parameter names, whether it takes ``**kwargs``, and its
+    positional parameters (with whether each is required)."""
+
+    names: frozenset[str]
+    any_keyword: bool
+    positional: tuple[bool, ...]  # one per positional parameter: required (no default)
+
+
+def forward_signature(module: nn.Module) -> ForwardSignature | None:
+    """:class:`ForwardSignature` of ``module.forward``; None when it cannot be read (a C extension, say)."""
+    try:
+        params = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return ForwardSignature(
+        names=frozenset(p.name for p in params),
+        any_keyword=any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params),
+        positional=tuple(p.default is inspect.Parameter.empty for p in params if p.kind in kinds),
+    )
+
+
 def forward_call(net: nn.Module, batch: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     """The (args, kwargs) to call ``net`` with: as :func:`~.capture.split_batch` split the batch, unless
     ``net.forward`` does not take them so. A dict batch whose keys name none of the parameters of a
@@ -101,24 +128,15 @@ def forward_call(net: nn.Module, batch: Any, args: tuple, kwargs: dict) -> tuple
     ``attention_mask`` of an (ids, mask, labels) tuple goes second to a forward without such a keyword
     (``forward(x, mask)``), or is left out of a one-argument forward (the capture still pools with it).
     """
-    if not kwargs:
-        return args, kwargs
-    try:
-        params = inspect.signature(net.forward).parameters
-    except (TypeError, ValueError):
+    sig = forward_signature(net) if kwargs else None
+    if sig is None or sig.any_keyword:
         return args, kwargs
     if args:  # (ids, mask, labels) tuples: a forward without an `attention_mask` keyword takes it second, if at all
-        if "attention_mask" in kwargs and "attention_mask" not in params and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-            positional = [p for p in params.values() if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-            rest = {k: v for k, v in kwargs.items() if k != "attention_mask"}
-            return ((*args, kwargs["attention_mask"]) if len(positional) > len(args) else args), rest
-        return args, kwargs
-    if not isinstance(batch, Mapping):
-        return args, kwargs
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()) or set(kwargs) & set(params):
-        return args, kwargs
-    positional = [p for p in params.values() if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-    if positional and sum(p.default is inspect.Parameter.empty for p in positional) <= 1:
+        if "attention_mask" not in kwargs or "attention_mask" in sig.names:
+            return args, kwargs
+        rest = {k: v for k, v in kwargs.items() if k != "attention_mask"}
+        return ((*args, kwargs["attention_mask"]) if len(sig.positional) > len(args) else args), rest
+    if isinstance(batch, Mapping) and not set(kwargs) & sig.names and sig.positional and sum(sig.positional) <= 1:
         return (batch,), {}
     return args, kwargs
 
@@ -128,11 +146,8 @@ def takes_hidden_states(net: nn.Module) -> bool:
     ``output_hidden_states`` parameter (or ``**kwargs``, which may pass it on to a model inside)."""
     if _is_hf(net):
         return True
-    try:
-        params = inspect.signature(net.forward).parameters
-    except (TypeError, ValueError):
-        return True
-    return "output_hidden_states" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    sig = forward_signature(net)
+    return sig is None or sig.any_keyword or "output_hidden_states" in sig.names
 
 
 def repeated_blocks(net: nn.Module) -> list[str]:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .neighbors import Neighbors, _sort_rows
+from .neighbors import Neighbors, _sort_rows, point_tensor
 
 __all__ = ["Copies", "find_copies", "expand_copies", "distinct_clouds", "row_keys"]
 
@@ -75,16 +75,9 @@ def find_copies(x: Tensor | np.ndarray) -> Copies | None:
     decides. Integer and bool points are compared as float32 (as :func:`~.neighbors.as_points` reads them).
 
     Raises:
-        ValueError: not (N, D) with D >= 1, complex, or a meta tensor.
+        TypeError, ValueError: not (N, D) points with D >= 1, complex, or a meta tensor (:func:`~.neighbors.point_tensor`).
     """
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
-    if not isinstance(x, Tensor) or x.ndim != 2 or x.shape[1] == 0:
-        raise ValueError(f"Expected `x` to be (N, D) points, but got {type(x).__name__} of shape {tuple(getattr(x, 'shape', ()))}.")
-    if x.is_complex() or x.is_meta:
-        raise ValueError(f"Expected `x` to be real-valued points, but got a {'meta tensor (no values)' if x.is_meta else x.dtype}.")
-    if not x.is_floating_point():
-        x = x.to(torch.float32)
+    x = point_tensor(x)  # no read of the values: finiteness is the kNN's check
     n = int(x.shape[0])
     if int(torch.unique(row_keys(x)).numel()) == n:
         return None

@@ -242,8 +242,9 @@ def as_points(x: Tensor | np.ndarray, *, name: str = "x") -> Tensor:
     return _checked_points(x, name)[0]
 
 
-def _checked_points(x: Tensor | np.ndarray, name: str = "x") -> tuple[Tensor, float]:
-    """:func:`as_points` and the points' largest |coordinate|."""
+def point_tensor(x: Tensor | np.ndarray, name: str = "x") -> Tensor:
+    """``x`` as a detached, real, floating (N, D) tensor (numpy converted, integers as float32), checked
+    for everything that needs no read of its values: type, shape, D >= 1, meta, complex."""
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(np.ascontiguousarray(x))
     if not isinstance(x, Tensor):
@@ -256,21 +257,22 @@ def _checked_points(x: Tensor | np.ndarray, name: str = "x") -> tuple[Tensor, fl
             f"Expected `{name}` to have shape (N, D), but got shape {tuple(x.shape)}. "
             "Pool token dimensions first (e.g. mean over tokens)."
         )
-    if x.shape[0] == 0 or x.shape[1] == 0:
+    if x.shape[1] == 0:
         raise ValueError(f"Expected `{name}` to be non-empty, but got shape {tuple(x.shape)}.")
     if x.is_meta:
         raise ValueError(f"`{name}` is a meta tensor (a shape without values): load or materialise the model's weights before measuring it.")
-    return _real_points(x, name)
-
-
-def _real_points(x: Tensor, name: str) -> tuple[Tensor, float]:
-    """``x`` detached (geometry is a measurement: no graph), as a real floating tensor, checked finite;
-    and its largest |coordinate| (the finiteness check's by-product, for :func:`safe_scale`)."""
     if x.is_complex():
         raise ValueError(f"Expected `{name}` to be real-valued, but got {x.dtype}. Pass x.real, x.abs() or torch.view_as_real(x).flatten(-2).")
     x = x.detach()
-    if not x.is_floating_point():
-        x = x.to(torch.float32)
+    return x if x.is_floating_point() else x.to(torch.float32)
+
+
+def _checked_points(x: Tensor | np.ndarray, name: str = "x") -> tuple[Tensor, float]:
+    """:func:`as_points` and the points' largest |coordinate| (the finiteness check's by-product, for
+    :func:`safe_scale`)."""
+    x = point_tensor(x, name)
+    if x.shape[0] == 0:
+        raise ValueError(f"Expected `{name}` to be non-empty, but got shape {tuple(x.shape)}.")
     top = _max_abs(x)
     if not math.isfinite(top):
         bad = ~torch.isfinite(x).all(dim=1)

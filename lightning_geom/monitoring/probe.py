@@ -6,7 +6,7 @@ Every rank calls the collectives, whatever happened locally, so a failure never 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -62,8 +62,7 @@ def _as_tensors(probe: Any) -> Any:
     out = {}
     for key, v in probe.items():
         if key in LABEL_KEYS and _is_text_list(v):  # class names: their codes in sorted-name order
-            names = sorted({str(x) for x in v})
-            v = torch.tensor([names.index(str(x)) for x in v])
+            v = class_codes(v.tolist() if _is_array(v) else v)[0]
         elif _is_array(v):
             v = _from_numpy(v)
         elif isinstance(v, (list, tuple)) and v:
@@ -76,6 +75,13 @@ def _as_tensors(probe: Any) -> Any:
                 ) from None
         out[key] = v
     return out
+
+
+def class_codes(values: Sequence[Any]) -> tuple[Tensor, list[str]]:
+    """Class labels of any kind as (N,) codes in sorted-name order, and the names (``str`` of each value)."""
+    names = sorted({str(v) for v in values})
+    index = {n: i for i, n in enumerate(names)}
+    return torch.tensor([index[str(v)] for v in values]), names
 
 
 def _is_text_list(v: Any) -> bool:

@@ -40,12 +40,6 @@ def _batches(data: dict[str, torch.Tensor], batch_size: int) -> list[dict[str, t
     return [{k: v[s : s + batch_size] for k, v in data.items()} for s in range(0, n, batch_size)]
 
 
-def _codes(raw: list[Any]) -> tuple[torch.Tensor, list[str]]:
-    names = sorted({str(v) for v in raw})
-    index = {n: i for i, n in enumerate(names)}
-    return torch.tensor([index[str(v)] for v in raw]), names
-
-
 _MISSING = {"", "nan", "none", "null", "na", "n/a"}
 
 
@@ -241,6 +235,19 @@ def load_probe_data(
     return text_probe_data(texts, raw, loaded.tokenizer, max_samples=max_samples, batch_size=batch_size, what=str(path), name=path.name, source=loaded.source)
 
 
+def texts_in_memory(data: Any) -> tuple[list[str], Any] | None:
+    """(texts, labels or None) when ``data`` is a list of texts or a ``(texts, labels)`` pair, else None."""
+    def is_texts(v: Any) -> bool:
+        return isinstance(v, (list, tuple)) and len(v) > 0 and all(isinstance(t, str) for t in v)
+
+    if is_texts(data):
+        return list(data), None
+    if isinstance(data, tuple) and len(data) == 2 and is_texts(data[0]) and not isinstance(data[1], (str, bytes)):
+        labels = data[1].tolist() if hasattr(data[1], "tolist") else list(data[1])
+        return list(data[0]), labels
+    return None
+
+
 def text_probe_data(
     texts: Sequence[str],
     labels: Sequence[Any] | None,
@@ -259,6 +266,8 @@ def text_probe_data(
     Raises:
         ValueError: no texts, a text that is not a string or is empty, labels of another length.
     """
+    from ..monitoring.probe import class_codes
+
     texts = list(texts)
     if not texts:
         raise ValueError(f"{what}: no texts to probe.")
@@ -270,7 +279,7 @@ def text_probe_data(
     texts = texts[:max_samples]
     codes, names = (None, None)
     if labels is not None:
-        codes, names = _usable_labels(*_codes(list(labels)[:max_samples]), what)
+        codes, names = _usable_labels(*class_codes(list(labels)[:max_samples]), what)
     tok = padding_tokenizer(tokenizer)
     batches = []
     for s in range(0, len(texts), batch_size):

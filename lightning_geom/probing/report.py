@@ -586,7 +586,7 @@ def probe(
         :class:`GeometryReport`.
     """
     from ..loading import LoadedModel, load_model
-    from .data import ProbeData, load_probe_data, probe_data_of, text_probe_data
+    from .data import ProbeData, load_probe_data, probe_data_of, text_probe_data, texts_in_memory
 
     items = models if isinstance(models, (list, tuple)) else [models]
     loaded = []
@@ -603,7 +603,7 @@ def probe(
         tok = load_tokenizer(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) else padding_tokenizer(tokenizer)
         for item in loaded:
             item.tokenizer = item.tokenizer or tok
-    texts = _texts_in_memory(data)
+    texts = texts_in_memory(data)
     if texts is not None:
         if loaded[0].tokenizer is None:
             raise ValueError(f"{loaded[0].source} has no tokenizer to read the texts with: pass `tokenizer=` (the one the model was trained with).")
@@ -641,19 +641,6 @@ def probe(
     settings["lightning_geom"] = __version__
     settings["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
     return GeometryReport(models=reports, settings=settings, data=data.description, timings={m["name"]: m["timings"] for m in reports})
-
-
-def _texts_in_memory(data: Any) -> tuple[list[str], Any] | None:
-    """(texts, labels or None) when ``data`` is a list of texts or a ``(texts, labels)`` pair, else None."""
-    def is_texts(v: Any) -> bool:
-        return isinstance(v, (list, tuple)) and len(v) > 0 and all(isinstance(t, str) for t in v)
-
-    if is_texts(data):
-        return list(data), None
-    if isinstance(data, tuple) and len(data) == 2 and is_texts(data[0]) and not isinstance(data[1], (str, bytes)):
-        labels = data[1].tolist() if hasattr(data[1], "tolist") else list(data[1])
-        return list(data[0]), labels
-    return None
 
 
 def _checkpoint_step(loaded: Any) -> int | None:
