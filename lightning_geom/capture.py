@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from .diagnose import explained
 from .modules import (  # noqa: F401 - used here, and capture's public names since before the split (modules.py)
+    LayerChoiceError,
     _first_tensor,
     _is_hf,
     _layer_hint,
@@ -270,6 +271,11 @@ def logits_and_hidden(net: nn.Module, batch: Any, label_key: str | None = "label
     Raises:
         NoLogitsError: the output has no ``logits`` or no ``hidden_states``.
     """
+    if is_encoder_decoder(net):  # its logits come from the decoder, which needs targets; no one stack to pull back
+        raise NoLogitsError(
+            f"{type(net).__name__} is an encoder-decoder model: its logits need decoder inputs and come from the decoder, "
+            "not from the encoder's hidden states; pass `run_fn(network, batch) -> (logits, decoder_hidden_states)`."
+        )
     args, kwargs = forward_call(net, batch, *split_batch(batch, label_key)[:2])
     blocks = [] if takes_hidden_states(net) else repeated_blocks(net)
     if blocks:  # a plain PyTorch network: its output is the logits, its blocks' outputs the hidden states
@@ -355,7 +361,7 @@ def capture_representations(
     if hooked is None and forward_fn is None and not takes_hidden_states(net):
         hooked = repeated_blocks(net)  # a plain PyTorch network: its blocks
         if not hooked:
-            raise ValueError(
+            raise LayerChoiceError(
                 f"{type(net).__name__}.forward takes no `output_hidden_states` and the network has no repeated blocks "
                 f"(children named 0, 1, 2, ...): pass `layers=[...]` (glob patterns of submodule names). Some that exist: {_layer_hint([n for n, _ in net.named_modules() if n])}"
             )
@@ -387,7 +393,7 @@ def capture_representations(
                         if states is None and isinstance(out, Mapping):
                             states = out.get("hidden_states")
                         if states is None:
-                            raise ValueError(
+                            raise LayerChoiceError(
                                 f"{type(net).__name__} returned no `hidden_states`; pass `layers=[...]` "
                                 "(glob patterns of submodule names) to capture with hooks. Some that exist: "
                                 + _layer_hint([n for n, _ in net.named_modules() if n])

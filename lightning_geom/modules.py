@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "hook_modules",
+    "LayerChoiceError",
     "is_encoder_decoder",
     "ForwardSignature",
     "forward_call",
@@ -91,7 +92,7 @@ def match_modules(model: nn.Module, patterns: Sequence[str]) -> list[str]:
         rx = _glob(pat)
         hits = [n for n in names if rx.match(n)]
         if not hits:
-            raise ValueError(f"Layer pattern {pat!r} matches no submodule. Some that exist: {_layer_hint(names)}")
+            raise LayerChoiceError(f"Layer pattern {pat!r} matches no submodule. Some that exist: {_layer_hint(names)}")
         chosen.extend(h for h in hits if h not in chosen)
     order = {n: i for i, n in enumerate(names)}
     return sorted(chosen, key=order.__getitem__)
@@ -167,6 +168,13 @@ def repeated_blocks(net: nn.Module) -> list[str]:
     return [name for name, _ in best]
 
 
+class LayerChoiceError(ValueError):
+    """No layers to capture: a pattern that matches nothing, or a model with neither hidden states nor blocks.
+
+    A fault of the model / ``layers=`` choice, not of the data: the probe passes it on as it is.
+    """
+
+
 def _layer_hint(names: Sequence[str]) -> str:
     """What to match instead: the patterns of the repeated blocks (``encoder.layer.*``: 12 modules) and the
     top-level submodules, whole names only."""
@@ -178,11 +186,12 @@ def _layer_hint(names: Sequence[str]) -> str:
             blocks[key] = blocks.get(key, 0) + 1
     top = [n for n in names if "." not in n]
     parts = []
+    blocks = {p: c for p, c in blocks.items() if c > 1}  # one numbered child is not a stack of blocks
     if blocks:
         ranked = sorted(blocks.items(), key=lambda kv: -kv[1])[:4]
         parts.append("the repeated blocks " + ", ".join(f"{p!r} ({c} modules)" for p, c in ranked))
     if top:
-        parts.append(f"the top-level {', '.join(top[:12])}{', ...' if len(top) > 12 else ''}")
+        parts.append(f"the top-level modules {', '.join(top[:12])}{', ...' if len(top) > 12 else ''}")
     return ("; ".join(parts) or "none (the model has no submodules)") + "."
 
 

@@ -788,6 +788,19 @@ def test_monitor_arguments_refused_up_front(data, kwargs, err, match):
         GeometryMonitor(**{"probe": data, **kwargs})
 
 
+def test_misspelt_options_name_the_closest_one(data):
+    from lightning_geom.hf import GeometryCallback
+
+    with pytest.raises(TypeError, match=r"GeometryMonitor got an unexpected keyword argument 'out_dir' \(did you mean `output_dir`\?\)"):
+        GeometryMonitor(probe=data, out_dir="x")
+    with pytest.raises(TypeError, match=r"'every_n_step' \(did you mean `every_n_steps`\?\)"):
+        PullbackMonitor(probe=data, every_n_step=3)
+    with pytest.raises(TypeError, match=r"GeometryCallback .*'overlapk' \(did you mean `overlap_k`\?\)"):
+        GeometryCallback(probe=data, overlapk=3)
+    with pytest.raises(TypeError, match=r"'zzz'; its options: at_fit_end, "):
+        GeometryMonitor(probe=data, zzz=1)
+
+
 def test_pullback_position_must_be_an_index(data):
     with pytest.raises(ValueError, match="integer index"):
         PullbackMonitor(probe=data, position="middle")
@@ -828,7 +841,7 @@ def test_a_network_without_hidden_states_or_blocks_names_the_fix():
     net = torch.nn.Sequential()
     net.add_module("inp", torch.nn.Linear(4, 4))
     net.add_module("out", torch.nn.Linear(4, 2))
-    with pytest.raises(ValueError, match=r"no repeated blocks .* pass `layers=\[...\]`.*Some that exist: the top-level inp, out"):
+    with pytest.raises(ValueError, match=r"no repeated blocks .* pass `layers=\[...\]`.*Some that exist: the top-level modules inp, out"):
         capture_representations(net, [torch.zeros(8, 4)])
 
 

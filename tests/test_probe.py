@@ -806,6 +806,19 @@ def test_python_probe_of_data_in_memory(tmp_path):
     assert (tmp_path / "rep" / "report.html").is_file()
 
 
+def test_python_probe_option_and_layer_mistakes_are_named():
+    """A misspelt option names the closest one; a network with no blocks to find is the layer choice's
+    fault (the whole hint, not cut mid-word or blamed on the data)."""
+    net, x = torch.nn.Sequential(torch.nn.Linear(4, 4)), torch.randn(40, 4)
+    with pytest.raises(TypeError, match=r"probe got an unexpected keyword argument 'token_propmts' \(did you mean `token_prompts`\?\)"):
+        probe(net, x, token_propmts=3, progress=False)
+    with pytest.raises(ValueError) as info:
+        probe(net, x, k=3, progress=False)
+    msg = str(info.value)
+    assert msg.endswith("Some that exist: the top-level modules 0.") and "does not run" not in msg and "repeated blocks '" not in msg
+    assert probe(net, x, k=3, layers=["0"], progress=False).models[0]["layers"][0]["id"] > 0
+
+
 def test_a_folder_of_checkpoints_is_its_checkpoints_in_step_order(tmp_path):
     from lightning_geom.commands.probe import expand_checkpoint_folders
 

@@ -127,3 +127,19 @@ def test_a_right_padded_probe_is_read_at_each_samples_last_real_token(tmp_path):
         _fit(tmp_path, [mon], steps=1, model=TinyGPT())
         tops.append([layer["top"] for layer in mon.history[0]["layers"]])
     assert tops[1] == pytest.approx(tops[0], rel=1e-4)
+
+
+def test_models_without_one_head_stack_get_their_own_reason():
+    """A base model (no logits) and an encoder-decoder (logits from the decoder) are named as such."""
+    from transformers import BartConfig, BartForConditionalGeneration, GPT2Config, GPT2Model
+
+    from lightning_geom.capture import NoLogitsError, logits_and_hidden
+
+    batch = {"input_ids": torch.randint(3, 40, (2, 5)), "attention_mask": torch.ones(2, 5, dtype=torch.long)}
+    base = GPT2Model(GPT2Config(vocab_size=40, n_embd=16, n_layer=1, n_head=2, n_positions=16))
+    with pytest.raises(NoLogitsError, match="GPT2Model returns no `logits`"):
+        logits_and_hidden(base, batch)
+    bart = BartForConditionalGeneration(BartConfig(vocab_size=40, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                                                   decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=16))
+    with pytest.raises(NoLogitsError, match="BartForConditionalGeneration is an encoder-decoder model.*run_fn"):
+        logits_and_hidden(bart, batch)

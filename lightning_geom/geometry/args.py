@@ -12,7 +12,7 @@ import operator
 import numpy as np
 import torch
 
-__all__ = ["NON_NEGATIVE", "as_int", "positive_int"]
+__all__ = ["NON_NEGATIVE", "as_int", "known_keywords", "positive_int"]
 
 NON_NEGATIVE = "a non-negative integer"  # positive_int(..., low=0, what=NON_NEGATIVE): the monitors' wording
 
@@ -45,3 +45,21 @@ def positive_int(value: object, name: str, *, low: int = 1, what: str | None = N
         what = what or ("a positive integer" if low == 1 else f"an integer >= {low}")
         raise ValueError(f"Expected `{name}` to be {also}{what}, but got {value!r}.")
     return v
+
+
+def known_keywords(owner: str, given: object, known: list[str]) -> None:
+    """Raise a TypeError for the first keyword in ``given`` not in ``known``, naming the closest known one.
+
+    Example:
+        >>> known_keywords("probe", {"kk": 3}, ["k", "layers"])
+        Traceback (most recent call last):
+        ...
+        TypeError: probe got an unexpected keyword argument 'kk' (did you mean `k`?); its options: k, layers.
+    """
+    import difflib
+
+    for key in given:  # type: ignore[attr-defined]
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.5)
+            hint = f" (did you mean `{close[0]}`?)" if close else ""
+            raise TypeError(f"{owner} got an unexpected keyword argument {key!r}{hint}; its options: {', '.join(sorted(set(known)))}.")

@@ -23,7 +23,7 @@ from typing import Any, Literal, Protocol
 import torch
 
 from ..capture import map_tensors
-from ..geometry.args import NON_NEGATIVE, positive_int
+from ..geometry.args import NON_NEGATIVE, known_keywords, positive_int
 from .probe import batch_len, check_probe_kind, dist_info, probe_batches, probe_fingerprint, shard
 
 __all__ = ["Sink", "Run", "MonitorCore", "plain"]
@@ -133,6 +133,19 @@ def _free_history_name(out: Path, base: str, history: list[dict[str, Any]], owne
             f"probe, or another run in the same folder); they are kept, and this run writes {name}.json."
         )
     return name
+
+
+def check_options(owner: str, given: dict[str, Any], init: Callable) -> None:
+    """An unknown keyword option is a TypeError that names the closest known one (``init``'s or the core's).
+
+    ``given`` is what ``init`` left in its ``**kwargs`` for :class:`MonitorCore`.
+    """
+    import inspect
+
+    core = [n for n in inspect.signature(MonitorCore.__init__).parameters if n not in ("self", "probe")]
+    if any(key not in core for key in given):
+        own = [n for n, p in inspect.signature(init).parameters.items() if p.kind is p.KEYWORD_ONLY]
+        known_keywords(owner, [key for key in given if key not in core], own + core)
 
 
 class MonitorCore:

@@ -20,7 +20,7 @@ from ..geometry import label_problem
 from ..geometry.args import positive_int
 from ..report.history import metric_key, scalars
 from ..tokens import token_keep_mask
-from .core import MonitorCore, Run
+from .core import MonitorCore, Run, check_options
 from .probe import (
     all_gather_objects,
     batch_len,
@@ -112,6 +112,7 @@ class GeometryCore(MonitorCore):
         shard_knn_above: int | None = 50_000,
         **kwargs: Any,
     ) -> None:
+        check_options(type(self).__name__, kwargs, GeometryCore.__init__)
         super().__init__(probe, **kwargs)
         self.shard_knn_above = None if shard_knn_above is None else positive_int(shard_knn_above, "shard_knn_above", also="None or ")
         if tokens not in (None, "per_prompt", "pooled", "both"):

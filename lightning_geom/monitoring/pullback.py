@@ -22,7 +22,7 @@ from ..geometry.pullback import (
     subspace_overlap,
 )
 from ..report.history import is_number, metric_key
-from .core import MonitorCore, Run
+from .core import MonitorCore, Run, check_options
 from .probe import gather_parts
 
 __all__ = ["PullbackCore", "PULLBACK_STATS"]
@@ -86,6 +86,7 @@ class PullbackCore(MonitorCore):
         batch_size: int = 16,
         **kwargs: Any,
     ) -> None:
+        check_options(type(self).__name__, kwargs, PullbackCore.__init__)
         if kwargs.get("background") is True:
             raise ValueError(
                 "PullbackMonitor differentiates the model at each checkpoint, so it cannot run beside training "

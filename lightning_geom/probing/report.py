@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import html
+import inspect
 import json
 import math
 import os
@@ -24,8 +25,9 @@ from typing import Any
 import torch
 
 from ..analysis import GeometrySettings, finish_profile, layer_errors, profile_geometry
-from ..capture import capture_representations, match_modules, resolve_network
+from ..capture import LayerChoiceError, capture_representations, match_modules, resolve_network
 from ..geometry import DuplicatePointsWarning, Neighbors, label_overlap, neighborhood_overlap
+from ..geometry.args import known_keywords
 from ..tokens import capture_token_cloud, lm_capture_forward
 
 __all__ = ["GeometryReport", "probe_model", "probe"]
@@ -235,13 +237,15 @@ def probe_model(
         for batch in [] if share else data.batches:
             try:
                 reps = capture_representations(module, [batch], layers=layers, pooling=pooling, device=dev)
+            except LayerChoiceError:  # the model / `layers` choice, not the data
+                raise
             except (TypeError, ValueError, KeyError, IndexError) as err:
                 if feats:  # the first batch ran: not a mismatch of model and data
                     raise
                 keys = ", ".join(map(str, batch)) if isinstance(batch, dict) else type(batch).__name__
                 raise ValueError(
                     f"{name} does not run on {data.description}'s batches ({keys}): {type(err).__name__}: "
-                    f"{(str(err).splitlines() or [''])[0][:200]}. Is --data the kind of input this model takes?"
+                    f"{_first_line(err)}. Is --data the kind of input this model takes?"
                 ) from err
             if not feats:
                 feats = [[] for _ in reps.features]
@@ -588,6 +592,8 @@ def probe(
     from ..loading import LoadedModel, load_model
     from .data import ProbeData, load_probe_data, probe_data_of, text_probe_data, texts_in_memory
 
+    known_keywords("probe", kwargs, [n for n in inspect.signature(probe_model).parameters if n not in ("loaded", "data", "name", "progress")])
+
     items = models if isinstance(models, (list, tuple)) else [models]
     loaded = []
     for m in items:
@@ -622,8 +628,6 @@ def probe(
     names = names or _names([m.source for m in loaded])
     reports = [probe_model(m, data, name=nm, progress=progress, **kwargs) for m, nm in zip(loaded, names)]
     # the values used, not only the arguments given (issue 14: the table showed None for defaults)
-    import inspect
-
     defaults = {n: p.default for n, p in inspect.signature(probe_model).parameters.items() if p.default is not inspect.Parameter.empty}
     settings = {key: kwargs.get(key, defaults.get(key)) for key in ("layers", "pooling", "k", "range_max", "pullback_samples", "pullback_share")}
     settings["layers"] = settings["layers"] or "hidden_states (embeddings + one per block)"
@@ -641,6 +645,12 @@ def probe(
     settings["lightning_geom"] = __version__
     settings["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
     return GeometryReport(models=reports, settings=settings, data=data.description, timings={m["name"]: m["timings"] for m in reports})
+
+
+def _first_line(err: BaseException, limit: int = 400) -> str:
+    """An error's first line, cut at ``limit`` characters with an ellipsis (never mid-word silently)."""
+    line = (str(err).splitlines() or [""])[0].rstrip(".")
+    return line if len(line) <= limit else line[:limit].rsplit(" ", 1)[0] + " ..."
 
 
 def _checkpoint_step(loaded: Any) -> int | None:
