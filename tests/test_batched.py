@@ -87,12 +87,24 @@ def test_op_count_does_not_grow_with_the_number_of_clouds():
         ({"lengths": torch.tensor([20.0, 10.5, 20.0])}, "integer `lengths`"),
         ({"x": torch.randn(3, 20, 4, dtype=torch.complex64)}, "real-valued"),
         ({"x": torch.randn(3, 20, 4).index_put_((torch.tensor([2]), torch.tensor([3])), torch.tensor(float("nan")))}, r"clouds \[2\] contain NaN"),
+        ({"budget_bytes": -5}, "`budget_bytes` to be None or a positive number of bytes"),
+        ({"budget_bytes": 1e6}, "`budget_bytes` to be None or a positive number of bytes"),
+        ({"margin": -1}, "`margin` to be an integer >= 0"),
+        ({"k": 0}, r"\[1, 19\], but got 0\.$"),
     ],
 )
 def test_bad_inputs(kw, match):
     args = {"x": torch.randn(3, 20, 4), "k": 5, **kw}
     with pytest.raises(ValueError, match=match):
         knn_batched(args.pop("x"), args.pop("k"), **args)
+
+
+@pytest.mark.parametrize(("fraction", "match"), [(1.5, r"in \(0, 1\), but got 1.5"), (-0.1, r"in \(0, 1\)"), (True, r"in \(0, 1\)"), (0.0, "infinite")])
+def test_id_batched_refuses_a_discard_fraction_twonn_refuses(fraction, match):
+    """A fraction outside (0, 1) was taken as it came: 1.5 fitted nothing, 0 fitted an infinite point."""
+    nb = knn_batched(torch.randn(2, 30, 4), 8)
+    with pytest.raises(ValueError, match=match):
+        id_batched(nb, range_max=8, discard_fraction=fraction)
 
 
 def test_numpy_clouds_and_clouds_that_require_grad():

@@ -7,12 +7,14 @@ even integral ones: ``k=2.0`` is more likely a mix-up than a count.
 
 from __future__ import annotations
 
+import math
+import numbers
 import operator
 
 import numpy as np
 import torch
 
-__all__ = ["NON_NEGATIVE", "as_int", "known_keywords", "positive_int"]
+__all__ = ["NON_NEGATIVE", "as_int", "discard_fraction", "flag", "known_keywords", "non_negative_real", "positive_int"]
 
 NON_NEGATIVE = "a non-negative integer"  # positive_int(..., low=0, what=NON_NEGATIVE): the monitors' wording
 
@@ -45,6 +47,36 @@ def positive_int(value: object, name: str, *, low: int = 1, what: str | None = N
         what = what or ("a positive integer" if low == 1 else f"an integer >= {low}")
         raise ValueError(f"Expected `{name}` to be {also}{what}, but got {value!r}.")
     return v
+
+
+def non_negative_real(value: object, name: str) -> float:
+    """``value`` as a finite float >= 0 (ints, floats, numpy / 0-d tensor reals; not booleans), else a ValueError.
+
+    Example:
+        >>> non_negative_real(0.25, "min_depth"), non_negative_real(np.float32(1), "tol")
+        (0.25, 1.0)
+    """
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_complex() and value.dtype != torch.bool:
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)) or value < 0:
+        raise ValueError(f"Expected `{name}` to be a finite number >= 0, but got {value!r}.")
+    return float(value)
+
+
+def discard_fraction(value: object) -> float:
+    """TwoNN's ``discard_fraction`` in (0, 1): 0 makes the fit's last point -log(1 - N/N) infinite."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
+        raise ValueError(f"Expected `discard_fraction` in (0, 1), but got {value!r}.")
+    if value == 0.0:
+        raise ValueError("`discard_fraction=0` makes the TwoNN fit's last point -log(1 - N/N) infinite; keep it > 0 (DADApy: 0.1).")
+    return float(value)
+
+
+def flag(value: object, name: str) -> bool:
+    """``value`` as a bool (Python or numpy), else a TypeError: a string such as "no" is truthy, not False."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"Expected `{name}` to be True or False, but got {value!r}.")
+    return bool(value)
 
 
 def known_keywords(owner: str, given: object, known: list[str]) -> None:

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .args import as_int
+from .args import as_int, positive_int
+from .args import discard_fraction as check_discard
 from .intrinsic_dim import (
     DuplicatePointsWarning,
     _gride_solve,
@@ -115,8 +116,8 @@ def _check(x: Tensor | np.ndarray, k: int, lengths: Tensor | None) -> tuple[Tens
         short = torch.nonzero(lengths <= (k_int if k_int is not None else 1)).flatten().tolist()
         which = f" (clouds {short[:10]}{', ...' if len(short) > 10 else ''} have <= k points)" if short else ""
         raise ValueError(
-            f"Expected `k` to be an integer in [1, shortest cloud - 1] = [1, {lo - 1}], but got {k!r}{which}. "
-            "Drop the short clouds, or lower k."
+            f"Expected `k` to be an integer in [1, shortest cloud - 1] = [1, {lo - 1}], but got {k!r}{which}."
+            + (" Drop the short clouds, or lower k." if short else "")
         )
     k = k_int
     valid = None if lo == n else torch.arange(n, device=x.device) < lengths.unsqueeze(1)
@@ -175,6 +176,10 @@ def knn_batched(
         [[1, 0, 1], [1, 0, -1]]
     """
     x, lengths, top = _check(x, k, lengths)
+    margin = None if margin is None else positive_int(margin, "margin", low=0)
+    if budget_bytes is not None and (as_int(budget_bytes) is None or as_int(budget_bytes) < 1):
+        raise ValueError(f"Expected `budget_bytes` to be None or a positive number of bytes, but got {budget_bytes!r}.")
+    budget_bytes = None if budget_bytes is None else as_int(budget_bytes)
     x, unscale = safe_scale(x, top)  # exact, see safe_scale
     with no_autocast(x.device):  # autocast would run the candidate GEMMs in half precision
         nb = _knn_batched(x, k, lengths, margin, budget_bytes)
@@ -333,6 +338,7 @@ def id_batched(nb: BatchedNeighbors | Tensor, *, range_max: int = 64, discard_fr
         ``{"twonn": (B,), "gride": (B, S), "gride_err": (B, S), "scales": (B, S), "ranks": (S,)}``
         with GRIDE at n1 = 1, 2, 4, ... up to ``range_max / 2`` (the rank range of the shortest cloud).
     """
+    discard_fraction = check_discard(discard_fraction)  # as twonn's fit
     if not isinstance(nb, BatchedNeighbors):  # clouds: the kNN that GRIDE's ranks need (knn_batched checks the shape)
         n_pts = int(nb.shape[1]) if isinstance(nb, (Tensor, np.ndarray)) and nb.ndim == 3 else 0
         nb = _as_batched(nb, gride_max_rank(n_pts, range_max) if n_pts >= 3 else 1, "nb")

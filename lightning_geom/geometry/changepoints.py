@@ -23,6 +23,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from .args import as_int, non_negative_real, positive_int
+
 __all__ = ["Segmentation", "RobustChangePoints", "segment_profile", "robust_change_points"]
 
 
@@ -126,6 +128,8 @@ def segment_profile(
         >>> [round(m, 2) for _, _, m in s.segments]
         [5.0, 10.03, 6.05]
     """
+    penalty = None if penalty is None else non_negative_real(penalty, "penalty")
+    min_jump = non_negative_real(min_jump, "min_jump")
     v, e = _check(values, errs)
     n = len(v)
     w = [1.0 / x**2 for x in e]
@@ -220,8 +224,10 @@ def robust_change_points(
     n = len(curves[0])
     if any(len(c) != n for c in curves):
         raise ValueError("Expected every scale's profile to have the same number of layers.")
-    if not 0 <= headline < len(curves):
-        raise ValueError(f"Expected `headline` in [0, {len(curves) - 1}], but got {headline}.")
+    if as_int(headline) is None or not 0 <= as_int(headline) < len(curves):
+        raise ValueError(f"Expected `headline` in [0, {len(curves) - 1}], but got {headline!r}.")
+    headline = int(headline)
+    tolerance = positive_int(tolerance, "tolerance", low=0)
     segs = [segment_profile(c, None if errs is None else errs[j], **kwargs) for j, c in enumerate(curves)]
     s = len(segs)
     candidates = sorted({cp for sg in segs for cp in sg.change_points})

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .args import as_int
+from .args import as_int, positive_int
+from .args import discard_fraction as check_discard
 from .neighbors import Neighbors, as_points, knn
 
 __all__ = [
@@ -293,6 +294,7 @@ def id_profile(
         >>> round(tw.dim), curve.ranks
         (3, (1, 2, 4))
     """
+    discard_fraction = check_discard(discard_fraction)
     if not isinstance(x, Neighbors):
         x = as_points(x)
     pairs = gride_pairs(gride_max_rank(x.n_points if isinstance(x, Neighbors) else int(x.shape[0]), range_max))
@@ -342,6 +344,9 @@ def twonn_scaling(
     """
     if isinstance(x, Neighbors):
         raise TypeError("`twonn_scaling` decimates the point set, so it needs the points (N, D), not `Neighbors`.")
+    min_points = positive_int(min_points, "min_points", low=0)
+    if as_int(seed) is None:
+        raise ValueError(f"Expected `seed` to be an integer, but got {seed!r}.")
     pts = as_points(x)
     n = pts.shape[0]
     n_dec = int(math.log2(n)) - 1 if n > 1 else 0
@@ -536,7 +541,10 @@ def gride_max_rank(n_points: int, range_max: int = 64) -> int:
     r = as_int(range_max)
     if r is None:
         raise ValueError(f"Expected `range_max` to be an integer >= 2, but got {range_max!r}.")
-    top = min(r, int(n_points) - 1)
+    n = as_int(n_points)
+    if n is None:
+        raise ValueError(f"Expected `n_points` to be an integer, but got {n_points!r}.")
+    top = min(r, n - 1)
     if top < 2:
         raise ValueError(f"GRIDE scaling needs range_max >= 2 and N >= 3 points, but got range_max={range_max}, N={n_points}.")
     return 2 ** int(math.log2(top))

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .args import positive_int
+from .args import flag, positive_int
 from .neighbors import Neighbors, as_points, knn
 
 __all__ = ["neighborhood_overlap", "label_overlap", "encode_labels", "single_class"]
@@ -66,6 +66,7 @@ def neighborhood_overlap(
         >>> neighborhood_overlap(x, 3 * x + 1, k=10)
         1.0
     """
+    per_point = flag(per_point, "per_point")
     ia = _indices(a, k, name="a")
     ib = _indices(b, k, name="b")
     if ia.shape[0] != ib.shape[0]:
@@ -186,6 +187,7 @@ def label_overlap(
         >>> label_overlap(x, [0, 0, 0, 1, 1, 1], k=2)
         1.0
     """
+    weighted, per_point = flag(weighted, "weighted"), flag(per_point, "per_point")
     idx = _indices(x, k, name="x")
     codes = encode_labels(labels, idx.shape[0]).to(idx.device)
     same = (codes[idx] == codes.unsqueeze(1)).sum(dim=1).to(torch.float64) / k  # (N,)

@@ -11,6 +11,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from .args import non_negative_real
+
 __all__ = ["PhaseSummary", "three_phase"]
 
 
@@ -88,6 +90,7 @@ def three_phase(
         >>> (falling.min_layer, falling.peak2_layer, falling.plateau_layers)
         (4, None, ())
     """
+    plateau_tol, min_depth, min_rebound = (non_negative_real(v, n) for v, n in ((plateau_tol, "plateau_tol"), (min_depth, "min_depth"), (min_rebound, "min_rebound")))
     ids = [float(v) for v in profile]
     if len(ids) < 3:
         raise ValueError(f"Expected an ID profile of at least 3 layers, but got {len(ids)}.")
