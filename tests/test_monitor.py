@@ -781,6 +781,9 @@ def test_probe_kinds_taken_or_refused_up_front(tmp_path, data):
         ({"probe": torch.zeros(0, 4)}, ValueError, r"shape \(0, 4\)"),
         ({"layers": 3}, TypeError, "list of glob patterns"),
         ({"output_dir": 5}, TypeError, "folder path"),
+        ({"at_fit_end": "no"}, TypeError, "`at_fit_end` to be True or False"),
+        ({"model_attr": 1}, TypeError, "`model_attr` to be None or the name"),
+        ({"label_key": 0}, TypeError, "`label_key` to be None or the batch key"),
     ],
 )
 def test_monitor_arguments_refused_up_front(data, kwargs, err, match):

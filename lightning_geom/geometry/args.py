@@ -14,7 +14,7 @@ import operator
 import numpy as np
 import torch
 
-__all__ = ["NON_NEGATIVE", "as_int", "discard_fraction", "flag", "known_keywords", "non_negative_real", "positive_int"]
+__all__ = ["NON_NEGATIVE", "as_int", "discard_fraction", "flag", "known_keywords", "non_negative_real", "optional_name", "positive_int"]
 
 NON_NEGATIVE = "a non-negative integer"  # positive_int(..., low=0, what=NON_NEGATIVE): the monitors' wording
 
@@ -77,6 +77,13 @@ def flag(value: object, name: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"Expected `{name}` to be True or False, but got {value!r}.")
     return bool(value)
+
+
+def optional_name(value: object, name: str, what: str) -> str | None:
+    """``value`` when None or a non-empty string, else a TypeError naming ``what`` the string is."""
+    if value is not None and (not isinstance(value, str) or not value):
+        raise TypeError(f"Expected `{name}` to be None or {what}, but got {value!r}.")
+    return value
 
 
 def known_keywords(owner: str, given: object, known: list[str]) -> None:

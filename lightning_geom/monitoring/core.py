@@ -23,7 +23,7 @@ from typing import Any, Literal, Protocol
 import torch
 
 from ..capture import map_tensors
-from ..geometry.args import NON_NEGATIVE, known_keywords, positive_int
+from ..geometry.args import NON_NEGATIVE, flag, known_keywords, positive_int
 from .probe import batch_len, check_probe_kind, dist_info, probe_batches, probe_fingerprint, shard
 
 __all__ = ["Sink", "Run", "MonitorCore", "plain"]
@@ -236,8 +236,8 @@ class MonitorCore:
         self.every_n_steps = every_n_steps
         self.every_n_epochs = every_n_epochs
         self.log_spaced = log_spaced
-        self.at_fit_start = at_fit_start
-        self.at_fit_end = at_fit_end
+        self.at_fit_start = flag(at_fit_start, "at_fit_start")
+        self.at_fit_end = flag(at_fit_end, "at_fit_end")
         self.on_error = on_error
         self.output_dir = output_dir
         self.history: list[dict[str, Any]] = []

@@ -17,7 +17,7 @@ from torch import Tensor
 from ..analysis import GeometrySettings, finish_profile, layer_errors, profile_geometry
 from ..capture import capture_representations, layer_patterns, right_align
 from ..geometry import label_problem
-from ..geometry.args import positive_int
+from ..geometry.args import optional_name, positive_int
 from ..report.history import metric_key, scalars
 from ..tokens import token_keep_mask
 from .core import MonitorCore, Run, check_options
@@ -130,8 +130,8 @@ class GeometryCore(MonitorCore):
         self.pooling = pooling
         self.normalize = normalize
         self.forward_fn = forward_fn
-        self.model_attr = model_attr
-        self.label_key = label_key
+        self.model_attr = optional_name(model_attr, "model_attr", "the name of the module's attribute that holds the network")
+        self.label_key = optional_name(label_key, "label_key", "the batch key of the labels")
         self._layout_done = False
         self._locked_n1: int | None = None  # id_n1="auto": the scale chosen at the first checkpoint, kept
 

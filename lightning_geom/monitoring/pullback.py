@@ -13,7 +13,7 @@ from typing import Any, Literal
 import torch
 
 from ..capture import _to_device, batch_last_positions, logits_and_hidden, resolve_network
-from ..geometry.args import NON_NEGATIVE, positive_int
+from ..geometry.args import NON_NEGATIVE, optional_name, positive_int
 from ..geometry.pullback import (
     OUTPUT_MAPS,
     check_top_logits,
@@ -105,8 +105,8 @@ class PullbackCore(MonitorCore):
         self.position = position
         self.top_logits = top_logits
         self.run_fn = run_fn
-        self.model_attr = model_attr
-        self.label_key = label_key
+        self.model_attr = optional_name(model_attr, "model_attr", "the name of the module's attribute that holds the network")
+        self.label_key = optional_name(label_key, "label_key", "the batch key of the labels")
         self.track_samples = track_samples
         self.track_top = track_top
         self._tracked: list | None = None  # previous checkpoint's top eigenvectors, per layer
