@@ -48,3 +48,38 @@ def test_good_options_still_give_the_same_numbers():
 
     assert g.three_phase(PROFILE, min_depth=np.float64(0.2)) == g.three_phase(PROFILE)  # numpy reals are reals
     assert g.robust_change_points([PROFILE], tolerance=np.int64(1)) == g.robust_change_points([PROFILE])
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "match"),
+    [
+        ("pullback_samples", -1, "`pullback_samples` to be a number of samples >= 0"),
+        ("pullback_samples", None, "`pullback_samples`"),
+        ("pullback_share", True, "`pullback_share` in \\(0, 1\\]"),
+        ("device", "gpu0", "`device` gpu0: not a device name"),
+        ("device", 1.5, "not a device name"),
+        ("token_prompts", 0, "`token_prompts` to be a positive integer"),
+        ("token_k", 2.5, "`token_k` to be a positive integer"),
+        ("shuffle_control", "yes", "`shuffle_control` to be True or False"),
+        ("keep_special_tokens", 1, "`keep_special_tokens` to be True or False"),
+        ("seed", "x", "`seed` to be an integer"),
+        ("layers", 0, "`layers`"),
+    ],
+)
+def test_probe_options_are_checked_before_any_model_is_loaded(tmp_path, option, value, match):
+    """The options come first: a path that does not exist is not even opened."""
+    from lightning_geom import probe
+
+    with pytest.raises((ValueError, TypeError), match=match):
+        probe(str(tmp_path / "no-such-model"), X, progress=False, **{option: value})
+
+
+@pytest.mark.parametrize(("option", "value"), [("corrector", "no"), ("progress", 1), ("steps", True)])
+def test_explorer_flags_and_steps(option, value):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from lightning_geom import EquivalenceClassExplorer
+
+    lm = GPT2LMHeadModel(GPT2Config(vocab_size=20, n_embd=8, n_layer=1, n_head=2, n_positions=8))
+    with pytest.raises((ValueError, TypeError), match=f"`{option}`"):
+        EquivalenceClassExplorer(lm, **{option: value})

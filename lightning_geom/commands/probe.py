@@ -43,24 +43,6 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def check_device(device: str | None) -> None:
-    """Refuse a device this machine does not have, before any work."""
-    import torch
-
-    if device is None:
-        return
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"--device {device}: not a device name (cpu, cuda, cuda:1, mps, ...).") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: no CUDA device here (torch {torch.__version__}); use --device cpu.")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here.")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {device}: MPS is not available here; use --device cpu.")
-
-
 def check_out_dir(out: str) -> None:
     """The report folder must be creatable and writable: checked before the computation, not after."""
     import tempfile
@@ -106,11 +88,12 @@ def run(args: argparse.Namespace) -> int:
     from ..loading import load_model, load_tokenizer
     from ..probing import load_probe_data, probe
     from ..probing.html import robust_summary
+    from ..probing.report import check_device
 
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
     try:
-        check_device(args.device)
+        check_device(args.device, "--device")
         check_out_dir(args.out)
         loaded = [load_model(m, module=args.module) for m in expand_checkpoint_folders(args.models)]
         if args.tokenizer:

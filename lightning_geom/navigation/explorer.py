@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ..diagnose import explained
-from ..geometry.args import positive_int
+from ..geometry.args import flag, positive_int
 from ..geometry.pullback import (
     check_top_logits,
     output_map,
@@ -99,8 +99,8 @@ class EquivalenceClassExplorer(L.LightningModule):
             raise ValueError(f"Expected `mode` to be one of 'simec', 'simexp', but got {mode!r}.")
         if step_rule not in ("fixed", "paper"):
             raise ValueError(f"Expected `step_rule` to be one of 'fixed', 'paper', but got {step_rule!r}.")
-        if not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"Expected `steps` to be a positive integer, but got {steps!r}.")
+        steps = positive_int(steps, "steps")
+        corrector, progress = flag(corrector, "corrector"), flag(progress, "progress")
         for name, v in (("step_size", step_size), ("rel_tol", rel_tol)):
             if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v <= 0:
                 raise ValueError(f"Expected `{name}` to be a finite number > 0, but got {v!r}.")

@@ -27,7 +27,7 @@ import torch
 from ..analysis import GeometrySettings, finish_profile, layer_errors, profile_geometry
 from ..capture import LayerChoiceError, capture_representations, match_modules, resolve_network
 from ..geometry import DuplicatePointsWarning, Neighbors, label_overlap, neighborhood_overlap
-from ..geometry.args import known_keywords
+from ..geometry.args import as_int, flag, known_keywords, positive_int
 from ..tokens import capture_token_cloud, lm_capture_forward
 
 __all__ = ["GeometryReport", "probe_model", "probe"]
@@ -207,8 +207,7 @@ def probe_model(
 
     from ..monitoring.probe import batch_len, check_feature_memory
 
-    if not (isinstance(pullback_share, (int, float)) and 0 < pullback_share <= 1):
-        raise ValueError(f"Expected `pullback_share` in (0, 1] (1: every requested sample), but got {pullback_share!r}.")
+    _check_options(layers, pullback_samples, pullback_share, device, token_prompts, token_k, shuffle_control, keep_special_tokens, seed)
     timings: dict[str, float] = {}
     module = loaded.module
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -593,6 +592,8 @@ def probe(
     from .data import ProbeData, load_probe_data, probe_data_of, text_probe_data, texts_in_memory
 
     known_keywords("probe", kwargs, [n for n in inspect.signature(probe_model).parameters if n not in ("loaded", "data", "name", "progress")])
+    defaults = {n: p.default for n, p in inspect.signature(probe_model).parameters.items() if p.default is not inspect.Parameter.empty}
+    _check_options(*(kwargs.get(n, defaults[n]) for n in inspect.signature(_check_options).parameters))  # before loading anything
 
     items = models if isinstance(models, (list, tuple)) else [models]
     loaded = []
@@ -628,7 +629,6 @@ def probe(
     names = names or _names([m.source for m in loaded])
     reports = [probe_model(m, data, name=nm, progress=progress, **kwargs) for m, nm in zip(loaded, names)]
     # the values used, not only the arguments given (issue 14: the table showed None for defaults)
-    defaults = {n: p.default for n, p in inspect.signature(probe_model).parameters.items() if p.default is not inspect.Parameter.empty}
     settings = {key: kwargs.get(key, defaults.get(key)) for key in ("layers", "pooling", "k", "range_max", "pullback_samples", "pullback_share")}
     settings["layers"] = settings["layers"] or "hidden_states (embeddings + one per block)"
     modes = token_modes(kwargs.get("tokens"))
@@ -645,6 +645,44 @@ def probe(
     settings["lightning_geom"] = __version__
     settings["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
     return GeometryReport(models=reports, settings=settings, data=data.description, timings={m["name"]: m["timings"] for m in reports})
+
+
+def check_device(device: Any, what: str = "`device`") -> None:
+    """Refuse a device this machine does not have, before any work (``what``: how the user named it)."""
+    if device is None:
+        return
+    if isinstance(device, bool) or not isinstance(device, (str, int, torch.device)):
+        raise ValueError(f"{what} {device!r}: not a device name (cpu, cuda, cuda:1, mps, ...).")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"{what} {device}: not a device name (cpu, cuda, cuda:1, mps, ...).") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{what} {device}: no CUDA device here (torch {torch.__version__}); use cpu.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"{what} {device}: only {torch.cuda.device_count()} CUDA device(s) here.")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{what} {device}: MPS is not available here; use cpu.")
+
+
+def _check_options(layers: Any, pullback_samples: Any, pullback_share: Any, device: Any, token_prompts: Any, token_k: Any,
+                   shuffle_control: Any, keep_special_tokens: Any, seed: Any) -> None:
+    """:func:`probe_model`'s options, each a one-line error before any forward pass."""
+    from ..modules import layer_patterns
+
+    layer_patterns(layers if layers != [] else None)
+    if layers is not None and not isinstance(layers, (str, Sequence)):
+        raise TypeError(f"Expected `layers` to be None or glob patterns of submodule names, but got {layers!r}.")
+    positive_int(pullback_samples, "pullback_samples", low=0, what="a number of samples >= 0 (0: no pullback)")
+    if isinstance(pullback_share, bool) or not (isinstance(pullback_share, (int, float)) and 0 < pullback_share <= 1):
+        raise ValueError(f"Expected `pullback_share` in (0, 1] (1: every requested sample), but got {pullback_share!r}.")
+    check_device(device)
+    positive_int(token_prompts, "token_prompts")
+    positive_int(token_k, "token_k")
+    flag(shuffle_control, "shuffle_control")
+    flag(keep_special_tokens, "keep_special_tokens")
+    if as_int(seed) is None:
+        raise ValueError(f"Expected `seed` to be an integer, but got {seed!r}.")
 
 
 def _first_line(err: BaseException, limit: int = 400) -> str:
