@@ -98,16 +98,22 @@ def test_demo_bad_sizes_and_out_are_one_line(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "argv",
-    [["demo", "--steps", "0"], ["probe", "m", "--data", "digits", "--max-samples", "-5"], ["probe", "m", "--data", "digits", "--batch-size", "0"]],
+    ("argv", "match"),
+    [
+        (["demo", "--steps", "0"], "expected a positive integer"),
+        (["probe", "m", "--data", "digits", "--max-samples", "-5"], "expected a positive integer"),
+        (["probe", "m", "--data", "digits", "--batch-size", "0"], "expected a positive integer"),
+        (["probe", "m", "--data", "digits", "--range-max", "1"], "--range-max: expected an integer >= 2"),
+        (["probe", "m", "--data", "digits", "--max-tokens", "2"], "--max-tokens: expected an integer >= 3"),
+    ],
 )
-def test_bad_counts_are_usage_errors(argv, capsys):
+def test_bad_counts_are_usage_errors(argv, match, capsys):
     from lightning_geom.cli import main
 
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 2
-    assert "expected a positive integer" in capsys.readouterr().err
+    assert match in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["positive_int", "non_negative_int", "positive_float", "fraction", "token_positions"]
+__all__ = ["at_least", "positive_int", "non_negative_int", "positive_float", "fraction", "token_positions"]
 
 
 def _int(text: str) -> int:
@@ -20,6 +20,18 @@ def positive_int(text: str) -> int:
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
     return v
+
+
+def at_least(low: int, why: str):
+    """An argparse type: an integer >= ``low`` (``why``: what a smaller one cannot do)."""
+
+    def parse(text: str) -> int:
+        v = _int(text)
+        if v < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low} ({why}), got {v}")
+        return v
+
+    return parse
 
 
 def non_negative_int(text: str) -> int:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .args import fraction, non_negative_int, positive_int
+from .args import at_least, fraction, non_negative_int, positive_int
 
 
 def add_parser(sub: Any) -> None:
@@ -27,7 +27,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--layers", nargs="*", default=None, help="glob patterns of submodules (default: hidden states)")
     p.add_argument("--device", default=None, help="cpu / cuda (default: a GPU when there is one)")
     p.add_argument("--k", type=positive_int, default=10, help="neighbours for overlaps (default 10)")
-    p.add_argument("--range-max", type=positive_int, default=64, help="largest GRIDE rank (default 64)")
+    p.add_argument("--range-max", type=at_least(2, "GRIDE pairs ranks n and 2n"), default=64, help="largest GRIDE rank (default 64)")
     p.add_argument("--pullback-samples", type=non_negative_int, default=8, help="at most this many samples for the pullback statistics (default 8; 0: skip)")
     p.add_argument("--pullback-share", type=fraction, default=0.25, help="stop the pullback samples before they take more than this share of the probe's time (default 0.25; 1: all --pullback-samples)")
     p.add_argument("--seed", type=int, default=0)
@@ -36,7 +36,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--token-prompts", type=positive_int, default=128, help="prompts in the per-prompt analysis (default 128)")
     p.add_argument("--token-k", type=positive_int, default=8, help="neighbours per token in the per-prompt analysis (default 8)")
     p.add_argument("--shuffle-control", action="store_true", help="with --tokens per-prompt: also on the prompts shuffled in blocks of 4 tokens")
-    p.add_argument("--max-tokens", type=positive_int, default=10_000, help="with --tokens pooled: a seeded subsample of at most this many tokens (default 10,000)")
+    p.add_argument("--max-tokens", type=at_least(3, "an ID needs 3 points"), default=10_000, help="with --tokens pooled: a seeded subsample of at most this many tokens (default 10,000)")
     p.add_argument("--keep-special-tokens", action="store_true", help="with --tokens pooled: keep [CLS] / [SEP] / BOS / EOS tokens (default: left out, their states are outliers)")
     p.add_argument("--no-progress", action="store_false", dest="progress", help="hide the progress bars (logs, CI)")
     p.add_argument("--debug", action="store_true", help="show the full traceback of a failure")
