@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["LoadedModel", "load_model", "load_tokenizer", "padding_tokenizer"]
+__all__ = ["LoadedModel", "load_model", "load_tokenizer", "padding_tokenizer", "quiet_loading"]
 
 _HF_NEEDS = ("config.json",)
 _WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -32,6 +32,15 @@ class LoadedModel:
     tokenizer: Any = None
     image_processor: Any = None
     lightning_module: Any = None
+
+
+def quiet_loading() -> None:
+    """No progress bars from transformers' loading ("Loading weights"): for ``--no-progress`` (logs, CI)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return
+    hf_logging.disable_progress_bar()
 
 
 def padding_tokenizer(tok: Any) -> Any:

@@ -181,6 +181,32 @@ def test_bad_data(tmp_path, text_model, text_data):
         probe([loaded], few, progress=False)
 
 
+def test_binary_files_say_what_they_are_and_json_documents_of_columns_are_read(tmp_path, text_model):
+    """A .npy / .parquet given as --data was read as UTF-8 text (a Parquet file gave one garbage
+    'text'); a {column: [values]} JSON (pandas / datasets to_dict) failed on its first record."""
+    import json
+
+    import numpy as np
+
+    loaded = load_model(text_model)
+    np.save(tmp_path / "x.npy", np.zeros((4, 3)))
+    (tmp_path / "t.parquet").write_bytes(b"PAR1\x15\x04\x00\x00 rows")
+    (tmp_path / "blob.txt").write_bytes(b"abc\x00\x01def")
+    for name, kind in (("x.npy", "a NumPy array"), ("t.parquet", "a Parquet table"), ("blob.txt", "a binary file")):
+        with pytest.raises(ValueError, match=rf"{name} is {kind}, not text: --data reads texts .* lightning_geom.probe\(model"):
+            load_probe_data(str(tmp_path / name), loaded)
+    texts, labels = [f"the cat number {i}" for i in range(24)], [i % 2 for i in range(24)]
+    (tmp_path / "cols.json").write_text(json.dumps({"text": texts, "label": labels}))
+    (tmp_path / "data.json").write_text(json.dumps({"data": [{"text": t, "label": y} for t, y in zip(texts, labels)]}))
+    (tmp_path / "array.json").write_text(json.dumps([{"text": t, "label": y} for t, y in zip(texts, labels)]))
+    read = [load_probe_data(str(tmp_path / n), loaded) for n in ("cols.json", "data.json", "array.json")]
+    assert all(d.n == 24 and d.labels.tolist() == labels for d in read)
+    assert all(torch.equal(d.batches[0]["input_ids"], read[2].batches[0]["input_ids"]) for d in read)
+    (tmp_path / "ragged.json").write_text(json.dumps({"text": texts, "label": labels[:5]}))
+    with pytest.raises(ValueError, match=r"ragged.json: the columns have different lengths \(text: 24, label: 5\)"):
+        load_probe_data(str(tmp_path / "ragged.json"), loaded)
+
+
 def test_incomplete_model_folder(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ValueError, match="not a complete Hugging Face model folder"):

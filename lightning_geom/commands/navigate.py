@@ -105,11 +105,13 @@ def _batch(args: argparse.Namespace, loaded: Any) -> dict[str, torch.Tensor]:
 
 def run(args: argparse.Namespace) -> int:
     from ..capture import NoLogitsError, resolve_network
-    from ..loading import load_model, load_tokenizer
+    from ..loading import load_model, load_tokenizer, quiet_loading
     from ..navigation import EquivalenceClassExplorer, adapter_for, write_trajectories
     from ..navigation.explorer import TokenPositionError
     from ..tokens import is_causal_lm
 
+    if not args.progress:  # --no-progress: transformers' own "Loading weights" bars too
+        quiet_loading()
     try:
         loaded = load_model(args.model, module=args.module)
         if args.tokenizer:

@@ -85,13 +85,15 @@ def expand_checkpoint_folders(models: list[str]) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..loading import load_model, load_tokenizer
+    from ..loading import load_model, load_tokenizer, quiet_loading
     from ..probing import load_probe_data, probe
     from ..probing.html import robust_summary
     from ..probing.report import check_device
 
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
+    if not args.progress:  # --no-progress: transformers' own "Loading weights" bars too
+        quiet_loading()
     try:
         check_device(args.device, "--device")
         check_out_dir(args.out)

@@ -52,10 +52,21 @@ def _is_missing(v: Any) -> bool:
     return isinstance(v, str) and v.strip().lower() in _MISSING
 
 
+_BINARY = ((b"\x93NUMPY", "a NumPy array"), (b"PAR1", "a Parquet table"), (b"PK\x03\x04", "a zip archive (.npz, .pt, .xlsx)"),
+           (b"\x80", "a pickle"), (b"ARROW1", "an Arrow table"), (b"\x89HDF", "an HDF5 file"), (b"SQLite format", "an SQLite database"))
+
+
 def _read_utf8(path: Path) -> str:
     """The file's text as UTF-8 (a byte-order mark is not part of the first line); another encoding is a
-    one-line error with the line of the first bad byte and the fix."""
+    one-line error with the line of the first bad byte and the fix; a binary file (NUL bytes) says what it is."""
     raw = path.read_bytes()
+    if b"\x00" in raw[:8192] or any(raw.startswith(magic) for magic, _ in _BINARY):
+        kind = next((what for magic, what in _BINARY if raw.startswith(magic)), "binary")
+        raise ValueError(
+            f"{path} is {kind if kind != 'binary' else 'a binary file'}, not text: --data reads texts (.txt one per line, "
+            ".csv, .tsv, .jsonl, .json), an image folder, 'digits' or a datamodule YAML. Arrays and tensors go "
+            "through Python: lightning_geom.probe(model, array_or_dataloader)."
+        )
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -95,12 +106,9 @@ def _rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
                 raise ValueError(f"{path}:{reader.line_num}: {len(row) - 1 + len(row[None])} cells for {len(reader.fieldnames or [])} header columns.")
             rows.append((reader.line_num, row))
         return rows
-    if suffix == ".json" and text.lstrip().startswith("["):  # a JSON array of records
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{err.lineno}: invalid JSON ({err.msg}).") from None
-        out = list(enumerate(records, start=1))
+    whole = _json_document(path, text) if suffix == ".json" else None
+    if whole is not None:  # a JSON array of records, or {column: [values]} (pandas / datasets `to_dict()`)
+        out = list(enumerate(whole, start=1))
     else:  # JSON lines
         out = []
         for no, line in enumerate(_lines(text), start=1):
@@ -114,6 +122,35 @@ def _rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
         if not isinstance(rec, dict):
             raise ValueError(f"{path}:{no}: expected a JSON object with a text field, but got {type(rec).__name__}.")
     return out
+
+
+def _json_document(path: Path, text: str) -> list[Any] | None:
+    """The records of a .json file that is one document: an array of records, ``{column: [values]}``
+    (equal-length lists: one record per position) or ``{"data": [records]}`` (one list of records);
+    None for JSON lines (one object per line) in a .json file."""
+    head = text.lstrip()[:1]
+    if head not in ("[", "{"):
+        return None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as err:
+        if head == "{":  # several objects: JSON lines
+            return None
+        raise ValueError(f"{path}:{err.lineno}: invalid JSON ({err.msg}).") from None
+    if isinstance(doc, list):
+        return doc
+    if not isinstance(doc, dict):
+        return None
+    lists = {k: v for k, v in doc.items() if isinstance(v, list)}
+    if lists and len(lists) == len(doc):
+        sizes = {len(v) for v in lists.values()}
+        if len(lists) == 1 and all(isinstance(r, dict) for r in next(iter(lists.values()))):  # {"data": [records]}
+            return next(iter(lists.values()))
+        if len(sizes) > 1:
+            raise ValueError(f"{path}: the columns have different lengths ({', '.join(f'{k}: {len(v)}' for k, v in lists.items())}).")
+        n = sizes.pop()
+        return [{k: v[i] for k, v in lists.items()} for i in range(n)]
+    return [doc]  # one record
 
 
 def _texts(
