@@ -97,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         check_device(args.device, "--device")
         check_out_dir(args.out)
+        if args.data != "digits" and not Path(args.data).exists():  # before the (slow) model loading
+            raise ValueError(f"No such data file or folder: {args.data} (or use 'digits').")
         loaded = [load_model(m, module=args.module) for m in expand_checkpoint_folders(args.models)]
         if args.tokenizer:
             tok = load_tokenizer(args.tokenizer)
