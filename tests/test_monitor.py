@@ -931,3 +931,23 @@ def test_class_names_as_probe_labels_are_coded():
         assert torch.cat([b["labels"] for b in batches]).tolist() == [1, 0] * 5
     with pytest.raises(TypeError, match="tokenize texts first"):
         probe_batches({"input_ids": ["a b"] * 10}, num_samples=10, batch_size=4)
+
+
+def test_repeated_tokens_of_a_probe_are_said_once_per_run(tmp_path, recwarn):
+    """A layer where a prompt's tokens repeat exactly (a RoPE model's embedding layer) warned at every
+    checkpoint (the analysis' catch_warnings resets Python's once-only registry); now once a run."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    class TinyLlama(TinyGPT):
+        def __init__(self):
+            L.LightningModule.__init__(self)
+            self.model = LlamaForCausalLM(LlamaConfig(vocab_size=12, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32))
+            self.nan_after_layer = None
+
+    data = token_data(64, t=12, vocab=12)  # 12 tokens from 6 ids per prompt: exact copies at the embedding layer
+    mon = _monitor(data, tmp_path, tokens="per_prompt", token_prompts=8, token_k=3, every_n_steps=1, log_spaced=False)
+    _trainer(tmp_path, mon, steps=3).fit(TinyLlama(), loader(data, shuffle=True))
+    assert len(mon.history) >= 3
+    said = [w for w in recwarn if "exact copies of another token" in str(w.message)]
+    assert len(said) == 1 and "said once per run" in str(said[0].message)

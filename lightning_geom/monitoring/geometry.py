@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -16,7 +17,7 @@ from torch import Tensor
 
 from ..analysis import GeometrySettings, finish_profile, layer_errors, profile_geometry
 from ..capture import capture_representations, layer_patterns, right_align
-from ..geometry import label_problem
+from ..geometry import DuplicatePointsWarning, label_problem
 from ..geometry.args import optional_name, positive_int
 from ..report.history import metric_key, scalars
 from ..tokens import token_keep_mask
@@ -307,7 +308,14 @@ class GeometryCore(MonitorCore):
         from ..analysis import token_geometry
 
         features, lengths, _ = tokens
-        layers, dropped = token_geometry(features, lengths, k=self.token_k)
+        with warnings.catch_warnings(record=True) as caught:  # a probe's repeated tokens: said once per run
+            warnings.simplefilter("always", DuplicatePointsWarning)
+            layers, dropped = token_geometry(features, lengths, k=self.token_k)
+        for w in caught:
+            if issubclass(w.category, DuplicatePointsWarning):
+                self._warn(f"{type(self).__name__}: {w.message} (said once per run)", once="tokens: copies")
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         if dropped:
             self._warn(
                 f"{type(self).__name__}: {dropped} of {lengths.numel()} prompts have <= {self.token_k} tokens; left out of the per-prompt geometry.",
