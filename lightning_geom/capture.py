@@ -299,6 +299,24 @@ def _checked_logits(net: nn.Module, logits: Tensor | None, hidden: Any) -> tuple
     return logits, hidden
 
 
+def unmasked_padding(net: nn.Module, ids: Any) -> str | None:
+    """The warning for (B, T) token ids that start or end in the model's pad token (``config.pad_token_id``;
+    two in a row when it is also the EOS token) in a batch without an ``attention_mask``: the padding
+    would be pooled as if it were text. None when nothing looks padded."""
+    cfg = getattr(net, "config", None)
+    pad = getattr(cfg, "pad_token_id", None)
+    if not isinstance(pad, int) or not isinstance(ids, Tensor) or ids.ndim != 2 or ids.is_floating_point() or ids.shape[1] < 3:
+        return None
+    eos = getattr(cfg, "eos_token_id", None)
+    run = 2 if pad in (eos if isinstance(eos, (list, tuple)) else [eos]) else 1
+    if not bool(((ids[:, -run:] == pad).all(dim=1) | (ids[:, :run] == pad).all(dim=1)).any()):
+        return None
+    return (  # no counts in the text: Python shows one warning per text and place, not one per batch
+        f"Probe sequences start or end with the pad token (id {pad}), but the batch has no "
+        "`attention_mask`: their padding is pooled as if it were text. Put the tokenizer's attention_mask in the probe batches."
+    )
+
+
 def _to_device(obj: Any, device: torch.device) -> Any:
     return map_tensors(obj, lambda t: t.to(device))
 
@@ -407,6 +425,10 @@ def capture_representations(
                     pooled, mask = right_align(pooled, mask)  # per-prompt clouds are (lengths)-prefixes
                 if not feats:
                     feats = [[] for _ in pooled]
+                    if mask is None and pooling != "first":
+                        note = unmasked_padding(net, kwargs.get("input_ids", args[0] if args else None))
+                        if note:
+                            warnings.warn(note, stacklevel=2)
                 for acc, p in zip(feats, pooled):
                     acc.append(p)
                 if pooling == "tokens":

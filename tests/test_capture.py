@@ -405,3 +405,28 @@ def test_an_ids_mask_labels_tuple_is_read_as_ids_mask_and_labels():
 
     reps = capture_representations(TwoArgs(), [(d["input_ids"], d["attention_mask"], d["labels"])])
     assert len(reps.features) == 2 and torch.equal(reps.labels, d["labels"])
+
+
+def test_padded_ids_without_an_attention_mask_are_named():
+    """Token ids padded with the model's pad token but no attention_mask: the padding would be pooled as
+    text (a different ID, silently). One warning names it; a masked batch or a model without a pad
+    token says nothing, and an EOS that is also the pad token needs two in a row."""
+    import warnings
+
+    model = TinyGPT()
+    model.model.config.pad_token_id = 0
+    d = token_data(16, t=8)
+    with pytest.warns(UserWarning, match=r"pad token \(id 0\), but the batch has no `attention_mask`"):
+        capture_representations(model, [{"input_ids": d["input_ids"]}])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        capture_representations(model, [d])  # masked: fine
+        model.model.config.pad_token_id = None
+        capture_representations(model, [{"input_ids": d["input_ids"]}])  # no pad token known
+        model.model.config.pad_token_id = model.model.config.eos_token_id = 5
+        ids = torch.full((4, 8), 7)
+        ids[:, -1] = 5  # one trailing EOS: the end of a text, not padding
+        capture_representations(model, [{"input_ids": ids}])
+    ids[:, -2] = 5
+    with pytest.warns(UserWarning, match=r"pad token \(id 5\)"):
+        capture_representations(model, [{"input_ids": ids}])
