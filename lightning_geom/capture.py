@@ -300,15 +300,17 @@ def _checked_logits(net: nn.Module, logits: Tensor | None, hidden: Any) -> tuple
 
 
 def unmasked_padding(net: nn.Module, ids: Any) -> str | None:
-    """The warning for (B, T) token ids that start or end in the model's pad token (``config.pad_token_id``;
-    two in a row when it is also the EOS token) in a batch without an ``attention_mask``: the padding
+    """The warning for (B, T) token ids that start or end in the model's pad token (``config.pad_token_id``,
+    else its EOS token; two in a row when pad is EOS) in a batch without an ``attention_mask``: the padding
     would be pooled as if it were text. None when nothing looks padded."""
     cfg = getattr(net, "config", None)
+    eos = getattr(cfg, "eos_token_id", None)
+    eos = eos[0] if isinstance(eos, (list, tuple)) and eos else eos
     pad = getattr(cfg, "pad_token_id", None)
+    pad = pad if isinstance(pad, int) else eos  # GPT-2 style: the tokenizer pads with EOS, the config names none
     if not isinstance(pad, int) or not isinstance(ids, Tensor) or ids.ndim != 2 or ids.is_floating_point() or ids.shape[1] < 3:
         return None
-    eos = getattr(cfg, "eos_token_id", None)
-    run = 2 if pad in (eos if isinstance(eos, (list, tuple)) else [eos]) else 1
+    run = 2 if pad == eos else 1
     if not bool(((ids[:, -run:] == pad).all(dim=1) | (ids[:, :run] == pad).all(dim=1)).any()):
         return None
     return (  # no counts in the text: Python shows one warning per text and place, not one per batch

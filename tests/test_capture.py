@@ -421,12 +421,15 @@ def test_padded_ids_without_an_attention_mask_are_named():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         capture_representations(model, [d])  # masked: fine
-        model.model.config.pad_token_id = None
+        model.model.config.pad_token_id = model.model.config.eos_token_id = None
         capture_representations(model, [{"input_ids": d["input_ids"]}])  # no pad token known
         model.model.config.pad_token_id = model.model.config.eos_token_id = 5
         ids = torch.full((4, 8), 7)
         ids[:, -1] = 5  # one trailing EOS: the end of a text, not padding
         capture_representations(model, [{"input_ids": ids}])
     ids[:, -2] = 5
+    with pytest.warns(UserWarning, match=r"pad token \(id 5\)"):
+        capture_representations(model, [{"input_ids": ids}])
+    model.model.config.pad_token_id = None  # GPT-2: the tokenizer pads with EOS, the config names no pad token
     with pytest.warns(UserWarning, match=r"pad token \(id 5\)"):
         capture_representations(model, [{"input_ids": ids}])
