@@ -276,7 +276,12 @@ def logits_and_hidden(net: nn.Module, batch: Any, label_key: str | None = "label
             f"{type(net).__name__} is an encoder-decoder model: its logits need decoder inputs and come from the decoder, "
             "not from the encoder's hidden states; pass `run_fn(network, batch) -> (logits, decoder_hidden_states)`."
         )
-    args, kwargs = forward_call(net, batch, *split_batch(batch, label_key)[:2])
+    args, kwargs = split_batch(batch, label_key)[:2]
+    if "attention_mask" not in kwargs:  # the pullback's position would be a padding token's
+        note = unmasked_padding(net, kwargs.get("input_ids", args[0] if args else None))
+        if note:
+            warnings.warn(note.replace("pooled as if it were text", "read as the sample's last token"), stacklevel=2)
+    args, kwargs = forward_call(net, batch, args, kwargs)
     blocks = [] if takes_hidden_states(net) else repeated_blocks(net)
     if blocks:  # a plain PyTorch network: its output is the logits, its blocks' outputs the hidden states
         with explained(net, batch), hook_modules(net, blocks, detach=False) as store:

@@ -433,3 +433,7 @@ def test_padded_ids_without_an_attention_mask_are_named():
     model.model.config.pad_token_id = None  # GPT-2: the tokenizer pads with EOS, the config names no pad token
     with pytest.warns(UserWarning, match=r"pad token \(id 5\)"):
         capture_representations(model, [{"input_ids": ids}])
+    from lightning_geom.capture import logits_and_hidden
+
+    with pytest.warns(UserWarning, match=r"pad token \(id 5\).*read as the sample's last token"):  # the pullback's position
+        logits_and_hidden(model.model, {"input_ids": ids})
