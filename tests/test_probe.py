@@ -881,3 +881,21 @@ def test_a_whole_pickled_module_is_probed_and_bare_weights_are_one_line(tmp_path
     with pytest.raises(SystemExit, match=r"bare weights \(a state_dict\).*torch.save\(model, path\)") as err:
         main(["probe", str(tmp_path / "weights.pt"), "--data", "digits"])
     assert len(str(err.value).splitlines()) == 1
+
+
+def test_an_unreadable_checkpoint_in_a_folder_is_skipped_a_named_one_is_an_error(tmp_path, demo_checkpoints, capsys):
+    """A run still writing its newest checkpoint: probing the folder reports the others and names the
+    skipped file; the same file named on the command line is an error."""
+    import shutil
+
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    shutil.copy(demo_checkpoints[0], ck / "s-step=3.ckpt")
+    (ck / "s-step=6.ckpt").write_bytes(demo_checkpoints[-1].read_bytes()[:5000])
+    out = tmp_path / "rep"
+    main(["probe", str(ck), "--data", "digits", "--out", str(out), "--max-samples", "120", "--pullback-samples", "0", "--no-progress"])
+    err = capsys.readouterr().err
+    assert "skipped " in err and "s-step=6.ckpt is not a readable checkpoint" in err
+    assert [m["name"] for m in json.loads((out / "metrics.json").read_text())["models"]] == ["s-step=3"]
+    with pytest.raises(SystemExit, match="s-step=6.ckpt is not a readable checkpoint"):
+        main(["probe", str(ck / "s-step=6.ckpt"), "--data", "digits", "--out", str(out)])

@@ -82,6 +82,26 @@ def expand_checkpoint_folders(models: list[str]) -> list[str]:
     return out
 
 
+def _load_all(models: list[str], module: str | None, load: Any) -> list[Any]:
+    """Every model; a checkpoint found in a folder that cannot be read (a run still writing it) is
+    skipped with a line on stderr, a path the user named is an error."""
+    import sys
+
+    paths = expand_checkpoint_folders(models)
+    named = set(models)
+    loaded = []
+    for m in paths:
+        try:
+            loaded.append(load(m, module=module))
+        except ValueError as err:
+            if m in named or "not a readable checkpoint" not in str(err):
+                raise
+            print(f"skipped {m}: {err}", file=sys.stderr)
+    if not loaded:
+        raise ValueError(f"None of the {len(paths)} checkpoints in {', '.join(models)} could be read.")
+    return loaded
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -99,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         check_out_dir(args.out)
         if args.data != "digits" and not Path(args.data).exists():  # before the (slow) model loading
             raise ValueError(f"No such data file or folder: {args.data} (or use 'digits').")
-        loaded = [load_model(m, module=args.module) for m in expand_checkpoint_folders(args.models)]
+        loaded = _load_all(args.models, args.module, load_model)
         if args.tokenizer:
             tok = load_tokenizer(args.tokenizer)
             for item in loaded:
