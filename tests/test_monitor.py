@@ -951,3 +951,15 @@ def test_repeated_tokens_of_a_probe_are_said_once_per_run(tmp_path, recwarn):
     assert len(mon.history) >= 3
     said = [w for w in recwarn if "exact copies of another token" in str(w.message)]
     assert len(said) == 1 and "said once per run" in str(said[0].message)
+
+
+def test_named_monitors_sharing_a_folder_keep_their_own_figures(tmp_path, data):
+    """Two named monitors given one output_dir: the history files carried the name, the figures did
+    not (the second monitor's id_profile.png overwrote the first's)."""
+    out = str(tmp_path / "shared")
+    mons = [GeometryMonitor(probe=token_data(96, seed=s), num_samples=96, every_n_steps=2, range_max=16, figure_every=1,
+                            output_dir=out, name=n, log_spaced=False) for s, n in ((0, "train"), (1, "val"))]
+    _trainer(tmp_path, mons[0], steps=2, callbacks=[mons[1]]).fit(TinyGPT(), loader(data))
+    files = {p.name for p in Path(out).iterdir()}
+    assert {"train_id_profile.png", "val_id_profile.png", "train_history.json", "val_history.json"} <= files
+    assert "id_profile.png" not in files

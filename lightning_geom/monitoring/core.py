@@ -598,8 +598,9 @@ class MonitorCore:
         out = Path(run.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         run.sink.figures(images, run.step, self._prefix)
+        stem = f"{self.name}_" if self.name else ""  # named monitors sharing a folder keep their own figures
         for name, data in pngs.items():
-            (out / f"{name}.png").write_bytes(data)
+            (out / f"{stem}{name}.png").write_bytes(data)
 
     def _figures(self, run: Run) -> None:
         """The figures of the history so far, drawn here and shown (rank 0). The history files are written by the callers."""
