@@ -20,6 +20,7 @@ from .geometry import (
     DuplicatePointsWarning,
     IDScaling,
     Neighbors,
+    TiedDistancesWarning,
     as_points,
     expand_copies,
     find_copies,
@@ -33,6 +34,7 @@ from .geometry import (
     three_phase,
 )
 from .geometry.args import as_int
+from .geometry.intrinsic_dim import TIES
 
 __all__ = [
     "GeometrySettings", "choose_scale", "layer_geometry", "profile_geometry", "finish_profile", "profile_phases", "layer_errors",
@@ -72,16 +74,20 @@ class GeometrySettings:
             raise ValueError(f"Expected `range_max` to be an integer >= 2 (GRIDE's first scale is n1 = 1, n2 = 2), but got {self.range_max}.")
 
 
-def choose_scale(curve: IDScaling, *, tol: float = 0.1) -> int:
+def choose_scale(curve: IDScaling, *, tol: float = 0.1, avoid: Sequence[int] = ()) -> int:
     """Index of the scale where the GRIDE curve is stable (Valeriani et al. read the ID there).
 
     The first scale from n1 = 2 on whose relative change to the next scale is below ``tol``;
-    if none is, the one with the smallest relative change; a one-scale curve gives 0.
+    if none is, the one with the smallest relative change; a one-scale curve gives 0. Scales whose
+    n1 is in ``avoid`` (tied distances: :class:`~.geometry.TiedDistancesWarning`) or whose ID is not
+    finite are taken only when no other is left.
     """
     d = curve.dims
     if len(d) < 2:
         return 0
     change = [abs(d[i + 1] - d[i]) / max(abs(d[i]), 1e-12) for i in range(len(d) - 1)]
+    # an unbounded or tied scale is never the stable one
+    change = [c if math.isfinite(c) and curve.ranks[i] not in avoid else math.inf for i, c in enumerate(change)]
     start = 1 if len(change) > 1 else 0
     for i in range(start, len(change)):
         if change[i] < tol:
@@ -132,18 +138,34 @@ def layer_geometry(
     n = int(x.shape[0])
     k = layer_k(n, settings)
     copies = find_copies(_finite_features(x)) if neighbors is None else None
-    if copies is not None:  # one kNN, of the distinct locations, serves the ID and (expanded) every point
-        tw, curve, dup, nb = _copies_geometry(x, copies, k, settings, knn_fn)
-    elif (nb := knn_fn(x, k) if neighbors is None else neighbors).all_distinct:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", DuplicatePointsWarning)
+    with warnings.catch_warnings(record=True) as caught:  # the estimators' notes go into the record
+        warnings.simplefilter("always", DuplicatePointsWarning)
+        warnings.simplefilter("always", TiedDistancesWarning)
+        if copies is not None:  # one kNN, of the distinct locations, serves the ID and (expanded) every point
+            tw, curve, dup, nb = _copies_geometry(x, copies, k, settings, knn_fn)
+        elif (nb := knn_fn(x, k) if neighbors is None else neighbors).all_distinct:
             tw, curve = id_profile(nb, range_max=settings.range_max)
-        dup = next((str(w.message) for w in caught if issubclass(w.category, DuplicatePointsWarning)), None)
-    else:  # copies (an LM's token embeddings; a causal LM's tokens after a shared prefix) would use up the
-        # columns of ``nb``: the ID of the distinct locations, as DADApy's remove_identical_points does
-        tw, curve, dup = _distinct_id(x, settings)
+            dup = None
+        else:  # copies (an LM's token embeddings; a causal LM's tokens after a shared prefix) would use up the
+            # columns of ``nb``: the ID of the distinct locations, as DADApy's remove_identical_points does
+            tw, curve, dup = _distinct_id(x, settings)
+    notes = [dup] if dup else []
+    ties, tied_ranks = [], set()
+    for w in caught:
+        if issubclass(w.category, TiedDistancesWarning):
+            ties.append(str(w.message).split(": ", 1)[0])  # "GRIDE at n1 = 1, 2" / "TwoNN at n1 = 1"
+            if str(w.message).startswith("GRIDE"):
+                tied_ranks |= set(getattr(w.message, "ranks", ()))
+        elif issubclass(w.category, DuplicatePointsWarning):
+            notes = notes or [str(w.message)]
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if ties:
+        inf = " (no maximum below ID 1000: inf)" if any(math.isinf(v) for v in (*curve.dims, tw.dim)) else ""
+        notes.append(f"{' and '.join(dict.fromkeys(ties))}: {TIES}{inf}.")
+    dup = " ".join(notes) or None
     if settings.id_n1 == "auto":
-        i = choose_scale(curve)
+        i = choose_scale(curve, avoid=tied_ranks)
     else:
         if settings.id_n1 not in curve.ranks:
             raise ValueError(f"`id_n1={settings.id_n1}` is not a scale of the GRIDE curve {curve.ranks}.")
@@ -162,6 +184,8 @@ def layer_geometry(
         "warning": dup,
         "error": None,
     }
+    if tied_ranks:
+        rec["tied_n1"] = sorted(tied_ranks)  # GRIDE scales whose ratios are mostly tied (not read as the layer's ID)
     if labels is not None:
         rec["label_overlap"] = label_overlap(nb, labels, k=settings.label_k)
     return rec, nb.indices[:, : settings.overlap_k].clone()
@@ -257,7 +281,7 @@ def _common_scale(records: list[dict[str, Any]]) -> None:
     ok = [r for r in records if not r.get("error") and r.get("gride")]
     if not ok:
         return
-    picks = sorted(r["gride"]["ranks"][choose_scale(_curve(r))] for r in ok)
+    picks = sorted(r["gride"]["ranks"][choose_scale(_curve(r), avoid=r.get("tied_n1", ()))] for r in ok)
     n1 = picks[(len(picks) - 1) // 2]
     for r in ok:
         g = r["gride"]

@@ -56,3 +56,9 @@ def copies_d4_D30() -> np.ndarray:
     reps[200:250] = 4
     x = np.repeat(loc, reps, axis=0)
     return x[rng.permutation(x.shape[0])]
+
+
+def lattice_d3(side: int = 10) -> np.ndarray:
+    """The integer grid {0..side-1}^3: every point's nearest distances are tied (6 neighbours at 1)."""
+    g = np.stack(np.meshgrid(*[np.arange(side)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    return g.astype(np.float64)

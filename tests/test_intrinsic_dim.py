@@ -215,3 +215,42 @@ def test_find_copies_reads_integer_points_as_floats():
     x = torch.tensor([[1, 2], [3, 4], [1, 2]])
     c = find_copies(x)
     assert c is not None and c.points.tolist() == [[1.0, 2.0], [3.0, 4.0]] and c.inverse.tolist() == [0, 1, 0]
+
+
+def test_tied_distances_of_a_lattice_are_named_and_unbounded_scales_are_inf(reference):
+    """On the integer grid every point's nearest distances tie (r2 = r1 = 1). DADApy returns its
+    bracket bottom (GRIDE 0.001) and curve_fit's default (TwoNN 1.0) there: failures, not IDs. Ours
+    said NaN (TwoNN, GRIDE n1 = 1, 2) with no word. Now: inf where the likelihood has no maximum, a
+    TiedDistancesWarning naming the scales, and DADApy's numbers wherever DADApy has one."""
+    from reference_datasets import lattice_d3
+
+    from lightning_geom.analysis import GeometrySettings, layer_geometry
+    from lightning_geom.geometry import TiedDistancesWarning, id_batched, knn_batched
+
+    ref = reference["lattice_cases"]["lattice_d3"]
+    x = torch.from_numpy(lattice_d3())
+    with pytest.warns(TiedDistancesWarning, match=r"GRIDE at n1 = 1, 2, 8: most neighbour-distance ratios .* exactly 1") as rec:
+        curve = gride_scaling(x, range_max=16)
+    assert rec[0].message.ranks == (1, 2, 8)
+    assert math.isinf(curve.dims[0]) and 10 < curve.dims[1] < 1e3  # n1 = 2: 99 % of the ratios tied
+    for ours, theirs in zip(curve.dims[2:], ref["gride_ids"][2:]):  # where DADApy has an ID, the same one
+        assert ours == pytest.approx(theirs, rel=1e-6)
+    assert ref["gride_ids"][0] == pytest.approx(1e-3, rel=1e-3) and ref["twonn"] == 1.0  # DADApy's failures
+    with pytest.warns(TiedDistancesWarning, match="TwoNN at n1 = 1"):
+        assert math.isinf(twonn(x).dim)
+    rec_layer, _ = layer_geometry(x.float(), None, GeometrySettings(range_max=16))
+    assert rec_layer["id_n1"] == 4 and rec_layer["id"] == pytest.approx(ref["gride_ids"][2], rel=1e-6)  # a scale without ties
+    assert rec_layer["tied_n1"] == [1, 2, 8] and "GRIDE at n1 = 1, 2, 8 and TwoNN at n1 = 1" in rec_layer["warning"]
+    with pytest.warns(TiedDistancesWarning, match="1 of 2 clouds"):
+        b = id_batched(knn_batched(torch.stack([x[:300], x[:300] * 0 + torch.randn(300, 3, dtype=torch.float64)]), 16), range_max=16)
+    assert math.isinf(b["twonn"][0]) and math.isinf(b["gride"][0, 0]) and torch.isfinite(b["gride"][1]).all()
+
+
+def test_continuous_data_raise_no_tie_warning():
+    from lightning_geom.geometry import TiedDistancesWarning, id_profile
+
+    x = torch.randn(500, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TiedDistancesWarning)
+        tw, curve = id_profile(x, range_max=32)
+    assert all(math.isfinite(d) for d in (*curve.dims, tw.dim))

@@ -28,7 +28,10 @@ from torch import Tensor
 from .args import as_int, positive_int
 from .args import discard_fraction as check_discard
 from .intrinsic_dim import (
+    D_MAX,
+    TIES,
     DuplicatePointsWarning,
+    TiedDistancesWarning,
     _gride_solve,
     _scales,
     gride_max_rank,
@@ -399,7 +402,7 @@ def id_batched(nb: BatchedNeighbors | Tensor, *, range_max: int = 64, discard_fr
     r_out = g_out.permute(1, 0, 2).reshape(n, b * s)
     keep_cols = keep.permute(1, 0, 2).reshape(n, b * s)
     counts = n_kept.reshape(-1).tolist()
-    dim, err = _gride_solve(r_in, r_out, keep_cols, counts, pairs * b)
+    dim, err, _ = _gride_solve(r_in, r_out, keep_cols, counts, pairs * b)
     scales = _scales(r_in, r_out, keep_cols, counts).view(b, s)
     # TwoNN (fit) per cloud: sorted log mu of the usable points (scale 1: r2 / r1), least squares through the origin
     k0 = keep[..., 0]
@@ -412,6 +415,15 @@ def id_batched(nb: BatchedNeighbors | Tensor, *, range_max: int = 64, discard_fr
     lx = torch.where(use, srt, 0.0)
     ly = torch.where(use, -torch.log1p(-(pos / nk).clamp_max(1 - 1e-16)), 0.0)
     twonn = (lx * ly).sum(1) / (lx * lx).sum(1)
+    # tied distances (every ratio 1): TwoNN's 0 / 0 and GRIDE's root above its bracket are no finite ID
+    twonn = twonn.nan_to_num(nan=math.inf, posinf=math.inf)
+    dim = torch.where(dim >= D_MAX * (1 - 1e-9), math.inf, dim)
+    unbounded = torch.isinf(dim.view(b, s)).any(dim=1) | torch.isinf(twonn)
+    if bool(unbounded.any()):
+        warnings.warn(
+            TiedDistancesWarning(f"{int(unbounded.sum())} of {b} clouds (e.g. {int(unbounded.nonzero()[0])}) have an unbounded ID at some scale: {TIES} (reported as inf)."),
+            stacklevel=2,
+        )
     return {
         "twonn": twonn,
         "gride": dim.view(b, s),

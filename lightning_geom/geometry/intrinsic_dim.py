@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -36,6 +37,7 @@ __all__ = [
     "gride_pairs",
     "id_profile",
     "DuplicatePointsWarning",
+    "TiedDistancesWarning",
 ]
 
 _EPS64 = float(np.finfo(np.float64).eps)
@@ -43,6 +45,41 @@ _EPS64 = float(np.finfo(np.float64).eps)
 
 class DuplicatePointsWarning(UserWarning):
     """Some points have a neighbour at distance zero and were left out of an estimate."""
+
+
+class TiedDistancesWarning(UserWarning):
+    """Neighbour distances tied at some scales (r_{n2} = r_{n1} for most points: a lattice, quantised
+    values): the estimate there reflects the ties (inf where the likelihood has no maximum).
+    ``ranks``: the n1 of those scales."""
+
+    def __init__(self, message: str, ranks: Sequence[int] = ()) -> None:
+        super().__init__(message)
+        self.ranks = tuple(ranks)
+
+
+D_MAX = 1e3  # the top of GRIDE's bracket (DADApy's): a root above it is no finite ID
+TIES = (
+    "most neighbour-distance ratios r_2n / r_n are exactly 1 (tied distances: a lattice, quantised or repeated "
+    "coordinates), so the estimate there reflects the ties, not the data; read the ID at a larger n1"
+)
+
+
+def unbounded(dims: list[float], ranks: Sequence[int], estimator: str, median: Sequence[float] | None = None) -> list[float]:
+    """``dims`` with estimates that have no finite maximum read as inf (GRIDE at its bracket top
+    :data:`D_MAX`, TwoNN's 0 / 0 when every ratio is exactly 1), and one :class:`TiedDistancesWarning`
+    naming the scales where the estimate is unbounded or above :data:`D_MAX`, or where at least half
+    the ratios are tied at 1 (``median`` ratio 1: the estimate there reflects the ties, not the data's
+    dimension)."""
+    out = [math.inf if (d >= D_MAX * (1 - 1e-9) and estimator == "gride") or math.isnan(d) else d for d in dims]
+    tied = [m <= 1.0 + 1e-12 for m in median] if median is not None else [False] * len(out)
+    bad = [r for r, d, t in zip(ranks, out, tied) if d >= D_MAX or t]
+    if bad:
+        capped = f" (no maximum below ID {D_MAX:g}: reported as inf)" if any(math.isinf(d) for d in out) else ""
+        warnings.warn(
+            TiedDistancesWarning(f"{'GRIDE' if estimator == 'gride' else 'TwoNN'} at n1 = {', '.join(map(str, bad))}: {TIES}{capped}.", bad),
+            stacklevel=3,
+        )
+    return out
 
 
 @dataclass(frozen=True)
@@ -254,7 +291,7 @@ def twonn(
     r_in, r_out, keep, n_kept, n_drop = _ratio_table(x, [(1, 2)], what="TwoNN")
     dim = _twonn_fit(r_in[:, 0], r_out[:, 0], None if keep is None else keep[:, 0], n_kept[0], discard_fraction, method)
     dim_f, scale_f = torch.cat([dim.reshape(1), _scales(r_in, r_out, keep, n_kept)]).tolist()
-    return _twonn_estimate(dim_f, scale_f, n_kept[0], n_drop)
+    return _twonn_estimate(unbounded([dim_f], [1], "twonn")[0], scale_f, n_kept[0], n_drop)
 
 
 def _twonn_estimate(dim: float, scale: float, n: int, n_dropped: int) -> IDEstimate:
@@ -300,12 +337,13 @@ def id_profile(
     pairs = gride_pairs(gride_max_rank(x.n_points if isinstance(x, Neighbors) else int(x.shape[0]), range_max))
     table = _ratio_table(x, pairs, what=f"GRIDE scaling (range_max={range_max})")
     r_in, r_out, keep, n_kept, n_drop = table
-    dim, err, scale = _gride_curve(table, pairs)
+    dim, err, scale, median = _gride_curve(table, pairs)
     tw_dim = _twonn_fit(r_in[:, 0], r_out[:, 0], None if keep is None else keep[:, 0], n_kept[0], discard_fraction, "fit")
-    vals = torch.cat([dim, err, scale, tw_dim.reshape(1), scale[:1]]).tolist()  # one transfer; TwoNN's scale = GRIDE's first
+    vals = torch.cat([dim, err, scale, median, tw_dim.reshape(1), scale[:1]]).tolist()  # one transfer; TwoNN's scale = GRIDE's first
     s = len(pairs)
-    dims, errs, scales = vals[:s], vals[s : 2 * s], vals[2 * s : 3 * s]
-    tw = _twonn_estimate(vals[-2], vals[-1], n_kept[0], n_drop)
+    median_f = vals[3 * s : 4 * s]
+    dims, errs, scales = unbounded(vals[:s], [p[0] for p in pairs], "gride", median_f), vals[s : 2 * s], vals[2 * s : 3 * s]
+    tw = _twonn_estimate(unbounded([vals[-2]], [1], "twonn", median_f[:1])[0], vals[-1], n_kept[0], n_drop)
     return tw, IDScaling(tuple(dims), tuple(errs), tuple(scales), tuple(p[0] for p in pairs), "gride")
 
 
@@ -379,9 +417,9 @@ def twonn_scaling(
 
 def _gride_solve(
     r_in: Tensor, r_out: Tensor, keep: Tensor | None, n_kept: list[int], pairs: list[tuple[int, int]],
-    *, d0: float = 1e-3, d1: float = 1e3, newton_steps: int = 1, rtol: float = 1e-10,
-) -> tuple[Tensor, Tensor]:
-    r"""GRIDE maximum-likelihood (dim, err) at S scales at once, as tensor ops on the kNN's device.
+    *, d0: float = 1e-3, d1: float = D_MAX, newton_steps: int = 1, rtol: float = 1e-10,
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""GRIDE maximum-likelihood (dim, err, median ratio) at S scales at once, as tensor ops on the kNN's device.
 
     With :math:`L_i = \log\mu_i`, :math:`c = n_2 - n_1 - 1`, the likelihood equation is
 
@@ -416,6 +454,7 @@ def _gride_solve(
     mu = (r_out / r_in).clamp_min_(1.0 + 10 * _EPS64)  # DADApy nudges mu == 1 by 10 eps
     q95, q50 = _column_quantiles(mu, keep, n_kept, (0.95, 0.5))
     sel = mu < torch.lerp(q50, q95, 20.0)  # DADApy's filter: mu < q50 + 20 (q95 - q50)
+    sel |= ~sel.any(dim=0)  # a scale where it keeps no point (every ratio tied at q50 = q95): all of them
     if keep is not None:
         mu = torch.where(keep, mu, 2.0)  # placeholder where unusable (masked out below)
         sel = sel & keep
@@ -451,7 +490,7 @@ def _gride_solve(
         info = torch.where(keep, info, 0.0)
     n_all = float(n_kept[0]) if keep is None else torch.tensor(n_kept, dtype=torch.float64, device=dev)
     fisher = torch.addcmul(n_all / dim.square(), c, info.sum(dim=0))
-    return dim, fisher.rsqrt()
+    return dim, fisher.rsqrt(), q50
 
 
 def _gride_terms(d: Tensor, neg_log: Tensor, a: Tensor) -> tuple[Tensor, Tensor]:
@@ -474,20 +513,21 @@ def _gride_bisect(neg_log: Tensor, a: Tensor, big_a: Tensor, c: Tensor, nm1: Ten
     return 0.5 * (lo + hi)
 
 
-def _gride_curve(table: tuple, pairs: list[tuple[int, int]]) -> tuple[Tensor, Tensor, Tensor]:
-    """(S,) GRIDE dim, err and scale on the device from a :func:`_ratio_table` result."""
+def _gride_curve(table: tuple, pairs: list[tuple[int, int]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(S,) GRIDE dim, err, scale and median ratio mu on the device from a :func:`_ratio_table` result."""
     r_in, r_out, keep, n_kept, _ = table
     if min(n_kept) < 3:
         raise ValueError(f"GRIDE needs at least 3 non-duplicate points, but got {min(n_kept)}. Most points are exact copies of another (identical inputs, or a layer that maps them together): use more varied samples, or deduplicate them.")
-    dim, err = _gride_solve(r_in, r_out, keep, n_kept, pairs)
-    return dim, err, _scales(r_in, r_out, keep, n_kept)
+    dim, err, median = _gride_solve(r_in, r_out, keep, n_kept, pairs)
+    return dim, err, _scales(r_in, r_out, keep, n_kept), median
 
 
 def _gride_estimates(x: Tensor | np.ndarray | Neighbors, pairs: list[tuple[int, int]], *, what: str) -> list[IDEstimate]:
     """GRIDE at each (n1, n2): one ratio table, one solve, one host transfer."""
     table = _ratio_table(x, pairs, what=what)
     n_kept, n_drop = table[3], table[4]
-    dims, errs, scales = torch.stack(_gride_curve(table, pairs)).tolist()
+    dims, errs, scales, median = torch.stack(_gride_curve(table, pairs)).tolist()
+    dims = unbounded(dims, [p[0] for p in pairs], "gride", median)
     return [
         IDEstimate(dim=d, err=e, scale=sc, n_points=int(k), estimator="gride", n1=p[0], n2=p[1], n_dropped=n_drop)
         for d, e, sc, k, p in zip(dims, errs, scales, n_kept, pairs)
