@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .diagnose import explained
+from .geometry.overlap import one_hot_classes
 from .modules import (  # noqa: F401 - used here, and capture's public names since before the split (modules.py)
     LayerChoiceError,
     _first_tensor,
@@ -250,6 +251,17 @@ def split_batch(batch: Any, label_key: str | None = "labels") -> tuple[tuple, di
     raise TypeError(f"Cannot feed a batch of type {type(batch).__name__}; pass `forward_fn(module, batch)`.")
 
 
+def sample_labels(lab: Any) -> Tensor | None:
+    """A batch's labels as one class per sample: (B,) (or a scalar) as they are, one-hot (B, C) as its
+    classes; None for others ((B, T) token targets of an LM, soft labels) and for no labels."""
+    if lab is None:
+        return None
+    t = torch.as_tensor(lab)
+    if t.ndim == 2 and (classes := one_hot_classes(t)) is not None:
+        return classes
+    return t.reshape(-1) if t.ndim <= 1 else None
+
+
 def map_tensors(obj: Any, fn: Callable[[Tensor], Any]) -> Any:
     """Apply ``fn`` to every tensor in a (nested) dict / tuple / list batch; other leaves pass through."""
     if isinstance(obj, Tensor):
@@ -441,9 +453,9 @@ def capture_representations(
                 if pooling == "tokens":
                     t = pooled[0].shape[1]
                     lens.append(mask.sum(dim=1).long().cpu() if mask is not None and mask.shape[:2] == pooled[0].shape[:2] else torch.full((pooled[0].shape[0],), t))
-                lab_t = torch.as_tensor(lab) if lab is not None else None
-                if lab_t is not None and lab_t.ndim <= 1:  # (B, T) labels are token targets (an LM's), not classes
-                    labels.append(lab_t.reshape(-1).cpu())
+                lab_t = sample_labels(lab)
+                if lab_t is not None:
+                    labels.append(lab_t.cpu())
     finally:
         module.train(was_training)
     if pooling == "tokens":  # batches may have different token counts: right-pad to the longest

@@ -88,3 +88,25 @@ def test_label_overlap_refuses_regression_targets():
         label_overlap(x, np.r_[np.zeros(39), np.nan], k=5)
     ints = torch.randint(0, 3, (40,))
     assert label_overlap(x, ints.double(), k=5) == label_overlap(x, ints, k=5)
+
+
+def test_one_hot_labels_are_their_classes(overlap_data):
+    """One-hot (N, C) labels (a classifier's targets as many datasets store them) were refused by
+    label_overlap and dropped without a word by the capture (read as an LM's token targets)."""
+    from lightning_geom.capture import capture_representations
+
+    x, y = overlap_data["A"], overlap_data["labels"]
+    one_hot = np.eye(int(y.max()) + 1)[y]
+    assert label_overlap(x, one_hot, k=10) == label_overlap(x, y, k=10)
+    assert label_overlap(x, torch.from_numpy(one_hot).float(), k=10) == label_overlap(x, y, k=10)
+    with pytest.raises(ValueError, match=r"shape \(2000,\)"):  # two ones in a row: not one-hot
+        label_overlap(x, one_hot + np.eye(one_hot.shape[1])[(y + 1) % one_hot.shape[1]], k=10)
+    net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 8), torch.nn.Linear(8, 8))
+    reps = capture_representations(net, [(torch.from_numpy(x[:64]).float(), torch.from_numpy(one_hot[:64]))], layers=["*"])
+    assert reps.labels.tolist() == y[:64].tolist()
+    from lightning_geom import probe
+
+    x_t, y_t = torch.from_numpy(x[:120]).float(), torch.from_numpy(y[:120])
+    plain = probe(net, (x_t, y_t), layers=["*"], k=5, pullback_samples=0, progress=False).models[0]["layers"]
+    hot = probe(net, (x_t, torch.from_numpy(one_hot[:120])), layers=["*"], k=5, pullback_samples=0, progress=False).models[0]["layers"]
+    assert [r["label_overlap"] for r in hot] == [r["label_overlap"] for r in plain] and plain[0]["label_overlap"] is not None

@@ -15,7 +15,7 @@ from torch import Tensor
 from .args import flag, positive_int
 from .neighbors import Neighbors, as_points, knn
 
-__all__ = ["neighborhood_overlap", "label_overlap", "encode_labels", "single_class"]
+__all__ = ["neighborhood_overlap", "label_overlap", "encode_labels", "one_hot_classes", "single_class"]
 
 
 def _indices(x: Tensor | np.ndarray | Neighbors, k: int, *, name: str) -> Tensor:
@@ -86,16 +86,36 @@ def neighborhood_overlap(
     return per if per_point else float(per.mean())
 
 
+def one_hot_classes(labels: Tensor | np.ndarray) -> Tensor | np.ndarray | None:
+    """The (N,) class ids of one-hot (N, C) labels (every row 0 / 1 with exactly one 1), else None.
+
+    Example:
+        >>> one_hot_classes(torch.tensor([[0, 1, 0], [1, 0, 0]])).tolist()
+        [1, 0]
+    """
+    if labels.ndim != 2 or labels.shape[1] < 2 or labels.shape[0] == 0:
+        return None
+    if isinstance(labels, Tensor):
+        if labels.is_complex() or not bool(((labels == 0) | (labels == 1)).all()) or not bool((labels.sum(dim=1) == 1).all()):
+            return None
+        return labels.argmax(dim=1)
+    if labels.dtype.kind not in "biuf" or not ((labels == 0) | (labels == 1)).all() or not (labels.sum(axis=1) == 1).all():
+        return None
+    return labels.argmax(axis=1)
+
+
 def encode_labels(labels: Sequence | np.ndarray | Tensor, n: int) -> Tensor:
-    """Labels of any hashable kind as (N,) int64 codes 0..C-1 (CPU).
+    """Labels of any hashable kind as (N,) int64 codes 0..C-1 (CPU); one-hot (N, C) labels as their classes.
 
     Raises:
-        ValueError: if the labels are not one-dimensional of length ``n``.
+        ValueError: if the labels are not one-dimensional of length ``n`` (nor one-hot).
     """
     if isinstance(labels, Tensor):
         arr = labels.detach().cpu().numpy()
     else:
         arr = np.asarray(labels)
+    if arr.ndim == 2 and arr.shape[0] == n and (classes := one_hot_classes(arr)) is not None:
+        arr = classes
     if arr.ndim != 1 or arr.shape[0] != n:
         raise ValueError(
             f"Expected `labels` to have shape ({n},) (one label per point), but got shape {arr.shape}."

@@ -217,13 +217,14 @@ def probe_data_of(obj: Any, *, max_samples: int = 2000, batch_size: int = 32) ->
     an ``(inputs, labels)`` tuple of tensors or a tensor (the first ``max_samples`` samples). Labels from
     a dict's ``labels`` or a tuple's second item (class labels per sample; others are left out, warned).
     """
-    from ..capture import split_batch
+    from ..capture import sample_labels, split_batch
     from ..monitoring.probe import batch_len, probe_batches
 
     batches = probe_batches(obj, num_samples=max_samples, batch_size=batch_size)
-    labels = [split_batch(b)[2] for b in batches]
+    raw = [split_batch(b)[2] for b in batches]
+    labels = [sample_labels(v) if isinstance(v, torch.Tensor) else None for v in raw]
     lab = None
-    if all(isinstance(v, torch.Tensor) and v.ndim == 1 for v in labels):
+    if all(isinstance(v, torch.Tensor) for v in labels):
         lab = torch.cat(labels)
     n = sum(batch_len(b) for b in batches)
     what = f"{type(obj).__name__} in memory ({n} samples)"
