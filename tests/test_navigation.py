@@ -109,6 +109,20 @@ def test_patch_decoder_roundtrip_vit():
     assert isinstance(ad.decoder, PatchDecoder)
 
 
+def test_vit_adapter_head_is_the_models_logits_and_walks():
+    """transformers 5.2x's ViTModel has its blocks in `layers` (no `encoder`): the head failed with an
+    AttributeError at the first step of every ViT walk."""
+    torch.manual_seed(0)
+    cfg = ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_labels=3)
+    model = ViTForImageClassification(cfg).eval()
+    batch = {"pixel_values": torch.rand(2, 3, 8, 8)}
+    ad = adapter_for(model)
+    with torch.no_grad():
+        torch.testing.assert_close(ad.head(ad.embed(batch), batch), model(**batch).logits, rtol=0, atol=1e-6)
+    trajs = EquivalenceClassExplorer(model, steps=2, record_every=1).walk(batch)
+    assert len(trajs) == 2 and len(trajs[0]["steps"]) >= 2
+
+
 def test_top_attribution_restricts_the_walk_to_one_token():
     model, batch = _bert(), _batch(n=2)
     ex = EquivalenceClassExplorer(model, tokens="top_attribution", steps=3, record_every=3, corrector=False)

@@ -48,6 +48,20 @@ def _token_embeddings(model: nn.Module) -> nn.Embedding | None:
     return emb if isinstance(emb, nn.Embedding) else None
 
 
+def _vit_blocks(vit: nn.Module, e: Tensor) -> Tensor:
+    """A HF ViT's transformer blocks on patch embeddings ``e``: ``vit.encoder`` (transformers 4) or
+    ``vit.layers`` (transformers 5.2x, no encoder module), each block's output its first item if a tuple."""
+    encoder = getattr(vit, "encoder", None)
+    if encoder is not None:
+        out = encoder(e)
+        return out[0] if isinstance(out, (tuple, list)) else getattr(out, "last_hidden_state", out)
+    h = e
+    for block in vit.layers:
+        out = block(h)
+        h = out[0] if isinstance(out, (tuple, list)) else out
+    return h
+
+
 def adapter_for(model: nn.Module, tokenizer: Any = None) -> Adapter:
     """An adapter for a known model family.
 
@@ -68,7 +82,7 @@ def adapter_for(model: nn.Module, tokenizer: Any = None) -> Adapter:
         size = (size, size) if isinstance(size, int) else tuple(size)
         return Adapter(
             embed=lambda b: vit.embeddings(b["pixel_values"] if isinstance(b, dict) else b),
-            head=lambda e, b: model.classifier(vit.layernorm(vit.encoder(e)[0])[:, 0]),
+            head=lambda e, b: model.classifier(vit.layernorm(_vit_blocks(vit, e))[:, 0]),
             decoder=PatchDecoder(proj.weight, proj.bias, vit.embeddings.position_embeddings[0], size),
             class_names=_label_names(model),
         )
