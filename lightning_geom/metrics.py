@@ -16,8 +16,8 @@ from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
 from .geometry import gride, label_overlap, neighborhood_overlap, twonn
-from .geometry.args import positive_int
-from .geometry.overlap import numeric_label_problem
+from .geometry.args import flag, positive_int
+from .geometry.overlap import numeric_label_problem, one_hot_classes
 
 __all__ = ["IntrinsicDimension", "NeighborhoodOverlap", "LabelOverlap"]
 
@@ -155,14 +155,16 @@ class LabelOverlap(Metric):
     def __init__(self, k: int = 10, *, weighted: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.k = positive_int(k, "k")
-        self.weighted = weighted
+        self.weighted = flag(weighted, "weighted")
         self.add_state("points", default=[], dist_reduce_fx="cat")
         self.add_state("labels", default=[], dist_reduce_fx="cat")
 
     def update(self, x: Tensor, labels: Tensor) -> None:
-        """Add a batch of points (B, D) and their integer labels (B,)."""
+        """Add a batch of points (B, D) and their integer labels (B,) (or one-hot (B, C))."""
         x = _check_points(x, "x")
         labels = torch.as_tensor(labels)
+        if labels.ndim == 2 and (classes := one_hot_classes(labels)) is not None:
+            labels = classes  # one-hot (B, C): the classes
         if labels.ndim != 1 or labels.shape[0] != x.shape[0]:
             raise ValueError(f"Expected `labels` to have shape ({x.shape[0]},), but got {tuple(labels.shape)}.")
         why = numeric_label_problem(labels)

@@ -64,3 +64,13 @@ def _two_widths(metric):
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_label_overlap_metric_flags_and_one_hot_labels():
+    with pytest.raises(TypeError, match="`weighted` to be True or False"):
+        LabelOverlap(weighted="no")
+    x, y = torch.randn(60, 4, generator=torch.Generator().manual_seed(0)), torch.arange(60) % 3
+    plain, hot = LabelOverlap(k=5), LabelOverlap(k=5)
+    plain.update(x, y)
+    hot.update(x, torch.nn.functional.one_hot(y))
+    assert float(hot.compute()) == float(plain.compute())
