@@ -254,3 +254,42 @@ def test_continuous_data_raise_no_tie_warning():
         warnings.simplefilter("error", TiedDistancesWarning)
         tw, curve = id_profile(x, range_max=32)
     assert all(math.isfinite(d) for d in (*curve.dims, tw.dim))
+
+
+def _quantised_with_copies() -> np.ndarray:
+    """Integer points in 5-d (exact distance ties between different points everywhere) with 15 copies."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 4, (400, 5)).astype(np.float64)
+    x = np.unique(x, axis=0)[:300]
+    return np.concatenate([x, x[:15]])
+
+
+def test_copies_and_tied_distances_count_locations_not_distances():
+    """With copies in the data, ranks count distinct neighbour *locations*. They counted distinct
+    *distances*: two different neighbours at one distance (quantised data) became one rank, TwoNN was
+    off (7.9 instead of 10.7 on coarsely quantised digits) and GRIDE found 'no usable point'. Oracle:
+    brute force in numpy over the distinct points, leaving out the points that had a copy."""
+    from lightning_geom.geometry import id_batched, knn_batched
+
+    x = _quantised_with_copies()
+    uniq, counts = np.unique(x, axis=0, return_counts=True)
+    d = np.sqrt(((uniq[:, None, :] - uniq[None, :, :]) ** 2).sum(-1))
+    np.fill_diagonal(d, np.inf)
+    r = np.sort(d, axis=1)[counts == 1]  # each kept point's distances to the other locations
+    log_mu = np.sort(np.log(r[:, 1] / r[:, 0]))
+    n = len(log_mu)
+    n_eff = int(n * 0.9)
+    ly = -np.log1p(-np.arange(1, n_eff + 1) / n)
+    oracle = float(np.dot(log_mu[:n_eff], ly) / np.dot(log_mu[:n_eff], log_mu[:n_eff]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from_points = twonn(torch.from_numpy(x)).dim
+        nb = knn(torch.from_numpy(x), 32)
+        from_nb = twonn(nb).dim
+        curve_pts, curve_nb = gride_scaling(torch.from_numpy(x), range_max=16), gride_scaling(nb, range_max=16)
+        tw, _ = id_profile(nb, range_max=16)
+        batched = id_batched(knn_batched(torch.from_numpy(x)[None], 32), range_max=16)
+    assert from_points == pytest.approx(oracle, rel=1e-9) and from_nb == pytest.approx(oracle, rel=1e-9)
+    assert tw.dim == pytest.approx(oracle, rel=1e-9) and float(batched["twonn"][0]) == pytest.approx(oracle, rel=1e-9)
+    assert curve_nb.dims == pytest.approx(curve_pts.dims, rel=1e-9)
+    assert batched["gride"][0].tolist() == pytest.approx(list(curve_pts.dims), rel=1e-9)

@@ -357,12 +357,22 @@ def id_batched(nb: BatchedNeighbors | Tensor, *, range_max: int = 64, discard_fr
     n1 = torch.tensor([p[0] for p in pairs], device=dev)
     n2 = torch.tensor([p[1] for p in pairs], device=dev)
     # ranks: plain columns in a cloud without duplicates (DADApy exactly); in a cloud with some, the
-    # count of distinct neighbour distances (the single-cloud estimators' rule, cloud by cloud)
+    # count of distinct neighbour locations (the single-cloud estimators' rule, cloud by cloud)
     dup_cloud = (valid & (r[..., 0] == 0)).any(dim=1)  # (B,)
     safe = torch.where(valid.unsqueeze(2), r, 1.0)  # padded rows: harmless placeholders
     if bool(dup_cloud.any()):
-        prev = torch.nn.functional.pad(r[..., :-1], (1, 0), value=0.0)
-        count = torch.where(dup_cloud.view(b, 1, 1), (r > prev).cumsum(dim=2), torch.arange(1, k + 1, device=dev))  # (B, N, k)
+        # a point and its neighbours at distance 0 share a location id; columns of one distance sorted
+        # by it, a column is a new location unless it repeats the one before (distance and id): two
+        # different neighbours at one distance (a lattice, quantised values) stay two
+        idx = nb.indices.to(torch.int64)
+        loc = torch.minimum(torch.arange(n, device=dev).expand(b, n), torch.where(r == 0, idx, n).amin(dim=2))  # (B, N)
+        loc_cols = loc.gather(1, idx.clamp_min(0).view(b, n * k)).view(b, n, k)
+        order = torch.argsort(loc_cols, dim=2, stable=True)
+        order = order.gather(2, torch.argsort(r.gather(2, order), dim=2, stable=True))
+        r, safe, loc_cols = r.gather(2, order), safe.gather(2, order), loc_cols.gather(2, order)
+        new = (r > torch.nn.functional.pad(r[..., :-1], (1, 0), value=0.0)) | (loc_cols != torch.nn.functional.pad(loc_cols[..., :-1], (1, 0), value=-1))
+        new &= r > 0
+        count = torch.where(dup_cloud.view(b, 1, 1), new.cumsum(dim=2), torch.arange(1, k + 1, device=dev))  # (B, N, k)
         pos_in = torch.searchsorted(count, n1.expand(b, n, s).contiguous()).clamp_max_(k - 1)  # first column with count >= n1
         pos_out = torch.searchsorted(count, n2.expand(b, n, s).contiguous()).clamp_max_(k - 1)
         keep = valid.unsqueeze(2) & (r[..., :1] > 0) & (count[..., -1:] >= n2)  # (B, N, S)

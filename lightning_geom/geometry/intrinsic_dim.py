@@ -137,13 +137,18 @@ class IDScaling:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
-def _distances(x: Tensor | np.ndarray | Neighbors, k: int, *, what: str) -> tuple[Tensor, Tensor | None, int, bool]:
-    """(N', k) float64 neighbour distances, an optional (N',) mask of usable rows, and N.
+def _distances(
+    x: Tensor | np.ndarray | Neighbors, k: int, *, what: str
+) -> tuple[Tensor, Tensor | None, int, bool, Tensor | None]:
+    """(N', k) float64 neighbour distances, an optional (N',) mask of usable rows, N, whether the
+    columns are distinct locations, and (for a ``Neighbors`` with copies) each column's location id.
 
     From points with duplicate rows, the kNN is taken over the *distinct* points (so copies do not
-    fake mu = 1 for their neighbours) and the mask leaves out every point that has a copy. From a
-    ``Neighbors`` with duplicates, all its stored columns come back (more than ``k``): the copies
-    take up columns, and the ratio table counts distinct locations among all of them.
+    fake mu = 1 for their neighbours; its columns are distinct locations) and the mask leaves out
+    every point that has a copy. From a ``Neighbors`` with duplicates, all its stored columns come
+    back (more than ``k``): the copies take up columns, and the ratio table counts distinct
+    locations among them by the location ids (a point and the neighbours it has at distance 0 share
+    one), so that two different neighbours at the same distance (a lattice, quantised values) stay two.
     """
     if isinstance(x, Neighbors):
         if x.k < k:
@@ -152,19 +157,23 @@ def _distances(x: Tensor | np.ndarray | Neighbors, k: int, *, what: str) -> tupl
                 f"holds only {x.k}. Compute them with `knn(x, k={k})` (or larger)."
             )
         if not x.all_distinct:  # every stored column: ranks count distinct locations, copies use up columns
-            return x.distances.to(torch.float64), None, x.n_points, False
-        return x.distances[:, :k].to(torch.float64), None, x.n_points, True
+            idx = x.indices.to(torch.int64)
+            n = idx.shape[0]
+            own = torch.arange(n, device=idx.device)
+            location = torch.minimum(own, torch.where(x.distances == 0, idx, n).amin(dim=1))  # (N,)
+            return x.distances.to(torch.float64), None, x.n_points, False, location[idx]
+        return x.distances[:, :k].to(torch.float64), None, x.n_points, True, None
     pts = as_points(x)
     n = pts.shape[0]
     if n <= k:
         raise ValueError(f"{what} needs at least {k + 1} points (the {k}-th neighbour of each), but got N = {n}.")
     nb = knn(pts, k)
     if nb.all_distinct:
-        return nb.distances, None, n, True
+        return nb.distances, None, n, True, None
     uniq, counts = torch.unique(pts, dim=0, return_counts=True)
     if uniq.shape[0] <= k:
         raise ValueError(f"{what} needs at least {k + 1} distinct points, but got {uniq.shape[0]} (of N = {n}).")
-    return knn(uniq, k).distances, counts == 1, n, False
+    return knn(uniq, k).distances, counts == 1, n, True, None
 
 
 def _ratio_table(
@@ -181,16 +190,26 @@ def _ratio_table(
     *distinct* neighbour locations, so that the copies of a duplicated point do not fake a ratio
     mu = 1; points with fewer than n2 distinct neighbours stored are dropped too.
     """
-    r, base, n, distinct = _distances(x, max(p[1] for p in pairs), what=what)
-    if base is None and distinct:
-        n_kept = [int(r.shape[0])] * len(pairs)
+    r, base, n, distinct, location = _distances(x, max(p[1] for p in pairs), what=what)
+    if distinct:
         cols = r[:, [p[0] - 1 for p in pairs] + [p[1] - 1 for p in pairs]]  # (N, 2S)
-        return cols[:, : len(pairs)], cols[:, len(pairs) :], None, n_kept, 0
+        if base is None:
+            return cols[:, : len(pairs)], cols[:, len(pairs) :], None, [int(r.shape[0])] * len(pairs), 0
+        keep = base.to(r.device).unsqueeze(1).expand(-1, len(pairs))  # the distinct points that had no copy
+        n_kept = keep.sum(dim=0).tolist()
+        _warn_dropped(what, n - min(n_kept), n)
+        return cols[:, : len(pairs)], cols[:, len(pairs) :], keep, n_kept, n - min(n_kept)
     dev = r.device
     n1 = torch.tensor([p[0] for p in pairs], device=dev)
     n2 = torch.tensor([p[1] for p in pairs], device=dev)
-    prev = torch.nn.functional.pad(r[:, :-1], (1, 0), value=0.0)
-    count = (r > prev).cumsum(dim=1)  # (N, k): distinct neighbour locations up to each column
+    # a column is a new location unless it is at the distance of the one before and at its location
+    # (columns of one distance sorted by location id, so that copies sit next to each other)
+    order = torch.argsort(location, dim=1, stable=True)
+    order = order.gather(1, torch.argsort(r.gather(1, order), dim=1, stable=True))
+    r_s, loc_s = r.gather(1, order), location.gather(1, order)
+    new = (r_s > torch.nn.functional.pad(r_s[:, :-1], (1, 0), value=0.0)) | (loc_s != torch.nn.functional.pad(loc_s[:, :-1], (1, 0), value=-1))
+    new &= r_s > 0  # the point's own copies (distance 0) are not neighbours
+    count = new.cumsum(dim=1)  # (N, k): distinct neighbour locations up to each column
     last = r.shape[1] - 1
     pos_in = (count.unsqueeze(2) < n1).sum(dim=1).clamp_max(last)  # (N, S)
     pos_out = (count.unsqueeze(2) < n2).sum(dim=1).clamp_max(last)
@@ -199,15 +218,19 @@ def _ratio_table(
         keep = keep & base.to(dev).unsqueeze(1)
     n_kept = keep.sum(dim=0).tolist()
     dropped = n - min(n_kept)
+    _warn_dropped(what, dropped, n)
+    return r_s.gather(1, pos_in), r_s.gather(1, pos_out), keep, n_kept, dropped
+
+
+def _warn_dropped(what: str, dropped: int, n: int) -> None:
     if dropped:
         warnings.warn(
             f"{what}: {dropped} of {n} points have a neighbour at distance 0 (duplicate points) or too "
             "few distinct neighbours stored, and were left out of the estimate; the other points' "
             "neighbour ranks count distinct locations. DADApy keeps duplicates and returns a biased value.",
             DuplicatePointsWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
-    return r.gather(1, pos_in), r.gather(1, pos_out), keep, n_kept, dropped
 
 
 def _masked_mean(v: Tensor, keep: Tensor | None, n_kept: list[int]) -> Tensor:
@@ -454,10 +477,11 @@ def _gride_solve(
     mu = (r_out / r_in).clamp_min_(1.0 + 10 * _EPS64)  # DADApy nudges mu == 1 by 10 eps
     q95, q50 = _column_quantiles(mu, keep, n_kept, (0.95, 0.5))
     sel = mu < torch.lerp(q50, q95, 20.0)  # DADApy's filter: mu < q50 + 20 (q95 - q50)
-    sel |= ~sel.any(dim=0)  # a scale where it keeps no point (every ratio tied at q50 = q95): all of them
     if keep is not None:
         mu = torch.where(keep, mu, 2.0)  # placeholder where unusable (masked out below)
         sel = sel & keep
+    # a scale where the filter keeps no point (every ratio tied at q50 = q95): all its usable points
+    sel |= ~sel.any(dim=0) if keep is None else keep & ~sel.any(dim=0)
     log_mu = torch.log(mu)
     a = log_mu * sel  # (N, S): L_i on the selected points, 0 elsewhere
     sum_a = a.sum(dim=0)
