@@ -123,6 +123,34 @@ def test_vit_adapter_head_is_the_models_logits_and_walks():
     assert len(trajs) == 2 and len(trajs[0]["steps"]) >= 2
 
 
+@pytest.mark.parametrize("arch", ["deit", "dinov2", "beit", "swin"])
+def test_other_image_classifiers_are_explored_at_their_patch_embeddings(arch):
+    """Any HF ...ForImageClassification with a token `embeddings` module: the head is the whole model
+    with that module's output swapped (its own blocks, norms and pooling), equal to the model's logits;
+    a patch decoder where the tokens are the patches after one CLS token. (A convolutional stem:
+    test_image_models_without_an_adapter_are_refused_not_misread.)"""
+    import transformers as T
+
+    torch.manual_seed(0)
+    c = dict(image_size=16, num_channels=3, num_labels=3)
+    vit_like = dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, patch_size=4, **c)
+    model = {
+        "deit": lambda: T.DeiTForImageClassification(T.DeiTConfig(intermediate_size=64, **vit_like)),
+        "dinov2": lambda: T.Dinov2ForImageClassification(T.Dinov2Config(**vit_like)),
+        "beit": lambda: T.BeitForImageClassification(T.BeitConfig(intermediate_size=64, use_absolute_position_embeddings=True, **vit_like)),
+        "swin": lambda: T.SwinForImageClassification(T.SwinConfig(embed_dim=16, depths=[1, 1], num_heads=[2, 2], patch_size=4, window_size=2, **c)),
+    }[arch]().double().eval()
+    px = torch.rand(2, 3, 16, 16, dtype=torch.float64)
+    batch = {"pixel_values": px}
+    ad = adapter_for(model)
+    with torch.no_grad():
+        torch.testing.assert_close(ad.head(ad.embed(batch), batch), model(**batch).logits, rtol=0, atol=1e-9)
+    if arch in ("dinov2", "beit"):  # CLS + patches with absolute positions: the image comes back
+        torch.testing.assert_close(torch.stack(ad.decoder.decode(ad.embed(batch))).double(), px, rtol=0, atol=1e-5)
+    trajs = EquivalenceClassExplorer(model, steps=2, record_every=1).walk(batch)
+    assert len(trajs) == 2 and len(trajs[0]["steps"]) >= 2
+
+
 def test_top_attribution_restricts_the_walk_to_one_token():
     model, batch = _bert(), _batch(n=2)
     ex = EquivalenceClassExplorer(model, tokens="top_attribution", steps=3, record_every=3, corrector=False)

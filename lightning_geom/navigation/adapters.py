@@ -62,6 +62,57 @@ def _vit_blocks(vit: nn.Module, e: Tensor) -> Tensor:
     return h
 
 
+def _image_classifier(model: nn.Module) -> Adapter | None:
+    """An HF ``...ForImageClassification`` whose base model has an ``embeddings`` module (patch tokens,
+    (B, T, d)): explored there; the head is the whole model with that module's output replaced by the
+    explored embeddings (a forward hook), so every architecture's own blocks, norms and pooling run.
+    A patch decoder when the sequence is the patches after at most one CLS token and absolute position
+    embeddings (the image back from the embeddings); else no decoder. None for other models."""
+    import inspect
+
+    if not type(model).__name__.endswith("ForImageClassification"):
+        return None
+    base = getattr(model, "base_model", None)
+    embeddings = getattr(base, "embeddings", None)
+    proj = getattr(getattr(embeddings, "patch_embeddings", None), "projection", None)
+    if not isinstance(proj, nn.Conv2d) or "pixel_values" not in inspect.signature(model.forward).parameters:
+        return None  # no patch tokens (a convolutional stem: ConvNeXt, ResNet)
+
+    def pixels(b: Any) -> Tensor:
+        return b["pixel_values"] if isinstance(b, dict) else b
+
+    def embed(b: Any) -> Tensor:
+        out = embeddings(pixels(b))
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        if not isinstance(out, Tensor) or out.ndim != 3:
+            raise TypeError(
+                f"No adapter for {type(model).__name__}: its embeddings are {tuple(getattr(out, 'shape', ()))} feature maps, "
+                "not (B, tokens, d); build `Adapter(embed=batch -> (B, T, d), head=(emb, batch) -> (B, m) logits, decoder=...)`."
+            )
+        return out
+
+    def head(e: Tensor, b: Any) -> Tensor:
+        def swap(module: nn.Module, inputs: Any, out: Any) -> Any:
+            return (e, *out[1:]) if isinstance(out, tuple) else e
+
+        hook = embeddings.register_forward_hook(swap)
+        try:
+            return model(pixel_values=pixels(b)).logits
+        finally:
+            hook.remove()
+
+    decoder = None
+    position = getattr(embeddings, "position_embeddings", None)
+    size = getattr(model.config, "image_size", None)
+    if isinstance(position, Tensor) and size is not None:
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        patches = (size[0] // proj.stride[0]) * (size[1] // proj.stride[1])
+        lead = position.shape[-2] - patches
+        if lead in (0, 1):
+            decoder = PatchDecoder(proj.weight, proj.bias, position.reshape(-1, position.shape[-1]), size, cls_token=lead == 1)
+    return Adapter(embed=embed, head=head, decoder=decoder, class_names=_label_names(model))
+
+
 def adapter_for(model: nn.Module, tokenizer: Any = None) -> Adapter:
     """An adapter for a known model family.
 
@@ -86,6 +137,9 @@ def adapter_for(model: nn.Module, tokenizer: Any = None) -> Adapter:
             decoder=PatchDecoder(proj.weight, proj.bias, vit.embeddings.position_embeddings[0], size),
             class_names=_label_names(model),
         )
+    generic = _image_classifier(model)
+    if generic is not None:  # other HF image classifiers (DeiT, BEiT, DINOv2, ...)
+        return generic
     emb = _token_embeddings(model)
     if emb is not None:  # HF text models
         from ..capture import NoLogitsError, is_encoder_decoder, take_last
