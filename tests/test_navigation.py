@@ -145,7 +145,7 @@ def test_other_image_classifiers_are_explored_at_their_patch_embeddings(arch):
     ad = adapter_for(model)
     with torch.no_grad():
         torch.testing.assert_close(ad.head(ad.embed(batch), batch), model(**batch).logits, rtol=0, atol=1e-9)
-    if arch in ("dinov2", "beit"):  # CLS + patches with absolute positions: the image comes back
+    if arch in ("dinov2", "beit", "deit"):  # leading tokens + patches with absolute positions: the image comes back
         torch.testing.assert_close(torch.stack(ad.decoder.decode(ad.embed(batch))).double(), px, rtol=0, atol=1e-5)
     trajs = EquivalenceClassExplorer(model, steps=2, record_every=1).walk(batch)
     assert len(trajs) == 2 and len(trajs[0]["steps"]) >= 2

@@ -108,8 +108,8 @@ def _image_classifier(model: nn.Module) -> Adapter | None:
         size = (size, size) if isinstance(size, int) else tuple(size)
         patches = (size[0] // proj.stride[0]) * (size[1] // proj.stride[1])
         lead = position.shape[-2] - patches
-        if lead in (0, 1):
-            decoder = PatchDecoder(proj.weight, proj.bias, position.reshape(-1, position.shape[-1]), size, cls_token=lead == 1)
+        if 0 <= lead <= 4:  # CLS (+ DeiT's distillation token) before the patches
+            decoder = PatchDecoder(proj.weight, proj.bias, position.reshape(-1, position.shape[-1]), size, lead=lead)
     return Adapter(embed=embed, head=head, decoder=decoder, class_names=_label_names(model))
 
 

@@ -104,6 +104,8 @@ class PatchDecoder:
         position: (1 + P, d) or (P, d) position embeddings added after the projection.
         image_size: (H, W).
         cls_token: whether the sequence starts with a CLS token.
+        lead: how many tokens precede the patches (default: 1 with ``cls_token``, else 0; DeiT: 2,
+            its CLS and distillation tokens).
 
     The pseudo-inverse recovers the patch exactly when the projection is injective (C p^2 <= d).
     """
@@ -111,7 +113,8 @@ class PatchDecoder:
     kind = "image"
 
     def __init__(
-        self, proj_weight: Tensor, proj_bias: Tensor | None, position: Tensor, image_size: Sequence[int], *, cls_token: bool = True
+        self, proj_weight: Tensor, proj_bias: Tensor | None, position: Tensor, image_size: Sequence[int], *, cls_token: bool = True,
+        lead: int | None = None,
     ) -> None:
         d, c, p, _ = proj_weight.shape
         self.c, self.p = c, p
@@ -120,14 +123,13 @@ class PatchDecoder:
         self.pinv = torch.linalg.pinv(mat)  # (C p p, d)
         self.bias = torch.zeros(d, dtype=torch.float64) if proj_bias is None else proj_bias.detach().double()
         self.position = position.detach().double().reshape(-1, d)
-        self.cls = cls_token
+        self.lead = (1 if cls_token else 0) if lead is None else int(lead)
 
     def decode(self, emb: Tensor) -> list[Tensor]:
         """One (C, H, W) float image per sample."""
         e = emb.detach().double().cpu()
         e = e - self.position[: e.shape[1]]
-        if self.cls:
-            e = e[:, 1:]
+        e = e[:, self.lead :]
         patches = (e - self.bias) @ self.pinv.T  # (B, P, C p p)
         b, n, _ = patches.shape
         gh, gw = self.h // self.p, self.w // self.p
