@@ -34,7 +34,7 @@ from .geometry import (
     three_phase,
 )
 from .geometry.args import as_int
-from .geometry.intrinsic_dim import TIES
+from .geometry.intrinsic_dim import D_MAX, TIES
 
 __all__ = [
     "GeometrySettings", "choose_scale", "layer_geometry", "profile_geometry", "finish_profile", "profile_phases", "layer_errors",
@@ -161,7 +161,7 @@ def layer_geometry(
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if ties:
-        inf = " (no maximum below ID 1000: inf)" if any(math.isinf(v) for v in (*curve.dims, tw.dim)) else ""
+        inf = f" (no maximum below ID {D_MAX:g}: inf)" if any(math.isinf(v) for v in (*curve.dims, tw.dim)) else ""
         notes.append(f"{' and '.join(dict.fromkeys(ties))}: {TIES}{inf}.")
     dup = " ".join(notes) or None
     if settings.id_n1 == "auto":

@@ -290,9 +290,7 @@ def logits_and_hidden(net: nn.Module, batch: Any, label_key: str | None = "label
         )
     args, kwargs = split_batch(batch, label_key)[:2]
     if "attention_mask" not in kwargs:  # the pullback's position would be a padding token's
-        note = unmasked_padding(net, kwargs.get("input_ids", args[0] if args else None))
-        if note:
-            warnings.warn(note.replace("pooled as if it were text", "read as the sample's last token"), stacklevel=2)
+        _warn_unmasked(net, args, kwargs, "read as the sample's last token")
     args, kwargs = forward_call(net, batch, args, kwargs)
     blocks = [] if takes_hidden_states(net) else repeated_blocks(net)
     if blocks:  # a plain PyTorch network: its output is the logits, its blocks' outputs the hidden states
@@ -316,10 +314,10 @@ def _checked_logits(net: nn.Module, logits: Tensor | None, hidden: Any) -> tuple
     return logits, hidden
 
 
-def unmasked_padding(net: nn.Module, ids: Any) -> str | None:
+def unmasked_padding(net: nn.Module, ids: Any, reading: str = "pooled as if it were text") -> str | None:
     """The warning for (B, T) token ids that start or end in the model's pad token (``config.pad_token_id``,
     else its EOS token; two in a row when pad is EOS) in a batch without an ``attention_mask``: the padding
-    would be pooled as if it were text. None when nothing looks padded."""
+    would be ``reading`` (pooled as if it were text). None when nothing looks padded."""
     cfg = getattr(net, "config", None)
     eos = getattr(cfg, "eos_token_id", None)
     eos = eos[0] if isinstance(eos, (list, tuple)) and eos else eos
@@ -332,8 +330,15 @@ def unmasked_padding(net: nn.Module, ids: Any) -> str | None:
         return None
     return (  # no counts in the text: Python shows one warning per text and place, not one per batch
         f"Probe sequences start or end with the pad token (id {pad}), but the batch has no "
-        "`attention_mask`: their padding is pooled as if it were text. Put the tokenizer's attention_mask in the probe batches."
+        f"`attention_mask`: their padding is {reading}. Put the tokenizer's attention_mask in the probe batches."
     )
+
+
+def _warn_unmasked(net: nn.Module, args: tuple, kwargs: dict, reading: str) -> None:
+    """:func:`unmasked_padding` on a split batch's token ids (its ``input_ids``, else its first argument), as a warning."""
+    note = unmasked_padding(net, kwargs.get("input_ids", args[0] if args else None), reading)
+    if note:
+        warnings.warn(note, stacklevel=3)
 
 
 def _to_device(obj: Any, device: torch.device) -> Any:
@@ -445,9 +450,7 @@ def capture_representations(
                 if not feats:
                     feats = [[] for _ in pooled]
                     if mask is None and pooling != "first":
-                        note = unmasked_padding(net, kwargs.get("input_ids", args[0] if args else None))
-                        if note:
-                            warnings.warn(note, stacklevel=2)
+                        _warn_unmasked(net, args, kwargs, "pooled as if it were text")
                 for acc, p in zip(feats, pooled):
                     acc.append(p)
                 if pooling == "tokens":

@@ -7,7 +7,6 @@ API (:mod:`lightning_geom.geometry`).
 
 from __future__ import annotations
 
-import numbers
 from typing import Any, Literal
 
 import torch
@@ -16,6 +15,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
 from .geometry import gride, label_overlap, neighborhood_overlap, twonn
+from .geometry.args import discard_fraction as check_discard
 from .geometry.args import flag, positive_int
 from .geometry.overlap import numeric_label_problem, one_hot_classes
 
@@ -82,9 +82,7 @@ class IntrinsicDimension(Metric):
             raise ValueError(f"Expected `estimator` to be one of 'twonn', 'gride', but got {estimator!r}.")
         self.estimator = estimator
         self.n1 = positive_int(n1, "n1")
-        if isinstance(discard_fraction, bool) or not isinstance(discard_fraction, numbers.Real) or not 0.0 < discard_fraction < 1.0:
-            raise ValueError(f"Expected `discard_fraction` to be a number in (0, 1), but got {discard_fraction!r}.")
-        self.discard_fraction = float(discard_fraction)
+        self.discard_fraction = check_discard(discard_fraction)
         self.add_state("points", default=[], dist_reduce_fx="cat")
 
     def update(self, x: Tensor) -> None:

@@ -36,6 +36,7 @@ from .intrinsic_dim import (
     _scales,
     gride_max_rank,
     gride_pairs,
+    location_ranks,
 )
 from .neighbors import (
     _CPU_RECOMPUTE_BYTES,
@@ -180,9 +181,7 @@ def knn_batched(
     """
     x, lengths, top = _check(x, k, lengths)
     margin = None if margin is None else positive_int(margin, "margin", low=0)
-    if budget_bytes is not None and (as_int(budget_bytes) is None or as_int(budget_bytes) < 1):
-        raise ValueError(f"Expected `budget_bytes` to be None or a positive number of bytes, but got {budget_bytes!r}.")
-    budget_bytes = None if budget_bytes is None else as_int(budget_bytes)
+    budget_bytes = None if budget_bytes is None else positive_int(budget_bytes, "budget_bytes", what="a positive number of bytes", also="None or ")
     x, unscale = safe_scale(x, top)  # exact, see safe_scale
     with no_autocast(x.device):  # autocast would run the candidate GEMMs in half precision
         nb = _knn_batched(x, k, lengths, margin, budget_bytes)
@@ -361,18 +360,12 @@ def id_batched(nb: BatchedNeighbors | Tensor, *, range_max: int = 64, discard_fr
     dup_cloud = (valid & (r[..., 0] == 0)).any(dim=1)  # (B,)
     safe = torch.where(valid.unsqueeze(2), r, 1.0)  # padded rows: harmless placeholders
     if bool(dup_cloud.any()):
-        # a point and its neighbours at distance 0 share a location id; columns of one distance sorted
-        # by it, a column is a new location unless it repeats the one before (distance and id): two
-        # different neighbours at one distance (a lattice, quantised values) stay two
+        # a point and its neighbours at distance 0 share a location id: ranks count locations
         idx = nb.indices.to(torch.int64)
         loc = torch.minimum(torch.arange(n, device=dev).expand(b, n), torch.where(r == 0, idx, n).amin(dim=2))  # (B, N)
-        loc_cols = loc.gather(1, idx.clamp_min(0).view(b, n * k)).view(b, n, k)
-        order = torch.argsort(loc_cols, dim=2, stable=True)
-        order = order.gather(2, torch.argsort(r.gather(2, order), dim=2, stable=True))
-        r, safe, loc_cols = r.gather(2, order), safe.gather(2, order), loc_cols.gather(2, order)
-        new = (r > torch.nn.functional.pad(r[..., :-1], (1, 0), value=0.0)) | (loc_cols != torch.nn.functional.pad(loc_cols[..., :-1], (1, 0), value=-1))
-        new &= r > 0
-        count = torch.where(dup_cloud.view(b, 1, 1), new.cumsum(dim=2), torch.arange(1, k + 1, device=dev))  # (B, N, k)
+        order, count = location_ranks(r, loc.gather(1, idx.clamp_min(0).view(b, n * k)).view(b, n, k))
+        r, safe = r.gather(2, order), safe.gather(2, order)
+        count = torch.where(dup_cloud.view(b, 1, 1), count, torch.arange(1, k + 1, device=dev))  # (B, N, k)
         pos_in = torch.searchsorted(count, n1.expand(b, n, s).contiguous()).clamp_max_(k - 1)  # first column with count >= n1
         pos_out = torch.searchsorted(count, n2.expand(b, n, s).contiguous()).clamp_max_(k - 1)
         keep = valid.unsqueeze(2) & (r[..., :1] > 0) & (count[..., -1:] >= n2)  # (B, N, S)

@@ -202,14 +202,8 @@ def _ratio_table(
     dev = r.device
     n1 = torch.tensor([p[0] for p in pairs], device=dev)
     n2 = torch.tensor([p[1] for p in pairs], device=dev)
-    # a column is a new location unless it is at the distance of the one before and at its location
-    # (columns of one distance sorted by location id, so that copies sit next to each other)
-    order = torch.argsort(location, dim=1, stable=True)
-    order = order.gather(1, torch.argsort(r.gather(1, order), dim=1, stable=True))
-    r_s, loc_s = r.gather(1, order), location.gather(1, order)
-    new = (r_s > torch.nn.functional.pad(r_s[:, :-1], (1, 0), value=0.0)) | (loc_s != torch.nn.functional.pad(loc_s[:, :-1], (1, 0), value=-1))
-    new &= r_s > 0  # the point's own copies (distance 0) are not neighbours
-    count = new.cumsum(dim=1)  # (N, k): distinct neighbour locations up to each column
+    order, count = location_ranks(r, location)
+    r_s = r.gather(1, order)
     last = r.shape[1] - 1
     pos_in = (count.unsqueeze(2) < n1).sum(dim=1).clamp_max(last)  # (N, S)
     pos_out = (count.unsqueeze(2) < n2).sum(dim=1).clamp_max(last)
@@ -220,6 +214,21 @@ def _ratio_table(
     dropped = n - min(n_kept)
     _warn_dropped(what, dropped, n)
     return r_s.gather(1, pos_in), r_s.gather(1, pos_out), keep, n_kept, dropped
+
+
+def location_ranks(r: Tensor, location: Tensor) -> tuple[Tensor, Tensor]:
+    """Distinct neighbour locations along the last dim of sorted distances ``r`` (..., k), with each
+    column's location id ``location`` (copies share one): ``(order, count)``, the column order that
+    puts the columns of one distance by location id (copies side by side), and per column of that
+    order the count of distinct locations up to it. A column is a new location unless it repeats the
+    distance and the id of the one before, so that two different neighbours at one distance (a
+    lattice, quantised values) stay two; the point's own copies (distance 0) are not neighbours."""
+    order = torch.argsort(location, dim=-1, stable=True)
+    order = order.gather(-1, torch.argsort(r.gather(-1, order), dim=-1, stable=True))
+    r_s, loc_s = r.gather(-1, order), location.gather(-1, order)
+    pad = torch.nn.functional.pad
+    new = (r_s > pad(r_s[..., :-1], (1, 0), value=0.0)) | (loc_s != pad(loc_s[..., :-1], (1, 0), value=-1))
+    return order, (new & (r_s > 0)).cumsum(dim=-1)
 
 
 def _warn_dropped(what: str, dropped: int, n: int) -> None:
