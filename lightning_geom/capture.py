@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .diagnose import explained
-from .geometry.overlap import one_hot_classes
+from .geometry.overlap import class_vector
 from .modules import (  # noqa: F401 - used here, and capture's public names since before the split (modules.py)
     LayerChoiceError,
     _first_tensor,
@@ -252,13 +252,12 @@ def split_batch(batch: Any, label_key: str | None = "labels") -> tuple[tuple, di
 
 
 def sample_labels(lab: Any) -> Tensor | None:
-    """A batch's labels as one class per sample: (B,) (or a scalar) as they are, one-hot (B, C) as its
+    """A batch's labels as one class per sample: (B,) (or a scalar) as they are, a (B, 1) column (a
+    dataset that yields each label as a 1-element tensor) as its (B,) values, one-hot (B, C) as its
     classes; None for others ((B, T) token targets of an LM, soft labels) and for no labels."""
     if lab is None:
         return None
-    t = torch.as_tensor(lab)
-    if t.ndim == 2 and (classes := one_hot_classes(t)) is not None:
-        return classes
+    t = class_vector(torch.as_tensor(lab))
     return t.reshape(-1) if t.ndim <= 1 else None
 
 

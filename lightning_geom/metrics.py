@@ -17,7 +17,7 @@ from torchmetrics.utilities.data import dim_zero_cat
 from .geometry import gride, label_overlap, neighborhood_overlap, twonn
 from .geometry.args import discard_fraction as check_discard
 from .geometry.args import flag, positive_int
-from .geometry.overlap import numeric_label_problem, one_hot_classes
+from .geometry.overlap import class_vector, numeric_label_problem
 
 __all__ = ["IntrinsicDimension", "NeighborhoodOverlap", "LabelOverlap"]
 
@@ -158,11 +158,9 @@ class LabelOverlap(Metric):
         self.add_state("labels", default=[], dist_reduce_fx="cat")
 
     def update(self, x: Tensor, labels: Tensor) -> None:
-        """Add a batch of points (B, D) and their integer labels (B,) (or one-hot (B, C))."""
+        """Add a batch of points (B, D) and their integer labels (B,) (or one-hot (B, C), or a (B, 1) column)."""
         x = _check_points(x, "x")
-        labels = torch.as_tensor(labels)
-        if labels.ndim == 2 and (classes := one_hot_classes(labels)) is not None:
-            labels = classes  # one-hot (B, C): the classes
+        labels = class_vector(torch.as_tensor(labels))  # one-hot (B, C): the classes; (B, 1): the column
         if labels.ndim != 1 or labels.shape[0] != x.shape[0]:
             raise ValueError(f"Expected `labels` to have shape ({x.shape[0]},), but got {tuple(labels.shape)}.")
         why = numeric_label_problem(labels)

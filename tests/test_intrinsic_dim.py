@@ -85,7 +85,9 @@ def test_gride_general_ranks_recover_dimension():
 
 def test_id_profile_names_a_bad_input():
     with pytest.raises(TypeError, match="torch.Tensor or numpy.ndarray"):
-        id_profile([[0.0, 1.0]])
+        id_profile({"x": [0.0, 1.0]})
+    with pytest.raises(TypeError, match="array of numbers"):
+        id_profile([["a", "b"]])
 
 
 @pytest.mark.parametrize("estimator", ["twonn", "gride"])
@@ -195,12 +197,12 @@ def test_a_knn_with_duplicates_uses_every_stored_neighbour():
 @pytest.mark.parametrize("fn", ["knn", "twonn", "gride", "gride_scaling", "id_profile", "label_overlap", "neighborhood_overlap", "find_copies"])
 @pytest.mark.parametrize("bad", ["list", "none", "meta"])
 def test_every_public_function_names_an_input_that_is_no_points(fn, bad):
-    """Each entry point checks its points the same way: a list or None is a TypeError / ValueError naming
+    """Each entry point checks its points the same way: a list of words or None is a TypeError / ValueError naming
     what it expects (gride_scaling and the overlaps read `.shape` first: AttributeError), a meta tensor
     one line (was `Tensor.item() cannot be called on meta tensors`)."""
     from lightning_geom import geometry as G
 
-    x = {"list": [[0.0, 1.0]] * 20, "none": None, "meta": torch.empty(20, 3, device="meta")}[bad]
+    x = {"list": [["a", "b"]] * 20, "none": None, "meta": torch.empty(20, 3, device="meta")}[bad]
     call = {
         "knn": lambda: G.knn(x, 3), "twonn": lambda: G.twonn(x), "gride": lambda: G.gride(x),
         "gride_scaling": lambda: G.gride_scaling(x, range_max=4), "id_profile": lambda: G.id_profile(x, range_max=4),
@@ -209,6 +211,23 @@ def test_every_public_function_names_an_input_that_is_no_points(fn, bad):
     }[fn]
     with pytest.raises((TypeError, ValueError), match="meta tensor" if bad == "meta" else "(N, D)|Tensor or numpy"):
         call()
+
+
+def test_points_as_nested_lists_or_a_numeric_object_array_equal_the_array():
+    """A list of rows and a DataFrame's object ``.values`` are read as the numbers they hold (they were a
+    TypeError / torch's "can't convert np.ndarray of type numpy.object_"); strings name the problem."""
+    from lightning_geom.geometry import knn, twonn
+
+    x = np.random.default_rng(0).standard_normal((60, 3))
+    ref = knn(x, 5)
+    for other in (x.tolist(), np.array(x, dtype=object)):
+        nb = knn(other, 5)
+        assert torch.equal(nb.indices, ref.indices) and torch.equal(nb.distances, ref.distances)
+    assert twonn(x.tolist()).dim == twonn(x).dim
+    with pytest.raises(TypeError, match="dtype <U1: pass the numeric feature columns"):
+        twonn(np.full((60, 3), "a"))
+    with pytest.raises(TypeError, match="stack them first"):
+        knn([torch.zeros(3)] * 10, 2)
 
 
 def test_find_copies_reads_integer_points_as_floats():

@@ -73,7 +73,8 @@ def test_head_and_validation():
     [
         (np.zeros((5,)), 1, ValueError, r"shape \(N, D\)"),
         (np.zeros((0, 3)), 1, ValueError, "non-empty"),
-        ([[1.0, 2.0]], 1, TypeError, "torch.Tensor or numpy.ndarray"),
+        ({"x": [1.0, 2.0]}, 1, TypeError, "torch.Tensor or numpy.ndarray"),
+        ([["a", "b"]] * 3, 1, TypeError, "array of numbers"),
         (np.random.default_rng(0).standard_normal((5, 2)), 5, ValueError, r"\[1, N - 1\] = \[1, 4\]"),
         (np.random.default_rng(0).standard_normal((5, 2)), 0, ValueError, "integer in"),
     ],

@@ -110,3 +110,26 @@ def test_one_hot_labels_are_their_classes(overlap_data):
     plain = probe(net, (x_t, y_t), layers=["*"], k=5, pullback_samples=0, progress=False).models[0]["layers"]
     hot = probe(net, (x_t, torch.from_numpy(one_hot[:120])), layers=["*"], k=5, pullback_samples=0, progress=False).models[0]["layers"]
     assert [r["label_overlap"] for r in hot] == [r["label_overlap"] for r in plain] and plain[0]["label_overlap"] is not None
+
+
+def test_labels_as_a_column_none_or_mixed_kinds(overlap_data):
+    """An (N, 1) column (sklearn's ``y.reshape(-1, 1)``) is its (N,) labels; None and labels mixing
+    ints and strings are one line each (were "got shape ()" and numpy's "'<' not supported")."""
+    x, y = overlap_data["A"], overlap_data["labels"]
+    assert label_overlap(x, y[:, None], k=10) == label_overlap(x, y, k=10)
+    with pytest.raises(ValueError, match="got None"):
+        label_overlap(x, None, k=10)
+    with pytest.raises(ValueError, match="mix int, str"):
+        label_overlap(x[:4], np.array([1, "a", 2, "b"], dtype=object), k=2)
+    # the capture and the metric read a (B, 1) column too (the capture dropped it without a word)
+    from lightning_geom.capture import capture_representations
+    from lightning_geom.metrics import LabelOverlap
+
+    xt, yt = torch.from_numpy(x[:64]).float(), torch.from_numpy(y[:64])
+    net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 8), torch.nn.Linear(8, 8))
+    reps = capture_representations(net, [(xt, yt[:, None])], layers=["*"])
+    assert reps.labels.tolist() == yt.tolist()
+    col, flat = LabelOverlap(k=5), LabelOverlap(k=5)
+    col.update(xt, yt[:, None])
+    flat.update(xt, yt)
+    assert float(col.compute()) == float(flat.compute())

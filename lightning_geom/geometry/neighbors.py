@@ -243,14 +243,29 @@ def as_points(x: Tensor | np.ndarray, *, name: str = "x") -> Tensor:
 
 
 def point_tensor(x: Tensor | np.ndarray, name: str = "x") -> Tensor:
-    """``x`` as a detached, real, floating (N, D) tensor (numpy converted, integers as float32), checked
+    """``x`` as a detached, real, floating (N, D) tensor (numpy and nested lists converted, integers as
+    float32, a numeric object array as float64), checked
     for everything that needs no read of its values: type, shape, D >= 1, meta, complex."""
+    if isinstance(x, (list, tuple)) and x and not isinstance(x[0], Tensor):  # nested lists of numbers
+        try:
+            x = np.asarray(x, dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"Expected `{name}` to be an (N, D) array of numbers, but the {type(x).__name__} given is not one ({e}).") from None
     if isinstance(x, np.ndarray):
+        if x.dtype.kind not in "biufc":  # object (a DataFrame's .values), strings, dates
+            try:
+                x = x.astype(np.float64)
+            except (TypeError, ValueError):
+                raise TypeError(
+                    f"Expected `{name}` to hold numbers, but got a numpy array of dtype {x.dtype}: "
+                    "pass the numeric feature columns only."
+                ) from None
         x = torch.from_numpy(np.ascontiguousarray(x))
     if not isinstance(x, Tensor):
+        hint = " of tensors: stack them first (torch.stack, or torch.cat for batches)" if isinstance(x, (list, tuple)) and x else ""
         raise TypeError(
             f"Expected `{name}` to be a torch.Tensor or numpy.ndarray of shape (N, D), "
-            f"but got {type(x).__name__}."
+            f"but got {type(x).__name__}{hint}."
         )
     if x.ndim != 2:
         raise ValueError(

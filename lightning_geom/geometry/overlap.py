@@ -15,7 +15,7 @@ from torch import Tensor
 from .args import flag, positive_int
 from .neighbors import Neighbors, as_points, knn
 
-__all__ = ["neighborhood_overlap", "label_overlap", "encode_labels", "one_hot_classes", "single_class"]
+__all__ = ["neighborhood_overlap", "label_overlap", "encode_labels", "one_hot_classes", "class_vector", "single_class"]
 
 
 def _indices(x: Tensor | np.ndarray | Neighbors, k: int, *, name: str) -> Tensor:
@@ -104,18 +104,36 @@ def one_hot_classes(labels: Tensor | np.ndarray) -> Tensor | np.ndarray | None:
     return labels.argmax(axis=1)
 
 
+def class_vector(labels: Tensor | np.ndarray) -> Tensor | np.ndarray:
+    """(N,) class labels from the 2-d shapes they also come in: one-hot (N, C) as their classes, an
+    (N, 1) column (``y.reshape(-1, 1)``; a dataset that yields each label as a 1-element tensor) as its
+    values; anything else unchanged (the caller checks the shape).
+
+    Example:
+        >>> class_vector(torch.tensor([[2], [0]])).tolist()
+        [2, 0]
+    """
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        return labels[:, 0]
+    classes = one_hot_classes(labels)
+    return labels if classes is None else classes
+
+
 def encode_labels(labels: Sequence | np.ndarray | Tensor, n: int) -> Tensor:
-    """Labels of any hashable kind as (N,) int64 codes 0..C-1 (CPU); one-hot (N, C) labels as their classes.
+    """Labels of any hashable kind as (N,) int64 codes 0..C-1 (CPU); one-hot (N, C) labels as their classes,
+    an (N, 1) column as its (N,) values.
 
     Raises:
         ValueError: if the labels are not one-dimensional of length ``n`` (nor one-hot).
     """
+    if labels is None:
+        raise ValueError(f"Expected `labels`: one class label per point ({n},), but got None.")
     if isinstance(labels, Tensor):
         arr = labels.detach().cpu().numpy()
     else:
         arr = np.asarray(labels)
-    if arr.ndim == 2 and arr.shape[0] == n and (classes := one_hot_classes(arr)) is not None:
-        arr = classes
+    if arr.ndim == 2 and arr.shape[0] == n:
+        arr = class_vector(arr)
     if arr.ndim != 1 or arr.shape[0] != n:
         raise ValueError(
             f"Expected `labels` to have shape ({n},) (one label per point), but got shape {arr.shape}."
@@ -124,7 +142,14 @@ def encode_labels(labels: Sequence | np.ndarray | Tensor, n: int) -> Tensor:
         why = numeric_label_problem(torch.from_numpy(np.ascontiguousarray(arr)))
         if why is not None:
             raise ValueError(f"Expected class labels, but {why}.")
-    _, codes = np.unique(arr, return_inverse=True)
+    try:
+        _, codes = np.unique(arr, return_inverse=True)
+    except TypeError as e:  # an object array mixing kinds: 1 and "a" have no order
+        kinds = sorted({type(v).__name__ for v in arr.tolist()})
+        raise ValueError(
+            f"Expected class labels of one kind, but they mix {', '.join(kinds)} ({e}): convert them, "
+            "e.g. `[str(v) for v in labels]`."
+        ) from None
     return torch.from_numpy(codes.reshape(-1).astype(np.int64))
 
 
