@@ -906,6 +906,29 @@ def test_a_dataset_of_tokenized_rows_is_padded_into_batches(tmp_path):
     assert mon.history[-1]["layers"][1]["label_overlap"] is not None
 
 
+def test_a_list_of_samples_is_collated_not_read_as_batches():
+    """``[dataset[i] for i in range(n)]`` (dict rows with a 0-d label or 1-d token ids, or (x, y) pairs)
+    is a list of samples: collated into batches (read as batches, a row's 0-d label was an IndexError and
+    a pair's (D,) features were taken as D samples). A list of real batches stays one."""
+    from lightning_geom.monitoring.probe import batch_len, probe_batches
+
+    ds = RowDataset(40)
+    rows = [ds[i] for i in range(40)]
+    batches = probe_batches(rows, num_samples=40, batch_size=16)
+    reference = probe_batches(ds, num_samples=40, batch_size=16)
+    assert [batch_len(b) for b in batches] == [16, 16, 8]
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["label"], b["label"]) for a, b in zip(batches, reference))
+    no_label = probe_batches([{"input_ids": r["input_ids"]} for r in rows], num_samples=40, batch_size=16)
+    assert no_label[0]["attention_mask"].sum(1).tolist() == [len(r["input_ids"]) for r in rows[:16]]
+    x, y = plain_data()
+    for pairs in ([(x[i], y[i]) for i in range(40)], [(x[i].numpy(), int(y[i])) for i in range(40)]):
+        got = probe_batches(pairs, num_samples=40, batch_size=16)
+        assert [batch_len(b) for b in got] == [16, 16, 8]
+        assert torch.equal(torch.cat([b[0] for b in got]), x[:40]) and torch.equal(torch.cat([b[1] for b in got]), y[:40])
+    as_batches = probe_batches([(x[:16], y[:16]), (x[16:40], y[16:40])], num_samples=40, batch_size=16)
+    assert [batch_len(b) for b in as_batches] == [16, 24]
+
+
 def test_counts_as_users_pass_them(data):
     """numpy integers (from a config or an array's shape) are counts; bools and floats are not."""
     import numpy as np

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, default_collate
 
-__all__ = ["pad_collate", "is_row_dataset", "row_batches"]
+__all__ = ["pad_collate", "is_row_dataset", "is_row_list", "row_batches"]
 
 _PAD = {"labels": -100, "label": -100}  # the ignore index of a per-token target; other fields pad with 0
 
@@ -84,6 +84,28 @@ def is_row_dataset(obj: Any) -> bool:
         return len(obj) > 0 and isinstance(obj[0], Mapping)
     except Exception:  # noqa: BLE001 - an object that only looks like a dataset
         return False
+
+
+def _is_scalar(v: Any) -> bool:
+    return (isinstance(v, Tensor) and v.ndim == 0) or (isinstance(v, (int, float)) and not isinstance(v, bool)) or (
+        type(v).__module__ == "numpy" and getattr(v, "ndim", None) == 0
+    )
+
+
+def is_row_list(obj: Any) -> bool:
+    """A Python list / tuple of *samples*, not of batches: ``[dataset[i] for i in ...]``, items that are
+    dicts or tuples holding a 0-d label (a number or a 0-d tensor: no batch has one), or dicts whose
+    ``input_ids`` are 1-d (a batch's are (B, T)). Such a list is collated into batches
+    (:func:`pad_collate`); read as batches, each sample's tokens (or features) were taken for samples."""
+    if not isinstance(obj, (list, tuple)) or not obj:
+        return False
+    first = obj[0]
+    if isinstance(first, Mapping):
+        ids = first.get("input_ids")
+        return any(_is_scalar(v) for v in first.values()) or (ids is not None and getattr(_numeric(ids), "ndim", 0) == 1)
+    if isinstance(first, (tuple, list)) and first:
+        return any(_is_scalar(v) for v in first)
+    return False
 
 
 def row_batches(rows: Any, *, num_samples: int, batch_size: int) -> list[Any]:

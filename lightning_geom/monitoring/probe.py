@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset, SubsetR
 
 from ..capture import LABEL_KEYS, map_tensors
 from ..geometry.neighbors import available_bytes, gather_rows
-from .collate import is_row_dataset, pad_collate, row_batches
+from .collate import is_row_dataset, is_row_list, pad_collate, row_batches
 
 __all__ = ["batch_len", "check_probe_kind", "probe_batches", "probe_fingerprint", "dist_info", "all_gather_objects", "gather_parts", "gather_features", "check_feature_memory", "shard"]
 
@@ -160,7 +160,8 @@ def probe_batches(probe: Any, *, num_samples: int, batch_size: int) -> list[Any]
         probe: a ``DataLoader``, a ``Dataset`` (torch's, or a Hugging Face ``datasets.Dataset`` of
             tokenized rows: padded by :func:`~.collate.pad_collate`), a dict of (N, ...) tensors, an
             ``(inputs, labels)`` tuple or an (N, ...) tensor (numpy arrays and nested lists of numbers
-            are taken as tensors). A shuffling DataLoader is read in dataset order: the same probe
+            are taken as tensors), a list of batches, or a list of samples (:func:`~.collate.is_row_list`:
+            collated like a dataset's rows). A shuffling DataLoader is read in dataset order: the same probe
             at every checkpoint and after a resume.
 
     Raises:
@@ -168,7 +169,7 @@ def probe_batches(probe: Any, *, num_samples: int, batch_size: int) -> list[Any]
         ValueError: an empty probe.
     """
     check_probe_kind(probe)
-    if is_row_dataset(probe):  # a Hugging Face datasets.Dataset: tokenized rows, padded here
+    if is_row_dataset(probe) or is_row_list(probe):  # a Hugging Face datasets.Dataset, a list of samples: rows, padded here
         batches = row_batches(probe, num_samples=num_samples, batch_size=batch_size)
         return [_to_cpu(b) for b in batches]
     probe = _as_tensors(probe)
