@@ -9,6 +9,8 @@ dequantised to float32, the tokenizer comes from the same file (needs the ``gguf
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,11 +66,29 @@ def import_class(path: str, where: str) -> Any:
     if not mod:
         raise ValueError(f"{where}: expected a class path like 'package.module.Class', but got {path!r}.")
     try:
-        return getattr(importlib.import_module(mod), name)
+        return getattr(_import_module(mod), name)
     except ImportError as err:
         raise ValueError(f"{where}: cannot import {mod!r} ({err}); is the package installed and on the path?") from None
     except AttributeError:
         raise ValueError(f"{where}: {mod!r} has no attribute {name!r}.") from None
+
+
+def _import_module(mod: str) -> Any:
+    """``importlib.import_module``, retried with the working directory on ``sys.path`` when the package is
+    not found: a console script (``lightning-geom ...``), unlike ``python -m``, does not look there, and
+    the user's module usually sits in the folder they run from."""
+    try:
+        return importlib.import_module(mod)
+    except ModuleNotFoundError as err:
+        cwd = os.getcwd()
+        if err.name != mod.partition(".")[0] or cwd in sys.path or "" in sys.path:
+            raise
+        sys.path.insert(0, cwd)
+        try:
+            return importlib.import_module(mod)
+        except ModuleNotFoundError:
+            sys.path.remove(cwd)
+            raise err from None
 
 
 def _import(path: str) -> Any:

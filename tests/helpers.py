@@ -108,3 +108,24 @@ def plain_data(n=192):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, 5, 6, generator=g)
     return x, (x[:, 0, 0] > 0).long() + (x[:, 1, 1] > 0).long()
+
+
+class FlatBlocks(L.LightningModule):
+    """A plain MLP on (B, 6) feature rows (a tabular model): blocks in a Sequential, no tokenizer."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.inp = torch.nn.Linear(6, width)
+        self.blocks = torch.nn.Sequential(*[torch.nn.Sequential(torch.nn.Linear(width, width), torch.nn.GELU()) for _ in range(3)])
+        self.head = torch.nn.Linear(width, 3)
+
+    def forward(self, x):
+        return self.head(self.blocks(self.inp(x)))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.nn.functional.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-3)

@@ -182,17 +182,16 @@ def test_bad_data(tmp_path, text_model, text_data):
 
 
 def test_binary_files_say_what_they_are_and_json_documents_of_columns_are_read(tmp_path, text_model):
-    """A .npy / .parquet given as --data was read as UTF-8 text (a Parquet file gave one garbage
+    """A pickle / .parquet given as --data was read as UTF-8 text (a Parquet file gave one garbage
     'text'); a {column: [values]} JSON (pandas / datasets to_dict) failed on its first record."""
     import json
 
-    import numpy as np
 
     loaded = load_model(text_model)
-    np.save(tmp_path / "x.npy", np.zeros((4, 3)))
+    (tmp_path / "x.pkl").write_bytes(b"\x80\x04\x95\x05\x00")
     (tmp_path / "t.parquet").write_bytes(b"PAR1\x15\x04\x00\x00 rows")
     (tmp_path / "blob.txt").write_bytes(b"abc\x00\x01def")
-    for name, kind in (("x.npy", "a NumPy array"), ("t.parquet", "a Parquet table"), ("blob.txt", "a binary file")):
+    for name, kind in (("x.pkl", "a pickle"), ("t.parquet", "a Parquet table"), ("blob.txt", "a binary file")):
         with pytest.raises(ValueError, match=rf"{name} is {kind}, not text: --data reads texts .* lightning_geom.probe\(model"):
             load_probe_data(str(tmp_path / name), loaded)
     texts, labels = [f"the cat number {i}" for i in range(24)], [i % 2 for i in range(24)]
@@ -899,3 +898,60 @@ def test_an_unreadable_checkpoint_in_a_folder_is_skipped_a_named_one_is_an_error
     assert [m["name"] for m in json.loads((out / "metrics.json").read_text())["models"]] == ["s-step=3"]
     with pytest.raises(SystemExit, match="s-step=6.ckpt is not a readable checkpoint"):
         main(["probe", str(ck / "s-step=6.ckpt"), "--data", "digits", "--out", str(out)])
+
+
+def test_probe_of_a_tabular_checkpoint_reads_numbers_and_arrays(tmp_path, capsys):
+    """A model without a tokenizer (features in, classes out) is probed from a CSV of numbers (was: "has no
+    tokenizer, so it cannot read the text file") or from array files (.npy, .npz, .pt: were refused as
+    binary); all give the same layers as the same data in memory, and mistakes are one line."""
+    from helpers import FlatBlocks
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 6, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(FlatBlocks(), torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32))
+    ckpt = tmp_path / "tab.ckpt"
+    trainer.save_checkpoint(ckpt)
+    names = ["cat", "dog", "eel"]
+    (tmp_path / "t.csv").write_text("f0,f1,f2,f3,f4,f5,label\n" + "\n".join(",".join([*(repr(float(v)) for v in r), names[int(c)]]) for r, c in zip(x, y)))
+    (tmp_path / "n.csv").write_text("a,b,c,d,e,f,cls\n" + "\n".join(",".join([*(repr(float(v)) for v in r), str(int(c))]) for r, c in zip(x, y)))
+    np.save(tmp_path / "x.npy", x.numpy())
+    np.savez(tmp_path / "xy.npz", features=x.numpy(), labels=y.numpy())
+    torch.save((x, y), tmp_path / "xy.pt")
+    model = load_model(ckpt, module="helpers.FlatBlocks")
+    expected = probe(model.module, (x, y), k=5, pullback_samples=0, progress=False).models[0]["layers"]
+    for data, extra in (("t.csv", []), ("n.csv", ["--label-column", "cls"]), ("xy.npz", []), ("xy.pt", []), ("x.npy", [])):
+        out = tmp_path / data.replace(".", "_")
+        assert main(["probe", str(ckpt), "--module", "helpers.FlatBlocks", "--data", str(tmp_path / data), "--k", "5", "--pullback-samples", "0", "--out", str(out), *extra]) == 0
+        got = json.loads((out / "metrics.json").read_text())["models"][0]["layers"]
+        assert [r["id"] for r in got] == pytest.approx([r["id"] for r in expected], rel=1e-6)
+        overlap = [r["label_overlap"] for r in got]
+        if data == "x.npy":
+            assert overlap[0] is None
+        else:
+            assert overlap == pytest.approx([r["label_overlap"] for r in expected], rel=1e-9), data
+    (tmp_path / "bad.csv").write_text("f0,f1,f2,f3,f4,f5,label\n" + "1,2,3,4,5,x,0\n" * 3)
+    np.savez(tmp_path / "two.npz", a=x.numpy(), b=x.numpy())
+    (tmp_path / "junk.pt").write_bytes(b"not a tensor file")
+    for data, match in (("bad.csv", r"bad.csv:2: column 'f5' holds 'x', not a number"), ("two.npz", "cannot tell the inputs among the arrays a, b"),
+                        ("junk.pt", "not a readable array file"), ("tab.ckpt", "is a model file, not data")):
+        with pytest.raises(SystemExit, match=match):
+            main(["probe", str(ckpt), "--module", "helpers.FlatBlocks", "--data", str(tmp_path / data), "--out", str(tmp_path / "bad")])
+
+
+def test_module_path_imports_from_the_working_directory(tmp_path, monkeypatch):
+    """`lightning-geom probe x.ckpt --module mymod.MyModule` run from the folder holding mymod.py: a console
+    script does not put that folder on sys.path (``python -m`` does), so the import failed."""
+    import sys as _sys
+
+    from lightning_geom.loading import import_class
+
+    (tmp_path / "lg_user_module_xyz.py").write_text("from helpers import FlatBlocks\n\nclass Mine(FlatBlocks):\n    pass\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(_sys, "path", [p for p in _sys.path if p not in ("", str(tmp_path))])
+    cls = import_class("lg_user_module_xyz.Mine", "--module lg_user_module_xyz.Mine")
+    assert cls.__name__ == "Mine"
+    with pytest.raises(ValueError, match="cannot import 'lg_no_such_module'"):
+        import_class("lg_no_such_module.Mine", "--module")
+    _sys.modules.pop("lg_user_module_xyz", None)
