@@ -955,3 +955,24 @@ def test_module_path_imports_from_the_working_directory(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="cannot import 'lg_no_such_module'"):
         import_class("lg_no_such_module.Mine", "--module")
     _sys.modules.pop("lg_user_module_xyz", None)
+
+
+def test_tokenized_arrays_go_to_a_text_model_by_name(tmp_path, text_model, text_data):
+    """An .npz / .pt of the tokenizer's own output (``input_ids``, ``attention_mask``, ``label``) is the
+    same probe as the texts it came from: the arrays a model takes by name are passed by name."""
+    from transformers import AutoTokenizer
+
+    rows = [json.loads(line) for line in (text_data / "data.jsonl").read_text().splitlines()]
+    tok = AutoTokenizer.from_pretrained(text_model)
+    enc = tok([r["text"] for r in rows], padding=True, return_tensors="np")
+    labels = np.array([int(r["label"] == "colour") for r in rows])  # the texts' classes in sorted-name order
+    np.savez(tmp_path / "tok.npz", input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], label=labels)
+    torch.save({"input_ids": torch.from_numpy(enc["input_ids"]), "attention_mask": torch.from_numpy(enc["attention_mask"]), "y": torch.from_numpy(labels)}, tmp_path / "tok.pt")
+    common = ["--k", "5", "--pullback-samples", "0"]
+    assert main(["probe", str(text_model), "--data", str(text_data / "data.jsonl"), *common, "--out", str(tmp_path / "texts")]) == 0
+    want = json.loads((tmp_path / "texts" / "metrics.json").read_text())["models"][0]["layers"]
+    for name in ("tok.npz", "tok.pt"):
+        assert main(["probe", str(text_model), "--data", str(tmp_path / name), *common, "--out", str(tmp_path / name.replace(".", "_"))]) == 0
+        got = json.loads((tmp_path / name.replace(".", "_") / "metrics.json").read_text())["models"][0]["layers"]
+        assert [r["id"] for r in got] == pytest.approx([r["id"] for r in want], rel=1e-9)
+        assert [r["label_overlap"] for r in got] == pytest.approx([r["label_overlap"] for r in want], rel=1e-9)

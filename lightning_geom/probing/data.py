@@ -216,14 +216,26 @@ def _usable_labels(labels: torch.Tensor | None, names: list[str] | None, what: s
 ARRAY_EXT = {".npy", ".npz", ".pt", ".pth"}
 _INPUT_KEYS = ("inputs", "input", "x", "X", "features", "data")  # an array file's model input, by name
 _LABEL_KEYS = ("labels", "label", "y", "targets", "target")
-_HF_INPUT_KEYS = {"input_ids", "attention_mask", "token_type_ids", "pixel_values", "inputs_embeds"}
+_HF_INPUT_KEYS = {"input_ids", "attention_mask", "token_type_ids", "pixel_values", "pixel_mask", "inputs_embeds", "input_values", "input_features"}
 
 
-def _array_data(path: Path, label_column: str | None, max_samples: int, batch_size: int) -> ProbeData:
+def _keyword_inputs(module: Any) -> set[str]:
+    """The names a model's forward takes as keyword inputs (besides the usual Hugging Face ones)."""
+    import inspect
+
+    try:
+        params = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError, AttributeError):
+        return set(_HF_INPUT_KEYS)
+    named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return set(_HF_INPUT_KEYS) | (named - set(_LABEL_KEYS) - {"return_dict", "output_hidden_states", "output_attentions", "use_cache"})
+
+
+def _array_data(path: Path, label_column: str | None, max_samples: int, batch_size: int, *, keywords: set[str] = _HF_INPUT_KEYS) -> ProbeData:
     """A probe from an array file: ``.npy`` (the inputs, (N, ...)), ``.npz`` or a ``torch.save``-d
-    ``.pt`` / ``.pth`` (a tensor, an ``(inputs, labels)`` tuple, or a dict of arrays). In a dict, keyword
-    inputs a model takes by name (``input_ids``, ``attention_mask``, ``pixel_values``, ...) are passed as
-    such; otherwise the inputs are the one array not named as labels (or the one named ``inputs``,
+    ``.pt`` / ``.pth`` (a tensor, an ``(inputs, labels)`` tuple, or a dict of arrays). In a dict, arrays
+    named as the model's keyword inputs (``keywords``: its forward's parameters, ``input_ids``,
+    ``attention_mask``, ``pixel_values``, ``input_values``, ...) are passed by name; otherwise the inputs are the one array not named as labels (or the one named ``inputs``,
     ``x``, ``features``, ...). Labels: ``label_column`` (default ``label``), else ``labels`` / ``y`` /
     ``targets``."""
     import numpy as np
@@ -248,7 +260,7 @@ def _array_data(path: Path, label_column: str | None, max_samples: int, batch_si
     if isinstance(obj, dict):
         if "state_dict" in obj or "pytorch-lightning_version" in obj:
             raise ValueError(f"{path} is a model checkpoint, not data: name it as the model, and the probe data with --data.")
-        obj = _array_dict(obj, label_column, what)
+        obj = _array_dict(obj, label_column, what, keywords)
     elif isinstance(obj, list) and all(isinstance(v, (torch.Tensor, np.ndarray)) for v in obj):
         obj = tuple(obj)
     if not isinstance(obj, (torch.Tensor, np.ndarray, tuple, dict)):
@@ -258,15 +270,16 @@ def _array_data(path: Path, label_column: str | None, max_samples: int, batch_si
     return data
 
 
-def _array_dict(obj: dict, label_column: str | None, what: str) -> Any:
+def _array_dict(obj: dict, label_column: str | None, what: str, keywords: set[str] = _HF_INPUT_KEYS) -> Any:
     """A dict of arrays as a probe: keyword inputs with ``labels``, or ``(inputs, labels)``."""
     names = [label_column] if label_column not in (None, "label") else []
     lab_key = next((k for k in [*names, *_LABEL_KEYS] if k in obj), None)
     if label_column not in (None, "label") and lab_key != label_column:
         raise ValueError(f"{what} has no array {label_column!r} (it has {', '.join(map(str, obj))}); pass --label-column.")
     rest = {k: v for k, v in obj.items() if k != lab_key}
-    if _HF_INPUT_KEYS & set(rest):
-        out = {k: v for k, v in rest.items() if k in _HF_INPUT_KEYS}
+    named = [k for k in rest if k in keywords and k not in _INPUT_KEYS]  # the model's own input names
+    if named:
+        out = {k: rest[k] for k in named}
         if lab_key is not None:
             out["labels"] = obj[lab_key]
         return out
@@ -401,7 +414,7 @@ def load_probe_data(
     if path.suffix.lower() in (".ckpt", ".safetensors", ".bin", ".gguf"):
         raise ValueError(f"{path} is a model file, not data: name it as the model, and the probe data with --data.")
     if path.suffix.lower() in ARRAY_EXT:
-        return _array_data(path, label_column, max_samples, batch_size)
+        return _array_data(path, label_column, max_samples, batch_size, keywords=_keyword_inputs(loaded.module))
     if path.suffix.lower() in (".csv", ".tsv") and loaded.tokenizer is None and loaded.image_processor is None and loaded.kind != "hf-image":
         table = _numeric_table(path, text_column, label_column)
         if table is not None:
