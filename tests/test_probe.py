@@ -934,7 +934,12 @@ def test_probe_of_a_tabular_checkpoint_reads_numbers_and_arrays(tmp_path, capsys
     (tmp_path / "bad.csv").write_text("f0,f1,f2,f3,f4,f5,label\n" + "1,2,3,4,5,x,0\n" * 3)
     np.savez(tmp_path / "two.npz", a=x.numpy(), b=x.numpy())
     (tmp_path / "junk.pt").write_bytes(b"not a tensor file")
+    (tmp_path / "nan.csv").write_text("f0,f1,f2,f3,f4,f5,label\n" + "1,2,3,4,5,6,0\n" + "1,2,nan,4,5,6,1\n")
+    x_nan = x.clone()
+    x_nan[7, 3] = float("inf")
+    np.save(tmp_path / "nan.npy", x_nan.numpy())
     for data, match in (("bad.csv", r"bad.csv:2: column 'f5' holds 'x', not a number"), ("two.npz", "cannot tell the inputs among the arrays a, b"),
+                        ("nan.csv", r"nan.csv:3: 1 of 2 rows hold NaN or infinite"), ("nan.npy", r"1 samples \(the first: number 7\) hold NaN or infinite"),
                         ("junk.pt", "not a readable array file"), ("tab.ckpt", "is a model file, not data")):
         with pytest.raises(SystemExit, match=match):
             main(["probe", str(ckpt), "--module", "helpers.FlatBlocks", "--data", str(tmp_path / data), "--out", str(tmp_path / "bad")])

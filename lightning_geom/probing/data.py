@@ -266,8 +266,33 @@ def _array_data(path: Path, label_column: str | None, max_samples: int, batch_si
     if not isinstance(obj, (torch.Tensor, np.ndarray, tuple, dict)):
         raise ValueError(f"{path} holds a {type(obj).__name__}: expected a tensor, an (inputs, labels) tuple or a dict of tensors.")
     data = probe_data_of(obj, max_samples=max_samples, batch_size=batch_size)
+    _check_finite(data.batches, path)
     data.description = f"{path.name} ({data.n} samples)"
     return data
+
+
+def _float_inputs(obj: Any) -> list[torch.Tensor]:
+    """The floating-point tensors of a batch's inputs (a tensor, or a dict's values; labels left out)."""
+    if isinstance(obj, torch.Tensor):
+        return [obj] if obj.is_floating_point() and obj.ndim else []
+    if isinstance(obj, dict):
+        return [t for k, v in obj.items() if k not in _LABEL_KEYS for t in _float_inputs(v)]
+    return []
+
+
+def _check_finite(batches: list[Any], path: Path) -> None:
+    """Refuse floating-point inputs with NaN / Inf: every feature of such a sample would be NaN."""
+    seen, first, count = 0, None, 0
+    for b in batches:
+        tensors = _float_inputs(b[0] if isinstance(b, (tuple, list)) else b)
+        if tensors:
+            bad = torch.stack([~torch.isfinite(t).reshape(t.shape[0], -1).all(dim=1) for t in tensors]).any(dim=0)
+            count += int(bad.sum())
+            if first is None and bool(bad.any()):
+                first = seen + int(bad.nonzero()[0, 0])
+            seen += int(bad.shape[0])
+    if count:
+        raise ValueError(f"{path}: {count} samples (the first: number {first}) hold NaN or infinite inputs: fill or drop them.")
 
 
 def _array_dict(obj: dict, label_column: str | None, what: str, keywords: set[str] = _HF_INPUT_KEYS) -> Any:
@@ -321,6 +346,12 @@ def _numeric_table(path: Path, text_column: str, label_column: str | None) -> tu
                     f"a table of numbers (features, and the label column {label_column!r}); for texts pass --tokenizer "
                     f"and name the text column with --text-column."
                 ) from None
+    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+    if bad.size:
+        raise ValueError(
+            f"{path}:{rows[bad[0]][0]}: {bad.size} of {len(rows)} rows hold NaN or infinite values "
+            "(the network's features would be NaN): fill or drop them."
+        )
     labels = [rec[lab] for _, rec in rows] if lab is not None else None
     return x, labels
 
