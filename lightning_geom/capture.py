@@ -422,7 +422,7 @@ def capture_representations(
                 mask = kwargs.get("attention_mask") if isinstance(kwargs, dict) else None
                 args, kwargs = forward_call(net, batch, args, kwargs)
                 ctx = autocast() if autocast is not None else _null()
-                with ctx, explained(net, batch):
+                with ctx, explained(net, batch, fed=forward_fn is None):
                     if hooked is not None:
                         with hook_modules(net, hooked) as store:
                             forward_fn(net, batch) if forward_fn else net(*args, **kwargs)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["token_id_problem", "explain_forward_error", "explained"]
+__all__ = ["token_id_problem", "explain_forward_error", "batch_call_problem", "explained"]
 
 
 def _input_embedding(net: nn.Module) -> nn.Embedding | None:
@@ -73,10 +73,42 @@ def explain_forward_error(net: nn.Module, batch: Any, err: BaseException) -> Val
     return ValueError(problem[0].upper() + problem[1:]) if problem else None
 
 
+def batch_call_problem(net: nn.Module, batch: Any, err: BaseException) -> str | None:
+    """One line for a forward that failed because of how a dict batch was fed to it, else None: a
+    one-argument ``forward(x)`` given the whole dict (no key names ``x``), or a key that is no
+    parameter of the forward."""
+    from .modules import forward_signature
+
+    if not isinstance(batch, Mapping) or not isinstance(err, (TypeError, AttributeError)):
+        return None
+    text, name = str(err), type(net).__name__
+    sig = forward_signature(net)
+    keys = ", ".join(map(str, batch))
+    if "unexpected keyword argument" in text:
+        return (
+            f"{name}.forward does not take the probe batch's keys ({keys}): {text.split(': ', 1)[-1] if ': ' in text else text}; "
+            "give the batch the forward's parameter names, or pass `forward_fn=lambda net, batch: net(...)`."
+        )
+    if "dict" in text and sig is not None and not sig.any_keyword and len(sig.positional) >= 1:
+        import inspect
+
+        first = next(iter(inspect.signature(net.forward).parameters))
+        inputs = [k for k in batch if k not in ("labels", "label", "targets", "target", "y")]
+        example = inputs[0] if inputs else "inputs"
+        return (
+            f"{name}.forward({first}) got the probe batch dict ({keys}) whole, as none of its keys is named {first!r} "
+            f"({type(err).__name__}: {text}): name the input {first!r} in the batch, or pass "
+            f"`forward_fn=lambda net, batch: net(batch[{example!r}])`."
+        )
+    return None
+
+
 @contextmanager
-def explained(net: nn.Module | None, batch: Any) -> Iterator[None]:
-    """Around a forward of ``net`` on ``batch``: an embedding's opaque index error re-raised as the one
-    line :func:`explain_forward_error` finds; other errors (or no ``net``) pass as they are."""
+def explained(net: nn.Module | None, batch: Any, *, fed: bool = True) -> Iterator[None]:
+    """Around a forward of ``net`` on ``batch``: an embedding's opaque index error, and (``fed``: the batch
+    was split into the call by us, not by a user's ``forward_fn``) a dict batch the forward cannot take,
+    re-raised as one line (:func:`explain_forward_error`, :func:`batch_call_problem`); other errors (or no
+    ``net``) pass as they are."""
     try:
         yield
     except (IndexError, RuntimeError) as err:
@@ -84,3 +116,8 @@ def explained(net: nn.Module | None, batch: Any) -> Iterator[None]:
         if better is None:
             raise
         raise better from err
+    except (TypeError, AttributeError) as err:
+        problem = batch_call_problem(net, batch, err) if net is not None and fed else None
+        if problem is None:
+            raise
+        raise ValueError(problem) from err

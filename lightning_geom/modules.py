@@ -128,6 +128,8 @@ def forward_call(net: nn.Module, batch: Any, args: tuple, kwargs: dict) -> tuple
     one-argument forward is that argument (a ``forward(batch)`` that reads the dict); the
     ``attention_mask`` of an (ids, mask, labels) tuple goes second to a forward without such a keyword
     (``forward(x, mask)``), or is left out of a one-argument forward (the capture still pools with it).
+    Keys a forward without ``**kwargs`` does not take (a sample index, an id column) are left out
+    when some key names one of its parameters (as Hugging Face's Trainer drops unused columns).
     """
     sig = forward_signature(net) if kwargs else None
     if sig is None or sig.any_keyword:
@@ -139,6 +141,8 @@ def forward_call(net: nn.Module, batch: Any, args: tuple, kwargs: dict) -> tuple
         return ((*args, kwargs["attention_mask"]) if len(sig.positional) > len(args) else args), rest
     if isinstance(batch, Mapping) and not set(kwargs) & sig.names and sig.positional and sum(sig.positional) <= 1:
         return (batch,), {}
+    if set(kwargs) & sig.names and set(kwargs) - sig.names:  # extra columns (an index, an id): not inputs of this forward
+        return args, {k: v for k, v in kwargs.items() if k in sig.names}
     return args, kwargs
 
 

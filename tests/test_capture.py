@@ -437,3 +437,26 @@ def test_padded_ids_without_an_attention_mask_are_named():
 
     with pytest.warns(UserWarning, match=r"pad token \(id 5\).*read as the sample's last token"):  # the pullback's position
         logits_and_hidden(model.model, {"input_ids": ids})
+
+
+def test_dict_batches_a_forward_cannot_take_are_one_line_or_trimmed():
+    """A dict batch for a ``forward(x)``: extra columns (an index) are left out when a key names a
+    parameter; a dict none of whose keys is ``x`` (passed whole, for a forward(batch)) fails with one line
+    naming the parameter and the fix, not torch's "linear(): argument 'input' must be Tensor, not dict"."""
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = torch.nn.ModuleList([torch.nn.Linear(6, 6) for _ in range(2)])
+
+        def forward(self, x, mask=None):
+            for b in self.blocks:
+                x = b(x)
+            return x
+
+    torch.manual_seed(0)
+    net, x, y = Net(), torch.randn(40, 6), torch.arange(40) % 3
+    plain = capture_representations(net, [(x, y)])
+    extra = capture_representations(net, [{"x": x, "idx": torch.arange(40), "labels": y}])
+    assert all(torch.equal(a, b) for a, b in zip(plain.features, extra.features)) and extra.labels.tolist() == y.tolist()
+    with pytest.raises(ValueError, match=r"Net.forward\(x\) got the probe batch dict \(features, target\) whole.*batch\['features'\]"):
+        capture_representations(net, [{"features": x, "target": y}])
