@@ -929,6 +929,24 @@ def test_a_list_of_samples_is_collated_not_read_as_batches():
     assert [batch_len(b) for b in as_batches] == [16, 24]
 
 
+def test_rows_of_untokenized_texts_are_refused_when_the_monitor_is_made():
+    """An untokenized dataset (rows of {"text", "label"}, (text, label) pairs, a torch Dataset of such
+    rows) as the probe: refused with the fix at construction (was a batch of labels only, failing at
+    every checkpoint)."""
+
+    class Texts(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return {"sentence": "a text", "label": i % 2}
+
+    for probe in ([{"text": "hello there", "label": 1}] * 8, [("hello", 1)] * 8, Texts()):
+        with pytest.raises(TypeError, match="tokenize them first"):
+            GeometryMonitor(probe=probe)
+    GeometryMonitor(probe=[{"input_ids": [1, 2, 3], "label": 0}] * 8)  # tokenized rows are fine
+
+
 def test_counts_as_users_pass_them(data):
     """numpy integers (from a config or an array's shape) are counts; bools and floats are not."""
     import numpy as np

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, default_collate
 
-__all__ = ["pad_collate", "is_row_dataset", "is_row_list", "row_batches"]
+__all__ = ["pad_collate", "is_row_dataset", "is_row_list", "row_batches", "row_problem"]
 
 _PAD = {"labels": -100, "label": -100}  # the ignore index of a per-token target; other fields pad with 0
 
@@ -106,6 +106,25 @@ def is_row_list(obj: Any) -> bool:
     if isinstance(first, (tuple, list)) and first:
         return any(_is_scalar(v) for v in first)
     return False
+
+
+_ROW_LABELS = ("labels", "label", "targets", "target", "y")
+
+
+def row_problem(row: Any) -> str | None:
+    """Why a dataset row cannot be a model input, or None: a dict row with no numeric field besides its
+    label (texts not tokenized yet), or a tuple row holding a text."""
+    tokenize = "tokenize them first (e.g. dataset.map(lambda r: tokenizer(r['text'], truncation=True), batched=True))"
+    if isinstance(row, Mapping):
+        inputs = [k for k, v in row.items() if k not in _ROW_LABELS and _numeric(v) is not None]
+        if inputs:
+            return None
+        texts = [str(k) for k, v in row.items() if isinstance(v, str)]
+        what = f"texts ({', '.join(texts)})" if texts else f"no numeric field besides the label ({', '.join(map(str, row)) or 'no fields'})"
+        return f"the probe's rows hold {what} and no model inputs (input_ids, ...): {tokenize}"
+    if isinstance(row, (tuple, list)) and any(isinstance(v, str) for v in row):
+        return f"the probe's rows are ({', '.join(type(v).__name__ for v in row)}) tuples holding texts: {tokenize}"
+    return None
 
 
 def row_batches(rows: Any, *, num_samples: int, batch_size: int) -> list[Any]:

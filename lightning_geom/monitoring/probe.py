@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset, SubsetR
 
 from ..capture import LABEL_KEYS, map_tensors
 from ..geometry.neighbors import available_bytes, gather_rows
-from .collate import is_row_dataset, is_row_list, pad_collate, row_batches
+from .collate import is_row_dataset, is_row_list, pad_collate, row_batches, row_problem
 
 __all__ = ["batch_len", "check_probe_kind", "probe_batches", "probe_fingerprint", "dist_info", "all_gather_objects", "gather_parts", "gather_features", "check_feature_memory", "shard"]
 
@@ -108,6 +108,24 @@ def is_sample_tuple(probe: Any) -> bool:
     return isinstance(probe, tuple) or len({v.dtype for v in items}) > 1
 
 
+def _is_map_dataset(obj: Any) -> bool:
+    """A torch map-style ``Dataset`` with at least one row."""
+    if not isinstance(obj, Dataset) or isinstance(obj, torch.utils.data.IterableDataset):
+        return False
+    try:
+        return len(obj) > 0  # type: ignore[arg-type]
+    except TypeError:
+        return False
+
+
+def _first_row(obj: Any) -> Any:
+    """``obj[0]``, or None when reading it fails (the checkpoint reports such a dataset's own error)."""
+    try:
+        return obj[0]
+    except Exception:  # noqa: BLE001 - a user's dataset: its errors surface when the probe is read
+        return None
+
+
 def check_probe_kind(probe: Any) -> None:
     """Refuse, before training starts, what can never be a probe: a path or text, a list of texts, a
     number, an empty tensor or dict, or a dict whose input tensors hold different numbers of samples.
@@ -123,6 +141,10 @@ def check_probe_kind(probe: Any) -> None:
             "(tokenizer(texts, padding=True, return_tensors='pt')), or load a data file with "
             "lightning_geom.probing.data.load_probe_data."
         )
+    if is_row_list(probe) or is_row_dataset(probe) or _is_map_dataset(probe):
+        problem = row_problem(_first_row(probe))
+        if problem is not None:
+            raise TypeError(f"Expected `probe` to hold model inputs, but {problem}.")
     if isinstance(probe, (bool, int, float, complex)):
         raise TypeError(f"Expected `probe` to be {_PROBE_KINDS}, but got the number {probe!r}; `num_samples=` sets its size.")
     if isinstance(probe, Tensor) and (probe.ndim == 0 or probe.shape[0] == 0):
