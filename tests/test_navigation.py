@@ -201,7 +201,40 @@ def test_constructor_validates(kwargs, match):
 
 def test_unknown_model_says_how_to_adapt():
     with pytest.raises(TypeError, match="build `Adapter"):
-        adapter_for(torch.nn.Linear(2, 2))
+        adapter_for(torch.nn.Identity())
+
+
+def test_plain_networks_of_float_inputs_are_walked_in_their_input_space():
+    """A plain PyTorch classifier of features (or images) had no adapter: it is walked in its input space
+    (each sample one flattened row). SiMEC keeps the prediction and drifts far less than a random walk
+    of the same length; SiMExp changes it; image-shaped inputs go back to their shape; token ids and
+    dicts of several inputs are one line."""
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).double().eval()
+    x = torch.randn(4, 6, dtype=torch.float64)
+    kw = dict(steps=20, step_size=0.05, record_every=20, output="probs")
+    trajs = EquivalenceClassExplorer(mlp, mode="simec", **kw).walk((x, torch.zeros(4)))
+    p0 = torch.softmax(mlp(x), -1)
+    g = torch.Generator().manual_seed(0)
+    e = x.clone()
+    step = 0.05 * x.norm(dim=1, keepdim=True)
+    for _ in range(20):
+        z = torch.randn(e.shape, generator=g, dtype=torch.float64)
+        e = e + step * z / z.norm(dim=1, keepdim=True)
+    drift_random = (torch.softmax(mlp(e), -1) - p0).abs().max(dim=1).values
+    drift = torch.tensor([max(abs(a - b) for a, b in zip(t["steps"][-1]["probs"], p0[i].tolist())) for i, t in enumerate(trajs)])
+    assert (drift < 0.2 * drift_random).all(), (drift, drift_random)
+    assert all(t["steps"][-1]["pred"] == t["start_pred"] and t["steps"][-1]["distance"] > 0 for t in trajs)
+    away = EquivalenceClassExplorer(mlp, mode="simexp", steps=80, step_size=0.05, record_every=5).walk(x)
+    assert all(any(r["pred"] != t["start_pred"] for r in t["steps"]) for t in away)
+    conv = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.Linear(16, 2)).double().eval()
+    imgs = torch.randn(2, 1, 4, 4, dtype=torch.float64)
+    out = EquivalenceClassExplorer(conv, steps=3, record_every=3).walk(imgs)
+    assert [t["start_pred"] for t in out] == conv(imgs).argmax(-1).tolist()
+    with pytest.raises(TypeError, match="walks a continuous input space"):
+        EquivalenceClassExplorer(mlp, steps=1).walk(torch.randint(0, 5, (2, 6)))
+    with pytest.raises(TypeError, match="walks one float input, but the batch dict has 2"):
+        EquivalenceClassExplorer(mlp, steps=1).walk({"a": x, "b": x})
 
 
 def test_token_decoder_with_offset():

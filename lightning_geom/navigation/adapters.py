@@ -2,13 +2,15 @@
 
 An :class:`Adapter` holds three functions; ``adapter_for(model)`` builds one for Hugging Face text
 classifiers (any model taking ``inputs_embeds``), HF causal LMs (the next-token logits at each
-prompt's last real position), HF ViT image classifiers and the demo's image-GPT.
-Any other module: build ``Adapter(embed=..., head=..., decoder=...)`` yourself.
+prompt's last real position), HF ViT (and other patch-token) image classifiers, the demo's image-GPT,
+and plain PyTorch networks of float inputs (tabular features, images, signals: the walk runs in the
+input space itself, no decoder). Any other module: build ``Adapter(embed=..., head=..., decoder=...)``
+yourself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,6 +115,64 @@ def _image_classifier(model: nn.Module) -> Adapter | None:
     return Adapter(embed=embed, head=head, decoder=decoder, class_names=_label_names(model))
 
 
+_LABELS = ("labels", "label", "targets", "target", "y")
+
+
+def _input_tensor(batch: Any, name: str) -> Tensor:
+    """The float input of a batch for :func:`_feature_input`: a tensor, a tuple's first item, or a dict's
+    one floating-point tensor (labels left out)."""
+    if isinstance(batch, Tensor):
+        x = batch
+    elif isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
+        x = batch[0]
+    elif isinstance(batch, Mapping):
+        floats = [v for k, v in batch.items() if k not in _LABELS and isinstance(v, Tensor) and v.is_floating_point()]
+        if len(floats) != 1:
+            raise TypeError(
+                f"{name}: the explorer walks one float input, but the batch dict has {len(floats)} ({', '.join(map(str, batch))}): "
+                "pass the input tensor (or an (inputs, labels) tuple), or build an `Adapter`."
+            )
+        x = floats[0]
+    else:
+        raise TypeError(f"{name}: cannot find the input in a batch of type {type(batch).__name__}: pass a tensor or an (inputs, labels) tuple.")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{name} got {str(x.dtype).removeprefix('torch.')} inputs, but the explorer walks a continuous input space: "
+            "token ids need the model's token embedding (a Hugging Face model, or an `Adapter` whose embed looks them up)."
+        )
+    return x
+
+
+def _logits(out: Any, name: str) -> Tensor:
+    """A forward's logits: the tensor itself, ``.logits``, or a tuple's first item."""
+    if isinstance(out, Tensor):
+        return out
+    logits = getattr(out, "logits", None)
+    if logits is None and isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+        logits = out[0]
+    if not isinstance(logits, Tensor):
+        raise TypeError(f"{name}'s forward returned {type(out).__name__}, not logits: build an `Adapter` whose head returns (B, classes).")
+    return logits
+
+
+def _feature_input(model: nn.Module) -> Adapter:
+    """A plain network whose forward takes a float tensor (features, images, signals): the walk runs in
+    its input space itself, each sample's input flattened into one (1, n) "token" row (the metric
+    g = J^T G J over all n input coordinates) and reshaped back for the forward; no decoder (the walked
+    inputs are the result: ``explorer.walk`` records carry their distance and prediction)."""
+    name = type(model).__name__
+
+    def embed(b: Any) -> Tensor:
+        x = _input_tensor(b, name)
+        return x.reshape(x.shape[0], 1, -1)
+
+    def head(e: Tensor, b: Any) -> Tensor:
+        x = _input_tensor(b, name)
+        return _logits(model(e.reshape(x.shape).to(x.dtype)), name)
+
+    return Adapter(embed=embed, head=head, decoder=None, class_names=None)
+
+
 def adapter_for(model: nn.Module, tokenizer: Any = None) -> Adapter:
     """An adapter for a known model family.
 
@@ -179,6 +239,8 @@ def adapter_for(model: nn.Module, tokenizer: Any = None) -> Adapter:
     inner = resolve_network(model)  # a LightningModule around one HF model: that model's adapter
     if inner is not model:
         return adapter_for(inner, tokenizer)
+    if not hasattr(model, "config") and any(True for _ in model.parameters()):  # a plain network of float inputs
+        return _feature_input(model)
     raise TypeError(
         f"No adapter for {name}: build `Adapter(embed=batch -> (B, T, d), head=(emb, batch) -> (B, m) logits, decoder=...)`."
     )

@@ -176,7 +176,7 @@ class EquivalenceClassExplorer(L.LightningModule):
     def walk(self, batch: Any, batch_idx: int = 0) -> list[dict[str, Any]]:
         """Walk every sample of ``batch``; returns one trajectory dict per sample."""
         gen = torch.Generator(device="cpu").manual_seed(self.seed + batch_idx)
-        with torch.no_grad(), explained(self.model, batch):
+        with torch.no_grad(), explained(self.model, batch, fed=False):
             e0 = self.adapter.embed(batch).detach()
         dtype = e0.dtype
         b = e0.shape[0]
@@ -185,7 +185,7 @@ class EquivalenceClassExplorer(L.LightningModule):
                 f"Expected a batch of samples whose embeddings are (B, tokens, d) with B >= 1, but got {tuple(e0.shape)}: "
                 "pass (B, T) token ids (a single prompt as ids[None]) or (B, C, H, W) images."
             )
-        with torch.no_grad(), explained(self.model, batch):
+        with torch.no_grad(), explained(self.model, batch, fed=False):
             z0 = self.adapter.head(e0, batch)
         if z0.ndim != 2 or z0.shape[0] != b:
             raise ValueError(
