@@ -801,7 +801,7 @@ def test_layer_pattern_matching_nothing_names_the_blocks(text_model, text_data):
     [
         ("text", ["--data", "digits"], "reads texts, not the inputs of --data digits: pass --text"),
         ("text", ["--text", " "], "--text number 1 is empty"),
-        ("text", ["--text", "a cat", "--index", "2"], "--index picks digits of --data digits"),
+        ("text", ["--text", "a cat", "--index", "2"], "--index picks samples of --data"),
         ("demo", ["--text", "a cat"], "reads the digit images, not the inputs of --text: pass --data digits"),
     ],
 )
@@ -981,3 +981,32 @@ def test_tokenized_arrays_go_to_a_text_model_by_name(tmp_path, text_model, text_
         got = json.loads((tmp_path / name.replace(".", "_") / "metrics.json").read_text())["models"][0]["layers"]
         assert [r["id"] for r in got] == pytest.approx([r["id"] for r in want], rel=1e-9)
         assert [r["label_overlap"] for r in got] == pytest.approx([r["label_overlap"] for r in want], rel=1e-9)
+
+
+def test_navigate_a_tabular_checkpoint_from_a_data_file(tmp_path):
+    """`navigate --data file --index ...` walks rows of a CSV / array file through a model of float inputs
+    (navigate knew only --text, --image and the digits); SiMEC keeps each row's class; bad rows / files
+    are one line."""
+    from helpers import FlatBlocks
+
+    x = torch.randn(50, 6, generator=torch.Generator().manual_seed(1))
+    y = (x[:, 0] > 0).long()
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(FlatBlocks(), torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=25))
+    ckpt = tmp_path / "tab.ckpt"
+    trainer.save_checkpoint(ckpt)
+    (tmp_path / "t.csv").write_text("a,b,c,d,e,f,label\n" + "\n".join(",".join([*(repr(float(v)) for v in r), str(int(c))]) for r, c in zip(x, y)))
+    np.savez(tmp_path / "t.npz", x=x.numpy(), y=y.numpy())
+    model = load_model(ckpt, module="helpers.FlatBlocks").module.eval()
+    with torch.no_grad():
+        want = model(x[[3, 7]]).argmax(-1).tolist()
+    for data in ("t.csv", "t.npz"):
+        out = tmp_path / data.replace(".", "_")
+        args = ["navigate", str(ckpt), "--module", "helpers.FlatBlocks", "--data", str(tmp_path / data), "--index", "3", "7", "--steps", "4", "--out", str(out), "--no-progress"]
+        assert main(args) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert [s["start_pred"] for s in summary] == want and all(s["end_pred"] == s["start_pred"] and s["distance"] > 0 for s in summary)
+    with pytest.raises(SystemExit, match=r"--index 50: .*t.npz has 50 samples"):
+        main(["navigate", str(ckpt), "--module", "helpers.FlatBlocks", "--data", str(tmp_path / "t.npz"), "--index", "50", "--out", str(tmp_path / "n")])
+    with pytest.raises(SystemExit):
+        main(["navigate", str(ckpt), "--module", "helpers.FlatBlocks", "--data", str(tmp_path / "t.txt"), "--out", str(tmp_path / "n")])

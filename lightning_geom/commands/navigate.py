@@ -18,8 +18,10 @@ def add_parser(sub: Any) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", action="append", help="an input sentence (repeat for more)")
     src.add_argument("--image", action="append", help="an image file (repeat for more)")
-    src.add_argument("--data", choices=["digits"], help="the bundled digits (for the demo checkpoint)")
-    p.add_argument("--index", type=int, nargs="+", default=None, help="which digits with --data (default 0)")
+    src.add_argument("--data", type=_data_spec, help="'digits' (the demo checkpoint), or a file of samples for a model of float inputs: "
+                     ".csv / .tsv of numbers, .npy, .npz, .pt (as `probe --data` reads them)")
+    p.add_argument("--index", type=int, nargs="+", default=None, help="which samples of --data (default 0)")
+    p.add_argument("--label-column", default="label", help="the label column / array of a --data file (left out of the inputs)")
     p.add_argument("--module", default=None, help="LightningModule class path of a checkpoint")
     p.add_argument("--tokenizer", default=None, help="a folder with the tokenizer files, for a checkpoint that does not bring its own")
     p.add_argument("--mode", choices=["simec", "simexp"], default="simec")
@@ -34,6 +36,29 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--out", default="navigation_output")
     p.add_argument("--no-progress", action="store_false", dest="progress", help="hide the progress bar (logs, CI)")
     p.set_defaults(func=run)
+
+
+_DATA_FILES = (".csv", ".tsv", ".npy", ".npz", ".pt", ".pth")
+
+
+def _data_spec(value: str) -> str:
+    """--data: 'digits' or a data file of one of :data:`_DATA_FILES`' kinds (argparse type)."""
+    if value == "digits" or Path(value).suffix.lower() in _DATA_FILES:
+        return value
+    raise argparse.ArgumentTypeError(f"expected 'digits' or a {', '.join(_DATA_FILES)} file, got {value!r}")
+
+
+def _rows_of(batches: list[Any], index: list[int], n: int, what: str) -> Any:
+    """Samples ``index`` of a list of probe batches (tensors, (inputs, labels) tuples or dicts), labels left out."""
+    bad = [i for i in index if not -n <= i < n]
+    if bad:
+        raise SystemExit(f"error: --index {bad[0]}: {what} has {n} samples (0 .. {n - 1}).")
+    first = batches[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(batches)[index]
+    if isinstance(first, (tuple, list)):
+        return torch.cat([b[0] for b in batches])[index]
+    return {k: torch.cat([b[k] for b in batches])[index] for k in first if k not in ("labels", "label")}
 
 
 def _inputs_kind(loaded: Any) -> str | None:
@@ -56,11 +81,11 @@ def _inputs_kind(loaded: Any) -> str | None:
 def _check_source(args: argparse.Namespace, loaded: Any) -> None:
     """One line when the inputs given are not the kind the model reads (or --index without --data)."""
     if args.index is not None and args.data is None:
-        raise SystemExit("error: --index picks digits of --data digits; with --text / --image every input given is walked.")
-    given = "digits" if args.data else "text" if args.text else "image"
+        raise SystemExit("error: --index picks samples of --data; with --text / --image every input given is walked.")
+    given = "file" if args.data not in (None, "digits") else "digits" if args.data else "text" if args.text else "image"
     wants = _inputs_kind(loaded)
-    flag = {"digits": "--data digits", "text": "--text", "image": "--image"}
-    if wants is not None and given != wants:
+    flag = {"digits": "--data digits", "text": "--text", "image": "--image", "file": f"--data {args.data}"}
+    if wants is not None and given != wants and not (given == "file" and wants != "digits"):
         raise SystemExit(
             f"error: {loaded.source} reads {'the digit images' if wants == 'digits' else wants + 's'}, "
             f"not the inputs of {flag[given]}: pass {flag[wants]}."
@@ -70,7 +95,7 @@ def _check_source(args: argparse.Namespace, loaded: Any) -> None:
         raise SystemExit(f"error: --text number {empty[0] + 1} is empty: give the sentence to start the walk from.")
 
 
-def _batch(args: argparse.Namespace, loaded: Any) -> dict[str, torch.Tensor]:
+def _batch(args: argparse.Namespace, loaded: Any) -> Any:
     _check_source(args, loaded)
     if args.data == "digits":
         from ..demo.data import digits_sequences
@@ -81,6 +106,14 @@ def _batch(args: argparse.Namespace, loaded: Any) -> dict[str, torch.Tensor]:
         if bad:
             raise SystemExit(f"error: --index {bad[0]}: the digits set has {len(x)} images (0 .. {len(x) - 1}).")
         return {"pixels": x[list(index)]}
+    if args.data is not None:
+        from ..probing import load_probe_data
+
+        try:
+            data = load_probe_data(args.data, loaded, label_column=args.label_column, max_samples=1 << 30, batch_size=4096)
+        except ValueError as err:
+            raise SystemExit(f"error: {err}") from None
+        return _rows_of(data.batches, [0] if args.index is None else args.index, data.n, args.data)
     if args.text:
         if loaded.tokenizer is None:
             raise SystemExit(f"error: {loaded.source} has no tokenizer; --text needs one: pass --tokenizer FOLDER.")
