@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from .diagnose import explained
 from .geometry.overlap import class_vector
 from .modules import (  # noqa: F401 - used here, and capture's public names since before the split (modules.py)
+    LABEL_KEYS,
     LayerChoiceError,
     _first_tensor,
     _is_hf,
@@ -66,7 +67,6 @@ __all__ = [
 ]
 
 Pooling = Literal["mean", "last", "first", "tokens"] | Callable[[Tensor, Tensor | None], Tensor]
-LABEL_KEYS = ("labels", "label", "targets", "target", "y")
 
 
 def layer_name(i: int) -> str:

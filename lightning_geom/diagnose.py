@@ -77,7 +77,7 @@ def batch_call_problem(net: nn.Module, batch: Any, err: BaseException) -> str | 
     """One line for a forward that failed because of how a dict batch was fed to it, else None: a
     one-argument ``forward(x)`` given the whole dict (no key names ``x``), or a key that is no
     parameter of the forward."""
-    from .modules import forward_signature
+    from .modules import LABEL_KEYS, forward_signature
 
     if not isinstance(batch, Mapping) or not isinstance(err, (TypeError, AttributeError)):
         return None
@@ -93,7 +93,7 @@ def batch_call_problem(net: nn.Module, batch: Any, err: BaseException) -> str | 
         import inspect
 
         first = next(iter(inspect.signature(net.forward).parameters))
-        inputs = [k for k in batch if k not in ("labels", "label", "targets", "target", "y")]
+        inputs = [k for k in batch if k not in LABEL_KEYS]
         example = inputs[0] if inputs else "inputs"
         return (
             f"{name}.forward({first}) got the probe batch dict ({keys}) whole, as none of its keys is named {first!r} "

@@ -98,6 +98,9 @@ def match_modules(model: nn.Module, patterns: Sequence[str]) -> list[str]:
     return sorted(chosen, key=order.__getitem__)
 
 
+LABEL_KEYS = ("labels", "label", "targets", "target", "y")  # batch keys read as a sample's labels (split_batch)
+
+
 @dataclass(frozen=True)
 class ForwardSignature:
     """What a module's ``forward`` takes: its parameter names, whether it takes ``**kwargs``, and its

@@ -58,7 +58,9 @@ def _rows_of(batches: list[Any], index: list[int], n: int, what: str) -> Any:
         return torch.cat(batches)[index]
     if isinstance(first, (tuple, list)):
         return torch.cat([b[0] for b in batches])[index]
-    return {k: torch.cat([b[k] for b in batches])[index] for k in first if k not in ("labels", "label")}
+    from ..modules import LABEL_KEYS
+
+    return {k: torch.cat([b[k] for b in batches])[index] for k in first if k not in LABEL_KEYS}
 
 
 def _inputs_kind(loaded: Any) -> str | None:

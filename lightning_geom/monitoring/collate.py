@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, default_collate
 
+from ..capture import LABEL_KEYS
+
 __all__ = ["pad_collate", "is_row_dataset", "is_row_list", "row_batches", "row_problem"]
 
 _PAD = {"labels": -100, "label": -100}  # the ignore index of a per-token target; other fields pad with 0
@@ -108,15 +110,12 @@ def is_row_list(obj: Any) -> bool:
     return False
 
 
-_ROW_LABELS = ("labels", "label", "targets", "target", "y")
-
-
 def row_problem(row: Any) -> str | None:
     """Why a dataset row cannot be a model input, or None: a dict row with no numeric field besides its
     label (texts not tokenized yet), or a tuple row holding a text."""
     tokenize = "tokenize them first (e.g. dataset.map(lambda r: tokenizer(r['text'], truncation=True), batched=True))"
     if isinstance(row, Mapping):
-        inputs = [k for k, v in row.items() if k not in _ROW_LABELS and _numeric(v) is not None]
+        inputs = [k for k, v in row.items() if k not in LABEL_KEYS and _numeric(v) is not None]
         if inputs:
             return None
         texts = [str(k) for k, v in row.items() if isinstance(v, str)]

@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from ..capture import LABEL_KEYS
 from .decoders import Decoder, PatchDecoder, TokenDecoder
 
 __all__ = ["Adapter", "adapter_for"]
@@ -115,9 +116,6 @@ def _image_classifier(model: nn.Module) -> Adapter | None:
     return Adapter(embed=embed, head=head, decoder=decoder, class_names=_label_names(model))
 
 
-_LABELS = ("labels", "label", "targets", "target", "y")
-
-
 def _input_tensor(batch: Any, name: str) -> Tensor:
     """The float input of a batch for :func:`_feature_input`: a tensor, a tuple's first item, or a dict's
     one floating-point tensor (labels left out)."""
@@ -126,7 +124,7 @@ def _input_tensor(batch: Any, name: str) -> Tensor:
     elif isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
         x = batch[0]
     elif isinstance(batch, Mapping):
-        floats = [v for k, v in batch.items() if k not in _LABELS and isinstance(v, Tensor) and v.is_floating_point()]
+        floats = [v for k, v in batch.items() if k not in LABEL_KEYS and isinstance(v, Tensor) and v.is_floating_point()]
         if len(floats) != 1:
             raise TypeError(
                 f"{name}: the explorer walks one float input, but the batch dict has {len(floats)} ({', '.join(map(str, batch))}): "

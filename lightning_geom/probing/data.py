@@ -213,182 +213,6 @@ def _usable_labels(labels: torch.Tensor | None, names: list[str] | None, what: s
     return labels, names
 
 
-ARRAY_EXT = {".npy", ".npz", ".pt", ".pth"}
-_INPUT_KEYS = ("inputs", "input", "x", "X", "features", "data")  # an array file's model input, by name
-_LABEL_KEYS = ("labels", "label", "y", "targets", "target")
-_HF_INPUT_KEYS = {"input_ids", "attention_mask", "token_type_ids", "pixel_values", "pixel_mask", "inputs_embeds", "input_values", "input_features"}
-
-
-def _keyword_inputs(module: Any) -> set[str]:
-    """The names a model's forward takes as keyword inputs (besides the usual Hugging Face ones)."""
-    import inspect
-
-    try:
-        params = inspect.signature(module.forward).parameters.values()
-    except (TypeError, ValueError, AttributeError):
-        return set(_HF_INPUT_KEYS)
-    named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    return set(_HF_INPUT_KEYS) | (named - set(_LABEL_KEYS) - {"return_dict", "output_hidden_states", "output_attentions", "use_cache"})
-
-
-def _array_data(path: Path, label_column: str | None, max_samples: int, batch_size: int, *, keywords: set[str] = _HF_INPUT_KEYS) -> ProbeData:
-    """A probe from an array file: ``.npy`` (the inputs, (N, ...)), ``.npz`` or a ``torch.save``-d
-    ``.pt`` / ``.pth`` (a tensor, an ``(inputs, labels)`` tuple, or a dict of arrays). In a dict, arrays
-    named as the model's keyword inputs (``keywords``: its forward's parameters, ``input_ids``,
-    ``attention_mask``, ``pixel_values``, ``input_values``, ...) are passed by name; otherwise the inputs are the one array not named as labels (or the one named ``inputs``,
-    ``x``, ``features``, ...). Labels: ``label_column`` (default ``label``), else ``labels`` / ``y`` /
-    ``targets``."""
-    import numpy as np
-
-    what = str(path)
-    try:
-        if path.suffix.lower() in (".pt", ".pth"):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        else:
-            obj = np.load(path, allow_pickle=False)
-            if isinstance(obj, np.lib.npyio.NpzFile):
-                with obj:
-                    obj = {k: obj[k] for k in obj.files}
-    except Exception as err:  # noqa: BLE001 - zip / pickle / format errors all mean one thing to the user
-        why = str(err).splitlines()[0][:160] if str(err) else ""
-        if "weights_only" in str(err) or "Weights only" in str(err):  # torch.load's safe mode: not tensors alone
-            why = "not a torch.save file of tensors, tuples and dicts only"
-        raise ValueError(
-            f"{path} is not a readable array file ({type(err).__name__}: {why}): "
-            "--data takes .npy, .npz, or a .pt holding a tensor, an (inputs, labels) tuple or a dict of tensors."
-        ) from None
-    if isinstance(obj, dict):
-        if "state_dict" in obj or "pytorch-lightning_version" in obj:
-            raise ValueError(f"{path} is a model checkpoint, not data: name it as the model, and the probe data with --data.")
-        obj = _array_dict(obj, label_column, what, keywords)
-    elif isinstance(obj, list) and all(isinstance(v, (torch.Tensor, np.ndarray)) for v in obj):
-        obj = tuple(obj)
-    if not isinstance(obj, (torch.Tensor, np.ndarray, tuple, dict)):
-        raise ValueError(f"{path} holds a {type(obj).__name__}: expected a tensor, an (inputs, labels) tuple or a dict of tensors.")
-    data = probe_data_of(obj, max_samples=max_samples, batch_size=batch_size)
-    _check_finite(data.batches, path)
-    data.description = f"{path.name} ({data.n} samples)"
-    return data
-
-
-def _float_inputs(obj: Any) -> list[torch.Tensor]:
-    """The floating-point tensors of a batch's inputs (a tensor, or a dict's values; labels left out)."""
-    if isinstance(obj, torch.Tensor):
-        return [obj] if obj.is_floating_point() and obj.ndim else []
-    if isinstance(obj, dict):
-        return [t for k, v in obj.items() if k not in _LABEL_KEYS for t in _float_inputs(v)]
-    return []
-
-
-def _check_finite(batches: list[Any], path: Path) -> None:
-    """Refuse floating-point inputs with NaN / Inf: every feature of such a sample would be NaN."""
-    seen, first, count = 0, None, 0
-    for b in batches:
-        tensors = _float_inputs(b[0] if isinstance(b, (tuple, list)) else b)
-        if tensors:
-            bad = torch.stack([~torch.isfinite(t).reshape(t.shape[0], -1).all(dim=1) for t in tensors]).any(dim=0)
-            count += int(bad.sum())
-            if first is None and bool(bad.any()):
-                first = seen + int(bad.nonzero()[0, 0])
-            seen += int(bad.shape[0])
-    if count:
-        raise ValueError(f"{path}: {count} samples (the first: number {first}) hold NaN or infinite inputs: fill or drop them.")
-
-
-def _array_dict(obj: dict, label_column: str | None, what: str, keywords: set[str] = _HF_INPUT_KEYS) -> Any:
-    """A dict of arrays as a probe: keyword inputs with ``labels``, or ``(inputs, labels)``."""
-    names = [label_column] if label_column not in (None, "label") else []
-    lab_key = next((k for k in [*names, *_LABEL_KEYS] if k in obj), None)
-    if label_column not in (None, "label") and lab_key != label_column:
-        raise ValueError(f"{what} has no array {label_column!r} (it has {', '.join(map(str, obj))}); pass --label-column.")
-    rest = {k: v for k, v in obj.items() if k != lab_key}
-    named = [k for k in rest if k in keywords and k not in _INPUT_KEYS]  # the model's own input names
-    if named:
-        out = {k: rest[k] for k in named}
-        if lab_key is not None:
-            out["labels"] = obj[lab_key]
-        return out
-    key = next((k for k in _INPUT_KEYS if k in rest), None) or (next(iter(rest)) if len(rest) == 1 else None)
-    if key is None:
-        raise ValueError(
-            f"{what}: cannot tell the inputs among the arrays {', '.join(map(str, obj))}: name them "
-            f"{' / '.join(_INPUT_KEYS[:3])} (and the labels {' / '.join(_LABEL_KEYS[:3])})."
-        )
-    return (rest[key], obj[lab_key]) if lab_key is not None else rest[key]
-
-
-def _numeric_table(path: Path, text_column: str, label_column: str | None) -> tuple[Any, list[Any] | None] | None:
-    """A CSV / TSV of numbers for a model without a tokenizer: ((N, F) float64 features, raw labels or
-    None); None when the file has the text column (then it is texts). A cell that is not a number is an
-    error naming file, line and column."""
-    import numpy as np
-
-    rows = _rows(path)
-    if not rows:
-        raise ValueError(f"{path} has no rows.")
-    cols = list(rows[0][1])
-    if text_column in cols:
-        return None
-    lab = label_column if label_column in cols else None
-    if label_column not in (None, "label") and lab is None:
-        raise ValueError(f"{path} has no column {label_column!r} (columns: {', '.join(cols)}); pass --label-column.")
-    feats = [c for c in cols if c != lab]
-    if not feats:
-        raise ValueError(f"{path} has no feature columns besides the label {lab!r}.")
-    x = np.empty((len(rows), len(feats)))
-    for r, (no, rec) in enumerate(rows):
-        for c, name in enumerate(feats):
-            try:
-                x[r, c] = float(rec[name])
-            except (TypeError, ValueError):
-                raise ValueError(
-                    f"{path}:{no}: column {name!r} holds {rec[name]!r}, not a number: a model without a tokenizer reads "
-                    f"a table of numbers (features, and the label column {label_column!r}); for texts pass --tokenizer "
-                    f"and name the text column with --text-column."
-                ) from None
-    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
-    if bad.size:
-        raise ValueError(
-            f"{path}:{rows[bad[0]][0]}: {bad.size} of {len(rows)} rows hold NaN or infinite values "
-            "(the network's features would be NaN): fill or drop them."
-        )
-    labels = [rec[lab] for _, rec in rows] if lab is not None else None
-    return x, labels
-
-
-def table_probe_data(
-    x: Any, labels: Sequence[Any] | None, *, max_samples: int = 2000, batch_size: int = 32, what: str = "table", name: str = "table",
-) -> ProbeData:
-    """(N, F) features (and raw class labels: numbers read as such, names coded in sorted order) as
-    ``(inputs, labels)`` batches of float tensors."""
-    from ..monitoring.probe import class_codes
-
-    x = torch.as_tensor(x, dtype=torch.get_default_dtype())[:max_samples]
-    codes, names = None, None
-    if labels is not None:
-        raw = [_number_or_text(v) for v in list(labels)[:max_samples]]
-        if any(_is_missing(v) for v in raw):
-            raise ValueError(f"{what}: {sum(_is_missing(v) for v in raw)} empty labels; fill them or remove those rows.")
-        if all(isinstance(v, float) for v in raw):
-            codes = torch.tensor(raw)  # numbers: checked as class ids below (regression targets are refused)
-            names = None
-        else:
-            codes, names = class_codes(raw)
-        codes, names = _usable_labels(codes, names, what)
-        codes = None if codes is None else codes.long()
-    batches = [(x[s : s + batch_size], codes[s : s + batch_size]) if codes is not None else x[s : s + batch_size] for s in range(0, len(x), batch_size)]
-    return ProbeData(batches, codes, len(x), f"{name} ({len(x)} rows)", names)
-
-
-def _number_or_text(v: Any) -> Any:
-    if isinstance(v, str):
-        try:
-            return float(v)
-        except ValueError:
-            return v
-    return float(v) if isinstance(v, (int, float)) else v
-
-
 def probe_data_of(obj: Any, *, max_samples: int = 2000, batch_size: int = 32) -> ProbeData:
     """In-memory probe data, as the monitors take it: a DataLoader, a Dataset, a dict of (N, ...) tensors,
     an ``(inputs, labels)`` tuple of tensors or a tensor (the first ``max_samples`` samples). Labels from
@@ -444,10 +268,12 @@ def load_probe_data(
         return _image_folder(path, loaded, max_samples, batch_size, seed)
     if path.suffix.lower() in (".ckpt", ".safetensors", ".bin", ".gguf"):
         raise ValueError(f"{path} is a model file, not data: name it as the model, and the probe data with --data.")
+    from .arrays import ARRAY_EXT, array_data, keyword_inputs, numeric_table, table_probe_data
+
     if path.suffix.lower() in ARRAY_EXT:
-        return _array_data(path, label_column, max_samples, batch_size, keywords=_keyword_inputs(loaded.module))
+        return array_data(path, label_column, max_samples, batch_size, keywords=keyword_inputs(loaded.module))
     if path.suffix.lower() in (".csv", ".tsv") and loaded.tokenizer is None and loaded.image_processor is None and loaded.kind != "hf-image":
-        table = _numeric_table(path, text_column, label_column)
+        table = numeric_table(path, text_column, label_column)
         if table is not None:
             return table_probe_data(*table, max_samples=max_samples, batch_size=batch_size, what=str(path), name=path.name)
     if loaded.tokenizer is None and (loaded.image_processor is not None or loaded.kind == "hf-image"):
