@@ -17,16 +17,19 @@ from torchmetrics.utilities.data import dim_zero_cat
 from .geometry import gride, label_overlap, neighborhood_overlap, twonn
 from .geometry.args import discard_fraction as check_discard
 from .geometry.args import flag, positive_int
+from .geometry.neighbors import point_tensor
 from .geometry.overlap import class_vector, numeric_label_problem
 
 __all__ = ["IntrinsicDimension", "NeighborhoodOverlap", "LabelOverlap"]
 
 
 def _check_points(x: Tensor, name: str) -> Tensor:
-    if not isinstance(x, Tensor) or x.ndim != 2:
-        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"Expected `{name}` to be a tensor of shape (B, D), but got {shape}.")
-    return x.detach().to(torch.float32)
+    """A batch of points as the functional API reads them (:func:`~.geometry.neighbors.point_tensor`: numpy
+    and lists too), float64 kept (the functional API's precision), narrower floats widened to float32."""
+    if isinstance(x, Tensor) and x.ndim != 2:
+        raise ValueError(f"Expected `{name}` to be a tensor of shape (B, D), but got {tuple(x.shape)}.")
+    x = point_tensor(x, name)
+    return x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)
 
 
 def _cat(metric: Metric, state: list[Tensor] | Tensor, name: str) -> Tensor:

@@ -74,3 +74,17 @@ def test_label_overlap_metric_flags_and_one_hot_labels():
     plain.update(x, y)
     hot.update(x, torch.nn.functional.one_hot(y))
     assert float(hot.compute()) == float(plain.compute())
+
+
+def test_metrics_read_points_as_the_functional_api_does():
+    """float64 points stay float64 (they were cast to float32: an ID off the functional one by ~1e-7
+    relative), numpy arrays are taken, and a bad batch is one line."""
+    x = torch.randn(400, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) @ torch.randn(5, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    m = IntrinsicDimension()
+    m.update(x[:200])
+    m.update(x[200:].numpy())
+    assert float(m.compute()) == twonn(x).dim
+    with pytest.raises(ValueError, match=r"shape \(B, D\)"):
+        m.update(torch.zeros(2, 3, 4))
+    with pytest.raises(TypeError, match="numeric feature columns"):
+        m.update(np.full((3, 2), "a"))
