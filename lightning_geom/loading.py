@@ -36,13 +36,33 @@ class LoadedModel:
     lightning_module: Any = None
 
 
+_QUIET = False  # set by quiet_loading: the GGUF reader's own tqdm bar is silenced when it is used
+
+
 def quiet_loading() -> None:
-    """No progress bars from transformers' loading ("Loading weights"): for ``--no-progress`` (logs, CI)."""
+    """No progress bars from transformers' loading ("Loading weights", and the GGUF reader's
+    "Converting and de-quantizing", a plain tqdm that ignores transformers' switch): for
+    ``--no-progress`` (logs, CI)."""
+    global _QUIET
+    _QUIET = True
     try:
         from transformers.utils import logging as hf_logging
     except ImportError:  # pragma: no cover - transformers is a dependency
         return
     hf_logging.disable_progress_bar()
+
+
+def _quiet_gguf_reader() -> None:
+    """Silence the tqdm bar of transformers' GGUF reader (after :func:`quiet_loading`)."""
+    import functools
+
+    try:
+        import transformers.modeling_gguf_pytorch_utils as reader
+    except ImportError:  # pragma: no cover - an older transformers
+        return
+    bar = getattr(reader, "tqdm", None)
+    if bar is not None and not isinstance(bar, functools.partial):
+        reader.tqdm = functools.partial(bar, disable=True)
 
 
 def padding_tokenizer(tok: Any) -> Any:
@@ -262,6 +282,8 @@ def _load_gguf(path: Path) -> LoadedModel:
         raise ValueError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes).")
     import transformers as tf
 
+    if _QUIET:
+        _quiet_gguf_reader()
     folder, name = str(path.parent), path.name
     try:
         cfg = tf.AutoConfig.from_pretrained(folder, gguf_file=name, local_files_only=True)

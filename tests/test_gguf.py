@@ -73,3 +73,22 @@ def test_probe_command_on_a_gguf_file(tmp_path, gguf_model, sentences, capsys):
     assert all(v["twonn"] > 0 for v in m["layers"])
     assert -1 <= m["tokens"]["layers"][1]["loss_spearman"] <= 1  # causal LM: per-prompt ID vs loss
     assert "tiny-llama-f32.gguf" in (out / "report.html").read_text()
+
+
+def test_no_progress_silences_the_gguf_readers_bar(gguf_model, monkeypatch, capfd):
+    """--no-progress hid transformers' bars but not the GGUF reader's own tqdm ("Converting and
+    de-quantizing GGUF tensors..."), which filled CI logs."""
+    import transformers.modeling_gguf_pytorch_utils as reader
+    from transformers.utils import logging as hf_logging
+
+    from lightning_geom import loading
+
+    monkeypatch.setattr(reader, "tqdm", reader.tqdm)  # restored after the test
+    monkeypatch.setattr(loading, "_QUIET", False)
+    _, path = gguf_model
+    try:
+        loading.quiet_loading()
+        load_model(path)
+    finally:
+        hf_logging.enable_progress_bar()
+    assert "de-quantizing" not in capfd.readouterr().err
