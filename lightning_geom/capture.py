@@ -45,6 +45,7 @@ from .modules import (  # noqa: F401 - used here, and capture's public names sin
     layer_patterns,
     match_modules,
     no_attention_fastpath,
+    output_logits,
     repeated_blocks,
     resolve_network,
     takes_hidden_states,
@@ -295,8 +296,7 @@ def logits_and_hidden(net: nn.Module, batch: Any, label_key: str | None = "label
     if blocks:  # a plain PyTorch network: its output is the logits, its blocks' outputs the hidden states
         with explained(net, batch), hook_modules(net, blocks, detach=False) as store:
             out = net(*args, **kwargs)
-        logits = out if isinstance(out, Tensor) else getattr(out, "logits", None)
-        return _checked_logits(net, logits, tuple(store[n][-1] for n in blocks))
+        return _checked_logits(net, output_logits(out), tuple(store[n][-1] for n in blocks))
     with explained(net, batch):
         out = net(*args, **kwargs, output_hidden_states=True)
     return _checked_logits(net, getattr(out, "logits", None), getattr(out, "hidden_states", None))

@@ -101,6 +101,19 @@ def match_modules(model: nn.Module, patterns: Sequence[str]) -> list[str]:
 LABEL_KEYS = ("labels", "label", "targets", "target", "y")  # batch keys read as a sample's labels (split_batch)
 
 
+def output_logits(out: Any) -> Tensor | None:
+    """The logits in a forward's output: the tensor itself, ``.logits`` (Hugging Face outputs), a dict's
+    ``"logits"``, or a tuple's first tensor (``(logits, aux_loss)``); None when there is none."""
+    if isinstance(out, Tensor):
+        return out
+    logits = getattr(out, "logits", None)
+    if logits is None and isinstance(out, Mapping):
+        logits = out.get("logits")
+    if logits is None and isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+        logits = out[0]
+    return logits if isinstance(logits, Tensor) else None
+
+
 @dataclass(frozen=True)
 class ForwardSignature:
     """What a module's ``forward`` takes: its parameter names, whether it takes ``**kwargs``, and its

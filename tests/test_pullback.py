@@ -271,3 +271,33 @@ def test_a_non_finite_jacobian_is_named_not_a_lapack_failure():
     jac[1, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="Jacobian holds NaN or Inf.*diverged"):
         spectrum_from_jacobian(jac, (8,))
+
+
+def test_a_plain_networks_logits_in_a_dict_or_a_tuple_are_pulled_back():
+    """A plain network returning {"logits": z, ...} or (z, aux) had "no `logits`" (only a tensor or an
+    HF output counted): the same spectra as the network returning z."""
+    from torch import nn
+
+    from lightning_geom import probe
+
+    class Net(nn.Module):
+        def __init__(self, kind):
+            super().__init__()
+            self.kind, self.inp, self.head = kind, nn.Linear(6, 16), nn.Linear(16, 3)
+            self.blocks = nn.ModuleList([nn.Linear(16, 16) for _ in range(3)])
+
+        def forward(self, x):
+            h = self.inp(x)
+            for b in self.blocks:
+                h = torch.tanh(b(h))
+            z = self.head(h)
+            return {"logits": z, "h": h} if self.kind == "dict" else (z, h.sum()) if self.kind == "tuple" else z
+
+    x, y = torch.randn(60, 6, generator=torch.Generator().manual_seed(0)), torch.arange(60) % 3
+    traces = {}
+    for kind in ("tensor", "dict", "tuple"):
+        torch.manual_seed(0)
+        m = probe(Net(kind), (x, y), k=5, pullback_samples=3, progress=False).models[0]
+        assert m.get("pullback_note") is None
+        traces[kind] = [p["trace"] for p in m["pullback"]]
+    assert traces["dict"] == traces["tensor"] == traces["tuple"] and len(traces["tensor"]) == 3

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ..capture import LABEL_KEYS
+from ..modules import LABEL_KEYS, output_logits
 from .decoders import Decoder, PatchDecoder, TokenDecoder
 
 __all__ = ["Adapter", "adapter_for"]
@@ -142,13 +142,9 @@ def _input_tensor(batch: Any, name: str) -> Tensor:
 
 
 def _logits(out: Any, name: str) -> Tensor:
-    """A forward's logits: the tensor itself, ``.logits``, or a tuple's first item."""
-    if isinstance(out, Tensor):
-        return out
-    logits = getattr(out, "logits", None)
-    if logits is None and isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
-        logits = out[0]
-    if not isinstance(logits, Tensor):
+    """A forward's logits (:func:`~lightning_geom.modules.output_logits`), or a one-line TypeError."""
+    logits = output_logits(out)
+    if logits is None:
         raise TypeError(f"{name}'s forward returned {type(out).__name__}, not logits: build an `Adapter` whose head returns (B, classes).")
     return logits
 
