@@ -344,6 +344,29 @@ def _to_device(obj: Any, device: torch.device) -> Any:
     return map_tensors(obj, lambda t: t.to(device))
 
 
+def float_dtype(net: nn.Module) -> torch.dtype | None:
+    """The dtype of ``net``'s first floating-point parameter (what its layers compute in), or None."""
+    return next((p.dtype for p in net.parameters() if p.is_floating_point()), None)
+
+
+def model_inputs(batch: Any, device: torch.device | str, dtype: torch.dtype | None) -> Any:
+    """``batch`` on ``device``, its floating-point *inputs* in ``dtype`` (a model kept in bfloat16 or
+    float64, as Lightning's "bf16-true" / "64-true" precision does, fed a float32 probe: "mat1 and mat2
+    must have the same dtype"); labels (a dict's label keys, a tuple's items after the first) keep theirs."""
+
+    def move(t: Tensor, cast: bool) -> Tensor:
+        t = t.to(device)
+        return t.to(dtype) if cast and dtype is not None and t.is_floating_point() and t.dtype != dtype else t
+
+    if isinstance(batch, Mapping):
+        return {k: map_tensors(v, lambda t, c=k not in LABEL_KEYS: move(t, c)) for k, v in batch.items()}
+    if isinstance(batch, tuple) and batch:
+        return (map_tensors(batch[0], lambda t: move(t, True)), *(map_tensors(v, lambda t: move(t, False)) for v in batch[1:]))
+    if isinstance(batch, list) and batch:
+        return [map_tensors(batch[0], lambda t: move(t, True)), *(map_tensors(v, lambda t: move(t, False)) for v in batch[1:])]
+    return map_tensors(batch, lambda t: move(t, True))
+
+
 def _normalize(h: Tensor, how: str | None) -> Tensor:
     if how is None:
         return h
@@ -417,7 +440,7 @@ def capture_representations(
     try:
         with torch.inference_mode(), no_attention_fastpath():
             for batch in batches:
-                batch = _to_device(batch, device)
+                batch = model_inputs(batch, device, float_dtype(net))  # under autocast too: a float32 model stays float32
                 args, kwargs, lab = split_batch(batch, label_key)
                 mask = kwargs.get("attention_mask") if isinstance(kwargs, dict) else None
                 args, kwargs = forward_call(net, batch, args, kwargs)

@@ -947,6 +947,25 @@ def test_rows_of_untokenized_texts_are_refused_when_the_monitor_is_made():
     GeometryMonitor(probe=[{"input_ids": [1, 2, 3], "label": 0}] * 8)  # tokenized rows are fine
 
 
+@pytest.mark.parametrize("precision", ["bf16-true", "64-true"])
+def test_a_model_kept_in_bf16_or_float64_reads_a_float32_probe(tmp_path, precision):
+    """Lightning's "bf16-true" / "64-true" keep the model's weights in that dtype and convert the training
+    batches; the probe (float32) reached the model as it was: "mat1 and mat2 must have the same dtype" at
+    every checkpoint, for both monitors. Its floating inputs now take the model's dtype (labels keep theirs)."""
+    from helpers import FlatBlocks
+
+    from lightning_geom.callbacks import PullbackMonitor
+
+    x = torch.randn(96, 6, generator=torch.Generator().manual_seed(0))
+    y = (x[:, 0] > 0).long()
+    geo = GeometryMonitor(probe=(x, y), every_n_steps=2, range_max=8, figure_every=0, output_dir=str(tmp_path / "g"))
+    pb = PullbackMonitor(probe=(x[:4], y[:4]), every_n_steps=2, output_dir=str(tmp_path / "p"))
+    train = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
+    _trainer(tmp_path, geo, steps=2, callbacks=[pb], precision=precision).fit(FlatBlocks(), train)
+    assert not geo.failures and not pb.failures
+    assert geo.history[-1]["layers"][0]["label_overlap"] is not None and pb.history
+
+
 def test_counts_as_users_pass_them(data):
     """numpy integers (from a config or an array's shape) are counts; bools and floats are not."""
     import numpy as np

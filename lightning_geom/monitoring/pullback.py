@@ -12,7 +12,13 @@ from typing import Any, Literal
 
 import torch
 
-from ..capture import _to_device, batch_last_positions, logits_and_hidden, resolve_network
+from ..capture import (
+    batch_last_positions,
+    float_dtype,
+    logits_and_hidden,
+    model_inputs,
+    resolve_network,
+)
 from ..geometry.args import NON_NEGATIVE, optional_name, positive_int
 from ..geometry.pullback import (
     OUTPUT_MAPS,
@@ -125,7 +131,7 @@ class PullbackCore(MonitorCore):
         out = []
         try:
             for bid, batch in self._shard(self._probe(run)):
-                batch = _to_device(batch, run.device)
+                batch = model_inputs(batch, run.device, float_dtype(net))
                 # default position: each sample's last *real* token (a padded probe's last column is padding)
                 position = self.position if self.position is not None else batch_last_positions(batch)
                 spectra = layer_spectra(

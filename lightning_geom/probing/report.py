@@ -25,7 +25,14 @@ from typing import Any
 import torch
 
 from ..analysis import GeometrySettings, finish_profile, layer_errors, profile_geometry
-from ..capture import LayerChoiceError, capture_representations, match_modules, resolve_network
+from ..capture import (
+    LayerChoiceError,
+    capture_representations,
+    float_dtype,
+    match_modules,
+    model_inputs,
+    resolve_network,
+)
 from ..geometry import DuplicatePointsWarning, Neighbors, label_overlap, neighborhood_overlap
 from ..geometry.args import as_int, flag, known_keywords, positive_int
 from ..tokens import capture_token_cloud, lm_capture_forward
@@ -542,7 +549,7 @@ def _pullback(
             if isinstance(one, dict) and "attention_mask" in one:  # the sample alone, its real tokens only (either padding side)
                 real = one["attention_mask"][0].bool()
                 one = {k: v[:, real] if v.ndim == 2 and v.shape[1] == real.numel() else v for k, v in one.items()}
-            one = map_tensors(one, lambda v: v.to(dev))
+            one = model_inputs(one, dev, float_dtype(net))
             # an LM's vocabulary: its top 16 logits (each output is one backward direction); a classifier's head whole
             spectra = layer_spectra(lambda one=one: logits_and_hidden(net, one), output="fisher", top_logits="auto")
             if not per_layer:
