@@ -902,8 +902,9 @@ def test_an_unreadable_checkpoint_in_a_folder_is_skipped_a_named_one_is_an_error
 
 def test_probe_of_a_tabular_checkpoint_reads_numbers_and_arrays(tmp_path, capsys):
     """A model without a tokenizer (features in, classes out) is probed from a CSV of numbers (was: "has no
-    tokenizer, so it cannot read the text file") or from array files (.npy, .npz, .pt: were refused as
-    binary); all give the same layers as the same data in memory, and mistakes are one line."""
+    tokenizer, so it cannot read the text file"; pandas' unnamed row-index column left out) or from array
+    files (.npy, .npz, .pt: were refused as binary); all give the same layers as the same data in memory,
+    and mistakes are one line."""
     from helpers import FlatBlocks
 
     g = torch.Generator().manual_seed(0)
@@ -916,12 +917,13 @@ def test_probe_of_a_tabular_checkpoint_reads_numbers_and_arrays(tmp_path, capsys
     names = ["cat", "dog", "eel"]
     (tmp_path / "t.csv").write_text("f0,f1,f2,f3,f4,f5,label\n" + "\n".join(",".join([*(repr(float(v)) for v in r), names[int(c)]]) for r, c in zip(x, y)))
     (tmp_path / "n.csv").write_text("a,b,c,d,e,f,cls\n" + "\n".join(",".join([*(repr(float(v)) for v in r), str(int(c))]) for r, c in zip(x, y)))
+    (tmp_path / "idx.csv").write_text(",f0,f1,f2,f3,f4,f5,label\n" + "\n".join(",".join([str(i), *(repr(float(v)) for v in r), str(int(c))]) for i, (r, c) in enumerate(zip(x, y))))
     np.save(tmp_path / "x.npy", x.numpy())
     np.savez(tmp_path / "xy.npz", features=x.numpy(), labels=y.numpy())
     torch.save((x, y), tmp_path / "xy.pt")
     model = load_model(ckpt, module="helpers.FlatBlocks")
     expected = probe(model.module, (x, y), k=5, pullback_samples=0, progress=False).models[0]["layers"]
-    for data, extra in (("t.csv", []), ("n.csv", ["--label-column", "cls"]), ("xy.npz", []), ("xy.pt", []), ("x.npy", [])):
+    for data, extra in (("t.csv", []), ("n.csv", ["--label-column", "cls"]), ("idx.csv", []), ("xy.npz", []), ("xy.pt", []), ("x.npy", [])):
         out = tmp_path / data.replace(".", "_")
         assert main(["probe", str(ckpt), "--module", "helpers.FlatBlocks", "--data", str(tmp_path / data), "--k", "5", "--pullback-samples", "0", "--out", str(out), *extra]) == 0
         got = json.loads((out / "metrics.json").read_text())["models"][0]["layers"]

@@ -8,6 +8,7 @@ are not numbers are one line naming where.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -137,7 +138,10 @@ def numeric_table(path: Path, text_column: str, label_column: str | None) -> tup
     lab = label_column if label_column in cols else None
     if label_column not in (None, "label") and lab is None:
         raise ValueError(f"{path} has no column {label_column!r} (columns: {', '.join(cols)}); pass --label-column.")
-    feats = [c for c in cols if c != lab]
+    index = [c for c in cols if c != lab and _is_index_column(c, [rec.get(c) for _, rec in rows])]
+    if index:  # pandas' to_csv writes the row index as a first, unnamed column: no feature of the samples
+        warnings.warn(f"{path}: column {index[0]!r} is a row index (0, 1, 2, ...; pandas' to_csv writes one): left out of the features.", stacklevel=3)
+    feats = [c for c in cols if c != lab and c not in index]
     if not feats:
         raise ValueError(f"{path} has no feature columns besides the label {lab!r}.")
     x = np.empty((len(rows), len(feats)))
@@ -159,6 +163,17 @@ def numeric_table(path: Path, text_column: str, label_column: str | None) -> tup
         )
     labels = [rec[lab] for _, rec in rows] if lab is not None else None
     return x, labels
+
+
+def _is_index_column(name: str, values: list[Any]) -> bool:
+    """An unnamed column ('' or pandas' 'Unnamed: 0') holding 0, 1, 2, ... (or 1, 2, 3, ...): a row index."""
+    if name.strip() and not name.startswith("Unnamed:"):
+        return False
+    try:
+        ints = [int(float(v)) for v in values]
+    except (TypeError, ValueError):
+        return False
+    return ints == list(range(ints[0], ints[0] + len(ints))) and ints[0] in (0, 1)
 
 
 def table_probe_data(
