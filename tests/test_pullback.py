@@ -301,3 +301,23 @@ def test_a_plain_networks_logits_in_a_dict_or_a_tuple_are_pulled_back():
         assert m.get("pullback_note") is None
         traces[kind] = [p["trace"] for p in m["pullback"]]
     assert traces["dict"] == traces["tensor"] == traces["tuple"] and len(traces["tensor"]) == 3
+
+
+@pytest.mark.parametrize("output", ["probs", "fisher"])
+def test_a_single_output_is_a_binary_logit_not_a_zero_metric(output):
+    """softmax of one logit is constant: a one-output head (BCE-style) pulled back g = 0 at every layer for
+    "probs" / "fisher" (the probe uses "fisher"). It is read as the two-class logits [0, z] now:
+    g = w grad z grad z^T with w = 2 (p (1 - p))^2 for probs and p (1 - p) for fisher, p = sigmoid(z)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
+    x = torch.randn(3, 5, dtype=torch.float64)
+    s = pullback_spectrum(net, x, output=output, method="exact")
+    for i in range(3):
+        xi = x[i : i + 1].clone().requires_grad_(True)
+        z = net(xi)[0, 0]
+        (grad,) = torch.autograd.grad(z, xi)
+        p = torch.sigmoid(z.detach())
+        w = 2 * (p * (1 - p)) ** 2 if output == "probs" else p * (1 - p)  # probs: |d[1 - p, p]/dz|^2
+        want = float(w * grad.square().sum())
+        assert float(s.eigenvalues[i, 0]) == pytest.approx(want, rel=1e-10) and want > 0
+        assert float(s.eigenvalues[i, 1:].abs().max()) <= 1e-12 * want

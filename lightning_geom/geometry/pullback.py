@@ -12,6 +12,10 @@ J_phi = d(phi o f)/dx:
 * ``"fisher"``: phi = 2 sqrt(softmax): the Fisher-Rao metric of the categorical distribution, equal to
   G = diag(p) - p p^T on the logits (rank <= m - 1).
 
+A head with a single output (a binary classifier's logit, BCE-style) is read as the two-class logits
+[0, z] by ``"probs"`` and ``"fisher"`` (sigmoid probabilities; Fisher G = p (1 - p)): the softmax of one
+logit is constant, and its metric was g = 0 at every layer. A regression output wants ``"logits"``.
+
 Eigenvectors of g with eigenvalue ~0 span directions the output does not see (an equivalence class);
 the top ones change it most. We never form the n x n matrix:
 
@@ -77,6 +81,13 @@ class Spectrum:
         return int(math.prod(self.input_shape))
 
 
+def _two_class(z: Tensor) -> Tensor:
+    """A single output (B, 1) read as a binary classifier's logit: the two-class logits [0, z] (softmax:
+    [1 - sigmoid(z), sigmoid(z)]; the Fisher metric on z is then sigmoid(z) (1 - sigmoid(z)), Bernoulli's);
+    the softmax of one logit alone is constant and would pull back to g = 0. Wider outputs pass."""
+    return torch.cat([torch.zeros_like(z), z], dim=-1) if z.shape[-1] == 1 else z
+
+
 def output_map(output: OutputName | Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
     """phi such that the output metric is Euclidean on phi(logits) (see the module docstring).
 
@@ -88,9 +99,9 @@ def output_map(output: OutputName | Callable[[Tensor], Tensor]) -> Callable[[Ten
     if output == "logits":
         return lambda z: z
     if output == "probs":
-        return lambda z: torch.softmax(z, dim=-1)
+        return lambda z: torch.softmax(_two_class(z), dim=-1)
     if output == "fisher":
-        return lambda z: 2.0 * torch.exp(0.5 * torch.log_softmax(z, dim=-1))
+        return lambda z: 2.0 * torch.exp(0.5 * torch.log_softmax(_two_class(z), dim=-1))
     raise ValueError(f"Expected `output` to be one of {OUTPUT_MAPS} or a callable, but got {output!r}.")
 
 
