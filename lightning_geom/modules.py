@@ -73,8 +73,12 @@ def layer_patterns(layers: str | Sequence[str] | None) -> list[str] | None:
 
 
 def is_encoder_decoder(net: nn.Module) -> bool:
-    """A Hugging Face encoder-decoder model (T5, BART, ...): its decoder needs targets to run."""
-    return bool(getattr(getattr(net, "config", None), "is_encoder_decoder", False))
+    """A Hugging Face encoder-decoder model (T5, BART, ...) that holds its decoder: the decoder needs
+    targets to run. A head on the encoder alone (``WhisperForAudioClassification``: its config says
+    encoder-decoder, it has no decoder) is not one."""
+    if not getattr(getattr(net, "config", None), "is_encoder_decoder", False):
+        return False
+    return any(name.rpartition(".")[2] == "decoder" for name, _ in net.named_modules())
 
 
 def match_modules(model: nn.Module, patterns: Sequence[str]) -> list[str]:

@@ -1012,3 +1012,22 @@ def test_navigate_a_tabular_checkpoint_from_a_data_file(tmp_path):
         main(["navigate", str(ckpt), "--module", "helpers.FlatBlocks", "--data", str(tmp_path / "t.npz"), "--index", "50", "--out", str(tmp_path / "n")])
     with pytest.raises(SystemExit):
         main(["navigate", str(ckpt), "--module", "helpers.FlatBlocks", "--data", str(tmp_path / "t.txt"), "--out", str(tmp_path / "n")])
+
+
+def test_an_encoder_only_head_of_an_encoder_decoder_config_gets_its_pullback():
+    """WhisperForAudioClassification's config says encoder-decoder, but the model is the encoder and a
+    head: it was refused the pullback ("its logits need decoder inputs"). Models that hold a decoder
+    (T5, BART) still are. Its layers are the encoder's hidden states, as before."""
+    from transformers import WhisperConfig, WhisperForAudioClassification
+
+    torch.manual_seed(0)
+    cfg = WhisperConfig(d_model=32, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                        encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=16, max_source_positions=50, num_labels=3)
+    model = WhisperForAudioClassification(cfg).eval()
+    x, y = torch.randn(40, 16, 100), torch.arange(40) % 3
+    m = probe(model, {"input_features": x, "labels": y}, k=5, range_max=8, pullback_samples=2, progress=False).models[0]
+    assert m.get("pullback_note") is None and len(m["pullback"]) == 3 and all(p["trace"] > 0 for p in m["pullback"])
+    with torch.no_grad():
+        states = model.encoder(x[:8], output_hidden_states=True).hidden_states
+    got = capture_representations(model, [{"input_features": x[:8]}]).features
+    assert all(torch.allclose(a, h.mean(1), atol=1e-6) for a, h in zip(got, states))
