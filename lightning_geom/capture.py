@@ -299,15 +299,18 @@ def logits_and_hidden(net: nn.Module, batch: Any, label_key: str | None = "label
         return _checked_logits(net, output_logits(out), tuple(store[n][-1] for n in blocks))
     with explained(net, batch):
         out = net(*args, **kwargs, output_hidden_states=True)
-    return _checked_logits(net, getattr(out, "logits", None), getattr(out, "hidden_states", None))
+    return _checked_logits(net, output_logits(out), getattr(out, "hidden_states", None), out)
 
 
-def _checked_logits(net: nn.Module, logits: Tensor | None, hidden: Any) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """``(logits, hidden_states)``, or the NoLogitsError that names which is missing and the fix."""
+def _checked_logits(net: nn.Module, logits: Tensor | None, hidden: Any, out: Any = None) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """``(logits, hidden_states)``, or the NoLogitsError that names which is missing (and the output's
+    fields, when it has some) and the fix."""
     if logits is None or hidden is None:
         what = " and ".join(n for n, v in (("`logits`", logits), ("`hidden_states`", hidden)) if v is None)
+        fields = [str(k) for k in out.keys()] if isinstance(out, Mapping) else []
+        has = f" (its output holds {', '.join(fields)})" if fields and logits is None else ""
         raise NoLogitsError(
-            f"{type(net).__name__} returns no {what} (a model without an output head has no logits to pull back); "
+            f"{type(net).__name__} returns no {what}{has} (a model without an output head has no logits to pull back); "
             "pass `run_fn(network, batch) -> (logits, hidden_states)`."
         )
     return logits, hidden

@@ -106,11 +106,14 @@ LABEL_KEYS = ("labels", "label", "targets", "target", "y")  # batch keys read as
 
 
 def output_logits(out: Any) -> Tensor | None:
-    """The logits in a forward's output: the tensor itself, ``.logits`` (Hugging Face outputs), a dict's
-    ``"logits"``, or a tuple's first tensor (``(logits, aux_loss)``); None when there is none."""
+    """The logits in a forward's output: the tensor itself, ``.logits`` (Hugging Face outputs; else
+    ``.prediction_logits``), a dict's ``"logits"``, or a tuple's first tensor (``(logits, aux_loss)``);
+    None when there is none."""
     if isinstance(out, Tensor):
         return out
     logits = getattr(out, "logits", None)
+    if logits is None:  # a head that names them otherwise (PatchTST, BertForPreTraining's MLM head)
+        logits = getattr(out, "prediction_logits", None)
     if logits is None and isinstance(out, Mapping):
         logits = out.get("logits")
     if logits is None and isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):

@@ -321,3 +321,22 @@ def test_a_single_output_is_a_binary_logit_not_a_zero_metric(output):
         want = float(w * grad.square().sum())
         assert float(s.eigenvalues[i, 0]) == pytest.approx(want, rel=1e-10) and want > 0
         assert float(s.eigenvalues[i, 1:].abs().max()) <= 1e-12 * want
+
+
+def test_heads_that_name_their_logits_otherwise_are_pulled_back_or_named():
+    """PatchTST's classifier returns `prediction_logits`: it was "no output head". A QA head (start /
+    end logits: two heads) is still refused, its note naming what the output holds."""
+    from transformers import BertConfig, BertForQuestionAnswering, PatchTSTConfig, PatchTSTForClassification
+
+    from lightning_geom import probe
+
+    torch.manual_seed(0)
+    cfg = PatchTSTConfig(num_input_channels=3, context_length=32, patch_length=8, patch_stride=8, d_model=16,
+                         num_hidden_layers=2, num_attention_heads=2, ffn_dim=32, num_targets=3)
+    ts = probe(PatchTSTForClassification(cfg).eval(), {"past_values": torch.randn(40, 32, 3), "labels": torch.arange(40) % 3},
+               k=5, range_max=8, pullback_samples=2, progress=False).models[0]
+    assert ts["pullback_note"] is None and all(p["trace"] > 0 for p in ts["pullback"])
+    qa = BertForQuestionAnswering(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)).eval()
+    ids = torch.randint(5, 50, (40, 8))
+    note = probe(qa, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, k=5, range_max=8, pullback_samples=2, progress=False).models[0]["pullback_note"]
+    assert "start_logits" in note and "end_logits" in note

@@ -565,6 +565,9 @@ def _pullback(
     except Exception as err:  # noqa: BLE001 - no output head, or an op without a gradient: no pullback section
         if not done:
             if isinstance(err, NoLogitsError):
+                has = str(err).partition(" (its output holds ")[2].partition(")")[0]
+                if has and "logits" in has:  # e.g. question answering: start_logits and end_logits, two heads
+                    return None, 0, f"{type(net).__name__} has no single `logits` output to pull back (its output holds {has})"
                 return None, 0, f"{type(net).__name__} has no output head (no logits to pull back)"
             why = (str(err).splitlines() or [""])[0][:200]
             return None, 0, f"the pullback failed on this model ({type(err).__name__}: {why})"
