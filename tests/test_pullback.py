@@ -326,7 +326,12 @@ def test_a_single_output_is_a_binary_logit_not_a_zero_metric(output):
 def test_heads_that_name_their_logits_otherwise_are_pulled_back_or_named():
     """PatchTST's classifier returns `prediction_logits`: it was "no output head". A QA head (start /
     end logits: two heads) is still refused, its note naming what the output holds."""
-    from transformers import BertConfig, BertForQuestionAnswering, PatchTSTConfig, PatchTSTForClassification
+    from transformers import (
+        BertConfig,
+        BertForQuestionAnswering,
+        PatchTSTConfig,
+        PatchTSTForClassification,
+    )
 
     from lightning_geom import probe
 
