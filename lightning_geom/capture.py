@@ -274,7 +274,12 @@ def map_tensors(obj: Any, fn: Callable[[Tensor], Any]) -> Any:
 
 
 class NoLogitsError(ValueError):
-    """The network's output has no ``logits`` or no ``hidden_states`` (a base model without a head)."""
+    """The network's output has no ``logits`` or no ``hidden_states`` (a base model without a head).
+    ``fields``: the names the output holds, when it is a mapping (a QA model's start / end logits)."""
+
+    def __init__(self, message: str, fields: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.fields = fields
 
 
 def logits_and_hidden(net: nn.Module, batch: Any, label_key: str | None = "labels") -> tuple[Tensor, tuple[Tensor, ...]]:
@@ -307,11 +312,12 @@ def _checked_logits(net: nn.Module, logits: Tensor | None, hidden: Any, out: Any
     fields, when it has some) and the fix."""
     if logits is None or hidden is None:
         what = " and ".join(n for n, v in (("`logits`", logits), ("`hidden_states`", hidden)) if v is None)
-        fields = [str(k) for k in out.keys()] if isinstance(out, Mapping) else []
-        has = f" (its output holds {', '.join(fields)})" if fields and logits is None else ""
+        fields = tuple(str(k) for k in out.keys()) if isinstance(out, Mapping) and logits is None else ()
+        has = f" (its output holds {', '.join(fields)})" if fields else ""
         raise NoLogitsError(
             f"{type(net).__name__} returns no {what}{has} (a model without an output head has no logits to pull back); "
-            "pass `run_fn(network, batch) -> (logits, hidden_states)`."
+            "pass `run_fn(network, batch) -> (logits, hidden_states)`.",
+            fields,
         )
     return logits, hidden
 
@@ -343,10 +349,6 @@ def _warn_unmasked(net: nn.Module, args: tuple, kwargs: dict, reading: str) -> N
         warnings.warn(note, stacklevel=3)
 
 
-def _to_device(obj: Any, device: torch.device) -> Any:
-    return map_tensors(obj, lambda t: t.to(device))
-
-
 def float_dtype(net: nn.Module) -> torch.dtype | None:
     """The dtype of ``net``'s first floating-point parameter (what its layers compute in), or None."""
     return next((p.dtype for p in net.parameters() if p.is_floating_point()), None)
@@ -363,10 +365,8 @@ def model_inputs(batch: Any, device: torch.device | str, dtype: torch.dtype | No
 
     if isinstance(batch, Mapping):
         return {k: map_tensors(v, lambda t, c=k not in LABEL_KEYS: move(t, c)) for k, v in batch.items()}
-    if isinstance(batch, tuple) and batch:
-        return (map_tensors(batch[0], lambda t: move(t, True)), *(map_tensors(v, lambda t: move(t, False)) for v in batch[1:]))
-    if isinstance(batch, list) and batch:
-        return [map_tensors(batch[0], lambda t: move(t, True)), *(map_tensors(v, lambda t: move(t, False)) for v in batch[1:])]
+    if isinstance(batch, (tuple, list)) and batch:  # (inputs, labels, ...): the first item is the input
+        return type(batch)(map_tensors(v, lambda t, c=i == 0: move(t, c)) for i, v in enumerate(batch))
     return map_tensors(batch, lambda t: move(t, True))
 
 
@@ -440,10 +440,11 @@ def capture_representations(
     sources: tuple[str, ...] = ()
     was_training = module.training
     module.eval()
+    dtype = float_dtype(net)  # the probe's float inputs in it (under autocast too: a float32 model stays float32)
     try:
         with torch.inference_mode(), no_attention_fastpath():
             for batch in batches:
-                batch = model_inputs(batch, device, float_dtype(net))  # under autocast too: a float32 model stays float32
+                batch = model_inputs(batch, device, dtype)
                 args, kwargs, lab = split_batch(batch, label_key)
                 mask = kwargs.get("attention_mask") if isinstance(kwargs, dict) else None
                 args, kwargs = forward_call(net, batch, args, kwargs)

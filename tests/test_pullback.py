@@ -297,7 +297,7 @@ def test_a_plain_networks_logits_in_a_dict_or_a_tuple_are_pulled_back():
     traces = {}
     for kind in ("tensor", "dict", "tuple"):
         torch.manual_seed(0)
-        m = probe(Net(kind), (x, y), k=5, pullback_samples=3, progress=False).models[0]
+        m = probe(Net(kind), (x, y), k=5, pullback_samples=3, pullback_share=1, progress=False).models[0]  # all 3: not cut by time
         assert m.get("pullback_note") is None
         traces[kind] = [p["trace"] for p in m["pullback"]]
     assert traces["dict"] == traces["tensor"] == traces["tuple"] and len(traces["tensor"]) == 3

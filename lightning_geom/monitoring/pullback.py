@@ -129,9 +129,10 @@ class PullbackCore(MonitorCore):
         was_training = run.module.training
         run.module.eval()
         out = []
+        dtype = float_dtype(net)  # the probe's float inputs in the model's dtype
         try:
             for bid, batch in self._shard(self._probe(run)):
-                batch = model_inputs(batch, run.device, float_dtype(net))
+                batch = model_inputs(batch, run.device, dtype)
                 # default position: each sample's last *real* token (a padded probe's last column is padding)
                 position = self.position if self.position is not None else batch_last_positions(batch)
                 spectra = layer_spectra(

@@ -540,6 +540,7 @@ def _pullback(
     if is_encoder_decoder(net):
         return None, 0, "an encoder-decoder model: its logits need decoder inputs (targets); the layers probed are the encoder's"
     count = min(n, batch_len(first))
+    dtype = float_dtype(net)  # the samples' float inputs in the model's dtype
     t0 = prev = time.perf_counter()
     per_layer: list[dict[str, list[torch.Tensor]]] = []
     done = 0
@@ -549,7 +550,7 @@ def _pullback(
             if isinstance(one, dict) and "attention_mask" in one:  # the sample alone, its real tokens only (either padding side)
                 real = one["attention_mask"][0].bool()
                 one = {k: v[:, real] if v.ndim == 2 and v.shape[1] == real.numel() else v for k, v in one.items()}
-            one = model_inputs(one, dev, float_dtype(net))
+            one = model_inputs(one, dev, dtype)
             # an LM's vocabulary: its top 16 logits (each output is one backward direction); a classifier's head whole
             spectra = layer_spectra(lambda one=one: logits_and_hidden(net, one), output="fisher", top_logits="auto")
             if not per_layer:
@@ -565,9 +566,8 @@ def _pullback(
     except Exception as err:  # noqa: BLE001 - no output head, or an op without a gradient: no pullback section
         if not done:
             if isinstance(err, NoLogitsError):
-                has = str(err).partition(" (its output holds ")[2].partition(")")[0]
-                if has and "logits" in has:  # e.g. question answering: start_logits and end_logits, two heads
-                    return None, 0, f"{type(net).__name__} has no single `logits` output to pull back (its output holds {has})"
+                if any("logits" in f for f in err.fields):  # e.g. question answering: start_logits and end_logits, two heads
+                    return None, 0, f"{type(net).__name__} has no single `logits` output to pull back (its output holds {', '.join(err.fields)})"
                 return None, 0, f"{type(net).__name__} has no output head (no logits to pull back)"
             why = (str(err).splitlines() or [""])[0][:200]
             return None, 0, f"the pullback failed on this model ({type(err).__name__}: {why})"
