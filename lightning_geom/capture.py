@@ -38,6 +38,7 @@ from .modules import (  # noqa: F401 - used here, and capture's public names sin
     _first_tensor,
     _is_hf,
     _layer_hint,
+    dict_outputs,
     forward_call,
     forward_signature,
     hook_modules,
@@ -302,7 +303,7 @@ def logits_and_hidden(net: nn.Module, batch: Any, label_key: str | None = "label
         with explained(net, batch), hook_modules(net, blocks, detach=False) as store:
             out = net(*args, **kwargs)
         return _checked_logits(net, output_logits(out), tuple(store[n][-1] for n in blocks))
-    with explained(net, batch):
+    with explained(net, batch), dict_outputs(net):
         out = net(*args, **kwargs, output_hidden_states=True)
     return _checked_logits(net, output_logits(out), getattr(out, "hidden_states", None), out)
 
@@ -442,7 +443,7 @@ def capture_representations(
     module.eval()
     dtype = float_dtype(net)  # the probe's float inputs in it (under autocast too: a float32 model stays float32)
     try:
-        with torch.inference_mode(), no_attention_fastpath():
+        with torch.inference_mode(), no_attention_fastpath(), dict_outputs(net):
             for batch in batches:
                 batch = model_inputs(batch, device, dtype)
                 args, kwargs, lab = split_batch(batch, label_key)

@@ -28,6 +28,7 @@ __all__ = [
     "layer_patterns",
     "match_modules",
     "no_attention_fastpath",
+    "dict_outputs",
     "repeated_blocks",
     "resolve_network",
     "restore_output_recording",
@@ -242,6 +243,26 @@ def no_attention_fastpath() -> Iterator[None]:
         yield
     finally:
         put(was)
+
+
+@contextmanager
+def dict_outputs(net: nn.Module | None) -> Iterator[None]:
+    """Hugging Face models inside ``net`` return their output dataclass (``.logits``, ``.hidden_states``)
+    for the duration, even when their config says ``return_dict=False`` (set for TorchScript / ONNX
+    export, or by ``torchscript=True``): such a model returns a plain tuple, whose items cannot be
+    told apart by name. Every distinct config found is set back on exit."""
+    configs = {}
+    for mod in net.modules() if isinstance(net, nn.Module) else ():
+        cfg = getattr(mod, "config", None)
+        if cfg is not None and getattr(cfg, "return_dict", True) is False:
+            configs[id(cfg)] = cfg
+    for cfg in configs.values():
+        cfg.return_dict = True
+    try:
+        yield
+    finally:
+        for cfg in configs.values():
+            cfg.return_dict = False
 
 
 @contextmanager

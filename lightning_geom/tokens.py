@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from .capture import capture_representations, pool, resolve_network, right_align, split_batch
 from .geometry.neighbors import available_bytes, format_bytes
+from .modules import dict_outputs
 
 __all__ = ["TokenCloud", "token_keep_mask", "next_token_losses", "lm_capture_forward", "capture_token_cloud", "is_causal_lm"]
 
@@ -121,7 +122,8 @@ def _lm_pass(
     out, states = [], []
     for s in range(0, ids.shape[0], rows):
         part = {k: v[s : s + rows] if torch.is_tensor(v) and v.shape[:1] == ids.shape[:1] else v for k, v in kwargs.items()}
-        res = net(**part)
+        with dict_outputs(net):
+            res = net(**part)
         logits = res.logits[:, :-1].float()  # position t predicts token t + 1
         ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[s : s + rows, 1:], reduction="none").double()
         del logits

@@ -460,3 +460,47 @@ def test_dict_batches_a_forward_cannot_take_are_one_line_or_trimmed():
     assert all(torch.equal(a, b) for a, b in zip(plain.features, extra.features)) and extra.labels.tolist() == y.tolist()
     with pytest.raises(ValueError, match=r"Net.forward\(x\) got the probe batch dict \(features, target\) whole.*batch\['features'\]"):
         capture_representations(net, [{"features": x, "target": y}])
+
+
+def test_models_set_to_return_tuples_are_read_by_name_and_left_as_they_were():
+    """A Hugging Face config with ``return_dict=False`` (TorchScript / ONNX export) makes the model
+    return tuples: capture, the pullback's forward, next-token losses and the explorer read them by
+    name all the same (each equal to the same model returning its output class), and the config is
+    set back afterwards."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from lightning_geom.capture import logits_and_hidden
+    from lightning_geom.navigation import EquivalenceClassExplorer
+    from lightning_geom.tokens import next_token_losses
+
+    lm = TinyGPT(n_layer=2).model.eval()  # no dropout: two forwards agree
+    data = token_data(12)
+    cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, num_labels=3)
+    torch.manual_seed(0)
+    clf = BertForSequenceClassification(cfg).eval()
+    ids = torch.randint(0, 50, (4, 6))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([0, 1, 2, 0])}
+    want = {
+        "lm": capture_representations(lm, [data]).features,
+        "clf": capture_representations(clf, [batch]).features,
+        "logits": logits_and_hidden(lm, data)[0].detach(),
+        "loss": next_token_losses(lm, data),
+        "walk": EquivalenceClassExplorer(clf, steps=2, record_every=1).walk(batch)[0]["steps"][-1]["probs"],
+    }
+    for model in (lm, clf):
+        model.config.return_dict = False
+    got = {
+        "lm": capture_representations(lm, [data]).features,
+        "clf": capture_representations(clf, [batch]).features,
+        "logits": logits_and_hidden(lm, data)[0].detach(),
+        "loss": next_token_losses(lm, data),
+        "walk": EquivalenceClassExplorer(clf, steps=2, record_every=1).walk(batch)[0]["steps"][-1]["probs"],
+    }
+    for key in ("lm", "clf"):
+        assert len(got[key]) == len(want[key]) == 3
+        for a, b in zip(got[key], want[key]):
+            torch.testing.assert_close(a, b)
+    torch.testing.assert_close(got["logits"], want["logits"])
+    torch.testing.assert_close(got["loss"], want["loss"], equal_nan=True)
+    torch.testing.assert_close(torch.as_tensor(got["walk"]), torch.as_tensor(want["walk"]))
+    assert lm.config.return_dict is False and clf.config.return_dict is False  # the user's setting, back

@@ -37,6 +37,7 @@ from ..geometry.pullback import (
     resolve_top_logits,
     spectrum_from_jacobian,
 )
+from ..modules import dict_outputs
 from .adapters import Adapter, adapter_for
 
 __all__ = ["EquivalenceClassExplorer", "TokenPositionError"]
@@ -175,6 +176,10 @@ class EquivalenceClassExplorer(L.LightningModule):
     # ------------------------------------------------------------------ the walk
     def walk(self, batch: Any, batch_idx: int = 0) -> list[dict[str, Any]]:
         """Walk every sample of ``batch``; returns one trajectory dict per sample."""
+        with dict_outputs(self.model):  # a Hugging Face model set to return tuples: its named outputs here
+            return self._walk(batch, batch_idx)
+
+    def _walk(self, batch: Any, batch_idx: int) -> list[dict[str, Any]]:
         gen = torch.Generator(device="cpu").manual_seed(self.seed + batch_idx)
         with torch.no_grad(), explained(self.model, batch, fed=False):
             e0 = self.adapter.embed(batch).detach()
