@@ -15,7 +15,7 @@ predicting token t + 1 from the hidden state at position t (NaN at a prompt's la
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,7 +109,7 @@ def _lm_pass(
 ) -> tuple[Tensor, tuple[Tensor, ...] | None]:
     """:func:`next_token_losses` and, with ``hidden``, the same forward's hidden states (each (B, T, D),
     row slices concatenated): one pass gives both, where a separate capture would run the model twice."""
-    if not isinstance(batch, dict) or "input_ids" not in batch:
+    if not isinstance(batch, Mapping) or "input_ids" not in batch:
         raise ValueError("next-token losses need token inputs: a dict batch with `input_ids`.")
     ids = batch["input_ids"]
     mask = batch.get("attention_mask")
@@ -250,8 +250,8 @@ def capture_token_cloud(
             for acc, g in zip(pooled_feats, got):
                 acc.append(g)
         _check_cloud_memory(available + int(reps.lengths.sum()), max_tokens, reps.features, len(feats) > 0)
-        ids = batch.get("input_ids") if isinstance(batch, dict) else None
-        mask = batch.get("attention_mask") if isinstance(batch, dict) else None
+        ids = batch.get("input_ids") if isinstance(batch, Mapping) else None
+        mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
         ids = aligned_to(ids, mask) if ids is not None else None  # the capture moved real tokens to the front
         keep = token_keep_mask(reps.lengths, t, input_ids=ids, drop_ids=drop if ids is not None else (), drop_first=drop_first)
         rows, cols = keep.nonzero(as_tuple=True)

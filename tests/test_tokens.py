@@ -188,3 +188,19 @@ def test_a_cloud_too_large_for_memory_is_refused_before_it_is_built(lm, monkeypa
     with pytest.raises(ValueError, match="lower `max_tokens`"):  # None: checked against the tokens seen so far
         monkeypatch.setattr(tokens_mod, "available_bytes", lambda device: 1000)
         capture_token_cloud(lm, _batches(), max_tokens=None, loss=False)
+
+
+def test_a_tokenizer_s_batch_encoding_is_read_as_the_dict_it_holds(lm):
+    """A tokenizer's output (``BatchEncoding``: a mapping, not a ``dict``) passed as the batches: the token
+    cloud keeps its next-token losses and the losses are those of the plain dicts (they were dropped,
+    and ``next_token_losses`` refused the batch)."""
+    from transformers import BatchEncoding
+
+    batches = _batches()
+    want = capture_token_cloud(lm, batches, max_tokens=None)
+    got = capture_token_cloud(lm, [BatchEncoding(b) for b in batches], max_tokens=None)
+    assert got.loss is not None and want.loss is not None
+    torch.testing.assert_close(got.loss, want.loss, equal_nan=True)
+    for a, b in zip(got.features, want.features):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(next_token_losses(lm, BatchEncoding(batches[0])), next_token_losses(lm, batches[0]), equal_nan=True)

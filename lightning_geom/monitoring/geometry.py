@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -298,7 +298,7 @@ class GeometryCore(MonitorCore):
         if reps.lengths is None or reps.features[0].ndim != 3:
             raise ValueError(f"tokens={self.tokens!r} needs token-level hidden states (B, T, D) from the model.")
         ids = None
-        if all(isinstance(bt, dict) and torch.is_tensor(bt.get("input_ids")) for bt in batches):
+        if all(isinstance(bt, Mapping) and torch.is_tensor(bt.get("input_ids")) for bt in batches):
             width = reps.features[0].shape[1]  # right-padded to the longest batch, as the features
             ids = torch.cat([torch.nn.functional.pad(_aligned_ids(bt), (0, width - bt["input_ids"].shape[1]), value=-1) for bt in batches])
         return reps.features, reps.lengths, ids

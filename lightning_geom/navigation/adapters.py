@@ -82,7 +82,7 @@ def _image_classifier(model: nn.Module) -> Adapter | None:
         return None  # no patch tokens (a convolutional stem: ConvNeXt, ResNet)
 
     def pixels(b: Any) -> Tensor:
-        return b["pixel_values"] if isinstance(b, dict) else b
+        return b["pixel_values"] if isinstance(b, Mapping) else b
 
     def embed(b: Any) -> Tensor:
         out = embeddings(pixels(b))
@@ -176,7 +176,7 @@ def adapter_for(model: nn.Module, tokenizer: Any = None) -> Adapter:
     name = type(model).__name__
     if name == "ImageGPT":  # the demo: token embeddings of [start, p_0 .. p_62] -> next pixel
         return Adapter(
-            embed=lambda b: model.tok(model.input_ids(b["pixels"] if isinstance(b, dict) else b)),
+            embed=lambda b: model.tok(model.input_ids(b["pixels"] if isinstance(b, Mapping) else b)),
             head=lambda e, b: model.forward_embeddings(e).logits[:, -1],
             decoder=TokenDecoder(model.tok.weight),
         )
@@ -186,7 +186,7 @@ def adapter_for(model: nn.Module, tokenizer: Any = None) -> Adapter:
         size = vit.config.image_size
         size = (size, size) if isinstance(size, int) else tuple(size)
         return Adapter(
-            embed=lambda b: vit.embeddings(b["pixel_values"] if isinstance(b, dict) else b),
+            embed=lambda b: vit.embeddings(b["pixel_values"] if isinstance(b, Mapping) else b),
             head=lambda e, b: model.classifier(vit.layernorm(_vit_blocks(vit, e))[:, 0]),
             decoder=PatchDecoder(proj.weight, proj.bias, vit.embeddings.position_embeddings[0], size),
             class_names=_label_names(model),
@@ -207,7 +207,7 @@ def adapter_for(model: nn.Module, tokenizer: Any = None) -> Adapter:
         causal = is_causal_lm(model)
 
         def head(e: Tensor, b: Any) -> Tensor:
-            mask = b.get("attention_mask") if isinstance(b, dict) else None
+            mask = b.get("attention_mask") if isinstance(b, Mapping) else None
             logits = getattr(model(inputs_embeds=e, attention_mask=mask), "logits", None)
             if logits is None:
                 raise NoLogitsError(
@@ -223,7 +223,7 @@ def adapter_for(model: nn.Module, tokenizer: Any = None) -> Adapter:
         else:
             names = _label_names(model)
         return Adapter(
-            embed=lambda b: emb(b["input_ids"] if isinstance(b, dict) else b),
+            embed=lambda b: emb(b["input_ids"] if isinstance(b, Mapping) else b),
             head=head,
             decoder=TokenDecoder(emb.weight, tokenizer),
             class_names=names,

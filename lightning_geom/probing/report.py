@@ -17,7 +17,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -248,7 +248,7 @@ def probe_model(
             except (TypeError, ValueError, KeyError, IndexError) as err:
                 if feats:  # the first batch ran: not a mismatch of model and data
                     raise
-                keys = ", ".join(map(str, batch)) if isinstance(batch, dict) else type(batch).__name__
+                keys = ", ".join(map(str, batch)) if isinstance(batch, Mapping) else type(batch).__name__
                 raise ValueError(
                     f"{name} does not run on {data.description}'s batches ({keys}): {type(err).__name__}: "
                     f"{_first_line(err)}. Is --data the kind of input this model takes?"
@@ -413,7 +413,7 @@ def _shuffle_blocks(batch: dict[str, torch.Tensor], block: int, seed: int) -> di
 
 
 def _has_token_ids(batches: Sequence[Any]) -> bool:
-    return all(isinstance(b, dict) and "input_ids" in b for b in batches)
+    return all(isinstance(b, Mapping) and "input_ids" in b for b in batches)
 
 
 def _token_batches(batches: Sequence[Any], what: str) -> list[dict[str, torch.Tensor]]:
@@ -547,7 +547,7 @@ def _pullback(
     try:
         for i in range(count):
             one = map_tensors(first, lambda v, i=i: v[i : i + 1] if v.ndim else v)  # dict, tuple or tensor batches
-            if isinstance(one, dict) and "attention_mask" in one:  # the sample alone, its real tokens only (either padding side)
+            if isinstance(one, Mapping) and "attention_mask" in one:  # the sample alone, its real tokens only (either padding side)
                 real = one["attention_mask"][0].bool()
                 one = {k: v[:, real] if v.ndim == 2 and v.shape[1] == real.numel() else v for k, v in one.items()}
             one = model_inputs(one, dev, dtype)
