@@ -240,6 +240,16 @@ def test_python_probe_of_texts_in_memory_with_a_tokenizer(text_model, text_data)
     assert "label_overlap" not in unlabelled["layers"][0] or unlabelled["layers"][0]["label_overlap"] is None
     with pytest.raises(ValueError, match="pass `tokenizer=`"):
         lightning_geom.probe(model, texts, **opts)
+    # rows of text not tokenized yet (JSON records, a Dataset before map(tokenizer), (text, label) pairs):
+    # tokenized with the tokenizer, the same numbers as (texts, labels)
+    names = sorted(set(labels))
+    label_tensors = [{"sentence": t, "idx": i, "label": torch.tensor(names.index(y))} for i, (t, y) in enumerate(zip(texts, labels))]
+    for form in (rows, list(zip(texts, labels)), label_tensors):
+        got = json.loads(lightning_geom.probe(model, form, tokenizer=tok, **opts).to_json())["models"][0]
+        assert [la["label_overlap"] for la in got["layers"]] == [la["label_overlap"] for la in mem["layers"]]
+        assert [la["id"] for la in got["layers"]] == pytest.approx([la["id"] for la in mem["layers"]], rel=1e-6)
+    with pytest.raises(ValueError, match="pass `tokenizer=`"):
+        lightning_geom.probe(model, rows, **opts)
     with pytest.raises(ValueError, match="3 labels for 120 texts"):
         lightning_geom.probe(model, (texts, labels[:3]), tokenizer=tok, **opts)
     with pytest.raises(ValueError, match="text number 1 is empty"):

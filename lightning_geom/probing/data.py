@@ -12,7 +12,7 @@ import io
 import json
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -284,8 +284,9 @@ def load_probe_data(
     return text_probe_data(texts, raw, loaded.tokenizer, max_samples=max_samples, batch_size=batch_size, what=str(path), name=path.name, source=loaded.source)
 
 
-def texts_in_memory(data: Any) -> tuple[list[str], Any] | None:
-    """(texts, labels or None) when ``data`` is a list of texts or a ``(texts, labels)`` pair, else None."""
+def texts_in_memory(data: Any, limit: int = 2000) -> tuple[list[str], Any] | None:
+    """(texts, labels or None) when ``data`` is a list of texts, a ``(texts, labels)`` pair, or rows of
+    text not tokenized yet (:func:`text_rows`), else None."""
     def is_texts(v: Any) -> bool:
         return isinstance(v, (list, tuple)) and len(v) > 0 and all(isinstance(t, str) for t in v)
 
@@ -294,7 +295,50 @@ def texts_in_memory(data: Any) -> tuple[list[str], Any] | None:
     if isinstance(data, tuple) and len(data) == 2 and is_texts(data[0]) and not isinstance(data[1], (str, bytes)):
         labels = data[1].tolist() if hasattr(data[1], "tolist") else list(data[1])
         return list(data[0]), labels
+    return text_rows(data, limit)
+
+
+_TEXT_FIELDS = ("text", "sentence", "content", "document", "review")  # the text of a row with several string fields
+
+
+def text_rows(data: Any, limit: int = 2000) -> tuple[list[str], list[Any] | None] | None:
+    """The first ``limit`` rows' (texts, labels or None) of a dataset or list of rows that hold text not
+    tokenized yet: dict rows with no numeric input field besides the label (a Hugging Face ``Dataset``
+    before ``map(tokenizer)``, JSON records; scalar fields such as an ``idx`` are left out), the text their one string field (or the first of
+    ``text``, ``sentence``, ... when there are several), the label under a label key
+    (``labels``, ``label``, ...); or ``(text, label)`` tuples (string labels when they repeat: class names,
+    not the second sentences of pairs). None for anything else."""
+    from ..modules import LABEL_KEYS
+
+    if isinstance(data, (str, bytes, dict, torch.Tensor)) or not (hasattr(data, "__len__") and hasattr(data, "__getitem__")):
+        return None
+    try:
+        n = len(data)
+        first = data[0] if n else None
+    except Exception:  # noqa: BLE001 - not a row container: the other readers decide
+        return None
+    if isinstance(first, Mapping):
+        # token inputs are sequences (input_ids lists / tensors); a scalar field (GLUE's `idx`) is metadata
+        numeric = [k for k, v in first.items() if k not in LABEL_KEYS and (isinstance(v, (list, tuple)) or getattr(v, "ndim", 0) >= 1)]
+        strings = [k for k, v in first.items() if isinstance(v, str) and k not in LABEL_KEYS]
+        field = strings[0] if len(strings) == 1 else next((f for f in _TEXT_FIELDS if f in strings), None)
+        if field is None or numeric:
+            return None
+        lab = next((key for key in LABEL_KEYS if key in first), None)
+        rows = [data[i] for i in range(min(n, limit))]
+        return [r[field] for r in rows], ([_plain(r[lab]) for r in rows] if lab else None)
+    if isinstance(first, (tuple, list)) and len(first) == 2 and isinstance(first[0], str) and not isinstance(first[1], bytes):
+        rows = [data[i] for i in range(min(n, limit))]
+        labels = [_plain(r[1]) for r in rows]
+        if isinstance(first[1], str) and len(set(labels)) * 2 > len(labels):  # mostly distinct: sentence pairs, not class names
+            return None
+        return [r[0] for r in rows], labels
     return None
+
+
+def _plain(v: Any) -> Any:
+    """A label as a plain value: a 0-d tensor or numpy scalar's number (hashable by value)."""
+    return v.item() if hasattr(v, "item") and getattr(v, "ndim", 0) == 0 else v
 
 
 def text_probe_data(

@@ -586,7 +586,9 @@ def probe(
     Args:
         models: a :class:`~lightning_geom.loading.LoadedModel`, an ``nn.Module``, a path, or a list of them.
         data: a :class:`~.data.ProbeData`, a spec string (``digits``, a file, a folder), a list of texts,
-            a ``(texts, labels)`` pair, or data in memory as the monitors take it
+            a ``(texts, labels)`` pair, rows of text not tokenized yet (dict rows with a text and a label,
+            a Hugging Face ``Dataset`` before ``map(tokenizer)``, ``(text, label)`` pairs:
+            :func:`~.data.text_rows`; tokenized with the model's tokenizer), or data in memory as the monitors take it
             (:func:`~.data.probe_data_of`: a DataLoader, Dataset, dict of tensors, ``(inputs, labels)``
             tuple of tensors or a tensor).
         names: display names (default: file names).
