@@ -16,7 +16,7 @@ from transformers import (
 
 from lightning_geom.capture import capture_representations
 from lightning_geom.cli import main
-from lightning_geom.loading import load_model
+from lightning_geom.loading import LoadedModel, load_model
 from lightning_geom.probing import load_probe_data, probe
 
 WORDS = "the a cat dog sat ran on under mat log red blue big small quick slow".split()
@@ -1041,3 +1041,43 @@ def test_an_encoder_only_head_of_an_encoder_decoder_config_gets_its_pullback():
         states = model.encoder(x[:8], output_hidden_states=True).hidden_states
     got = capture_representations(model, [{"input_features": x[:8]}]).features
     assert all(torch.allclose(a, h.mean(1), atol=1e-6) for a, h in zip(got, states))
+
+
+def test_parquet_tables_are_read_like_their_jsonl_and_csv(tmp_path, text_model, text_data, monkeypatch):
+    """A Parquet table (what Hugging Face datasets and pandas save) of texts and labels gives the report of
+    the same records as JSON lines, and one of numbers (a pandas index column left out) that of the
+    same CSV for a model without a tokenizer; without pyarrow, one line says what to install."""
+    import sys
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from helpers import FlatBlocks
+
+    rows = [json.loads(line) for line in (text_data / "data.jsonl").read_text().splitlines()]
+    pq.write_table(pa.table({"text": [r["text"] for r in rows], "label": [r["label"] for r in rows]}), tmp_path / "texts.parquet")
+    opts = dict(range_max=8, pullback_samples=0, progress=False)
+    loaded = load_model(text_model)
+    want = probe([loaded], load_probe_data(str(text_data / "data.jsonl"), loaded), **opts).models[0]["layers"]
+    got = probe([loaded], load_probe_data(str(tmp_path / "texts.parquet"), loaded), **opts).models[0]["layers"]
+    assert [r["label_overlap"] for r in got] == [r["label_overlap"] for r in want]
+    assert [r["id"] for r in got] == pytest.approx([r["id"] for r in want], rel=1e-9)
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 6, generator=g)
+    y = (x[:, 0] > 0).long()
+    cols = {f"f{i}": x[:, i].tolist() for i in range(6)}
+    pq.write_table(pa.table({"__index_level_0__": list(range(60)), **cols, "label": y.tolist()}), tmp_path / "num.parquet")
+    (tmp_path / "num.csv").write_text("f0,f1,f2,f3,f4,f5,label\n" + "\n".join(",".join([*(repr(float(v)) for v in r), str(int(c))]) for r, c in zip(x, y)))
+    tab = LoadedModel(module=FlatBlocks(), kind="module", source="FlatBlocks")
+    with pytest.warns(UserWarning, match="row index"):
+        from_parquet = probe([tab], load_probe_data(str(tmp_path / "num.parquet"), tab), k=5, **opts).models[0]["layers"]
+    from_csv = probe([tab], load_probe_data(str(tmp_path / "num.csv"), tab), k=5, **opts).models[0]["layers"]
+    assert [r["id"] for r in from_parquet] == [r["id"] for r in from_csv]
+    assert [r["label_overlap"] for r in from_parquet] == [r["label_overlap"] for r in from_csv]
+
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(ValueError, match="broken.parquet: not a readable Parquet table"):
+        load_probe_data(str(tmp_path / "broken.parquet"), loaded)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)  # as if pyarrow were not installed
+    with pytest.raises(ValueError, match=r"texts.parquet is a Parquet table: reading it needs pyarrow \(pip install pyarrow\)"):
+        load_probe_data(str(tmp_path / "texts.parquet"), loaded)

@@ -124,7 +124,7 @@ def _array_dict(obj: dict, label_column: str | None, what: str, keywords: set[st
 
 
 def numeric_table(path: Path, text_column: str, label_column: str | None) -> tuple[Any, list[Any] | None] | None:
-    """A CSV / TSV of numbers for a model without a tokenizer: ((N, F) float64 features, raw labels or
+    """A CSV / TSV / Parquet table of numbers for a model without a tokenizer: ((N, F) float64 features, raw labels or
     None); None when the file has the text column (then it is texts). A cell that is not a number is an
     error naming file, line and column."""
     import numpy as np
@@ -167,7 +167,7 @@ def numeric_table(path: Path, text_column: str, label_column: str | None) -> tup
 
 def _is_index_column(name: str, values: list[Any]) -> bool:
     """An unnamed column ('' or pandas' 'Unnamed: 0') holding 0, 1, 2, ... (or 1, 2, 3, ...): a row index."""
-    if name.strip() and not name.startswith("Unnamed:"):
+    if name.strip() and not name.startswith(("Unnamed:", "__index_level_")):  # pandas' to_csv / to_parquet
         return False
     try:
         ints = [int(float(v)) for v in values]

@@ -53,6 +53,8 @@ def _is_missing(v: Any) -> bool:
     return isinstance(v, str) and v.strip().lower() in _MISSING
 
 
+TABLE_EXT = (".csv", ".tsv", ".jsonl", ".json", ".parquet")  # files of records (columns); any other text file: one text per line
+
 _BINARY = ((b"\x93NUMPY", "a NumPy array"), (b"PAR1", "a Parquet table"), (b"PK\x03\x04", "a zip archive (.npz, .pt, .xlsx)"),
            (b"\x80", "a pickle"), (b"ARROW1", "an Arrow table"), (b"\x89HDF", "an HDF5 file"), (b"SQLite format", "an SQLite database"))
 
@@ -65,7 +67,7 @@ def _read_utf8(path: Path) -> str:
         kind = next((what for magic, what in _BINARY if raw.startswith(magic)), "binary")
         raise ValueError(
             f"{path} is {kind if kind != 'binary' else 'a binary file'}, not text: --data reads texts (.txt one per line, "
-            ".csv, .tsv, .jsonl, .json), arrays (.npy, .npz, .pt), an image folder, 'digits' or a datamodule YAML; "
+            ".csv, .tsv, .jsonl, .json, .parquet), arrays (.npy, .npz, .pt), an image folder, 'digits' or a datamodule YAML; "
             "other data goes through Python: lightning_geom.probe(model, array_or_dataloader)."
         )
     try:
@@ -94,8 +96,11 @@ def _delimiter(text: str) -> str:
 
 
 def _rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, record) of a CSV / TSV / JSONL / JSON file; malformed records name file and line."""
+    """(line number, record) of a CSV / TSV / JSONL / JSON file, (row number, record) of a Parquet table;
+    malformed records name file and line."""
     suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return _parquet_rows(path)
     text = _read_utf8(path)
     if suffix in (".csv", ".tsv"):
         # a StringIO, not splitlines(): quoted cells may hold newlines (and splitlines() also splits at
@@ -123,6 +128,23 @@ def _rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
         if not isinstance(rec, dict):
             raise ValueError(f"{path}:{no}: expected a JSON object with a text field, but got {type(rec).__name__}.")
     return out
+
+
+def _parquet_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(row number from 1, record) of a Parquet table (what Hugging Face datasets and pandas save), read
+    with pyarrow when it is installed; without it a one-line error with the install and the conversion."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ValueError(
+            f"{path} is a Parquet table: reading it needs pyarrow (pip install pyarrow), or save it as .jsonl "
+            "(pandas: pd.read_parquet(path).to_json('data.jsonl', orient='records', lines=True))."
+        ) from None
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # noqa: BLE001 - pyarrow's own errors: one line naming the file
+        raise ValueError(f"{path}: not a readable Parquet table ({type(err).__name__}: {err}).") from None
+    return list(enumerate(table.to_pylist(), start=1))
 
 
 def _json_document(path: Path, text: str) -> list[Any] | None:
@@ -159,12 +181,12 @@ def _texts(
 ) -> tuple[list[str], list[Any] | None]:
     """Texts and raw labels of a data file; every malformed record is an error naming file and line."""
     suffix = path.suffix.lower()
-    if suffix not in (".csv", ".tsv", ".jsonl", ".json"):  # one sample per line
+    if suffix not in TABLE_EXT:  # one sample per line
         for flag, v, default in (("--text-column", text_column, "text"), ("--label-column", label_column, "label")):
             if v not in (None, default):
                 raise ValueError(
                     f"{path} is plain text (one text per line, no columns), so {flag} {v!r} has nothing to name: "
-                    "put texts and labels in a .csv, .tsv or .jsonl file."
+                    "put texts and labels in a .csv, .tsv, .jsonl or .parquet file."
                 )
         lines = [line.strip() for line in _lines(_read_utf8(path)) if line.strip()]
         if not lines:
@@ -272,7 +294,7 @@ def load_probe_data(
 
     if path.suffix.lower() in ARRAY_EXT:
         return array_data(path, label_column, max_samples, batch_size, keywords=keyword_inputs(loaded.module))
-    if path.suffix.lower() in (".csv", ".tsv") and loaded.tokenizer is None and loaded.image_processor is None and loaded.kind != "hf-image":
+    if path.suffix.lower() in (".csv", ".tsv", ".parquet") and loaded.tokenizer is None and loaded.image_processor is None and loaded.kind != "hf-image":
         table = numeric_table(path, text_column, label_column)
         if table is not None:
             return table_probe_data(*table, max_samples=max_samples, batch_size=batch_size, what=str(path), name=path.name)
