@@ -182,16 +182,17 @@ def test_bad_data(tmp_path, text_model, text_data):
 
 
 def test_binary_files_say_what_they_are_and_json_documents_of_columns_are_read(tmp_path, text_model):
-    """A pickle / .parquet given as --data was read as UTF-8 text (a Parquet file gave one garbage
-    'text'); a {column: [values]} JSON (pandas / datasets to_dict) failed on its first record."""
+    """A pickle / a Parquet table under another suffix given as --data was read as UTF-8 text (a Parquet
+    file gave one garbage 'text'); a {column: [values]} JSON (pandas / datasets to_dict) failed on its
+    first record. (A .parquet is read as a table: test_parquet_tables_...)"""
     import json
 
 
     loaded = load_model(text_model)
     (tmp_path / "x.pkl").write_bytes(b"\x80\x04\x95\x05\x00")
-    (tmp_path / "t.parquet").write_bytes(b"PAR1\x15\x04\x00\x00 rows")
+    (tmp_path / "t.dat").write_bytes(b"PAR1\x15\x04\x00\x00 rows")
     (tmp_path / "blob.txt").write_bytes(b"abc\x00\x01def")
-    for name, kind in (("x.pkl", "a pickle"), ("t.parquet", "a Parquet table"), ("blob.txt", "a binary file")):
+    for name, kind in (("x.pkl", "a pickle"), ("t.dat", "a Parquet table"), ("blob.txt", "a binary file")):
         with pytest.raises(ValueError, match=rf"{name} is {kind}, not text: --data reads texts .* lightning_geom.probe\(model"):
             load_probe_data(str(tmp_path / name), loaded)
     texts, labels = [f"the cat number {i}" for i in range(24)], [i % 2 for i in range(24)]
@@ -1081,3 +1082,40 @@ def test_parquet_tables_are_read_like_their_jsonl_and_csv(tmp_path, text_model, 
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)  # as if pyarrow were not installed
     with pytest.raises(ValueError, match=r"texts.parquet is a Parquet table: reading it needs pyarrow \(pip install pyarrow\)"):
         load_probe_data(str(tmp_path / "texts.parquet"), loaded)
+
+
+def test_arrow_tables_and_saved_datasets_of_texts_or_tokens(tmp_path, text_model, text_data):
+    """Hugging Face datasets' `save_to_disk` folders (Arrow IPC stream shards beside state.json) and .arrow
+    files are read as tables: texts with labels give the report of the same records as JSON lines, and
+    records tokenized already (input_ids / attention_mask lists, no text) the same report again; a folder
+    of several splits names them."""
+    import pyarrow as pa
+
+    rows = [json.loads(line) for line in (text_data / "data.jsonl").read_text().splitlines()]
+    tok = load_model(text_model).tokenizer
+    enc = tok([r["text"] for r in rows], truncation=True, max_length=128)
+
+    def save(folder, columns):
+        folder.mkdir(parents=True)
+        table = pa.table(columns)
+        with pa.OSFile(str(folder / "data-00000-of-00001.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        (folder / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}))
+
+    labels = [r["label"] for r in rows]
+    save(tmp_path / "texts", {"text": [r["text"] for r in rows], "label": labels})
+    save(tmp_path / "tokens", {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "label": labels})
+    save(tmp_path / "splits" / "train", {"text": ["a"], "label": ["x"]})
+    save(tmp_path / "splits" / "test", {"text": ["a"], "label": ["x"]})
+    (tmp_path / "splits" / "dataset_dict.json").write_text(json.dumps({"splits": ["train", "test"]}))
+    opts = dict(range_max=8, pullback_samples=0, progress=False)
+    loaded = load_model(text_model)
+    want = probe([loaded], load_probe_data(str(text_data / "data.jsonl"), loaded), **opts).models[0]["layers"]
+    for spec in ("texts", "tokens", "tokens/data-00000-of-00001.arrow"):
+        data = load_probe_data(str(tmp_path / spec), loaded)
+        assert data.n == 120 and data.label_names == ["animal", "colour"], spec
+        got = probe([loaded], data, **opts).models[0]["layers"]
+        assert [r["label_overlap"] for r in got] == [r["label_overlap"] for r in want], spec
+        assert [r["id"] for r in got] == pytest.approx([r["id"] for r in want], rel=1e-6), spec
+    with pytest.raises(ValueError, match=r"holds several splits \(test, train\): pass one of them, e.g. .*splits/test"):
+        load_probe_data(str(tmp_path / "splits"), loaded)

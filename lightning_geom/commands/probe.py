@@ -14,7 +14,7 @@ from .args import at_least, fraction, non_negative_int, positive_int
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("probe", help="Write a geometry report (HTML + JSON + CSV + PNG) for checkpoints or HF model folders.")
     p.add_argument("models", nargs="+", help="Lightning checkpoints (.ckpt; a folder of them: its checkpoints in step order), whole pickled torch modules (torch.save(model, path)) or Hugging Face model folders (several: one run's checkpoints)")
-    p.add_argument("--data", required=True, help="'digits', a .txt (one text per line), .csv/.jsonl/.parquet (texts, or numbers for a model without a tokenizer), arrays (.npy, .npz, .pt), an image folder (class subfolders), or a datamodule YAML")
+    p.add_argument("--data", required=True, help="'digits', a .txt (one text per line), .csv/.jsonl/.parquet/.arrow or a datasets save_to_disk folder (texts or token ids, or numbers for a model without a tokenizer), arrays (.npy, .npz, .pt), an image folder (class subfolders), or a datamodule YAML")
     p.add_argument("--out", default="probe_report", help="output folder (default probe_report)")
     p.add_argument("--module", default=None, help="LightningModule class path of the checkpoints")
     p.add_argument("--tokenizer", default=None, help="a folder with the tokenizer files, for checkpoints that do not bring their own")

@@ -53,7 +53,12 @@ def _is_missing(v: Any) -> bool:
     return isinstance(v, str) and v.strip().lower() in _MISSING
 
 
-TABLE_EXT = (".csv", ".tsv", ".jsonl", ".json", ".parquet")  # files of records (columns); any other text file: one text per line
+TABLE_EXT = (".csv", ".tsv", ".jsonl", ".json", ".parquet", ".arrow")  # files of records (columns); any other text file: one text per line
+
+
+def is_table(path: Path) -> bool:
+    """A file of records (:data:`TABLE_EXT`) or a ``save_to_disk`` folder (:func:`is_saved_dataset`)."""
+    return path.suffix.lower() in TABLE_EXT or is_saved_dataset(path)
 
 _BINARY = ((b"\x93NUMPY", "a NumPy array"), (b"PAR1", "a Parquet table"), (b"PK\x03\x04", "a zip archive (.npz, .pt, .xlsx)"),
            (b"\x80", "a pickle"), (b"ARROW1", "an Arrow table"), (b"\x89HDF", "an HDF5 file"), (b"SQLite format", "an SQLite database"))
@@ -67,7 +72,7 @@ def _read_utf8(path: Path) -> str:
         kind = next((what for magic, what in _BINARY if raw.startswith(magic)), "binary")
         raise ValueError(
             f"{path} is {kind if kind != 'binary' else 'a binary file'}, not text: --data reads texts (.txt one per line, "
-            ".csv, .tsv, .jsonl, .json, .parquet), arrays (.npy, .npz, .pt), an image folder, 'digits' or a datamodule YAML; "
+            ".csv, .tsv, .jsonl, .json, .parquet, .arrow, a datasets save_to_disk folder), arrays (.npy, .npz, .pt), an image folder, 'digits' or a datamodule YAML; "
             "other data goes through Python: lightning_geom.probe(model, array_or_dataloader)."
         )
     try:
@@ -101,6 +106,8 @@ def _rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         return _parquet_rows(path)
+    if suffix == ".arrow" or path.is_dir():
+        return _arrow_rows(path)
     text = _read_utf8(path)
     if suffix in (".csv", ".tsv"):
         # a StringIO, not splitlines(): quoted cells may hold newlines (and splitlines() also splits at
@@ -133,18 +140,60 @@ def _rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
 def _parquet_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """(row number from 1, record) of a Parquet table (what Hugging Face datasets and pandas save), read
     with pyarrow when it is installed; without it a one-line error with the install and the conversion."""
+    pa = _pyarrow(path, "a Parquet table")
     try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise ValueError(
-            f"{path} is a Parquet table: reading it needs pyarrow (pip install pyarrow), or save it as .jsonl "
-            "(pandas: pd.read_parquet(path).to_json('data.jsonl', orient='records', lines=True))."
-        ) from None
-    try:
-        table = pq.read_table(path)
+        table = pa.parquet.read_table(path)
     except Exception as err:  # noqa: BLE001 - pyarrow's own errors: one line naming the file
         raise ValueError(f"{path}: not a readable Parquet table ({type(err).__name__}: {err}).") from None
     return list(enumerate(table.to_pylist(), start=1))
+
+
+def _pyarrow(path: Path, kind: str) -> Any:
+    """pyarrow, or a one-line error saying that reading ``path`` (a ``kind``) needs it."""
+    try:
+        import pyarrow
+        import pyarrow.parquet  # noqa: F401 - loads the parquet reader onto the package
+    except ImportError:
+        raise ValueError(
+            f"{path} is {kind}: reading it needs pyarrow (pip install pyarrow), or save it as .jsonl "
+            "(pandas: df.to_json('data.jsonl', orient='records', lines=True); datasets: ds.to_json('data.jsonl'))."
+        ) from None
+    return pyarrow
+
+
+def is_saved_dataset(path: Path) -> bool:
+    """A folder written by Hugging Face datasets' ``save_to_disk``: ``state.json`` beside ``*.arrow`` shards,
+    or ``dataset_dict.json`` beside one folder per split."""
+    return path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file())
+
+
+def _arrow_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(row number from 1, record) of an Arrow table: a ``.arrow`` file (IPC stream, as datasets writes
+    its shards, or IPC file format) or a ``save_to_disk`` folder (its shards in order). A folder of
+    several splits is a one-line error naming them."""
+    if path.is_dir() and (path / "dataset_dict.json").is_file():
+        splits = sorted(p.name for p in path.iterdir() if (p / "state.json").is_file())
+        pick = next((s for s in ("test", "validation", "valid", "eval") if s in splits), splits[0] if splits else "test")
+        raise ValueError(f"{path} holds several splits ({', '.join(splits) or 'none found'}): pass one of them, e.g. {path / pick}.")
+    files = sorted(path.glob("*.arrow")) if path.is_dir() else [path]
+    if not files:
+        raise ValueError(f"{path} has no .arrow shards: is it a `save_to_disk` folder?")
+    pa = _pyarrow(path, "an Arrow table")
+    import pyarrow.ipc  # noqa: F401 - the IPC readers
+
+    records: list[dict[str, Any]] = []
+    for f in files:
+        try:
+            with pa.memory_map(str(f)) as src:
+                try:
+                    table = pa.ipc.open_stream(src).read_all()
+                except pa.ArrowInvalid:  # the random-access IPC file format
+                    src.seek(0)
+                    table = pa.ipc.open_file(src).read_all()
+        except Exception as err:  # noqa: BLE001 - pyarrow's own errors: one line naming the file
+            raise ValueError(f"{f}: not a readable Arrow table ({type(err).__name__}: {err}).") from None
+        records.extend(table.to_pylist())
+    return list(enumerate(records, start=1))
 
 
 def _json_document(path: Path, text: str) -> list[Any] | None:
@@ -180,8 +229,7 @@ def _texts(
     path: Path, text_column: str, label_column: str | None, *, drop_unlabeled: bool = False
 ) -> tuple[list[str], list[Any] | None]:
     """Texts and raw labels of a data file; every malformed record is an error naming file and line."""
-    suffix = path.suffix.lower()
-    if suffix not in TABLE_EXT:  # one sample per line
+    if not is_table(path):  # one sample per line
         for flag, v, default in (("--text-column", text_column, "text"), ("--label-column", label_column, "label")):
             if v not in (None, default):
                 raise ValueError(
@@ -286,7 +334,7 @@ def load_probe_data(
         raise ValueError(f"No such data file or folder: {spec} (or use 'digits').")
     if path.suffix.lower() in (".yaml", ".yml"):
         return _datamodule(path, max_samples)
-    if path.is_dir():
+    if path.is_dir() and not is_saved_dataset(path):
         return _image_folder(path, loaded, max_samples, batch_size, seed)
     if path.suffix.lower() in (".ckpt", ".safetensors", ".bin", ".gguf"):
         raise ValueError(f"{path} is a model file, not data: name it as the model, and the probe data with --data.")
@@ -294,7 +342,11 @@ def load_probe_data(
 
     if path.suffix.lower() in ARRAY_EXT:
         return array_data(path, label_column, max_samples, batch_size, keywords=keyword_inputs(loaded.module))
-    if path.suffix.lower() in (".csv", ".tsv", ".parquet") and loaded.tokenizer is None and loaded.image_processor is None and loaded.kind != "hf-image":
+    if is_table(path):
+        tokenized = token_records(path, text_column, label_column, max_samples, batch_size)
+        if tokenized is not None:
+            return tokenized
+    if (path.suffix.lower() in (".csv", ".tsv", ".parquet", ".arrow") or is_saved_dataset(path)) and loaded.tokenizer is None and loaded.image_processor is None and loaded.kind != "hf-image":
         table = numeric_table(path, text_column, label_column)
         if table is not None:
             return table_probe_data(*table, max_samples=max_samples, batch_size=batch_size, what=str(path), name=path.name)
@@ -304,6 +356,49 @@ def load_probe_data(
         raise ValueError(f"{loaded.source} has no tokenizer, so it cannot read the text file {path}: pass --tokenizer FOLDER (the tokenizer files its model was trained with).")
     texts, raw = _texts(path, text_column, label_column, drop_unlabeled=drop_unlabeled)
     return text_probe_data(texts, raw, loaded.tokenizer, max_samples=max_samples, batch_size=batch_size, what=str(path), name=path.name, source=loaded.source)
+
+
+def token_records(path: Path, text_column: str, label_column: str | None, max_samples: int, batch_size: int) -> ProbeData | None:
+    """A table of records tokenized already (an ``input_ids`` list per record, no ``text_column``: a
+    ``datasets`` table saved after ``map(tokenizer)``) as padded batches of its model inputs and labels
+    (class names coded in sorted order); None for a table of texts or of numbers."""
+    from ..monitoring.probe import class_codes
+    from .arrays import _HF_INPUT_KEYS
+
+    rows = _rows(path)
+    if not rows:
+        return None
+    first = rows[0][1]
+    if not isinstance(first.get("input_ids"), list):  # (tokens saved beside their text are used as saved)
+        return None
+    lab = label_column if label_column in first else next((key for key in ("labels", "label") if key in first), None)
+    if label_column not in (None, "label") and lab != label_column:
+        raise ValueError(f"{path} has no column {label_column!r} (columns: {', '.join(first)}); pass --label-column.")
+    rows = rows[:max_samples]
+    keys = [k for k in first if k in _HF_INPUT_KEYS and isinstance(first[k], list)]
+    samples = []
+    for no, rec in rows:
+        try:
+            samples.append({k: torch.as_tensor(rec[k]) for k in keys})
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ValueError(f"{path}:{no}: the token column(s) {', '.join(keys)} do not hold lists of numbers ({err}).") from None
+    names = None
+    if lab is not None:
+        raw = [rec[lab] for _, rec in rows]
+        if any(_is_missing(v) for v in raw):
+            bad = next(no for no, rec in rows if _is_missing(rec[lab]))
+            raise ValueError(f"{path}:{bad}: empty label in {lab!r}; fill it or remove the record.")
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in raw):
+            codes = torch.tensor(raw)
+        else:
+            codes, names = class_codes(raw)
+        for sample, c in zip(samples, codes):
+            sample["labels"] = c
+    data = probe_data_of(samples, max_samples=max_samples, batch_size=batch_size)
+    data.description = f"{path.name} ({data.n} tokenized samples)"
+    if names is not None:
+        data.label_names = names
+    return data
 
 
 def texts_in_memory(data: Any, limit: int = 2000) -> tuple[list[str], Any] | None:
