@@ -16,6 +16,7 @@ from lightning_geom.navigation import (
     TokenDecoder,
     TrajectoryWriter,
     adapter_for,
+    write_trajectories,
 )
 
 
@@ -204,7 +205,7 @@ def test_unknown_model_says_how_to_adapt():
         adapter_for(torch.nn.Identity())
 
 
-def test_plain_networks_of_float_inputs_are_walked_in_their_input_space():
+def test_plain_networks_of_float_inputs_are_walked_in_their_input_space(tmp_path):
     """A plain PyTorch classifier of features (or images) had no adapter: it is walked in its input space
     (each sample one flattened row). SiMEC keeps the prediction and drifts far less than a random walk
     of the same length; SiMExp changes it; image-shaped inputs go back to their shape; token ids and
@@ -225,12 +226,27 @@ def test_plain_networks_of_float_inputs_are_walked_in_their_input_space():
     drift = torch.tensor([max(abs(a - b) for a, b in zip(t["steps"][-1]["probs"], p0[i].tolist())) for i, t in enumerate(trajs)])
     assert (drift < 0.2 * drift_random).all(), (drift, drift_random)
     assert all(t["steps"][-1]["pred"] == t["start_pred"] and t["steps"][-1]["distance"] > 0 for t in trajs)
+    # the walked inputs are recorded (they are the equivalence class's points): the start is the input,
+    # each later point is where the record's distance and prediction were measured
+    for i, t in enumerate(trajs):
+        assert t["decoded_as"] == "input"
+        first, last = (torch.tensor(t["steps"][j]["decoded"], dtype=torch.float64) for j in (0, -1))
+        torch.testing.assert_close(first, x[i], rtol=1e-6, atol=1e-6)
+        assert float((last - x[i]).norm()) == pytest.approx(t["steps"][-1]["distance"], rel=1e-5)
+        assert int(mlp(last.unsqueeze(0)).argmax()) == t["steps"][-1]["pred"]
     away = EquivalenceClassExplorer(mlp, mode="simexp", steps=80, step_size=0.05, record_every=5).walk(x)
     assert all(any(r["pred"] != t["start_pred"] for r in t["steps"]) for t in away)
     conv = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.Linear(16, 2)).double().eval()
     imgs = torch.randn(2, 1, 4, 4, dtype=torch.float64)
     out = EquivalenceClassExplorer(conv, steps=3, record_every=3).walk(imgs)
     assert [t["start_pred"] for t in out] == conv(imgs).argmax(-1).tolist()
+    assert torch.tensor(out[0]["steps"][0]["decoded"]).shape == (1, 4, 4)  # back in the image's shape
+    files = {p.name for p in write_trajectories(trajs + out, tmp_path)}
+    assert {"inputs.csv", "walk_004.png", "walk_005.png"} <= files and "tokens.csv" not in files  # images drawn, features tabled
+    import csv
+
+    table = list(csv.DictReader((tmp_path / "inputs.csv").open()))
+    assert len(table) == 4 * 2 + 2 * 2 and float(table[0]["x5"]) == pytest.approx(float(x[0, 5]), rel=1e-6)
     with pytest.raises(TypeError, match="walks a continuous input space"):
         EquivalenceClassExplorer(mlp, steps=1).walk(torch.randint(0, 5, (2, 6)))
     with pytest.raises(TypeError, match="walks one float input, but the batch dict has 2"):

@@ -1,7 +1,7 @@
 """Equivalence-class navigation (SiMEC / SiMExp, arXiv 2410.06019): explorer, adapters, decoders, writer."""
 
 from .adapters import Adapter, adapter_for
-from .decoders import Decoder, MLMDecoder, PatchDecoder, TokenDecoder
+from .decoders import Decoder, InputDecoder, MLMDecoder, PatchDecoder, TokenDecoder
 from .explorer import EquivalenceClassExplorer
 from .writer import TrajectoryWriter, write_trajectories
 
@@ -9,6 +9,7 @@ __all__ = [
     "Adapter",
     "Decoder",
     "EquivalenceClassExplorer",
+    "InputDecoder",
     "MLMDecoder",
     "PatchDecoder",
     "TokenDecoder",

@@ -17,7 +17,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..modules import LABEL_KEYS, output_logits
-from .decoders import Decoder, PatchDecoder, TokenDecoder
+from .decoders import Decoder, InputDecoder, PatchDecoder, TokenDecoder
 
 __all__ = ["Adapter", "adapter_for"]
 
@@ -152,19 +152,21 @@ def _logits(out: Any, name: str) -> Tensor:
 def _feature_input(model: nn.Module) -> Adapter:
     """A plain network whose forward takes a float tensor (features, images, signals): the walk runs in
     its input space itself, each sample's input flattened into one (1, n) "token" row (the metric
-    g = J^T G J over all n input coordinates) and reshaped back for the forward; no decoder (the walked
-    inputs are the result: ``explorer.walk`` records carry their distance and prediction)."""
+    g = J^T G J over all n input coordinates) and reshaped back for the forward. The walked inputs are
+    the result: :class:`~.decoders.InputDecoder` records each in its sample's shape (``decoded``)."""
     name = type(model).__name__
+    decoder = InputDecoder()
 
     def embed(b: Any) -> Tensor:
         x = _input_tensor(b, name)
+        decoder.shape = tuple(x.shape[1:])
         return x.reshape(x.shape[0], 1, -1)
 
     def head(e: Tensor, b: Any) -> Tensor:
         x = _input_tensor(b, name)
         return _logits(model(e.reshape(x.shape).to(x.dtype)), name)
 
-    return Adapter(embed=embed, head=head, decoder=None, class_names=None)
+    return Adapter(embed=embed, head=head, decoder=decoder, class_names=None)
 
 
 def adapter_for(model: nn.Module, tokenizer: Any = None) -> Adapter:

@@ -1,7 +1,7 @@
-"""Decoders: input embeddings back into something a person reads (tokens, image patches).
+"""Decoders: input embeddings back into something a person reads (tokens, image patches, the inputs).
 
 A decoder is any object with ``decode(emb: Tensor (B, T, d)) -> list`` (one item per sample) and
-``kind`` (``"tokens"`` or ``"image"``): the :class:`Decoder` protocol. Other modalities plug in by
+``kind`` (``"tokens"``, ``"image"`` or ``"input"``): the :class:`Decoder` protocol. Other modalities plug in by
 implementing it.
 """
 
@@ -13,7 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-__all__ = ["Decoder", "TokenDecoder", "MLMDecoder", "PatchDecoder"]
+__all__ = ["Decoder", "TokenDecoder", "MLMDecoder", "PatchDecoder", "InputDecoder"]
 
 
 def _tokens(ids: Tensor, tokenizer: Any) -> list[Any]:
@@ -135,3 +135,26 @@ class PatchDecoder:
         gh, gw = self.h // self.p, self.w // self.p
         img = patches.reshape(b, gh, gw, self.c, self.p, self.p).permute(0, 3, 1, 4, 2, 5)  # (B, C, gh, p, gw, p)
         return list(img.reshape(b, self.c, self.h, self.w).float())
+
+
+class InputDecoder:
+    """The walked point is the model's input itself (a network of float inputs: features, images,
+    signals, walked in its input space): each sample's row back in the input's own shape.
+
+    ``shape``: one sample's input shape; an adapter that learns it from the batch sets it before the
+    walk decodes (None: the flat row).
+
+    Example:
+        >>> InputDecoder((2, 2)).decode(torch.arange(8.0).view(2, 1, 4))[1]
+        tensor([[4., 5.],
+                [6., 7.]])
+    """
+
+    kind = "input"
+
+    def __init__(self, shape: Sequence[int] | None = None) -> None:
+        self.shape = None if shape is None else tuple(shape)
+
+    def decode(self, emb: Tensor) -> list[Tensor]:
+        flat = emb.detach().reshape(emb.shape[0], -1).float().cpu()
+        return [row.reshape(self.shape) if self.shape is not None else row for row in flat]

@@ -73,7 +73,8 @@ class EquivalenceClassExplorer(L.LightningModule):
     ``predict_step`` returns one trajectory per sample: a dict with ``start_pred`` (``start_name``), ``steps``
     (a list of records: ``step``, ``pred`` (``pred_name`` where the adapter names classes: an LM's
     next token, a classifier's ``id2label``), ``probs``, ``distance`` from the start, ``eigenvalue``
-    used, ``decoded``) and, with ``top_logits``, the ``classes`` its ``probs`` are of.
+    used, ``decoded``), ``decoded_as`` (the decoder's kind: ``tokens``, ``image``, ``input``) and, with
+    ``top_logits``, the ``classes`` its ``probs`` are of.
     """
 
     def __init__(
@@ -205,7 +206,10 @@ class EquivalenceClassExplorer(L.LightningModule):
         scale = e0.norm(dim=-1).mean(dim=1)  # (B,) mean embedding-row norm
         e = e0.clone()
         prev: Tensor | None = None
-        trajs: list[dict[str, Any]] = [{"start_pred": int(c0[i]), "mode": self.mode, "steps": []} for i in range(b)]
+        kind = getattr(self.adapter.decoder, "kind", None)
+        trajs: list[dict[str, Any]] = [
+            {"start_pred": int(c0[i]), "mode": self.mode, "steps": [], **({"decoded_as": kind} if kind else {})} for i in range(b)
+        ]
         if self._keep is not None:
             for i, traj in enumerate(trajs):
                 traj["classes"] = self._keep[i].tolist()

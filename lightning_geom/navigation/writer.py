@@ -14,33 +14,44 @@ __all__ = ["TrajectoryWriter", "write_trajectories"]
 
 def write_trajectories(trajs: list[dict[str, Any]], out: str | Path, *, prefix: str = "walk", image_shape: tuple | None = None) -> list[Path]:
     """Files for a list of trajectories: ``<prefix>_NNN.json`` each, ``tokens.csv`` (token decoders),
-    ``<prefix>_NNN.png`` grids (image decoders, or token ids shown as images when ``image_shape``)."""
+    ``inputs.csv`` (walks in a model's input space: one row per record, one column per input coordinate),
+    ``<prefix>_NNN.png`` grids (image decoders, 2-d / (C, H, W) inputs, or token ids shown as images
+    when ``image_shape``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    rows = []
+    rows, inputs = [], []
     for i, traj in enumerate(trajs):
         path = out / f"{prefix}_{i:03d}.json"
         path.write_text(json.dumps(traj))
         written.append(path)
         for rec in traj["steps"]:
             dec = rec.get("decoded")
-            if isinstance(dec, list) and dec and not isinstance(dec[0], list):
-                name = {"pred_name": rec["pred_name"]} if "pred_name" in rec else {}
-                rows.append({"sample": i, "step": rec["step"], "pred": rec["pred"], **name, "distance": rec["distance"], "tokens": " ".join(map(str, dec))})
+            name = {"pred_name": rec["pred_name"]} if "pred_name" in rec else {}
+            head = {"sample": i, "step": rec["step"], "pred": rec["pred"], **name, "distance": rec["distance"]}
+            if traj.get("decoded_as") == "input" and dec is not None:
+                inputs.append({**head, **{f"x{j}": v for j, v in enumerate(_flat(dec))}})
+            elif isinstance(dec, list) and dec and not isinstance(dec[0], list):
+                rows.append({**head, "tokens": " ".join(map(str, dec))})
         grid = _grid(traj, image_shape)
         if grid is not None:
             png = out / f"{prefix}_{i:03d}.png"
             grid.savefig(png)
             written.append(png)
-    if rows:
-        table = out / "tokens.csv"
-        with table.open("w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-        written.append(table)
+    for table_rows, file in ((rows, "tokens.csv"), (inputs, "inputs.csv")):
+        if table_rows:
+            table = out / file
+            with table.open("w", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for r in table_rows for k in r)), restval="")
+                w.writeheader()
+                w.writerows(table_rows)
+            written.append(table)
     return written
+
+
+def _flat(v: Any) -> list[Any]:
+    """A nested list's numbers in row-major order."""
+    return [x for item in v for x in _flat(item)] if isinstance(v, list) else [v]
 
 
 def _grid(traj: dict[str, Any], image_shape: tuple | None):
@@ -58,6 +69,8 @@ def _grid(traj: dict[str, Any], image_shape: tuple | None):
             return None
         if arr.ndim == 3:  # (C, H, W)
             img = arr.transpose(1, 2, 0) if arr.shape[0] == 3 else arr[0]
+        elif arr.ndim == 2 and traj.get("decoded_as") == "input" and min(arr.shape) > 1:  # an (H, W) input
+            img = arr
         elif image_shape is not None and arr.ndim == 1:
             flat = np.concatenate([arr[1:], [np.nan]]) if arr.size == int(np.prod(image_shape)) else arr
             img = flat[: int(np.prod(image_shape))].reshape(image_shape)
