@@ -1119,3 +1119,30 @@ def test_arrow_tables_and_saved_datasets_of_texts_or_tokens(tmp_path, text_model
         assert [r["id"] for r in got] == pytest.approx([r["id"] for r in want], rel=1e-6), spec
     with pytest.raises(ValueError, match=r"holds several splits \(test, train\): pass one of them, e.g. .*splits/test"):
         load_probe_data(str(tmp_path / "splits"), loaded)
+
+
+def test_a_table_s_label_column_named_otherwise_is_read_as_the_labels(tmp_path, text_model, text_data):
+    """By default the labels are the `label` column, else `labels`, `target`, `y`, `class`, ... (any case):
+    a tabular CSV with sklearn's `target` column had it read as a feature (the answer leaked into the
+    geometry, and the model got one input too many), and a text table's `target` was silently unused."""
+    from helpers import FlatBlocks
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 6, generator=g)
+    y = (x[:, 0] > 0).long()
+    body = "\n".join(",".join([*(repr(float(v)) for v in r), str(int(c))]) for r, c in zip(x, y))
+    tab = LoadedModel(module=FlatBlocks(), kind="module", source="FlatBlocks")
+    opts = dict(k=5, range_max=8, pullback_samples=0, progress=False)
+    want = probe(tab.module, (x, y), **opts).models[0]["layers"]
+    for name in ("target", "Target", "y", "class"):
+        (tmp_path / f"{name}.csv").write_text(",".join([*(f"f{i}" for i in range(6)), name]) + "\n" + body)
+        data = load_probe_data(str(tmp_path / f"{name}.csv"), tab)
+        assert data.labels is not None and data.batches[0][0].shape[1] == 6, name
+        got = probe([tab], data, **opts).models[0]["layers"]
+        assert [r["label_overlap"] for r in got] == pytest.approx([r["label_overlap"] for r in want], rel=1e-9), name
+    rows = [json.loads(line) for line in (text_data / "data.jsonl").read_text().splitlines()]
+    (tmp_path / "t.jsonl").write_text("\n".join(json.dumps({"text": r["text"], "target": r["label"]}) for r in rows))
+    loaded = load_model(text_model)
+    assert load_probe_data(str(tmp_path / "t.jsonl"), loaded).label_names == ["animal", "colour"]
+    with pytest.raises(ValueError, match=r"has no column 'kind' \(columns: text, target\); pass --label-column"):
+        load_probe_data(str(tmp_path / "t.jsonl"), loaded, label_column="kind")

@@ -19,7 +19,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--module", default=None, help="LightningModule class path of the checkpoints")
     p.add_argument("--tokenizer", default=None, help="a folder with the tokenizer files, for checkpoints that do not bring their own")
     p.add_argument("--text-column", default="text")
-    p.add_argument("--label-column", default="label")
+    p.add_argument("--label-column", default="label", help="the labels' column (default: label, else labels / target / y / class / category when present)")
     p.add_argument("--drop-unlabeled", action="store_true", help="drop records with an empty / NaN label (counted) instead of failing")
     p.add_argument("--max-samples", type=positive_int, default=2000)
     p.add_argument("--batch-size", type=positive_int, default=32)

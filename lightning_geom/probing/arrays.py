@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..capture import LABEL_KEYS
-from .data import ProbeData, _is_missing, _rows, _usable_labels, probe_data_of
+from .data import ProbeData, _is_missing, _rows, _usable_labels, label_column_of, probe_data_of
 
 __all__ = ["ARRAY_EXT", "array_data", "keyword_inputs", "numeric_table", "table_probe_data"]
 
@@ -135,9 +135,7 @@ def numeric_table(path: Path, text_column: str, label_column: str | None) -> tup
     cols = list(rows[0][1])
     if text_column in cols:
         return None
-    lab = label_column if label_column in cols else None
-    if label_column not in (None, "label") and lab is None:
-        raise ValueError(f"{path} has no column {label_column!r} (columns: {', '.join(cols)}); pass --label-column.")
+    lab = label_column_of(cols, label_column, str(path))
     index = [c for c in cols if c != lab and _is_index_column(c, [rec.get(c) for _, rec in rows])]
     if index:  # pandas' to_csv writes the row index as a first, unnamed column: no feature of the samples
         warnings.warn(f"{path}: column {index[0]!r} is a row index (0, 1, 2, ...; pandas' to_csv writes one): left out of the features.", stacklevel=3)

@@ -53,6 +53,28 @@ def _is_missing(v: Any) -> bool:
     return isinstance(v, str) and v.strip().lower() in _MISSING
 
 
+_LABEL_NAMES = ("label", "labels", "target", "targets", "y", "class", "category")  # a table's label column, by default
+
+
+def label_column_of(cols: Sequence[str], label_column: str | None, what: str) -> str | None:
+    """The column of ``cols`` that holds the labels: ``label_column`` when it is given (not the default
+    ``"label"``: missing is an error naming the columns); by default the first of ``label``, ``labels``,
+    ``target``, ``targets``, ``y``, ``class``, ``category`` present (exact name, then any case), else None.
+    (sklearn and pandas tables name it ``target``: read as a feature, it leaked the answer into the
+    geometry.)"""
+    if label_column is None:
+        return None
+    if label_column != "label":
+        if label_column not in cols:
+            raise ValueError(f"{what} has no column {label_column!r} (columns: {', '.join(map(str, cols))}); pass --label-column.")
+        return label_column
+    found = next((c for c in _LABEL_NAMES if c in cols), None)
+    if found is None:
+        lower = {str(c).lower(): c for c in cols}
+        found = next((lower[c] for c in _LABEL_NAMES if c in lower), None)
+    return found
+
+
 TABLE_EXT = (".csv", ".tsv", ".jsonl", ".json", ".parquet", ".arrow")  # files of records (columns); any other text file: one text per line
 
 
@@ -246,9 +268,8 @@ def _texts(
     cols = list(rows[0][1])
     if text_column not in cols:
         raise ValueError(f"{path} has no column {text_column!r} (columns: {', '.join(cols)}); pass --text-column.")
-    use_labels = label_column is not None and label_column in cols
-    if label_column not in (None, "label") and not use_labels:
-        raise ValueError(f"{path} has no column {label_column!r} (columns: {', '.join(cols)}); pass --label-column.")
+    label_column = label_column_of(cols, label_column, str(path))
+    use_labels = label_column is not None
     texts, labels, dropped = [], [], 0
     for no, rec in rows:
         t = rec.get(text_column)
@@ -371,9 +392,7 @@ def token_records(path: Path, text_column: str, label_column: str | None, max_sa
     first = rows[0][1]
     if not isinstance(first.get("input_ids"), list):  # (tokens saved beside their text are used as saved)
         return None
-    lab = label_column if label_column in first else next((key for key in ("labels", "label") if key in first), None)
-    if label_column not in (None, "label") and lab != label_column:
-        raise ValueError(f"{path} has no column {label_column!r} (columns: {', '.join(first)}); pass --label-column.")
+    lab = label_column_of(list(first), label_column, str(path))
     rows = rows[:max_samples]
     keys = [k for k in first if k in _HF_INPUT_KEYS and isinstance(first[k], list)]
     samples = []
