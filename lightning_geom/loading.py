@@ -142,8 +142,10 @@ def _read_checkpoint(path: Path) -> dict | nn.Module:
     return ckpt
 
 
-def _load_checkpoint(path: Path, module: str | None) -> LoadedModel:
+def _load_checkpoint(path: Path, module: str | None, init_args: dict[str, Any] | None = None) -> LoadedModel:
     ckpt = _read_checkpoint(path)
+    if isinstance(ckpt, nn.Module) and init_args:
+        raise ValueError(f"--init-arg sets a Lightning checkpoint's hyperparameters; {path} is a pickled module without any.")
     if isinstance(ckpt, nn.Module):  # torch.save(model, path): the module itself (its class must import here)
         ckpt.eval()
         return LoadedModel(module=ckpt, kind="torch", source=str(path), tokenizer=_module_tokenizer(ckpt, {}))
@@ -164,11 +166,35 @@ def _load_checkpoint(path: Path, module: str | None) -> LoadedModel:
                 f"Cannot tell the LightningModule class of {path}: pass `--module package.module.Class`."
             )
     try:
-        lm = cls.load_from_checkpoint(str(path), map_location="cpu")
+        lm = cls.load_from_checkpoint(str(path), map_location="cpu", **(init_args or {}))
+    except OSError as err:  # the module's __init__ reads files: typically from_pretrained(<hub name>) offline
+        raise ValueError(_init_download_error(path, cls, err, ckpt.get("hyper_parameters") or {})) from None
     except (RuntimeError, KeyError, TypeError) as err:
         raise ValueError(f"{path} does not load into {cls.__name__}: {str(err).splitlines()[0][:200]}; is --module right?") from None
     lm.eval()
     return LoadedModel(module=lm, kind="lightning", source=str(path), lightning_module=lm, tokenizer=_module_tokenizer(lm, ckpt))
+
+
+def _init_download_error(path: Path, cls: type, err: OSError, hparams: Any) -> str:
+    """One line for a module whose ``__init__`` failed to read files: a Hugging Face Hub download (offline,
+    not cached) named with its fix (``--init-arg KEY=DIR`` for the hyperparameter that holds a hub name),
+    any other file error as it is."""
+    first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+    hub = any(w in str(err) for w in ("huggingface.co", "Hugging Face", "offline", "valid model identifier", "HF_HUB"))
+    if not hub:
+        return f"{path}: {cls.__name__}.__init__ failed to read a file ({first}); --init-arg KEY=VALUE overrides a hyperparameter."
+    names = [k for k, v in (hparams.items() if isinstance(hparams, dict) else ()) if isinstance(v, str) and _looks_like_hub_name(v)]
+    fix = f"--init-arg {names[0]}=DIR" if names else "--init-arg KEY=DIR (the hyperparameter that names the model)"
+    return (
+        f"{path}: {cls.__name__}.__init__ loads a model from the Hugging Face Hub, which is neither reachable nor in "
+        f"the local cache ({first}). The checkpoint holds the weights; only the architecture is read there: save that "
+        f"model once with model.save_pretrained(DIR) and pass {fix}, or run once where the Hub is reachable (it is then cached)."
+    )
+
+
+def _looks_like_hub_name(v: str) -> bool:
+    """``org/name`` (or ``name``) that is no existing local path: what ``from_pretrained`` fetches from the Hub."""
+    return bool(v) and not Path(v).exists() and v.count("/") <= 1 and not v.startswith((".", "/", "~")) and " " not in v
 
 
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "vocab.json")
@@ -303,7 +329,7 @@ def _load_gguf(path: Path) -> LoadedModel:
     return LoadedModel(module=model, kind="hf-text", source=str(path), tokenizer=tok)
 
 
-def load_model(path: str | Path, *, module: str | None = None) -> LoadedModel:
+def load_model(path: str | Path, *, module: str | None = None, init_args: dict[str, Any] | None = None) -> LoadedModel:
     """A Lightning checkpoint (``.ckpt``), a whole pickled torch module (``torch.save(model, path)``),
     a Hugging Face model folder, or a GGUF file / a folder holding one (loaded as a causal LM,
     dequantised, with the tokenizer from the same file).
@@ -311,14 +337,19 @@ def load_model(path: str | Path, *, module: str | None = None) -> LoadedModel:
     Raises:
         FileNotFoundError: the path does not exist (a hub name is refused here too).
         ValueError: an incomplete folder, or a checkpoint whose class cannot be told.
+
+    ``init_args``: a Lightning checkpoint's hyperparameters to override when its module is built (e.g. a
+    local folder for a hub name its ``__init__`` loads); refused for other kinds of model.
     """
     p = Path(path)
     if not p.exists():
         hint = " Hub names are not downloaded: save the model to a folder first." if "/" in str(path) and not str(path).startswith((".", "/")) else ""
         raise FileNotFoundError(f"No such model file or folder: {path}.{hint}")
+    if init_args and (p.is_dir() or p.suffix.lower() == ".gguf"):
+        raise ValueError(f"--init-arg sets a Lightning checkpoint's hyperparameters; {path} is a model folder / file without any.")
     if p.is_dir():
         gguf = _gguf_in(p)
         return _load_gguf(gguf) if gguf is not None else _load_hf(p)
     if p.suffix.lower() == ".gguf":
         return _load_gguf(p)
-    return _load_checkpoint(p, module)
+    return _load_checkpoint(p, module, init_args or {})

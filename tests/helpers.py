@@ -129,3 +129,18 @@ class FlatBlocks(L.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+
+class HubClassifier(L.LightningModule):
+    """A module whose ``__init__`` loads its network by name (``from_pretrained(name)``), as fine-tuning
+    code does: offline, a hub name cannot be built; a local folder can."""
+
+    def __init__(self, name: str = "some-org/tiny-bert", num_labels: int = 2) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        from transformers import AutoModelForSequenceClassification
+
+        self.model = AutoModelForSequenceClassification.from_pretrained(name, num_labels=num_labels)
+
+    def forward(self, **batch):
+        return self.model(**batch)

@@ -1146,3 +1146,36 @@ def test_a_table_s_label_column_named_otherwise_is_read_as_the_labels(tmp_path, 
     assert load_probe_data(str(tmp_path / "t.jsonl"), loaded).label_names == ["animal", "colour"]
     with pytest.raises(ValueError, match=r"has no column 'kind' \(columns: text, target\); pass --label-column"):
         load_probe_data(str(tmp_path / "t.jsonl"), loaded, label_column="kind")
+
+
+def test_a_module_that_loads_its_network_from_the_hub_is_built_from_a_local_folder(tmp_path, monkeypatch, capsys):
+    """A checkpoint of a module whose __init__ calls from_pretrained(<hub name>) failed offline with
+    transformers' OSError: it is one line naming the hyperparameter and the fix, and
+    `--init-arg name=DIR` (``init_args``) builds it from a local folder, the checkpoint's weights then
+    loaded over it (equal to the trained ones)."""
+    import transformers
+    from helpers import HubClassifier
+    from transformers import BertConfig, BertForSequenceClassification
+
+    cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, num_labels=2)
+    torch.manual_seed(0)
+    BertForSequenceClassification(cfg).save_pretrained(tmp_path / "local")  # the architecture (other weights)
+    with monkeypatch.context() as m:  # "online": the hub name resolves
+        torch.manual_seed(1)
+        trained = BertForSequenceClassification(cfg)
+        m.setattr(transformers.AutoModelForSequenceClassification, "from_pretrained", lambda *a, **k: trained)
+        module = HubClassifier()
+    trainer = L.Trainer(max_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(tmp_path / "hub.ckpt")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match=r"HubClassifier.__init__ loads a model from the Hugging Face Hub.*pass --init-arg name=DIR"):
+        load_model(tmp_path / "hub.ckpt", module="helpers.HubClassifier")
+    loaded = load_model(tmp_path / "hub.ckpt", module="helpers.HubClassifier", init_args={"name": str(tmp_path / "local")})
+    for a, b in zip(loaded.module.model.parameters(), trained.parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(SystemExit):
+        main(["probe", str(tmp_path / "hub.ckpt"), "--init-arg", "name", "--data", "digits"])
+    assert "expected KEY=VALUE" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="--init-arg sets a Lightning checkpoint's hyperparameters"):
+        main(["probe", str(tmp_path / "local"), "--init-arg", "name=x", "--data", "digits", "--out", str(tmp_path / "r")])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["at_least", "positive_int", "non_negative_int", "positive_float", "fraction", "token_positions"]
+__all__ = ["at_least", "positive_int", "non_negative_int", "positive_float", "fraction", "token_positions", "init_arg", "init_args"]
 
 
 def _int(text: str) -> int:
@@ -70,3 +70,23 @@ def token_positions(text: str) -> str | list[int]:
         return [int(p) for p in parts]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected 'all', 'top_attribution' or comma-separated positions like 0,3, got {text!r}") from None
+
+
+def init_arg(text: str) -> tuple[str, object]:
+    """``KEY=VALUE``: a checkpoint hyperparameter to override; the value read as JSON (numbers, true /
+    false, null, lists) where it parses, else as the string itself (a path, a name)."""
+    import json
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip().isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (a hyperparameter name and its value), got {text!r}")
+    try:
+        parsed: object = json.loads(value)
+    except ValueError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def init_args(pairs: list[tuple[str, object]] | None) -> dict[str, object]:
+    """The ``--init-arg`` pairs as a dict (a key given twice: the last value)."""
+    return dict(pairs or [])

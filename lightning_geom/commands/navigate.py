@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .args import positive_float, positive_int, token_positions
+from .args import init_arg, init_args, positive_float, positive_int, token_positions
 
 
 def add_parser(sub: Any) -> None:
@@ -23,6 +23,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--index", type=int, nargs="+", default=None, help="which samples of --data (default 0)")
     p.add_argument("--label-column", default="label", help="the label column / array of a --data file (left out of the inputs)")
     p.add_argument("--module", default=None, help="LightningModule class path of a checkpoint")
+    p.add_argument("--init-arg", action="append", type=init_arg, default=None, metavar="KEY=VALUE",
+                   help="override a checkpoint hyperparameter when its module is built (repeat for more), e.g. a local model folder for a hub name its __init__ loads")
     p.add_argument("--tokenizer", default=None, help="a folder with the tokenizer files, for a checkpoint that does not bring its own")
     p.add_argument("--mode", choices=["simec", "simexp"], default="simec")
     p.add_argument("--steps", type=positive_int, default=200)
@@ -148,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.progress:  # --no-progress: transformers' own "Loading weights" bars too
         quiet_loading()
     try:
-        loaded = load_model(args.model, module=args.module)
+        loaded = load_model(args.model, module=args.module, init_args=init_args(args.init_arg))
         if args.tokenizer:
             loaded.tokenizer = load_tokenizer(args.tokenizer)
     except (FileNotFoundError, ValueError) as err:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .args import at_least, fraction, non_negative_int, positive_int
+from .args import at_least, fraction, init_arg, init_args, non_negative_int, positive_int
 
 
 def add_parser(sub: Any) -> None:
@@ -17,6 +17,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--data", required=True, help="'digits', a .txt (one text per line), .csv/.jsonl/.parquet/.arrow or a datasets save_to_disk folder (texts or token ids, or numbers for a model without a tokenizer), arrays (.npy, .npz, .pt), an image folder (class subfolders), or a datamodule YAML")
     p.add_argument("--out", default="probe_report", help="output folder (default probe_report)")
     p.add_argument("--module", default=None, help="LightningModule class path of the checkpoints")
+    p.add_argument("--init-arg", action="append", type=init_arg, default=None, metavar="KEY=VALUE",
+                   help="override a checkpoint hyperparameter when its module is built (repeat for more), e.g. a local model folder for a hub name its __init__ loads")
     p.add_argument("--tokenizer", default=None, help="a folder with the tokenizer files, for checkpoints that do not bring their own")
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label", help="the labels' column (default: label, else labels / target / y / class / category when present)")
@@ -82,7 +84,7 @@ def expand_checkpoint_folders(models: list[str]) -> list[str]:
     return out
 
 
-def _load_all(models: list[str], module: str | None, load: Any) -> list[Any]:
+def _load_all(models: list[str], module: str | None, load: Any, overrides: dict[str, Any] | None = None) -> list[Any]:
     """Every model; a checkpoint found in a folder that cannot be read (a run still writing it) is
     skipped with a line on stderr, a path the user named is an error."""
     import sys
@@ -92,7 +94,7 @@ def _load_all(models: list[str], module: str | None, load: Any) -> list[Any]:
     loaded = []
     for m in paths:
         try:
-            loaded.append(load(m, module=module))
+            loaded.append(load(m, module=module, init_args=overrides))
         except ValueError as err:
             if m in named or "not a readable checkpoint" not in str(err):
                 raise
@@ -119,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         check_out_dir(args.out)
         if args.data != "digits" and not Path(args.data).exists():  # before the (slow) model loading
             raise ValueError(f"No such data file or folder: {args.data} (or use 'digits').")
-        loaded = _load_all(args.models, args.module, load_model)
+        loaded = _load_all(args.models, args.module, load_model, init_args(args.init_arg))
         if args.tokenizer:
             tok = load_tokenizer(args.tokenizer)
             for item in loaded:
