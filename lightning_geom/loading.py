@@ -227,7 +227,8 @@ def _module_tokenizer(lm: torch.nn.Module, ckpt: dict) -> Any:
     if callable(own) and hasattr(own, "convert_ids_to_tokens"):
         return padding_tokenizer(own)
     hp = ckpt.get("hyper_parameters", {}) or {}
-    places = [v for v in hp.values() if isinstance(v, str)] if isinstance(hp, dict) else []
+    hp = {**(hp if isinstance(hp, dict) else {}), **dict(getattr(lm, "hparams", None) or {})}  # with --init-arg's overrides
+    places = [v for v in hp.values() if isinstance(v, str)]
     places += [getattr(m.config, "_name_or_path", "") for m in lm.modules() if hasattr(getattr(m, "config", None), "_name_or_path")]
     for place in places:
         try:
