@@ -1179,3 +1179,33 @@ def test_a_module_that_loads_its_network_from_the_hub_is_built_from_a_local_fold
     assert "expected KEY=VALUE" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="--init-arg sets a Lightning checkpoint's hyperparameters"):
         main(["probe", str(tmp_path / "local"), "--init-arg", "name=x", "--data", "digits", "--out", str(tmp_path / "r")])
+
+
+def test_pandas_tables_are_probe_data(tmp_path):
+    """A DataFrame (features and a `target` column), an (X DataFrame, y Series) pair and a DataFrame of
+    texts (with a tokenizer) are probe data for `probe()` and the monitors, equal to the same numbers
+    as tensors; they were iterated as column names (one opaque error). A column of texts among the
+    features is one line with the fix."""
+    import pandas as pd
+    from helpers import FlatBlocks
+
+    from lightning_geom import GeometryMonitor
+    from lightning_geom.monitoring.probe import probe_batches
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 6, generator=g)
+    y = (x[:, 0] > 0).long()
+    df = pd.DataFrame(x.double().numpy(), columns=[f"f{i}" for i in range(6)])
+    df["target"] = ["pos" if v else "neg" for v in y.tolist()]
+    model = FlatBlocks()
+    opts = dict(k=5, range_max=8, pullback_samples=0, progress=False)
+    want = probe(model, (x, y), **opts).models[0]["layers"]
+    for form in (df, (df.drop(columns="target"), df["target"]), (df.drop(columns="target"), y.numpy())):
+        got = probe(model, form, **opts).models[0]["layers"]
+        assert [r["label_overlap"] for r in got] == [r["label_overlap"] for r in want]
+        assert [r["id"] for r in got] == pytest.approx([r["id"] for r in want], rel=1e-6)
+    batches = probe_batches(df, num_samples=60, batch_size=32)  # the monitors' reading
+    assert torch.equal(torch.cat([b[1] for b in batches]), y) and batches[0][0].shape == (32, 6)
+    bad = df.assign(city="Rome")
+    with pytest.raises(TypeError, match=r"column\(s\) city hold other values .*pd.get_dummies"):
+        GeometryMonitor(probe=bad)

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset, SubsetR
 from ..capture import LABEL_KEYS, map_tensors
 from ..geometry.neighbors import available_bytes, gather_rows
 from .collate import is_row_dataset, is_row_list, pad_collate, row_batches, row_problem
+from .frames import frame_probe
 
 __all__ = ["batch_len", "check_probe_kind", "probe_batches", "probe_fingerprint", "dist_info", "all_gather_objects", "gather_parts", "gather_features", "check_feature_memory", "shard"]
 
@@ -134,6 +135,7 @@ def check_probe_kind(probe: Any) -> None:
         TypeError: a kind that is no probe, with what to pass instead.
         ValueError: an empty probe, or a dict of tensors of different lengths.
     """
+    probe = frame_probe(probe)  # a DataFrame of texts or categories: one line here, not at a checkpoint
     if isinstance(probe, (str, bytes)) or (isinstance(probe, (list, tuple)) and probe and isinstance(probe[0], (str, bytes))):
         raise TypeError(
             f"Expected `probe` to be {_PROBE_KINDS}, but got "
@@ -182,7 +184,7 @@ def probe_batches(probe: Any, *, num_samples: int, batch_size: int) -> list[Any]
         probe: a ``DataLoader``, a ``Dataset`` (torch's, or a Hugging Face ``datasets.Dataset`` of
             tokenized rows: padded by :func:`~.collate.pad_collate`), a dict of (N, ...) tensors, an
             ``(inputs, labels)`` tuple or an (N, ...) tensor (numpy arrays and nested lists of numbers
-            are taken as tensors), a list of batches, or a list of samples (:func:`~.collate.is_row_list`:
+            are taken as tensors; a pandas DataFrame or (X, y) pair: :func:`~.frames.frame_probe`), a list of batches, or a list of samples (:func:`~.collate.is_row_list`:
             collated like a dataset's rows). A shuffling DataLoader is read in dataset order: the same probe
             at every checkpoint and after a resume.
 
@@ -190,6 +192,7 @@ def probe_batches(probe: Any, *, num_samples: int, batch_size: int) -> list[Any]
         TypeError: any other kind of probe.
         ValueError: an empty probe.
     """
+    probe = frame_probe(probe)  # pandas tables as tensors
     check_probe_kind(probe)
     if is_row_dataset(probe) or is_row_list(probe):  # a Hugging Face datasets.Dataset, a list of samples: rows, padded here
         batches = row_batches(probe, num_samples=num_samples, batch_size=batch_size)

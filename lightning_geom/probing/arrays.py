@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from ..capture import LABEL_KEYS
-from .data import ProbeData, _is_missing, _rows, _usable_labels, label_column_of, probe_data_of
+from ..monitoring.frames import label_column_of
+from .data import ProbeData, _is_missing, _rows, _usable_labels, probe_data_of
 
 __all__ = ["ARRAY_EXT", "array_data", "keyword_inputs", "numeric_table", "table_probe_data"]
 

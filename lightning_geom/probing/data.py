@@ -21,6 +21,7 @@ import torch
 
 from ..geometry import label_problem
 from ..loading import import_class, padding_tokenizer
+from ..monitoring.frames import is_frame, label_column_of
 
 __all__ = ["ProbeData", "load_probe_data"]
 
@@ -52,27 +53,6 @@ def _is_missing(v: Any) -> bool:
         return True
     return isinstance(v, str) and v.strip().lower() in _MISSING
 
-
-_LABEL_NAMES = ("label", "labels", "target", "targets", "y", "class", "category")  # a table's label column, by default
-
-
-def label_column_of(cols: Sequence[str], label_column: str | None, what: str) -> str | None:
-    """The column of ``cols`` that holds the labels: ``label_column`` when it is given (not the default
-    ``"label"``: missing is an error naming the columns); by default the first of ``label``, ``labels``,
-    ``target``, ``targets``, ``y``, ``class``, ``category`` present (exact name, then any case), else None.
-    (sklearn and pandas tables name it ``target``: read as a feature, it leaked the answer into the
-    geometry.)"""
-    if label_column is None:
-        return None
-    if label_column != "label":
-        if label_column not in cols:
-            raise ValueError(f"{what} has no column {label_column!r} (columns: {', '.join(map(str, cols))}); pass --label-column.")
-        return label_column
-    found = next((c for c in _LABEL_NAMES if c in cols), None)
-    if found is None:
-        lower = {str(c).lower(): c for c in cols}
-        found = next((lower[c] for c in _LABEL_NAMES if c in lower), None)
-    return found
 
 
 TABLE_EXT = (".csv", ".tsv", ".jsonl", ".json", ".parquet", ".arrow")  # files of records (columns); any other text file: one text per line
@@ -446,6 +426,8 @@ def text_rows(data: Any, limit: int = 2000) -> tuple[list[str], list[Any] | None
     not the second sentences of pairs). None for anything else."""
     from ..modules import LABEL_KEYS
 
+    if is_frame(data) and hasattr(data, "columns"):  # a pandas DataFrame: its records
+        data = data.to_dict("records")
     if isinstance(data, (str, bytes, dict, torch.Tensor)) or not (hasattr(data, "__len__") and hasattr(data, "__getitem__")):
         return None
     try:
