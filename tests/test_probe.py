@@ -245,7 +245,9 @@ def test_python_probe_of_texts_in_memory_with_a_tokenizer(text_model, text_data)
     # tokenized with the tokenizer, the same numbers as (texts, labels)
     names = sorted(set(labels))
     label_tensors = [{"sentence": t, "idx": i, "label": torch.tensor(names.index(y))} for i, (t, y) in enumerate(zip(texts, labels))]
-    for form in (rows, list(zip(texts, labels)), label_tensors):
+    import pandas as pd
+
+    for form in (rows, list(zip(texts, labels)), label_tensors, pd.DataFrame(rows)):
         got = json.loads(lightning_geom.probe(model, form, tokenizer=tok, **opts).to_json())["models"][0]
         assert [la["label_overlap"] for la in got["layers"]] == [la["label_overlap"] for la in mem["layers"]]
         assert [la["id"] for la in got["layers"]] == pytest.approx([la["id"] for la in mem["layers"]], rel=1e-6)
@@ -1182,8 +1184,8 @@ def test_a_module_that_loads_its_network_from_the_hub_is_built_from_a_local_fold
 
 
 def test_pandas_tables_are_probe_data(tmp_path):
-    """A DataFrame (features and a `target` column), an (X DataFrame, y Series) pair and a DataFrame of
-    texts (with a tokenizer) are probe data for `probe()` and the monitors, equal to the same numbers
+    """A DataFrame (features and a `target` column), an (X DataFrame, y Series) pair, (X, y) with y a list or
+    array of class names or ints (scikit-learn style), and a DataFrame of texts (with a tokenizer) are probe data for `probe()` and the monitors, equal to the same numbers
     as tensors; they were iterated as column names (one opaque error). A column of texts among the
     features is one line with the fix."""
     import pandas as pd
@@ -1200,7 +1202,9 @@ def test_pandas_tables_are_probe_data(tmp_path):
     model = FlatBlocks()
     opts = dict(k=5, range_max=8, pullback_samples=0, progress=False)
     want = probe(model, (x, y), **opts).models[0]["layers"]
-    for form in (df, (df.drop(columns="target"), df["target"]), (df.drop(columns="target"), y.numpy())):
+    names = np.array(df["target"].tolist())  # scikit-learn style: y as an array / list of class names or ints
+    for form in (df, (df.drop(columns="target"), df["target"]), (df.drop(columns="target"), y.numpy()),
+                 (x.numpy(), names), (x, names.tolist()), (x.numpy(), y.tolist())):
         got = probe(model, form, **opts).models[0]["layers"]
         assert [r["label_overlap"] for r in got] == [r["label_overlap"] for r in want]
         assert [r["id"] for r in got] == pytest.approx([r["id"] for r in want], rel=1e-6)

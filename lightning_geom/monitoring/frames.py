@@ -44,7 +44,9 @@ def frame_probe(probe: Any) -> Any:
     - a DataFrame: its label column (:func:`label_column_of`) out of the features: ``(features, labels)``,
       or the features alone when there is none;
     - an ``(X, y, ...)`` tuple holding a DataFrame / Series: X's numbers as the inputs, y as labels;
-    - a Series of numbers: a tensor.
+    - a Series of numbers: a tensor;
+    - an ``(inputs, labels)`` tuple whose labels are a list / numpy array of class names or integers
+      (scikit-learn's ``y``): the labels as a tensor.
 
     Features are float tensors (torch's default dtype); labels integer codes (names coded in sorted order).
 
@@ -63,7 +65,32 @@ def frame_probe(probe: Any) -> Any:
         return (first, *(_labels(v) if is_frame(v) else v for v in probe[1:]))
     if is_frame(probe):
         return _numbers(probe)
+    if isinstance(probe, tuple) and 2 <= len(probe) <= 4 and _n_rows(probe[0]) is not None:
+        n = _n_rows(probe[0])
+        return (probe[0], *(_label_values(v, n) for v in probe[1:]))
     return probe
+
+
+def _n_rows(v: Any) -> int | None:
+    """Rows of a tensor or numpy array with at least one dimension, else None."""
+    shape = getattr(v, "shape", None)
+    return int(shape[0]) if shape is not None and len(shape) > 0 and (isinstance(v, Tensor) or type(v).__module__ == "numpy") else None
+
+
+def _label_values(v: Any, n: int) -> Any:
+    """An ``(inputs, labels)`` tuple's labels given as a list or numpy array of ``n`` class names or numbers
+    (scikit-learn style: ``y`` of strings) as a tensor (names coded in sorted order); anything else as it is."""
+    if type(v).__module__ == "numpy" and getattr(v, "ndim", 0) == 1 and len(v) == n and v.dtype.kind in "USO":
+        v = v.tolist()
+    if not isinstance(v, (list, tuple)) or len(v) != n or not v:
+        return v
+    if all(isinstance(e, str) for e in v):
+        names = sorted(set(v))
+        index = {name: i for i, name in enumerate(names)}
+        return torch.tensor([index[e] for e in v])
+    if all(isinstance(e, int) and not isinstance(e, bool) for e in v):
+        return torch.tensor(v)
+    return v
 
 
 def _numbers(frame: Any) -> Tensor:
