@@ -220,7 +220,9 @@ def test_points_as_nested_lists_or_a_numeric_object_array_equal_the_array():
 
     x = np.random.default_rng(0).standard_normal((60, 3))
     ref = knn(x, 5)
-    for other in (x.tolist(), np.array(x, dtype=object)):
+    import pandas as pd
+
+    for other in (x.tolist(), np.array(x, dtype=object), pd.DataFrame(x)):  # a DataFrame: was "got DataFrame"
         nb = knn(other, 5)
         assert torch.equal(nb.indices, ref.indices) and torch.equal(nb.distances, ref.distances)
     assert twonn(x.tolist()).dim == twonn(x).dim

@@ -245,7 +245,10 @@ def as_points(x: Tensor | np.ndarray, *, name: str = "x") -> Tensor:
 def point_tensor(x: Tensor | np.ndarray, name: str = "x") -> Tensor:
     """``x`` as a detached, real, floating (N, D) tensor (numpy and nested lists converted, integers as
     float32, a numeric object array as float64), checked
-    for everything that needs no read of its values: type, shape, D >= 1, meta, complex."""
+    for everything that needs no read of its values: type, shape, D >= 1, meta, complex. A pandas
+    DataFrame (or anything else with ``to_numpy``: duck-typed) is read through its array."""
+    if not isinstance(x, (Tensor, np.ndarray, list, tuple)) and callable(getattr(x, "to_numpy", None)):
+        x = x.to_numpy()  # a DataFrame: its numbers (a text column is named as the object array's below)
     if isinstance(x, (list, tuple)) and x and not isinstance(x[0], Tensor):  # nested lists of numbers
         try:
             x = np.asarray(x, dtype=np.float64)
