@@ -1012,10 +1012,14 @@ def test_navigate_a_tabular_checkpoint_from_a_data_file(tmp_path):
     trainer.save_checkpoint(ckpt)
     (tmp_path / "t.csv").write_text("a,b,c,d,e,f,label\n" + "\n".join(",".join([*(repr(float(v)) for v in r), str(int(c))]) for r, c in zip(x, y)))
     np.savez(tmp_path / "t.npz", x=x.numpy(), y=y.numpy())
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({**{f"f{i}": x[:, i].tolist() for i in range(6)}, "target": y.tolist()}), tmp_path / "t.parquet")
     model = load_model(ckpt, module="helpers.FlatBlocks").module.eval()
     with torch.no_grad():
         want = model(x[[3, 7]]).argmax(-1).tolist()
-    for data in ("t.csv", "t.npz"):
+    for data in ("t.csv", "t.npz", "t.parquet"):  # the parquet's `target` is the label column, left out of the inputs
         out = tmp_path / data.replace(".", "_")
         args = ["navigate", str(ckpt), "--module", "helpers.FlatBlocks", "--data", str(tmp_path / data), "--index", "3", "7", "--steps", "4", "--out", str(out), "--no-progress"]
         assert main(args) == 0

@@ -19,7 +19,7 @@ def add_parser(sub: Any) -> None:
     src.add_argument("--text", action="append", help="an input sentence (repeat for more)")
     src.add_argument("--image", action="append", help="an image file (repeat for more)")
     src.add_argument("--data", type=_data_spec, help="'digits' (the demo checkpoint), or a file of samples for a model of float inputs: "
-                     ".csv / .tsv of numbers, .npy, .npz, .pt (as `probe --data` reads them)")
+                     ".csv / .tsv / .parquet / .arrow of numbers, .npy, .npz, .pt (as `probe --data` reads them)")
     p.add_argument("--index", type=int, nargs="+", default=None, help="which samples of --data (default 0)")
     p.add_argument("--label-column", default="label", help="the label column / array of a --data file (left out of the inputs)")
     p.add_argument("--module", default=None, help="LightningModule class path of a checkpoint")
@@ -40,7 +40,7 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-_DATA_FILES = (".csv", ".tsv", ".npy", ".npz", ".pt", ".pth")
+_DATA_FILES = (".csv", ".tsv", ".parquet", ".arrow", ".npy", ".npz", ".pt", ".pth")
 
 
 def _data_spec(value: str) -> str:
