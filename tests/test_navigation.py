@@ -365,3 +365,52 @@ def test_bad_settings_and_inputs_are_one_line(kwargs, ids, match):
     model = _lm()
     with pytest.raises(ValueError, match=match):
         EquivalenceClassExplorer(model, steps=2, **kwargs).walk({"input_ids": torch.randint(0, 100, (2, 5)) if ids is None else ids})
+
+
+class _NanoLM(torch.nn.Module):
+    """A plain PyTorch causal LM in the nanoGPT style: forward(idx) -> (logits, loss)."""
+
+    def __init__(self, vocab=30, d=16, t=12):
+        super().__init__()
+        self.wte, self.wpe = torch.nn.Embedding(vocab, d), torch.nn.Embedding(t, d)
+        self.h = torch.nn.ModuleList(torch.nn.Sequential(torch.nn.LayerNorm(d), torch.nn.Linear(d, d), torch.nn.Tanh()) for _ in range(2))
+        self.lm_head = torch.nn.Linear(d, vocab)
+
+    def forward(self, idx, targets=None):
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+        for blk in self.h:
+            x = x + blk(x).cumsum(1) / torch.arange(1, idx.shape[1] + 1).view(1, -1, 1)  # causal mixing
+        return self.lm_head(x), None
+
+
+class _BagClassifier(torch.nn.Module):
+    def __init__(self, vocab=30, d=16):
+        super().__init__()
+        self.emb = torch.nn.Embedding(vocab, d)
+        self.out = torch.nn.Linear(d, 3)
+
+    def forward(self, input_ids, attention_mask=None):
+        return {"logits": self.out(torch.tanh(self.emb(input_ids)).mean(1))}
+
+
+def test_plain_token_networks_are_walked_in_their_token_embeddings():
+    """A plain PyTorch network of token ids (a nanoGPT-style LM, a bag-of-embeddings classifier) had no
+    adapter ("walks a continuous input space"): it is explored at the output of the embedding table its
+    ids go through (found by hooks, the position table left alone), the head is the network with that
+    output swapped in, the class an LM's next token after the last position. The start decodes to the
+    input ids; SiMEC keeps the class; the head on the start's embeddings equals the model's logits."""
+    torch.manual_seed(0)
+    ids = torch.randint(0, 30, (3, 8))
+    for model, batch in ((_NanoLM().double().eval(), ids), (_BagClassifier().double().eval(), {"input_ids": ids, "attention_mask": torch.ones_like(ids)})):
+        adapter = adapter_for(model)
+        e = adapter.embed(batch)
+        assert e.shape == (3, 8, 16)
+        with torch.no_grad():
+            out = model(ids)
+            want = out[0][:, -1] if isinstance(out, tuple) else out["logits"]
+            torch.testing.assert_close(adapter.head(e, batch), want)
+        trajs = EquivalenceClassExplorer(model, steps=5, step_size=0.01, record_every=5).walk(batch)
+        assert [t["decoded_as"] for t in trajs] == ["tokens"] * 3
+        assert [t["steps"][0]["decoded"] for t in trajs] == ids.tolist()  # the start is the input
+        assert [t["start_pred"] for t in trajs] == want.argmax(-1).tolist()
+        assert all(t["steps"][-1]["pred"] == t["start_pred"] and t["steps"][-1]["distance"] > 0 for t in trajs)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from ..modules import LABEL_KEYS, output_logits
@@ -169,6 +170,113 @@ def _feature_input(model: nn.Module) -> Adapter:
     return Adapter(embed=embed, head=head, decoder=decoder, class_names=None)
 
 
+def _ids_of(batch: Any) -> Tensor | None:
+    """A batch's integer token ids: an integer tensor, a tuple's first item, or a dict's ``input_ids``; else None."""
+    x = batch
+    if isinstance(batch, (tuple, list)) and batch:
+        x = batch[0]
+    elif isinstance(batch, Mapping):
+        x = batch.get("input_ids")
+    return x if isinstance(x, Tensor) and not x.is_floating_point() and not x.is_complex() and x.ndim == 2 else None
+
+
+def _call(model: nn.Module, batch: Any) -> Any:
+    """``model`` on a batch as the capture calls it (a tensor, an (inputs, labels) tuple, a dict of inputs)."""
+    from ..capture import split_batch
+    from ..modules import forward_call
+
+    if isinstance(batch, Tensor):
+        return model(batch)
+    args, kwargs, _ = split_batch(batch)
+    args, kwargs = forward_call(model, batch, args, kwargs)
+    return model(*args, **kwargs)
+
+
+def _token_input(model: nn.Module) -> Adapter | None:
+    """A plain network of token ids (a nanoGPT-style LM, a classifier with an ``nn.Embedding``): explored at
+    the output of the embedding table its ids go through (found by a forward with hooks on every
+    ``nn.Embedding``: the one whose input is the batch's ids); the head is the whole network with that
+    table's output replaced (a forward hook), the class an LM's next token after the last real position
+    or a classifier's logits; decoded to the nearest rows of the table. None without an ``nn.Embedding``."""
+    tables = [m for m in model.modules() if isinstance(m, nn.Embedding)]
+    if not tables:
+        return None
+    from ..capture import take_last
+
+    name = type(model).__name__
+    found: dict[str, Any] = {}
+    decoder = _LazyTokenDecoder()
+
+    def embed(b: Any) -> Tensor:
+        ids = _ids_of(b)
+        seen: list[tuple[nn.Embedding, Tensor]] = []
+        def takes_ids(i: Any) -> bool:
+            return bool(i) and isinstance(i[0], Tensor) and (i[0] is ids or (i[0].shape == ids.shape and torch.equal(i[0].cpu(), ids.cpu())))
+
+        hooks = [t.register_forward_hook(lambda m, i, o: seen.append((m, o)) if takes_ids(i) else None) for t in tables]
+        try:
+            with torch.no_grad():
+                _logits(_call(model, b), name)
+        finally:
+            for h in hooks:
+                h.remove()
+        if not seen:
+            raise TypeError(
+                f"{name}: none of its nn.Embedding tables takes the batch's token ids as they are: build an `Adapter` "
+                "(embed = the token embeddings, head = the network from them)."
+            )
+        found["table"] = seen[0][0]
+        decoder.table = seen[0][0]
+        return seen[0][1].detach()
+
+    def head(e: Tensor, b: Any) -> Tensor:
+        table = found["table"]
+        hook = table.register_forward_hook(lambda m, i, o: e)
+        try:
+            logits = _logits(_call(model, b), name)
+        finally:
+            hook.remove()
+        if logits.ndim == 3:  # (B, T, V): an LM's next token after each prompt's last real position
+            return take_last(logits, b.get("attention_mask") if isinstance(b, Mapping) else None)
+        return logits
+
+    return Adapter(embed=embed, head=head, decoder=decoder, class_names=None)
+
+
+class _LazyTokenDecoder:
+    """:class:`~.decoders.TokenDecoder` of the table a plain token network's ids go through, known after
+    the first ``embed``."""
+
+    kind = "tokens"
+
+    def __init__(self) -> None:
+        self.table: nn.Embedding | None = None
+
+    def decode(self, emb: Tensor) -> list[Any]:
+        return TokenDecoder(self.table.weight).decode(emb) if self.table is not None else [None] * emb.shape[0]
+
+
+def _plain_network(model: nn.Module) -> Adapter:
+    """A plain PyTorch network (no Hugging Face config): token ids go through :func:`_token_input`, float
+    inputs through :func:`_feature_input`, decided per batch by the input's dtype."""
+    feature, token = _feature_input(model), _token_input(model)
+    current: dict[str, Adapter] = {"a": feature}
+
+    def embed(b: Any) -> Tensor:
+        current["a"] = token if token is not None and _ids_of(b) is not None else feature
+        return current["a"].embed(b)
+
+    class _Decoder:
+        @property
+        def kind(self) -> str | None:
+            return getattr(current["a"].decoder, "kind", None)
+
+        def decode(self, emb: Tensor) -> list[Any]:
+            return current["a"].decoder.decode(emb)
+
+    return Adapter(embed=embed, head=lambda e, b: current["a"].head(e, b), decoder=_Decoder(), class_names=None)
+
+
 def adapter_for(model: nn.Module, tokenizer: Any = None) -> Adapter:
     """An adapter for a known model family.
 
@@ -235,8 +343,8 @@ def adapter_for(model: nn.Module, tokenizer: Any = None) -> Adapter:
     inner = resolve_network(model)  # a LightningModule around one HF model: that model's adapter
     if inner is not model:
         return adapter_for(inner, tokenizer)
-    if not hasattr(model, "config") and any(True for _ in model.parameters()):  # a plain network of float inputs
-        return _feature_input(model)
+    if not hasattr(model, "config") and any(True for _ in model.parameters()):  # a plain network: float inputs or token ids
+        return _plain_network(model)
     raise TypeError(
         f"No adapter for {name}: build `Adapter(embed=batch -> (B, T, d), head=(emb, batch) -> (B, m) logits, decoder=...)`."
     )
