@@ -144,3 +144,19 @@ class HubClassifier(L.LightningModule):
 
     def forward(self, **batch):
         return self.model(**batch)
+
+
+class NanoLM(torch.nn.Module):
+    """A plain PyTorch causal LM in the nanoGPT style: forward(idx) -> (logits, loss)."""
+
+    def __init__(self, vocab=30, d=16, t=12):
+        super().__init__()
+        self.wte, self.wpe = torch.nn.Embedding(vocab, d), torch.nn.Embedding(t, d)
+        self.h = torch.nn.ModuleList(torch.nn.Sequential(torch.nn.LayerNorm(d), torch.nn.Linear(d, d), torch.nn.Tanh()) for _ in range(2))
+        self.lm_head = torch.nn.Linear(d, vocab)
+
+    def forward(self, idx, targets=None):
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+        for blk in self.h:
+            x = x + blk(x).cumsum(1) / torch.arange(1, idx.shape[1] + 1).view(1, -1, 1)  # causal mixing
+        return self.lm_head(x), None

@@ -3,6 +3,7 @@ import json
 import lightning as L
 import pytest
 import torch
+from helpers import NanoLM
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
@@ -367,22 +368,6 @@ def test_bad_settings_and_inputs_are_one_line(kwargs, ids, match):
         EquivalenceClassExplorer(model, steps=2, **kwargs).walk({"input_ids": torch.randint(0, 100, (2, 5)) if ids is None else ids})
 
 
-class _NanoLM(torch.nn.Module):
-    """A plain PyTorch causal LM in the nanoGPT style: forward(idx) -> (logits, loss)."""
-
-    def __init__(self, vocab=30, d=16, t=12):
-        super().__init__()
-        self.wte, self.wpe = torch.nn.Embedding(vocab, d), torch.nn.Embedding(t, d)
-        self.h = torch.nn.ModuleList(torch.nn.Sequential(torch.nn.LayerNorm(d), torch.nn.Linear(d, d), torch.nn.Tanh()) for _ in range(2))
-        self.lm_head = torch.nn.Linear(d, vocab)
-
-    def forward(self, idx, targets=None):
-        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
-        for blk in self.h:
-            x = x + blk(x).cumsum(1) / torch.arange(1, idx.shape[1] + 1).view(1, -1, 1)  # causal mixing
-        return self.lm_head(x), None
-
-
 class _BagClassifier(torch.nn.Module):
     def __init__(self, vocab=30, d=16):
         super().__init__()
@@ -401,7 +386,7 @@ def test_plain_token_networks_are_walked_in_their_token_embeddings():
     input ids; SiMEC keeps the class; the head on the start's embeddings equals the model's logits."""
     torch.manual_seed(0)
     ids = torch.randint(0, 30, (3, 8))
-    for model, batch in ((_NanoLM().double().eval(), ids), (_BagClassifier().double().eval(), {"input_ids": ids, "attention_mask": torch.ones_like(ids)})):
+    for model, batch in ((NanoLM().double().eval(), ids), (_BagClassifier().double().eval(), {"input_ids": ids, "attention_mask": torch.ones_like(ids)})):
         adapter = adapter_for(model)
         e = adapter.embed(batch)
         assert e.shape == (3, 8, 16)

@@ -1217,3 +1217,22 @@ def test_pandas_tables_are_probe_data(tmp_path):
     bad = df.assign(city="Rome")
     with pytest.raises(TypeError, match=r"column\(s\) city hold other values .*pd.get_dummies"):
         GeometryMonitor(probe=bad)
+
+
+def test_token_analyses_of_a_plain_network_of_token_ids():
+    """A plain PyTorch LM fed (B, T) integer ids (no dict, no input_ids key) had no token analyses
+    ("needs token inputs (input_ids)"): per-prompt (with the shuffled control) and pooled clouds run
+    on its ids, the per-prompt IDs equal those of its captured token states."""
+    from helpers import NanoLM
+
+    from lightning_geom.analysis import token_geometry
+
+    torch.manual_seed(0)
+    model = NanoLM().eval()
+    ids = torch.randint(0, 30, (24, 12))
+    labels = torch.arange(24) % 2
+    rep = probe(model, (ids, labels), tokens="both", shuffle_control=True, token_prompts=24, token_k=4,
+                k=5, range_max=8, pullback_samples=0, progress=False).models[0]
+    want, _ = token_geometry(capture_representations(model, [ids], pooling="tokens").features, torch.full((24,), 12), k=4)
+    assert [r["token_id"] for r in rep["tokens"]["layers"]] == pytest.approx([r["token_id"] for r in want], rel=1e-6)
+    assert all(r["token_id_shuffled"] > 0 for r in rep["tokens"]["layers"]) and rep["token_cloud"]["layers"]

@@ -398,29 +398,37 @@ def _loss_neighbors(loss: torch.Tensor, idx: torch.Tensor) -> float | None:
     return _correlations(loss, mean_nb)["loss_spearman"]
 
 
-def _shuffle_blocks(batch: dict[str, torch.Tensor], block: int, seed: int) -> dict[str, torch.Tensor]:
-    """The control of Viswanathan et al.: each prompt's real tokens permuted in blocks of ``block`` (padding stays)."""
+def _shuffle_blocks(batch: Any, block: int, seed: int) -> Any:
+    """The control of Viswanathan et al.: each prompt's real tokens permuted in blocks of ``block`` (padding
+    stays). ``batch``: a dict with ``input_ids`` (and its mask), or a plain network's (B, T) ids tensor."""
     g = torch.Generator().manual_seed(seed)
-    ids = batch["input_ids"].clone()
-    mask = batch.get("attention_mask")
+    ids = _batch_ids(batch).clone()
+    mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
     for i in range(ids.shape[0]):
         real = mask[i].nonzero().flatten() if mask is not None else torch.arange(ids.shape[1])  # either padding side
         row = ids[i, real]
         blocks = [row[s : s + block] for s in range(0, row.numel(), block)]
         order = torch.randperm(len(blocks), generator=g).tolist()
         ids[i, real] = torch.cat([blocks[j] for j in order])
-    return {**batch, "input_ids": ids}
+    return {**batch, "input_ids": ids} if isinstance(batch, Mapping) else ids
+
+
+def _batch_ids(b: Any) -> torch.Tensor | None:
+    """A batch's (B, T) token ids: a dict's ``input_ids``, or (a plain network's input) an integer (B, T)
+    tensor, alone or first in an (ids, labels) tuple; else None."""
+    x = b.get("input_ids") if isinstance(b, Mapping) else b[0] if isinstance(b, (tuple, list)) and b else b
+    return x if isinstance(x, torch.Tensor) and x.ndim == 2 and not x.is_floating_point() and not x.is_complex() else None
 
 
 def _has_token_ids(batches: Sequence[Any]) -> bool:
-    return all(isinstance(b, Mapping) and "input_ids" in b for b in batches)
+    return all(_batch_ids(b) is not None for b in batches)
 
 
-def _token_batches(batches: Sequence[Any], what: str) -> list[dict[str, torch.Tensor]]:
+def _token_batches(batches: Sequence[Any], what: str) -> list[Any]:
     """The batches without their labels, for a token analysis (``what``), or a one-line error."""
     if not _has_token_ids(batches):
-        raise ValueError(f"{what} needs token inputs (input_ids); this data set has none.")
-    return [{key: v for key, v in b.items() if key != "labels"} for b in batches]
+        raise ValueError(f"{what} needs token inputs (input_ids, or a plain network's (B, T) integer ids); this data set has none.")
+    return [{key: v for key, v in b.items() if key != "labels"} if isinstance(b, Mapping) else _batch_ids(b) for b in batches]
 
 
 def _is_lm(module: Any) -> bool:
@@ -477,8 +485,6 @@ def _token_section(module: Any, data: Any, layers: Any, prompts: int, k: int, sh
     from ..analysis import token_geometry
     from ..monitoring.probe import batch_len, probe_batches
 
-    if not _has_token_ids(data.batches):
-        raise ValueError("--tokens per-prompt needs token inputs (input_ids); this data set has none.")
     batches = _token_batches(probe_batches(data.batches, num_samples=prompts, batch_size=64), "--tokens per-prompt")
     n = sum(batch_len(b) for b in batches)
 
@@ -494,7 +500,10 @@ def _token_section(module: Any, data: Any, layers: Any, prompts: int, k: int, sh
     else:
         per, dropped = measure(batches)
         losses = _prompt_losses(module, batches, dev) if layers is not None else None
-    lengths = torch.cat([b["attention_mask"].sum(1) if "attention_mask" in b else torch.full((len(b["input_ids"]),), b["input_ids"].shape[1]) for b in batches])
+    lengths = torch.cat([
+        b["attention_mask"].sum(1) if isinstance(b, Mapping) and "attention_mask" in b else torch.full((len(_batch_ids(b)),), _batch_ids(b).shape[1])
+        for b in batches
+    ])
     out: dict[str, Any] = {"layers": per, "dropped": dropped, "prompts": n, "k": k}
     out["kept_prompts"] = torch.nonzero(lengths > k).flatten().tolist()  # the prompts of every per_prompt list
     if losses is not None:  # a causal LM: does a prompt's ID go with how well the model predicts it?
