@@ -253,7 +253,7 @@ class EquivalenceClassExplorer(L.LightningModule):
                 eta = self.step_size * 1e-3 / used.clamp_min(1e-300).sqrt()
             e = e + (eta.reshape(-1, *([1] * (e.ndim - 1))) * v).to(dtype)
             if self.mode == "simec" and self.corrector:
-                e = self._correct(e, y0, batch, mask)
+                e = self._correct(e, y0, batch, mask, eta.reshape(-1).expand(b).to(e.device))
         return trajs
 
     def _class_grad(self, e: Tensor, batch: Any, cls: Tensor) -> Tensor:
@@ -263,12 +263,21 @@ class EquivalenceClassExplorer(L.LightningModule):
             (g,) = torch.autograd.grad(logp.gather(-1, cls[:, None]).sum(), x)
         return g
 
-    def _correct(self, e: Tensor, y0: Tensor, batch: Any, mask: Tensor) -> Tensor:
-        """One Gauss-Newton step: e - J^+ (phi(e) - phi(e0)), on the explored tokens."""
+    def _correct(self, e: Tensor, y0: Tensor, batch: Any, mask: Tensor, limit: Tensor) -> Tensor:
+        """One Gauss-Newton step: e - J^+ (phi(e) - phi(e0)), on the explored tokens.
+
+        J is as precise as the model's arithmetic (``e``'s dtype), so singular values below
+        max(m, n) eps(dtype) sigma_max are rounding, not directions: ``rcond`` cuts them (in float32 the
+        float64 default inverted them and one correction moved a walk 1,000x its step). A correction is
+        then at most ``limit`` (B,) long, the step just taken: correcting a first-order step needs less.
+        """
         jac = self._jacobian(e, batch, mask).to(torch.float64)  # (B, m, n)
         with torch.no_grad():
             r = (self._f(batch)(e) - y0).to(torch.float64)  # (B, m)
-        delta = torch.linalg.lstsq(jac, r.unsqueeze(-1), driver="gelsd").solution.squeeze(-1)  # min-norm J^+ r
+        rcond = max(jac.shape[-2:]) * torch.finfo(e.dtype).eps
+        delta = torch.linalg.lstsq(jac, r.unsqueeze(-1), rcond=rcond, driver="gelsd").solution.squeeze(-1)  # min-norm J^+ r
+        norm = delta.norm(dim=1, keepdim=True)
+        delta = delta * (limit.reshape(-1, 1).to(delta.dtype) / norm.clamp_min(1e-300)).clamp(max=1.0)
         return e - delta.reshape(e.shape).to(e.dtype)
 
     def _record(self, trajs: list, t: int, e: Tensor, e0: Tensor, batch: Any, lam: Tensor, prev: Tensor | None) -> None:
