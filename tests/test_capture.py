@@ -480,22 +480,19 @@ def test_models_set_to_return_tuples_are_read_by_name_and_left_as_they_were():
     clf = BertForSequenceClassification(cfg).eval()
     ids = torch.randint(0, 50, (4, 6))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([0, 1, 2, 0])}
-    want = {
-        "lm": capture_representations(lm, [data]).features,
-        "clf": capture_representations(clf, [batch]).features,
-        "logits": logits_and_hidden(lm, data)[0].detach(),
-        "loss": next_token_losses(lm, data),
-        "walk": EquivalenceClassExplorer(clf, steps=2, record_every=1).walk(batch)[0]["steps"][-1]["probs"],
-    }
+    def readings() -> dict:
+        return {
+            "lm": capture_representations(lm, [data]).features,
+            "clf": capture_representations(clf, [batch]).features,
+            "logits": logits_and_hidden(lm, data)[0].detach(),
+            "loss": next_token_losses(lm, data),
+            "walk": EquivalenceClassExplorer(clf, steps=2, record_every=1).walk(batch)[0]["steps"][-1]["probs"],
+        }
+
+    want = readings()
     for model in (lm, clf):
         model.config.return_dict = False
-    got = {
-        "lm": capture_representations(lm, [data]).features,
-        "clf": capture_representations(clf, [batch]).features,
-        "logits": logits_and_hidden(lm, data)[0].detach(),
-        "loss": next_token_losses(lm, data),
-        "walk": EquivalenceClassExplorer(clf, steps=2, record_every=1).walk(batch)[0]["steps"][-1]["probs"],
-    }
+    got = readings()
     for key in ("lm", "clf"):
         assert len(got[key]) == len(want[key]) == 3
         for a, b in zip(got[key], want[key]):
