@@ -682,10 +682,7 @@ def _candidates_symmetric(x32: Tensor, sq: Tensor, kc: int, block: int, *, two_s
     [x, -|x|^2 / 2, 1] and [x, 1, -|x|^2 / 2]. Row block p's panel (its columns from the block on) is
     written into an N x N buffer in place; a later block's rows read their scores against the earlier
     columns down the buffer's columns as they are (t_ij = t_ji): :func:`_top_down`, no transposed copy.
-    The buffer's lower-left triangle is never touched (no pages are faulted in for it). Up to N =
-    ``_SMALL_PANEL_MAX_N`` instead each panel's transpose is copied into the lower triangle and one
-    top-k runs over the full rows at the end: fewer, larger selections (knn at D = 768, 16 interleaved
-    runs in one process: N = 2,000 median 67.0 ms against 69.4 with the per-panel merges, 3,000 144.8 vs 148.8).
+    The buffer's lower-left triangle is never touched (no pages are faulted in for it).
     """
     n, device = x32.shape[0], x32.device
     hs = (0.5 * sq).unsqueeze(1)
@@ -693,16 +690,6 @@ def _candidates_symmetric(x32: Tensor, sq: Tensor, kc: int, block: int, *, two_s
     cols = (-hs).to(x32.dtype), one.to(x32.dtype)  # the float16 pass rounds |x|^2 / 2 too: in its certificate
     left, right = torch.cat([x32, *cols], dim=1), torch.cat([x32, *reversed(cols)], dim=1)
     full = torch.empty(n, n, dtype=torch.float32, device=device)  # full[j, i], j <= i (rows' panels)
-    if n <= _SMALL_PANEL_MAX_N:  # mirror the panels, then one selection over the full rows
-        for s in range(0, n, block):
-            e = min(s + block, n)
-            _gemm(left[s:e], right[s:].T, full[s:e, s:])
-            full[s:e, s:].diagonal().fill_(-math.inf)  # j != i
-            if e < n:
-                full[e:, s:e].copy_(full[s:e, e:].T)  # t_ji = t_ij
-        v, i = _top(full, kc, 0, two_stage=two_stage)
-        top = torch.sort(v, dim=1, descending=True)  # best first
-        return top.values[:, kc - 1].to(torch.float64) + hs[:, 0].to(torch.float64), i.gather(1, top.indices)
     out_v = torch.empty(n, dtype=torch.float64, device=device)
     out_i = torch.empty(n, kc, dtype=torch.int64, device=device)
     for s in range(0, n, block):
