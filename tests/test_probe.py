@@ -1236,3 +1236,26 @@ def test_token_analyses_of_a_plain_network_of_token_ids():
     want, _ = token_geometry(capture_representations(model, [ids], pooling="tokens").features, torch.full((24,), 12), k=4)
     assert [r["token_id"] for r in rep["tokens"]["layers"]] == pytest.approx([r["token_id"] for r in want], rel=1e-6)
     assert all(r["token_id_shuffled"] > 0 for r in rep["tokens"]["layers"]) and rep["token_cloud"]["layers"]
+
+
+def test_rows_of_sentence_pairs_are_tokenized_as_pairs(text_model, text_data):
+    """Rows with two text fields and a label (NLI's premise / hypothesis) were refused ("tokenize them
+    first"); with a tokenizer they are tokenized as tokenizer(first, second), as the model was trained."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    import lightning_geom
+    from lightning_geom.probing.data import text_probe_data, text_rows
+
+    texts = [json.loads(line)["text"] for line in (text_data / "data.jsonl").read_text().splitlines()]
+    rows = [{"premise": a, "hypothesis": b, "label": i % 2} for i, (a, b) in enumerate(zip(texts, texts[1:] + texts[:1]))]
+    tok = AutoTokenizer.from_pretrained(text_model)
+    got, labels = text_rows(rows)
+    assert got[0] == (rows[0]["premise"], rows[0]["hypothesis"]) and labels[:2] == [0, 1]
+    data = text_probe_data(got, labels, tok, batch_size=200)
+    want = tok([r["premise"] for r in rows], [r["hypothesis"] for r in rows], padding=True, truncation=True, max_length=128, return_tensors="pt")
+    assert torch.equal(data.batches[0]["input_ids"], want["input_ids"])
+    model = AutoModelForSequenceClassification.from_pretrained(text_model)
+    rep = lightning_geom.probe(model, rows, tokenizer=tok, range_max=8, pullback_samples=0, progress=False).models[0]
+    assert rep["n_samples"] == 120 and rep["layers"][-1]["label_overlap"] is not None
+    with pytest.raises(ValueError, match=r"text number 1 is empty \(in its pair\)"):
+        text_probe_data([("a b", "c"), ("a", " ")], None, tok)

@@ -421,7 +421,8 @@ def text_rows(data: Any, limit: int = 2000) -> tuple[list[str], list[Any] | None
     """The first ``limit`` rows' (texts, labels or None) of a dataset or list of rows that hold text not
     tokenized yet: dict rows with no numeric input field besides the label (a Hugging Face ``Dataset``
     before ``map(tokenizer)``, JSON records; scalar fields such as an ``idx`` are left out), the text their one string field (or the first of
-    ``text``, ``sentence``, ... when there are several), the label under a label key
+    ``text``, ``sentence``, ... when there are several; two other string fields are a pair, tokenized as
+    ``tokenizer(first, second)``: NLI's premise / hypothesis), the label under a label key
     (``labels``, ``label``, ...); or ``(text, label)`` tuples (string labels when they repeat: class names,
     not the second sentences of pairs). None for anything else."""
     from ..modules import LABEL_KEYS
@@ -440,11 +441,13 @@ def text_rows(data: Any, limit: int = 2000) -> tuple[list[str], list[Any] | None
         numeric = [k for k, v in first.items() if k not in LABEL_KEYS and (isinstance(v, (list, tuple)) or getattr(v, "ndim", 0) >= 1)]
         strings = [k for k, v in first.items() if isinstance(v, str) and k not in LABEL_KEYS]
         field = strings[0] if len(strings) == 1 else next((f for f in _TEXT_FIELDS if f in strings), None)
-        if field is None or numeric:
+        pair = tuple(strings) if field is None and len(strings) == 2 else None  # premise / hypothesis, sentence1 / sentence2
+        if (field is None and pair is None) or numeric:
             return None
         lab = next((key for key in LABEL_KEYS if key in first), None)
         rows = [data[i] for i in range(min(n, limit))]
-        return [r[field] for r in rows], ([_plain(r[lab]) for r in rows] if lab else None)
+        texts = [(r[pair[0]], r[pair[1]]) for r in rows] if pair else [r[field] for r in rows]
+        return texts, ([_plain(r[lab]) for r in rows] if lab else None)
     if isinstance(first, (tuple, list)) and len(first) == 2 and isinstance(first[0], str) and not isinstance(first[1], bytes):
         rows = [data[i] for i in range(min(n, limit))]
         labels = [_plain(r[1]) for r in rows]
@@ -482,9 +485,16 @@ def text_probe_data(
     texts = list(texts)
     if not texts:
         raise ValueError(f"{what}: no texts to probe.")
-    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()), None)
+    pairs = all(isinstance(t, tuple) and len(t) == 2 for t in texts)  # (text, text_pair): NLI, paraphrase
+
+    def bad_text(t: Any) -> bool:
+        return any(not isinstance(u, str) or not u.strip() for u in t) if pairs else not isinstance(t, str) or not t.strip()
+
+    bad = next((i for i, t in enumerate(texts) if bad_text(t)), None)
     if bad is not None:
-        raise ValueError(f"{what}: text number {bad} is {'empty' if isinstance(texts[bad], str) else 'a ' + type(texts[bad]).__name__ + ', not a string'}.")
+        one = texts[bad]
+        kind = "empty" if (isinstance(one, str) or pairs) else "a " + type(one).__name__ + ", not a string"
+        raise ValueError(f"{what}: text number {bad} is {kind}{' (in its pair)' if pairs else ''}.")
     if labels is not None and len(labels) != len(texts):
         raise ValueError(f"{what}: {len(labels)} labels for {len(texts)} texts: give one label per text.")
     texts = texts[:max_samples]
@@ -494,7 +504,9 @@ def text_probe_data(
     tok = padding_tokenizer(tokenizer)
     batches = []
     for s in range(0, len(texts), batch_size):
-        enc = tok(texts[s : s + batch_size], padding=True, truncation=True, max_length=128, return_tensors="pt")
+        part = texts[s : s + batch_size]
+        args = ([a for a, _ in part], [b for _, b in part]) if pairs else (part,)
+        enc = tok(*args, padding=True, truncation=True, max_length=128, return_tensors="pt")
         batches.append({k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")})
     _check_tokens(batches, tok, f"{what} with {source}'s tokenizer")
     return ProbeData(batches, codes, len(texts), f"{name} ({len(texts)} texts)", names)
