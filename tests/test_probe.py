@@ -1259,3 +1259,20 @@ def test_rows_of_sentence_pairs_are_tokenized_as_pairs(text_model, text_data):
     assert rep["n_samples"] == 120 and rep["layers"][-1]["label_overlap"] is not None
     with pytest.raises(ValueError, match=r"text number 1 is empty \(in its pair\)"):
         text_probe_data([("a b", "c"), ("a", " ")], None, tok)
+
+
+def test_a_csv_of_text_pairs_with_two_text_columns(tmp_path, text_model, text_data):
+    """`--text-column premise,hypothesis` reads two columns as text pairs (tokenizer(first, second)); the
+    report equals the same rows given in memory."""
+    import lightning_geom
+
+    texts = [json.loads(line)["text"] for line in (text_data / "data.jsonl").read_text().splitlines()]
+    rows = [{"premise": a, "hypothesis": b, "label": i % 2} for i, (a, b) in enumerate(zip(texts, texts[1:] + texts[:1]))]
+    (tmp_path / "nli.csv").write_text("premise,hypothesis,label\n" + "\n".join(f"{r['premise']},{r['hypothesis']},{r['label']}" for r in rows))
+    loaded = load_model(text_model)
+    opts = dict(range_max=8, pullback_samples=0, progress=False)
+    from_file = probe([loaded], load_probe_data(str(tmp_path / "nli.csv"), loaded, text_column="premise,hypothesis"), **opts).models[0]["layers"]
+    in_memory = lightning_geom.probe(loaded.module, rows, tokenizer=loaded.tokenizer, **opts).models[0]["layers"]
+    assert [r["id"] for r in from_file] == pytest.approx([r["id"] for r in in_memory], rel=1e-9)
+    with pytest.raises(ValueError, match=r"has no column 'claim'"):
+        load_probe_data(str(tmp_path / "nli.csv"), loaded, text_column="premise,claim")

@@ -20,7 +20,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--init-arg", action="append", type=init_arg, default=None, metavar="KEY=VALUE",
                    help="override a checkpoint hyperparameter when its module is built (repeat for more), e.g. a local model folder for a hub name its __init__ loads")
     p.add_argument("--tokenizer", default=None, help="a folder with the tokenizer files, for checkpoints that do not bring their own")
-    p.add_argument("--text-column", default="text")
+    p.add_argument("--text-column", default="text", help="the texts' column (default text); two, comma-separated (premise,hypothesis), for text pairs")
     p.add_argument("--label-column", default="label", help="the labels' column (default: label, else labels / target / y / class / category when present)")
     p.add_argument("--drop-unlabeled", action="store_true", help="drop records with an empty / NaN label (counted) instead of failing")
     p.add_argument("--max-samples", type=positive_int, default=2000)

@@ -246,15 +246,20 @@ def _texts(
     if not rows:
         raise ValueError(f"{path} has no rows.")
     cols = list(rows[0][1])
-    if text_column not in cols:
-        raise ValueError(f"{path} has no column {text_column!r} (columns: {', '.join(cols)}); pass --text-column.")
+    names = [c.strip() for c in text_column.split(",")] if "," in text_column else [text_column]  # "premise,hypothesis": pairs
+    if len(names) > 2:
+        raise ValueError(f"--text-column {text_column!r}: one column, or two for text pairs (e.g. premise,hypothesis).")
+    missing = [c for c in names if c not in cols]
+    if missing:
+        raise ValueError(f"{path} has no column {missing[0]!r} (columns: {', '.join(cols)}); pass --text-column (two, comma-separated, for pairs).")
     label_column = label_column_of(cols, label_column, str(path))
     use_labels = label_column is not None
     texts, labels, dropped = [], [], 0
     for no, rec in rows:
-        t = rec.get(text_column)
-        if _is_missing(t) or not isinstance(t, (str, int, float)):
-            raise ValueError(f"{path}:{no}: no text in {text_column!r} (got {t!r}); fill it or remove the record.")
+        for c in names:
+            t = rec.get(c)
+            if _is_missing(t) or not isinstance(t, (str, int, float)):
+                raise ValueError(f"{path}:{no}: no text in {c!r} (got {t!r}); fill it or remove the record.")
         if use_labels:
             lab = rec.get(label_column)
             if _is_missing(lab):
@@ -266,7 +271,7 @@ def _texts(
                     "or pass --drop-unlabeled."
                 )
             labels.append(lab)
-        texts.append(str(t))
+        texts.append(tuple(str(rec[c]) for c in names) if len(names) == 2 else str(rec[names[0]]))
     if dropped:
         warnings.warn(f"{path}: {dropped} records without a label were dropped (--drop-unlabeled).", stacklevel=3)
     if not texts:
