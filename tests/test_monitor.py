@@ -762,7 +762,7 @@ def test_probe_kinds_taken_or_refused_up_front(tmp_path, data):
     assert first.shape == (4, 4) and first.dtype == torch.float32  # float64 arrays in torch's default dtype
     kept = probe_batches({"x": torch.ones(4, 2), "flag": 3, "name": "probe"}, num_samples=4, batch_size=2)[0]
     assert kept["flag"] == 3 and kept["name"] == "probe"  # other keyword arguments as they are
-    for bad in (["a text", "another"], "probe.jsonl"):
+    for bad in (["a text", "another"], "probe.jsonl", (["a text", "another"], [0, 1])):  # the pair: accepted, then failed at every checkpoint
         with pytest.raises(TypeError, match="tokenize texts first"):
             GeometryMonitor(probe=bad)
     with pytest.raises(TypeError, match="'text' is a list that is not numbers"):

@@ -136,10 +136,14 @@ def check_probe_kind(probe: Any) -> None:
         ValueError: an empty probe, or a dict of tensors of different lengths.
     """
     probe = frame_probe(probe)  # a DataFrame of texts or categories: one line here, not at a checkpoint
-    if isinstance(probe, (str, bytes)) or (isinstance(probe, (list, tuple)) and probe and isinstance(probe[0], (str, bytes))):
+    texts_first = (  # a (texts, labels) pair, as probe() takes it with a tokenizer
+        isinstance(probe, tuple) and probe and isinstance(probe[0], (list, tuple)) and probe[0] and all(isinstance(t, str) for t in probe[0])
+    )
+    if isinstance(probe, (str, bytes)) or texts_first or (isinstance(probe, (list, tuple)) and probe and isinstance(probe[0], (str, bytes))):
+        what = "a (texts, labels) pair" if texts_first else "a list of texts" if isinstance(probe, (list, tuple)) else "a string"
         raise TypeError(
             f"Expected `probe` to be {_PROBE_KINDS}, but got "
-            f"{'a list of texts' if isinstance(probe, (list, tuple)) else 'a string'}: tokenize texts first "
+            f"{what}: tokenize texts first "
             "(tokenizer(texts, padding=True, return_tensors='pt')), or load a data file with "
             "lightning_geom.probing.data.load_probe_data."
         )
