@@ -1257,6 +1257,9 @@ def test_rows_of_sentence_pairs_are_tokenized_as_pairs(text_model, text_data):
     model = AutoModelForSequenceClassification.from_pretrained(text_model)
     rep = lightning_geom.probe(model, rows, tokenizer=tok, range_max=8, pullback_samples=0, progress=False).models[0]
     assert rep["n_samples"] == 120 and rep["layers"][-1]["label_overlap"] is not None
+    pairs = [(r["premise"], r["hypothesis"]) for r in rows]
+    as_pair = lightning_geom.probe(model, (pairs, [r["label"] for r in rows]), tokenizer=tok, range_max=8, pullback_samples=0, progress=False).models[0]
+    assert [r["id"] for r in as_pair["layers"]] == pytest.approx([r["id"] for r in rep["layers"]], rel=1e-9)
     with pytest.raises(ValueError, match=r"text number 1 is empty \(in its pair\)"):
         text_probe_data([("a b", "c"), ("a", " ")], None, tok)
 
