@@ -160,3 +160,15 @@ class NanoLM(torch.nn.Module):
         for blk in self.h:
             x = x + blk(x).cumsum(1) / torch.arange(1, idx.shape[1] + 1).view(1, -1, 1)  # causal mixing
         return self.lm_head(x), None
+
+
+class NanoModule(L.LightningModule):
+    """A LightningModule around :class:`NanoLM` (a plain token network, no Hugging Face config)."""
+
+    def __init__(self, vocab: int = 30) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = NanoLM(vocab=vocab)
+
+    def forward(self, idx):
+        return self.net(idx)

@@ -1279,3 +1279,21 @@ def test_a_csv_of_text_pairs_with_two_text_columns(tmp_path, text_model, text_da
     assert [r["id"] for r in from_file] == pytest.approx([r["id"] for r in in_memory], rel=1e-9)
     with pytest.raises(ValueError, match=r"has no column 'claim'"):
         load_probe_data(str(tmp_path / "nli.csv"), loaded, text_column="premise,claim")
+
+
+def test_navigate_a_plain_token_checkpoint_from_text(tmp_path, text_model):
+    """`navigate --text` on a checkpoint of a plain token network (forward(idx), no HF config) with
+    --tokenizer: the texts go in as bare ids, the walk is decoded to tokens and its classes named."""
+    from helpers import NanoModule
+
+    tok = load_model(text_model).tokenizer
+    torch.manual_seed(0)
+    trainer = L.Trainer(max_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(NanoModule(vocab=len(tok)))
+    trainer.save_checkpoint(tmp_path / "nano.ckpt")
+    text = "red green cat"
+    out = tmp_path / "nav"
+    assert main(["navigate", str(tmp_path / "nano.ckpt"), "--module", "helpers.NanoModule", "--tokenizer", str(text_model),
+                 "--text", text, "--steps", "3", "--out", str(out), "--no-progress"]) == 0
+    rows = (out / "tokens.csv").read_text().splitlines()
+    assert rows[0].startswith("sample,step,pred,pred_name") and " ".join(tok.tokenize(text)) in rows[1]

@@ -122,6 +122,12 @@ def _batch(args: argparse.Namespace, loaded: Any) -> Any:
         if loaded.tokenizer is None:
             raise SystemExit(f"error: {loaded.source} has no tokenizer; --text needs one: pass --tokenizer FOLDER.")
         enc = loaded.tokenizer(args.text, padding=True, return_tensors="pt")
+        from ..capture import resolve_network
+
+        if not hasattr(resolve_network(loaded.module), "config"):  # a plain network of token ids: forward(idx)
+            if len(args.text) > 1 and not bool(enc["attention_mask"].all()):
+                raise SystemExit(f"error: {type(loaded.module).__name__} takes bare token ids (no attention mask): give texts of one length, or one --text at a time.")
+            return enc["input_ids"]
         return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
     from ..probing.data import load_rgb
 

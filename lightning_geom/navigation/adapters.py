@@ -192,7 +192,7 @@ def _call(model: nn.Module, batch: Any) -> Any:
     return model(*args, **kwargs)
 
 
-def _token_input(model: nn.Module) -> Adapter | None:
+def _token_input(model: nn.Module, tokenizer: Any = None) -> Adapter | None:
     """A plain network of token ids (a nanoGPT-style LM, a classifier with an ``nn.Embedding``): explored at
     the output of the embedding table its ids go through (found by a forward with hooks on every
     ``nn.Embedding``: the one whose input is the batch's ids); the head is the whole network with that
@@ -205,7 +205,7 @@ def _token_input(model: nn.Module) -> Adapter | None:
 
     name = type(model).__name__
     found: dict[str, Any] = {}
-    decoder = _LazyTokenDecoder()
+    decoder = _LazyTokenDecoder(tokenizer)
 
     def embed(b: Any) -> Tensor:
         ids = _ids_of(b)
@@ -240,7 +240,14 @@ def _token_input(model: nn.Module) -> Adapter | None:
             return take_last(logits, b.get("attention_mask") if isinstance(b, Mapping) else None)
         return logits
 
-    return Adapter(embed=embed, head=head, decoder=decoder, class_names=None)
+    names = None
+    if tokenizer is not None:  # an LM's classes are tokens: named when the head is as wide as the vocabulary
+        width = len(tokenizer)
+
+        def names(ids: Sequence[int]) -> list[str]:
+            return [tokenizer.convert_ids_to_tokens(int(i)) if int(i) < width else str(int(i)) for i in ids]
+
+    return Adapter(embed=embed, head=head, decoder=decoder, class_names=names)
 
 
 class _LazyTokenDecoder:
@@ -249,17 +256,18 @@ class _LazyTokenDecoder:
 
     kind = "tokens"
 
-    def __init__(self) -> None:
+    def __init__(self, tokenizer: Any = None) -> None:
         self.table: nn.Embedding | None = None
+        self.tokenizer = tokenizer
 
     def decode(self, emb: Tensor) -> list[Any]:
-        return TokenDecoder(self.table.weight).decode(emb) if self.table is not None else [None] * emb.shape[0]
+        return TokenDecoder(self.table.weight, self.tokenizer).decode(emb) if self.table is not None else [None] * emb.shape[0]
 
 
-def _plain_network(model: nn.Module) -> Adapter:
+def _plain_network(model: nn.Module, tokenizer: Any = None) -> Adapter:
     """A plain PyTorch network (no Hugging Face config): token ids go through :func:`_token_input`, float
     inputs through :func:`_feature_input`, decided per batch by the input's dtype."""
-    feature, token = _feature_input(model), _token_input(model)
+    feature, token = _feature_input(model), _token_input(model, tokenizer)
     current: dict[str, Adapter] = {"a": feature}
 
     def embed(b: Any) -> Tensor:
@@ -274,7 +282,12 @@ def _plain_network(model: nn.Module) -> Adapter:
         def decode(self, emb: Tensor) -> list[Any]:
             return current["a"].decoder.decode(emb)
 
-    return Adapter(embed=embed, head=lambda e, b: current["a"].head(e, b), decoder=_Decoder(), class_names=None)
+    def names(ids: Sequence[int]) -> list[str]:
+        pick = current["a"].class_names
+        return pick(ids) if pick is not None else [str(int(i)) for i in ids]
+
+    named = token is not None and token.class_names is not None
+    return Adapter(embed=embed, head=lambda e, b: current["a"].head(e, b), decoder=_Decoder(), class_names=names if named else None)
 
 
 def adapter_for(model: nn.Module, tokenizer: Any = None) -> Adapter:
@@ -344,7 +357,7 @@ def adapter_for(model: nn.Module, tokenizer: Any = None) -> Adapter:
     if inner is not model:
         return adapter_for(inner, tokenizer)
     if not hasattr(model, "config") and any(True for _ in model.parameters()):  # a plain network: float inputs or token ids
-        return _plain_network(model)
+        return _plain_network(model, tokenizer)
     raise TypeError(
         f"No adapter for {name}: build `Adapter(embed=batch -> (B, T, d), head=(emb, batch) -> (B, m) logits, decoder=...)`."
     )
