@@ -408,10 +408,13 @@ def token_records(path: Path, text_column: str, label_column: str | None, max_sa
 def texts_in_memory(data: Any, limit: int = 2000) -> tuple[list[str], Any] | None:
     """(texts, labels or None) when ``data`` is a list of texts (or of (text, text_pair) tuples), a ``(texts, labels)`` pair, or rows of
     text not tokenized yet (:func:`text_rows`), else None."""
-    def is_texts(v: Any) -> bool:  # texts, or (text, text_pair) tuples
-        return isinstance(v, (list, tuple)) and len(v) > 0 and (
-            all(isinstance(t, str) for t in v) or all(isinstance(t, tuple) and len(t) == 2 and all(isinstance(u, str) for u in t) for t in v)
-        )
+    def is_texts(v: Any) -> bool:  # texts, or (text, text_pair) tuples (second texts mostly distinct: else (text, label) rows)
+        if not isinstance(v, (list, tuple)) or not v:
+            return False
+        if all(isinstance(t, str) for t in v):
+            return True
+        pairs = all(isinstance(t, tuple) and len(t) == 2 and all(isinstance(u, str) for u in t) for t in v)
+        return pairs and len({t[1] for t in v}) * 2 > len(v)
 
     if is_texts(data):
         return list(data), None
